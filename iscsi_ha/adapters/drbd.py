@@ -1,0 +1,182 @@
+"""DRBD adapter: reads resource states and changes roles with drbdadm / drbdsetup.
+
+DRBD 8.4: each resource's minor is resolved once with ``drbdadm sh-minor RES`` (it only reads
+the configuration), then every pass is one read of ``/proc/drbd``, no process. DRBD 9: every
+pass is one ``drbdsetup status --json`` call for all resources. State-changing commands
+(``primary``, ``secondary``, ``connect``, ``disconnect``) are logged at INFO before they run and
+raise :class:`CommandError` carrying DRBD's own reason (``State change failed: (-2) Need access to
+UpToDate data``). Every command runs through :func:`run` with the configured timeout.
+"""
+import errno
+import logging
+import shlex
+
+from iscsi_ha.adapters.run import CommandError, run, split_command
+from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_proc_drbd,
+                           parse_status_json)
+
+__all__ = ["DrbdAdapter", "DrbdUnavailable", "DrbdParseError", "VERSIONS"]
+
+log = logging.getLogger("iscsi-ha")
+
+VERSIONS = ("8.4", "9")
+
+
+def _quote(argv):
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _reason(result):
+    """Why a finished command failed, in DRBD's words when it gave any."""
+    if result.timed_out:
+        return "timed out after %.1f s" % result.duration
+    text = drbd_error_text(result.stderr) or (result.stdout or "").strip()
+    return "exit %d%s" % (result.returncode, ": " + text if text else "")
+
+
+class DrbdAdapter(object):
+    """Observe and change the configured DRBD resources of this host."""
+
+    def __init__(self, resources, version="8.4", drbdadm="drbdadm", drbdsetup="drbdsetup",
+                 proc_drbd="/proc/drbd", timeout=5.0):
+        if isinstance(resources, str):
+            resources = [resources]
+        self.resources = tuple(resources)
+        if not self.resources or not all(isinstance(r, str) and r for r in self.resources):
+            raise ValueError("DRBD resources must be a non-empty list of names, got %r"
+                             % (resources,))
+        if version not in VERSIONS:
+            raise ValueError("DRBD version must be one of %s, got %r"
+                             % (", ".join(VERSIONS), version))
+        if not timeout or timeout <= 0:
+            raise ValueError("DRBD command timeout must be positive, got %r" % (timeout,))
+        self.version = version
+        self.drbdadm = split_command(drbdadm)
+        self.drbdsetup = split_command(drbdsetup)
+        self.proc_drbd = proc_drbd
+        self.timeout = float(timeout)
+        self._minors = {}
+
+    # ---- observing ---------------------------------------------------------------------------
+    def observe(self):
+        """``{resource: DrbdState}`` for every configured resource.
+
+        Raises :class:`DrbdUnavailable` when DRBD is not loaded, a tool fails or a resource is not
+        up, and :class:`DrbdParseError` when DRBD's output is not recognised.
+        """
+        if self.version == "8.4":
+            return self._observe_84()
+        return self._observe_9()
+
+    def fingerprint(self):
+        """Text that changes when any DRBD state word changes, and not on I/O counters.
+
+        Built from the parsed states (role, connection, disks of every device or resource) so
+        that the ``ns:``/``dw:`` counters of ``/proc/drbd`` and the statistics of the JSON do
+        not wake the agent. Never raises for DRBD problems: they give a marker text instead.
+        """
+        try:
+            if self.version == "8.4":
+                states = parse_proc_drbd(self._read_proc())
+            else:
+                states = parse_status_json(self._status_json())
+        except (DrbdParseError, CommandError) as exc:
+            return "unavailable: %s" % exc
+        return "\n".join("%s %s/%s %s %s/%s" % ((key,) + tuple(states[key])[2:7])
+                         for key in sorted(states))
+
+    def minor(self, resource):
+        """The minor of ``resource`` (8.4: ``drbdadm sh-minor``), resolved once and cached."""
+        self._check_resource(resource)
+        if resource not in self._minors:
+            self._minors[resource] = self._sh_minor(resource)
+        return self._minors[resource]
+
+    def _observe_84(self):
+        states = parse_proc_drbd(self._read_proc())
+        observed = {}
+        for resource in self.resources:
+            minor = self.minor(resource)
+            state = states.get(minor)
+            if state is None:
+                raise DrbdUnavailable(
+                    "DRBD resource %s (minor %s) is not up: %s lists it as Unconfigured or not "
+                    "at all" % (resource, minor, self.proc_drbd))
+            observed[resource] = state._replace(resource=resource)
+        return observed
+
+    def _observe_9(self):
+        states = parse_status_json(self._status_json())
+        observed = {}
+        for resource in self.resources:
+            if resource not in states:
+                raise DrbdUnavailable(
+                    "DRBD resource %s is not up: drbdsetup status lists %s" % (
+                        resource, ", ".join(sorted(states)) or "no resources"))
+            observed[resource] = states[resource]
+        return observed
+
+    def _read_proc(self):
+        try:
+            with open(self.proc_drbd, "rb") as handle:
+                return handle.read().decode("utf-8", "replace")
+        except (IOError, OSError) as exc:
+            if exc.errno == errno.ENOENT:
+                raise DrbdUnavailable("DRBD is not loaded: %s missing" % self.proc_drbd)
+            raise DrbdUnavailable("cannot read %s: %s" % (self.proc_drbd, exc))
+
+    def _status_json(self):
+        argv = self.drbdsetup + ["status", "--json"]
+        result = run(argv, self.timeout)
+        if not result.ok:
+            raise DrbdUnavailable("%s failed: %s" % (_quote(argv), _reason(result)))
+        return result.stdout
+
+    def _sh_minor(self, resource):
+        argv = self.drbdadm + ["sh-minor", resource]
+        result = run(argv, self.timeout)
+        if not result.ok:
+            raise DrbdUnavailable("cannot find the minor of DRBD resource %s: %s failed: %s"
+                                  % (resource, _quote(argv), _reason(result)))
+        minors = result.stdout.split()
+        if len(minors) != 1 or not minors[0].isdigit():
+            raise DrbdParseError(
+                "%s printed %r; iscsi-ha handles exactly one volume (one minor) per resource"
+                % (_quote(argv), result.stdout.strip()))
+        return minors[0]
+
+    # ---- changing ----------------------------------------------------------------------------
+    def promote(self, resource):
+        """``drbdadm primary RES``; returns the CommandResult, raises CommandError on failure."""
+        return self._change(resource, self.drbdadm + ["primary", resource])
+
+    def demote(self, resource, force=False):
+        """``drbdadm secondary RES``; with ``force`` on DRBD 9: ``drbdsetup secondary RES
+        --force`` (8.4 has no forced demotion: the plain command runs)."""
+        if force and self.version == "9":
+            return self._change(resource, self.drbdsetup + ["secondary", resource, "--force"])
+        if force:
+            log.debug("drbd: DRBD 8.4 has no forced demotion, running plain secondary")
+        return self._change(resource, self.drbdadm + ["secondary", resource])
+
+    def connect(self, resource, discard_my_data=False):
+        """``drbdadm connect [--discard-my-data] RES``."""
+        extra = ["--discard-my-data"] if discard_my_data else []
+        return self._change(resource, self.drbdadm + ["connect"] + extra + [resource])
+
+    def disconnect(self, resource):
+        """``drbdadm disconnect RES``."""
+        return self._change(resource, self.drbdadm + ["disconnect", resource])
+
+    def _change(self, resource, argv):
+        self._check_resource(resource)
+        log.info("drbd: %s", _quote(argv))
+        result = run(argv, self.timeout)
+        if not result.ok:
+            raise CommandError("drbd: %s failed: %s" % (_quote(argv), _reason(result)), result)
+        return result
+
+    def _check_resource(self, resource):
+        if resource not in self.resources:
+            raise ValueError("DRBD resource %r is not configured (known: %s)"
+                             % (resource, ", ".join(self.resources)))

@@ -1,0 +1,396 @@
+"""DRBD state as one immutable value, and the parsers that build it from DRBD's own outputs.
+
+Pure: no I/O. Every word is checked against DRBD's vocabularies (drbd-utils
+``user/v84/drbd_strings.c`` for 8.4, drbd-headers ``drbd_strings.c`` for 9); an unknown word,
+a malformed line or truncated JSON raises :class:`DrbdParseError` naming what was not recognised.
+
+``DrbdState.connection`` means the same thing for both versions:
+
+* 8.4 ``/proc/drbd``: the ``cs:`` word as printed (``Connected``, ``WFConnection``...).
+* 9 ``drbdsetup status --json``: the peer's ``connection-state`` unless it is ``Connected``; when it
+  is ``Connected`` the volume's ``replication-state`` decides: ``Established`` -> ``Connected``,
+  ``Off`` (handshake not finished) -> ``WFReportParams``, any other word (``SyncSource``,
+  ``PausedSyncT``, ``VerifyS``, ``Ahead``...) as is. This is the inverse of the 8.4 -> 9 mapping in
+  drbd-utils ``user/v84/drbdsetup.c`` (``drbd_conn_str9``/``drbd_repl_str9``). 9's own words for
+  an unconnected peer are kept (``Connecting`` where 8.4 says ``WFConnection``). A resource with no
+  connection at all reads ``StandAlone`` with peer ``Unknown``/``DUnknown``.
+"""
+import json
+import re
+from collections import namedtuple
+
+ROLES = frozenset(["Primary", "Secondary", "Unknown"])
+DISK_STATES = frozenset(["Diskless", "Attaching", "Detaching", "Failed", "Negotiating",
+                         "Inconsistent", "Outdated", "DUnknown", "Consistent", "UpToDate"])
+CONNECTION_STATES_84 = frozenset([
+    "StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe", "NetworkFailure",
+    "ProtocolError", "WFConnection", "WFReportParams", "TearDown", "Connected",
+    "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID", "SyncSource",
+    "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT", "Ahead", "Behind"])
+CONNECTION_STATES_9 = frozenset([
+    "StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe", "NetworkFailure",
+    "ProtocolError", "TearDown", "Connecting", "Connected"])
+REPLICATION_STATES_9 = frozenset([
+    "Off", "Established", "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
+    "WFSyncUUID", "SyncSource", "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS", "PausedSyncT",
+    "Ahead", "Behind"])
+# Every word DrbdState.connection accepts (the parsers emit 8.4 words plus 9's unconnected ones).
+CONNECTION_WORDS = CONNECTION_STATES_84 | CONNECTION_STATES_9 | REPLICATION_STATES_9
+# A resync running, paused or about to start (not online verify).
+RESYNC_STATES = frozenset(["StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
+                           "WFSyncUUID", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT"])
+# The replication link is up: 8.4's ``conn >= C_CONNECTED`` (plus 9's word Established).
+LINK_UP_STATES = RESYNC_STATES | frozenset(["Connected", "Established", "VerifyS", "VerifyT",
+                                            "Ahead", "Behind"])
+# States in which DRBD reports a progress percentage.
+PROGRESS_STATES = frozenset(["SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT",
+                             "VerifyS", "VerifyT"])
+UNCONFIGURED = "Unconfigured"
+
+
+class DrbdParseError(ValueError):
+    """DRBD output that was not recognised; the message names the line or field."""
+
+
+class DrbdUnavailable(DrbdParseError):
+    """DRBD cannot tell the state: module not loaded, resource not up, tool failed."""
+
+
+def _word(value, vocabulary, what, where=""):
+    if not isinstance(value, str) or value not in vocabulary:
+        raise DrbdParseError("unknown DRBD %s %r%s" % (what, value, where))
+    return value
+
+
+_FIELDS = ("resource", "minor", "role", "peer_role", "connection", "disk", "peer_disk",
+           "sync_percent")
+
+
+class DrbdState(namedtuple("DrbdState", _FIELDS)):
+    """One resource (or 8.4 minor) as DRBD reports it, in DRBD's own words.
+
+    ``resource``/``minor`` may be None (``/proc/drbd`` has no names). ``sync_percent`` is the
+    progress of a running resync or verify (0-100), None when none runs.
+    """
+    __slots__ = ()
+
+    def __new__(cls, resource, minor, role, peer_role, connection, disk, peer_disk,
+                sync_percent=None):
+        _word(role, ROLES, "role")
+        _word(peer_role, ROLES, "peer role")
+        _word(connection, CONNECTION_WORDS, "connection state")
+        _word(disk, DISK_STATES, "disk state")
+        _word(peer_disk, DISK_STATES, "peer disk state")
+        if sync_percent is not None:
+            sync_percent = float(sync_percent)
+            if not 0.0 <= sync_percent <= 100.0:
+                raise DrbdParseError("sync percentage %r is outside 0-100" % sync_percent)
+        return super(DrbdState, cls).__new__(cls, resource, minor, role, peer_role, connection,
+                                             disk, peer_disk, sync_percent)
+
+    @property
+    def is_primary(self):
+        return self.role == "Primary"
+
+    @property
+    def peer_is_primary(self):
+        return self.peer_role == "Primary"
+
+    @property
+    def is_connected(self):
+        """The replication link is up (Connected, or a sync/verify/congestion state)."""
+        return self.connection in LINK_UP_STATES
+
+    @property
+    def is_syncing(self):
+        """A resync is running, paused or starting (online verify does not count)."""
+        return self.connection in RESYNC_STATES
+
+    @property
+    def is_standalone(self):
+        """Not even trying to connect (admin disconnect or split brain); needs an admin."""
+        return self.connection == "StandAlone"
+
+    def describe(self):
+        """``Primary/Secondary Connected UpToDate/UpToDate`` (+ `` 37.5%`` while syncing)."""
+        text = "%s/%s %s %s/%s" % (self.role, self.peer_role, self.connection, self.disk,
+                                   self.peer_disk)
+        if self.sync_percent is not None:
+            text += " %.1f%%" % self.sync_percent
+        return text
+
+
+def _require_text(text, source):
+    if not isinstance(text, str) or not text.strip():
+        raise DrbdParseError("%s is empty" % source)
+
+
+# ---- DRBD 8.4 /proc/drbd --------------------------------------------------------------------
+
+_MINOR_LINE = re.compile(r"^\s*(\d+): cs:(\S+)(.*)$")
+_ROLES_DISKS = re.compile(r"^ ro:([^/\s]+)/(\S+) ds:([^/\s]+)/(\S+)(?:\s|$)")
+_PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*(\d+(?:\.\d+)?)%")
+_VERSION = re.compile(r"^version: ((\d+)\.\d+\S*)")
+_HEADERS = ("GIT-hash:", "srcversion:", "Transports ")
+
+
+def parse_proc_drbd(text):
+    """``{minor: DrbdState}`` from DRBD 8.4 ``/proc/drbd`` (``resource`` is None).
+
+    Unconfigured minors are left out. Text without device lines raises, except an 8.x header
+    alone (module loaded, nothing configured), which gives ``{}``.
+    """
+    _require_text(text, "/proc/drbd")
+    version, states, seen, current = None, {}, [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = " in line %d of /proc/drbd: %r" % (number, line)
+        match = _MINOR_LINE.match(line)
+        if match:
+            seen.append(match.group(1))
+            state = _proc_device(match, where)
+            current = match.group(1) if state else None
+            if state:
+                states[current] = state
+        elif line[:1].isspace():
+            _proc_detail(states, current, line, where)
+        else:
+            version = _proc_header(line, where) or version
+    _check_devices_listed(version, seen)
+    return states
+
+
+def _proc_device(match, where):
+    """The DrbdState of one ``N: cs:...`` line, or None when it is Unconfigured."""
+    minor, cstate, rest = match.groups()
+    if cstate == UNCONFIGURED:
+        if rest.strip():
+            raise DrbdParseError("unexpected text after cs:Unconfigured" + where)
+        return None
+    _word(cstate, CONNECTION_STATES_84, "connection state", where)
+    fields = _ROLES_DISKS.match(rest)
+    if not fields:
+        raise DrbdParseError("expected ' ro:ROLE/ROLE ds:DISK/DISK' after cs:%s%s"
+                             % (cstate, where))
+    role, peer_role, disk, peer_disk = fields.groups()
+    _word(role, ROLES, "role", where)
+    _word(peer_role, ROLES, "peer role", where)
+    _word(disk, DISK_STATES, "disk state", where)
+    _word(peer_disk, DISK_STATES, "peer disk state", where)
+    return DrbdState(None, minor, role, peer_role, cstate, disk, peer_disk)
+
+
+def _proc_detail(states, current, line, where):
+    """An indented line below a device: statistics, or the resync/verify progress."""
+    if current is None:
+        raise DrbdParseError("indented line outside a configured device" + where)
+    progress = _PROGRESS.search(line)
+    if progress:
+        states[current] = states[current]._replace(sync_percent=_percent(progress.group(1)))
+
+
+def _proc_header(line, where):
+    """(version text, major) for the version line, None for the other header lines."""
+    if line.startswith("version:"):
+        match = _VERSION.match(line)
+        if not match:
+            raise DrbdParseError("cannot read the DRBD version" + where)
+        return match.group(1), int(match.group(2))
+    if line.startswith(_HEADERS):
+        return None
+    raise DrbdParseError("not a /proc/drbd line (expected version:, GIT-hash:, srcversion: "
+                         "or 'N: cs:...')" + where)
+
+
+def _check_devices_listed(version, seen):
+    if seen:
+        return
+    if version is None:
+        raise DrbdParseError("not /proc/drbd text: no 'version:' line and no device lines")
+    if version[1] >= 9:
+        raise DrbdParseError("DRBD %s: /proc/drbd lists no devices; DRBD 9 reports state "
+                             "through 'drbdsetup status --json' (set the DRBD version to 9)"
+                             % version[0])
+
+
+def _percent(value):
+    return max(0.0, min(100.0, float(value)))
+
+
+# ---- DRBD 9 drbdsetup status --json ---------------------------------------------------------
+
+def parse_status_json(text):
+    """``{resource name: DrbdState}`` from DRBD 9 ``drbdsetup status --json``."""
+    _require_text(text, "drbdsetup status --json output")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise DrbdParseError("drbdsetup status --json output is not complete JSON: %s" % exc)
+    if not isinstance(data, list):
+        raise DrbdParseError("drbdsetup status --json: expected a list of resources, got %s"
+                             % type(data).__name__)
+    states = {}
+    for index, item in enumerate(data):
+        state = _json_resource(item, "resource #%d" % index)
+        states[state.resource] = state
+    return states
+
+
+def _field(obj, key, where, kind=str):
+    if not isinstance(obj, dict):
+        raise DrbdParseError("drbdsetup status --json: %s is not an object" % where)
+    if key not in obj:
+        raise DrbdParseError("drbdsetup status --json: %s has no %r field" % (where, key))
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DrbdParseError("drbdsetup status --json: field %r of %s is %r, expected %s"
+                             % (key, where, value, kind.__name__))
+    return value
+
+
+def _json_resource(item, where):
+    name = _field(item, "name", where)
+    where = "resource %r" % name
+    role = _word(_field(item, "role", where), ROLES, "role", " of " + where)
+    devices = _field(item, "devices", where, list)
+    if len(devices) != 1:
+        raise DrbdParseError("drbdsetup status --json: %s has %d volumes; iscsi-ha handles "
+                             "exactly one volume per resource" % (where, len(devices)))
+    device = devices[0]
+    minor = str(_field(device, "minor", "the device of " + where, int))
+    disk = _word(_field(device, "disk-state", "the device of " + where), DISK_STATES,
+                 "disk state", " of " + where)
+    peer_role, connection, peer_disk, progress = _json_peer(item, device.get("volume", 0), where)
+    return DrbdState(resource=name, minor=minor, role=role, peer_role=peer_role,
+                     connection=connection, disk=disk, peer_disk=peer_disk,
+                     sync_percent=progress)
+
+
+def _json_peer(item, volume, where):
+    """(peer_role, connection, peer_disk, sync_percent) from the replication peer."""
+    connection = _replication_peer(_field(item, "connections", where, list), where)
+    if connection is None:
+        return "Unknown", "StandAlone", "DUnknown", None
+    where = "connection %r of %s" % (connection.get("name"), where)
+    cstate = _word(_field(connection, "connection-state", where), CONNECTION_STATES_9,
+                   "connection state", " of " + where)
+    peer_role = _word(_field(connection, "peer-role", where), ROLES, "peer role", " of " + where)
+    device = _peer_device(connection, volume, where)
+    repl, peer_disk = "Off", "DUnknown"
+    if device is not None:
+        repl = _word(_field(device, "replication-state", where), REPLICATION_STATES_9,
+                     "replication state", " of " + where)
+        peer_disk = _word(_field(device, "peer-disk-state", where), DISK_STATES,
+                          "peer disk state", " of " + where)
+    word = _unified_connection(cstate, repl)
+    return peer_role, word, peer_disk, _json_progress(device, word, where)
+
+
+def _replication_peer(connections, where):
+    """The one diskful peer; diskless clients (tie-breakers) are not replication peers."""
+    for connection in connections:
+        if not isinstance(connection, dict):
+            raise DrbdParseError("drbdsetup status --json: a connection of %s is not an object"
+                                 % where)
+    if len(connections) <= 1:
+        return connections[0] if connections else None
+    diskful = [c for c in connections if not _is_diskless_client(c)]
+    if len(diskful) != 1:
+        raise DrbdParseError("drbdsetup status --json: %s has %d peers with a disk; iscsi-ha "
+                             "handles two-node resources" % (where, len(diskful)))
+    return diskful[0]
+
+
+def _is_diskless_client(connection):
+    devices = connection.get("peer_devices") if isinstance(connection, dict) else None
+    return bool(devices) and all(isinstance(d, dict) and d.get("peer-client") is True
+                                 for d in devices)
+
+
+def _peer_device(connection, volume, where):
+    for device in _field(connection, "peer_devices", where, list):
+        if isinstance(device, dict) and device.get("volume", 0) == volume:
+            return device
+    return None
+
+
+def _unified_connection(cstate, repl):
+    if cstate != "Connected":
+        return cstate
+    if repl == "Established":
+        return "Connected"
+    if repl == "Off":
+        return "WFReportParams"
+    return repl
+
+
+def _json_progress(device, connection, where):
+    if device is None or connection not in PROGRESS_STATES:
+        return None
+    value = device.get("percent-resync-done", device.get("percent-in-sync"))
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise DrbdParseError("drbdsetup status --json: sync percentage %r of %s is not a number"
+                             % (value, where))
+    return _percent(value)
+
+
+# ---- DRBD 8.4 drbdadm role / cstate / dstate ------------------------------------------------
+
+def _one_line(text, source):
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise DrbdParseError("%s: expected one line, got %d: %r" % (source, len(lines), text))
+    if lines[0] == UNCONFIGURED:
+        raise DrbdUnavailable("%s: DRBD reports the resource Unconfigured (it is not up)" % source)
+    return lines[0]
+
+
+def _pair(text, vocabulary, what, source):
+    line = _one_line(text, source)
+    parts = line.split("/")
+    if len(parts) != 2:
+        raise DrbdParseError("%s: expected LOCAL/PEER, got %r" % (source, line))
+    where = " in %s output %r" % (source, line)
+    return _word(parts[0], vocabulary, what, where), _word(parts[1], vocabulary, what, where)
+
+
+def parse_role(text):
+    """``("Primary", "Secondary")`` from 8.4 ``drbdadm role RES``."""
+    return _pair(text, ROLES, "role", "drbdadm role")
+
+
+def parse_cstate(text):
+    """``"Connected"`` from 8.4 ``drbdadm cstate RES``."""
+    line = _one_line(text, "drbdadm cstate")
+    return _word(line, CONNECTION_STATES_84, "connection state", " in drbdadm cstate output")
+
+
+def parse_dstate(text):
+    """``("UpToDate", "UpToDate")`` from 8.4 ``drbdadm dstate RES``."""
+    return _pair(text, DISK_STATES, "disk state", "drbdadm dstate")
+
+
+# ---- drbdadm / drbdsetup error output -------------------------------------------------------
+
+_COMMAND_EXIT = re.compile(r"^Command '.*' terminated with exit code \d+$")
+_KEY_ERROR = re.compile(r"State change failed|Failure: \(|Error code \d+ unknown")
+
+
+def drbd_error_text(stderr):
+    """DRBD's own reason from a failed command's stderr, on one line.
+
+    ``1: State change failed: (-12) Device is held open by someone`` rather than drbdadm's
+    trailing ``Command '...' terminated with exit code 11``.
+    """
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    key = [line for line in lines if _KEY_ERROR.search(line)]
+    if key and "additional info from kernel:" in lines:
+        following = lines.index("additional info from kernel:") + 1
+        if following < len(lines) and not _COMMAND_EXIT.match(lines[following]):
+            key.append("kernel: " + lines[following])
+    if not key:
+        key = [line for line in lines if not _COMMAND_EXIT.match(line)]
+    return "; ".join(key)
