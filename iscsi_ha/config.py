@@ -15,6 +15,11 @@ from validate import ValidateError, Validator
 
 DEFAULT_PATH = "/etc/iscsi-ha/iscsi-ha.conf"
 
+
+def default_path():
+    """The config file used without --config: $ISCSI_HA_CONFIG, else DEFAULT_PATH."""
+    return os.environ.get("ISCSI_HA_CONFIG") or DEFAULT_PATH
+
 # One line per key: KEY = check(args, default=...). Legacy HA-Lizard keys first.
 CONFIGSPEC = """
 DRBD_RESOURCES = resource_list(default='iscsi1')

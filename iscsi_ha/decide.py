@@ -5,15 +5,12 @@ done by the action) -> gratuitous ARP. Demote order is the reverse. A reason is 
 the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
 from iscsi_ha import model
+from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Decision, DemoteDrbd, PromoteDrbd,
                             RemoveFloatingIp, StartTarget, StopTarget)
 
 PRIMARY_WORD = "Primary"
 UP_TO_DATE = "UpToDate"
-# Connection states in which the replication link is up (DRBD 8.4 and 9 words).
-LINK_UP = frozenset(["Connected", "Established", "SyncSource", "SyncTarget", "PausedSyncS",
-                     "PausedSyncT", "VerifyS", "VerifyT", "StartingSyncS", "StartingSyncT",
-                     "WFBitMapS", "WFBitMapT", "WFSyncUUID", "Ahead", "Behind"])
 
 
 def decide(obs):
@@ -90,7 +87,7 @@ def _promote_blocker(name, state, obs):
     """Why resource ``name`` may not be promoted now, or '' when it may."""
     if state.peer_role == PRIMARY_WORD:
         return "%s: peer is still Primary" % name
-    link_up = state.connection in LINK_UP
+    link_up = state.connection in LINK_UP_STATES
     if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE):
         return "%s: no UpToDate data here (disk %s, peer disk %s)" % (
             name, state.disk, state.peer_disk)
