@@ -1,0 +1,428 @@
+"""``drbdadm`` and ``drbdsetup`` of the DRBD double: arguments, DRBD's error texts, output formats.
+
+Where each text and format comes from (facts checked while writing this, no code copied):
+
+- State change errors and their exit codes: drbd-utils ``user/v84/drbd_strings.c`` and
+  drbd-headers ``drbd_strings.c`` (``(-1) Multiple primaries not allowed by config``, ``(-2) Need
+  access to UpToDate data``, ``(-12) Device is held open by someone``); ``print_config_error()``
+  in ``user/v84/drbdsetup.c`` / ``user/v9/drbdsetup.c``: ``<obj>: State change failed: (N) TEXT``,
+  exit 17 for -2, 11 for the others; ``<obj>: Failure: (127) Device minor not allocated`` exit 10.
+- ``Command '...' terminated with exit code N`` (drbdadm, for exit codes >= 10):
+  ``user/shared/shared_main.c``; drbdadm then exits with that code. Real example: quantum/esos
+  issue #129 (``0: Failure: (127) Device minor not allocated`` / ``additional info from kernel:``
+  / ``unknown minor`` / ``Command 'drbdsetup secondary 0' terminated with exit code 10``).
+- The drbdsetup command lines drbdadm runs, ``'xyz' not defined in your config (for this host).``
+  (exit 1), ``drbdadm: Unknown command 'x'`` (exit 1), ``unrecognized option``: captured here from
+  Debian 12's drbd-utils 9.22.0 (``drbdadm -d ...`` and ``/lib/drbd/drbdadm-84 -d ...``).
+- ``Device '1' is configured!`` (drbdmeta, exit 20) for ``up`` of a resource that is up, and the
+  drbdmeta ``dstate`` fallback of ``drbdadm dstate`` on a down resource: ``user/shared/drbdmeta.c``
+  and ``adm_generic_b()`` in ``user/v84/drbdadm_main.c``.
+- /proc/drbd (8.4): ``drbd_seq_show()`` / ``drbd_syncer_progress()`` in LINBIT/drbd-8.4
+  ``drbd/drbd_proc.c``; header as in the real sample of LINBIT/drbd issue #61. DRBD 9's /proc/drbd
+  has only the version lines (LINBIT/drbd ``drbd/drbd_proc.c``).
+- ``drbdsetup status [--json]`` and ``drbdadm status``: ``status_cmd()`` and the ``*_status*()``
+  functions of drbd-utils v9.22.0 ``user/v9/drbdsetup.c`` (JSON shape also in the real output of
+  ClusterLabs/ha_cluster_exporter issue #25); 8.4 compat text (``peer`` connection name,
+  ``replication:Established`` shown) from ``user/v84/drbdsetup.c`` and LINBIT/drbd issue #97;
+  8.4's drbdsetup has no ``--json`` (``status: unrecognized option '--json'``, LINBIT/drbd #129).
+"""
+from iscsi_ha.lab.drbd_double import DoubleError
+
+SETUP84 = "/lib/drbd/drbdsetup-84"
+PROC_HEADER = {
+    "8.4": "version: 8.4.11 (api:1/proto:86-101)\nsrcversion: 9B671CCC1F00886BA069043\n",
+    "9": "version: 9.2.8 (api:2/proto:86-122)\nGIT-hash: 0000000000000000000000000000000000000000"
+         " build by drbd-double, 2024-01-01 00:00:00\nTransports (api:21): tcp (9.2.8)\n",
+}
+STATE_ERRORS = {"two-primaries": (-1, "Multiple primaries not allowed by config", 11),
+                "no-uptodate": (-2, "Need access to UpToDate data", 17),
+                "in-use": (-12, "Device is held open by someone", 11)}
+BUILDTAG = ("DRBDADM_BUILDTAG=GIT-hash:\\ 409097fe02187f83790b88ac3e0d94f3c167adab\\ reproducible"
+            "\\ build\\,\\ 2023-01-09\\ 14:51:18\n")     # Debian 12's drbd-utils 9.22.0
+VERSION_TEXT = {
+    "8.4": BUILDTAG + "DRBDADM_API_VERSION=1\nDRBD_KERNEL_VERSION_CODE=0x08040b\n"
+                      "DRBDADM_VERSION_CODE=0x091600\nDRBDADM_VERSION=9.22.0\n",
+    "9": BUILDTAG + "DRBDADM_API_VERSION=2\nDRBD_KERNEL_VERSION_CODE=0x090208\n"
+                    "DRBD_KERNEL_VERSION=9.2.8\nDRBDADM_VERSION_CODE=0x091600\n"
+                    "DRBDADM_VERSION=9.22.0\n",
+}
+ADM_COMMANDS = ("primary", "secondary", "connect", "disconnect", "up", "down", "role", "cstate",
+                "dstate", "status", "sh-minor")
+ADM_OPTIONS = {"primary": ("--force",), "connect": ("--discard-my-data",)}
+
+
+class Reply(object):
+    """What one invocation prints and returns."""
+
+    def __init__(self):
+        self.rc, self.out, self.err = 0, [], []
+
+    def fail(self, rc, text):
+        self.err.append(text)
+        self.rc = max(self.rc, rc)
+        return self
+
+
+def split_invocation(argv):
+    """``--world DIR --host NAME PROG ARGS...`` -> (world_dir, host, prog, args)."""
+    if len(argv) < 5 or argv[0] != "--world" or argv[2] != "--host":
+        raise DoubleError("usage: --world DIR --host NAME drbdadm|drbdsetup ARGS...")
+    if argv[4] not in ("drbdadm", "drbdsetup"):
+        raise DoubleError("unknown program %r (drbdadm or drbdsetup)" % argv[4])
+    return argv[1], argv[3], argv[4], argv[5:]
+
+
+def invoke(world, host, prog, args):
+    """Run one drbdadm/drbdsetup invocation on ``host``; return (rc, stdout, stderr)."""
+    with world.transaction() as st:
+        if host not in st["hosts"]:
+            raise DoubleError("unknown host %r" % host)
+        if st["hosts"][host]["crashed"]:
+            raise DoubleError("host %r is crashed; World.boot() it first" % host)
+        handler = drbdadm if prog == "drbdadm" else drbdsetup
+        reply = handler(world, st, host, list(args))
+        first = "".join(reply.err).strip().splitlines() or ["ok"]
+        world.log(st, host, [prog] + list(args), reply.rc, first[0])
+    return reply.rc, "".join(reply.out), "".join(reply.err)
+
+
+# -- drbdadm ---------------------------------------------------------------------------------
+def _parse_adm(args, version):
+    """-> (command, options, resource names) or a Reply with drbdadm's usage error."""
+    command, options, names = None, [], []
+    if "--version" in args or "-V" in args:
+        reply = Reply()
+        reply.out.append(VERSION_TEXT[version])
+        return reply
+    for arg in args:
+        if arg == "--":
+            continue
+        if arg.startswith("-"):
+            options.append(arg)
+        elif command is None:
+            command = arg
+        else:
+            names.append(arg)
+    if command is None:
+        return Reply().fail(1, "No command specified\n")
+    if command not in ADM_COMMANDS:
+        return Reply().fail(1, "drbdadm: Unknown command '%s'\n" % command)
+    allowed = ADM_OPTIONS.get(command, ())
+    if command == "secondary" and version == "9":
+        allowed = ("--force",)
+    for option in options:
+        if option not in allowed:
+            known = option in ("--force", "--discard-my-data")
+            hint = "help %s" % command if known else "help"
+            return Reply().fail(1, "drbdadm: unrecognized option '%s'\ntry 'drbdadm %s'\n"
+                                % (option, hint))
+    if not names and command != "status":
+        return Reply().fail(1, "No resource names specified\n")
+    return command, options, names or ["all"]
+
+
+def drbdadm(world, st, host, args):
+    parsed = _parse_adm(args, st["version"])
+    if isinstance(parsed, Reply):          # usage error or --version
+        return parsed
+    command, options, names = parsed
+    reply = Reply()
+    for name in names:
+        if name == "all" and command == "status" and st["version"] == "9":
+            _setup_status(world, st, host, [], False, reply)     # one "drbdsetup status"
+            continue
+        if name != "all" and name not in st["resources"]:
+            return reply.fail(1, "'%s' not defined in your config (for this host).\n" % name)
+        for res in sorted(st["resources"]) if name == "all" else [name]:
+            _adm_one(world, st, host, command, options, res, reply)
+    return reply
+
+
+def _setup_argv(st, host, command, res, options):
+    """The drbdsetup/drbdmeta command line drbdadm runs (as drbdadm -d prints it)."""
+    minor = str(st["resources"][res]["minor"])
+    if st["version"] == "8.4":
+        here = "ipv4:%s:7789" % st["hosts"][host]["address"]
+        there = "ipv4:%s:7789" % st["hosts"][_peer(st, host)]["address"]
+        argv = {"primary": [minor], "secondary": [minor], "role": [minor], "cstate": [minor],
+                "dstate": [minor], "down": [res], "status": [res],
+                "connect": [res, here, there, "--protocol=C"], "disconnect": [here, there]}
+        return [SETUP84, command] + argv[command] + options
+    peer_id = str(st["hosts"][_peer(st, host)]["node_id"])
+    argv = {"primary": [res], "secondary": [res], "role": [res], "cstate": [res, peer_id],
+            "dstate": [minor], "down": [res], "status": [res], "connect": [res, peer_id],
+            "disconnect": [res, peer_id]}
+    return ["drbdsetup", command] + argv[command] + options
+
+
+def _adm_one(world, st, host, command, options, res, reply):
+    if command == "sh-minor":
+        reply.out.append("%d\n" % st["resources"][res]["minor"])
+        return
+    if command == "up":
+        return _adm_up(world, st, host, res, reply)
+    argv = _setup_argv(st, host, command, res, options)
+    sub = Reply()
+    setup_command(world, st, host, command, res, "--force" in options,
+                  "--discard-my-data" in options, sub)
+    if command == "dstate" and sub.rc == 10:
+        reply.out.append(_meta_dstate(st["disks"][res][host]))
+        return
+    reply.out.extend(sub.out)
+    reply.err.extend(sub.err)
+    if sub.rc >= 10:
+        reply.fail(sub.rc, "Command '%s' terminated with exit code %d\n" % (" ".join(argv), sub.rc))
+
+
+def _adm_up(world, st, host, res, reply):
+    outcome = world.up(st, host, res)
+    if outcome == "configured":
+        minor = st["resources"][res]["minor"]
+        meta = "v08" if st["version"] == "8.4" else "v09"
+        reply.fail(20, "Device '%d' is configured!\n" % minor)
+        reply.fail(20, "Command 'drbdmeta %d %s %s internal apply-al' terminated with exit code"
+                   " 20\n" % (minor, meta, world.device_path(host, res)))
+
+
+def _meta_dstate(disk):
+    """drbdmeta's dstate of a resource that is down (from its meta-data flags)."""
+    if disk["disk"] == "UpToDate":
+        return "UpToDate\n" if disk["peer_outdated"] else "Consistent\n"
+    return disk["disk"] + "\n"
+
+
+def _peer(st, host):
+    return [h for h in st["hosts"] if h != host][0]
+
+
+# -- drbdsetup -------------------------------------------------------------------------------
+def setup_command(world, st, host, command, res, force, discard, reply):
+    """One drbdsetup command on an existing resource name; results appended to ``reply``."""
+    v84 = st["version"] == "8.4"
+    minor = str(st["resources"][res]["minor"])
+    obj = minor if v84 and command in ("primary", "secondary", "role", "cstate", "dstate") else res
+    if command == "dstate":
+        obj = minor
+    view = world.view(st, host, res)
+    if command in ("role", "cstate", "dstate", "status"):
+        if not view["up"]:
+            return _not_up(st, command, obj, reply)
+        reply.out.append(render_query(st, command, res, view, _peer(st, host)))
+        return reply
+    operation = {"primary": lambda: world.promote(st, host, res, force),
+                 "secondary": lambda: world.demote(st, host, res, force),
+                 "connect": lambda: world.connect(st, host, res, discard),
+                 "disconnect": lambda: world.disconnect(st, host, res),
+                 "down": lambda: world.down(st, host, res)}[command]
+    outcome = operation()
+    if outcome == "not-up":
+        return _not_up(st, command, obj, reply)
+    if outcome == "net-configured":
+        return reply.fail(10, "%s: Failure: (125) Device has a net-config (use disconnect "
+                          "first)\n" % obj)
+    if outcome in STATE_ERRORS:
+        code, text, rc = STATE_ERRORS[outcome]
+        return reply.fail(rc, "%s: State change failed: (%d) %s\n" % (obj, code, text))
+    return reply
+
+
+def _not_up(st, command, obj, reply):
+    """What drbdsetup says about a resource that is down (its minor does not exist)."""
+    if command == "status":
+        return reply.fail(10, "%s: No such resource\n" % obj)
+    if st["version"] == "8.4":
+        if obj.isdigit():
+            return reply.fail(10, "%s: Failure: (127) Device minor not allocated\n"
+                              "additional info from kernel:\nunknown minor\n" % obj)
+        return reply.fail(10, "%s: Failure: (162) Invalid configuration request\n"
+                          "additional info from kernel:\nunknown resource\n" % obj)
+    texts = {"role": "Unknown resource", "cstate": "No such connection",
+             "dstate": "No such device", "status": "No such resource"}
+    if command in texts:
+        return reply.fail(10, "%s: %s\n" % (obj, texts[command]))
+    return reply.fail(10, "%s: Failure: (158) Unknown resource\n"
+                      "additional info from kernel:\nunknown resource\n" % obj)
+
+
+def _setup_object(st, command, obj):
+    """Map drbdsetup's object argument (minor, /dev/drbdN or resource) to a resource name."""
+    needs_minor = command == "dstate" or (st["version"] == "8.4" and command != "down")
+    if needs_minor:
+        digits = obj.replace("/dev/drbd", "").replace("minor-", "")
+        names = [r for r, spec in st["resources"].items()
+                 if digits.isdigit() and spec["minor"] == int(digits)]
+        if not digits.isdigit():
+            raise ValueError("Cannot determine minor device number of device '%s'\n" % obj)
+        return names[0] if names else None, digits
+    return (obj if obj in st["resources"] else None), obj
+
+
+def drbdsetup(world, st, host, args):
+    reply = Reply()
+    if not args:
+        return reply.fail(20, "USAGE: drbdsetup command {arguments} [options]\n")
+    command, rest = args[0], args[1:]
+    objects = [a for a in rest if not a.startswith("-")]
+    options = [a for a in rest if a.startswith("-")]
+    if command not in ("status", "role", "cstate", "dstate", "primary", "secondary", "down"):
+        return reply.fail(20, "drbdsetup: the DRBD double does not model '%s'\n"
+                          "unknown command\n" % command)
+    allowed = {"status": ("--json", "--verbose", "--statistics"), "primary": ("--force",),
+               "secondary": ("--force",) if st["version"] == "9" else ()}.get(command, ())
+    if st["version"] == "8.4" and command == "status":
+        allowed = ("--verbose", "--statistics")
+    for option in options:
+        if option not in allowed:
+            return reply.fail(20, "%s: unrecognized option '%s'\n" % (command, option))
+    if command == "status":
+        return _setup_status(world, st, host, objects, "--json" in options, reply)
+    if len(objects) != 1:
+        return reply.fail(20, "Missing argument 1 to command\n")
+    try:
+        res, obj = _setup_object(st, command, objects[0])
+    except ValueError as exc:
+        return reply.fail(20, str(exc))
+    if res is None:
+        return _not_up(st, command, obj, reply)
+    return setup_command(world, st, host, command, res, "--force" in options, False, reply)
+
+
+def _setup_status(world, st, host, objects, as_json, reply):
+    wanted = objects[0] if objects else "all"
+    names = [r for r in sorted(st["resources"]) if st["disks"][r][host]["up"]
+             and wanted in ("all", r)]
+    if as_json:
+        reply.out.append(render_status_json(world, st, host, names))
+    elif not names and wanted == "all":
+        reply.out.append("# No currently configured DRBD found.\n")
+    for res in names if not as_json else []:
+        reply.out.append(render_query(st, "status", res, world.view(st, host, res),
+                                      _peer(st, host)))
+    if not names and wanted != "all":
+        reply.fail(10, "%s: No such resource\n" % wanted)
+    return reply
+
+
+# -- output formats --------------------------------------------------------------------------
+def render_query(st, command, res, view, peer_host):
+    v84 = st["version"] == "8.4"
+    if command == "role":
+        return "%s/%s\n" % (view["role"], view["peer_role"]) if v84 else view["role"] + "\n"
+    if command == "cstate":
+        return (view["cstate"] if v84 else view["conn"]) + "\n"
+    if command == "dstate":
+        return "%s/%s\n" % (view["disk"], view["peer_disk"])
+    lines = ["%s role:%s" % (res, view["role"]), "  disk:%s" % view["disk"]]
+    name = "peer" if v84 else peer_host
+    if not view["connected"]:
+        lines.append("  %s connection:%s" % (name, view["conn"]))
+        return "\n".join(lines) + "\n\n"
+    lines.append("  %s role:%s" % (name, view["peer_role"]))
+    parts = []
+    if v84 or view["repl"] != "Established":
+        parts.append("replication:%s" % view["repl"])
+    parts.append("peer-disk:%s" % view["peer_disk"])
+    if view["sync"]:
+        done, total, _ = view["sync"]
+        parts.append("done:%.2f" % (100.0 * done / total))
+    lines.append("    " + " ".join(parts))
+    return "\n".join(lines) + "\n\n"
+
+
+def _json_peer_device(view):
+    done, total, elapsed = view["sync"] or (view["size"], view["size"], 0.0)
+    left = (total - done) // 512
+    size = view["size"] // 512
+    fields = [("volume", "0"), ("replication-state", '"%s"' % view["repl"]),
+              ("peer-disk-state", '"%s"' % view["peer_disk"]), ("peer-client", "false"),
+              ("resync-suspended", '"no"'), ("received", "0"), ("sent", "0"),
+              ("out-of-sync", str(left // 2)), ("pending", "0"), ("unacked", "0"),
+              ("has-sync-details", "true" if view["sync"] else "false"),
+              ("has-online-verify-details", "false"),
+              ("percent-in-sync", "%.2f" % (100.0 * (1 - float(left) / size)))]
+    if view["sync"]:
+        ms = int(elapsed * 1000)
+        rate = (done / 1048576.0) / max(elapsed, 0.001)
+        fields += [("rs-total", str(total // 512)), ("rs-dt-start-ms", str(ms)),
+                   ("rs-paused-ms", "0"), ("rs-dt0-ms", str(ms)),
+                   ("rs-db0-sectors", str(done // 512)), ("rs-dt1-ms", str(ms)),
+                   ("rs-db1-sectors", str(done // 512)), ("rs-failed", "0"),
+                   ("rs-same-csum", "0"), ("want", "0.00"), ("db0/dt0 [MiB/s]", "%.2f" % rate),
+                   ("db1/dt1 [MiB/s]", "%.2f" % rate),
+                   ("estimated-seconds-to-finish",
+                    "%.0f" % ((total - done) / 1048576.0 / rate if rate else 987654321)),
+                   ("db/dt [MiB/s]", "%.2f" % rate),
+                   ("percent-resync-done", "%.2f" % (100.0 * done / total))]
+    body = ",\n".join('          "%s": %s' % field for field in fields)
+    return "        {\n%s\n        }" % body
+
+
+def _json_resource(world, st, host, res):
+    view = world.view(st, host, res)
+    peer = _peer(st, host)
+    head = ('{\n  "name": "%s",\n  "node-id": %d,\n  "role": "%s",\n  "suspended": false,\n'
+            '  "suspended-user": false,\n  "suspended-no-data": false,\n'
+            '  "suspended-fencing": false,\n  "suspended-quorum": false,\n'
+            '  "force-io-failures": false,\n  "write-ordering": "flush",\n  "devices": [\n'
+            % (res, st["hosts"][host]["node_id"], view["role"]))
+    device = ('    {\n      "volume": 0,\n      "minor": %d,\n      "disk-state": "%s",\n'
+              '      "client": false,\n      "quorum": true,\n      "size": %d,\n'
+              '      "read": 0,\n      "written": 0,\n      "al-writes": 0,\n'
+              '      "bm-writes": 0,\n      "upper-pending": 0,\n      "lower-pending": 0\n'
+              '    }' % (view["minor"], view["disk"], view["size"] // 1024))
+    connection = ('    {\n      "peer-node-id": %d,\n      "name": "%s",\n'
+                  '      "connection-state": "%s", \n      "congested": false,\n'
+                  '      "peer-role": "%s",\n      "ap-in-flight": 0,\n'
+                  '      "rs-in-flight": 0,\n      "peer_devices": [\n%s ]\n    }'
+                  % (st["hosts"][peer]["node_id"], peer, view["conn"], view["peer_role"],
+                     _json_peer_device(view)))
+    return head + device + ' ],\n  "connections": [\n' + connection + " ]\n}\n"
+
+
+def render_status_json(world, st, host, names):
+    """``drbdsetup status --json`` (drbd-utils 9.22 layout, including its odd whitespace)."""
+    return "[\n" + ",\n".join(_json_resource(world, st, host, r) for r in names) + "]\n\n"
+
+
+def _progress_lines(view):
+    """The two /proc/drbd resync lines (8.4 drbd_syncer_progress format)."""
+    done, total, elapsed = view["sync"]
+    total_kb, left_kb = total // 1024, (total - done) // 1024
+    bits_total, bits_left = total_kb // 4, left_kb // 4
+    per_mil = 1000 - (bits_left >> 10) * 1000 // (1 + (bits_total >> 10))
+    x = per_mil // 50
+    bar = "=" * max(0, x - 1) + ">" + "." * (20 - x)
+    speed = int((done // 1024) / max(elapsed, 1.0))
+    remaining = int(left_kb / speed) if speed else 0
+    return ("\t[%s] sync'ed:%3d.%d%% (%d/%d)K\n\tfinish: %d:%02d:%02d speed: %s (%s)%s K/sec\n"
+            % (bar, per_mil // 10, per_mil % 10, left_kb, total_kb, remaining // 3600,
+               remaining % 3600 // 60, remaining % 60, _grouped(speed), _grouped(speed),
+               " want: %s" % _grouped(speed) if view["repl"] == "SyncTarget" else ""))
+
+
+def _grouped(value):
+    return "{:,}".format(int(value))
+
+
+def render_proc_drbd(world, st, host):
+    """/proc/drbd as ``host`` sees it: 8.4 lists every configured minor, 9 only the version."""
+    text = PROC_HEADER[st["version"]]
+    if st["version"] != "8.4":
+        return text
+    previous = -1
+    for res in sorted(st["resources"], key=lambda r: st["resources"][r]["minor"]):
+        view = world.view(st, host, res)
+        if not view["up"]:
+            continue
+        if view["minor"] != previous + 1:
+            text += "\n"           # DRBD 8.4 marks a gap in the minor numbers with a blank line
+        previous = view["minor"]
+        left_kb = (view["sync"][1] - view["sync"][0]) // 1024 if view["sync"] else 0
+        protocol = " " if view["cstate"] == "StandAlone" else "C"
+        text += ("%2d: cs:%s ro:%s/%s ds:%s/%s %s r-----\n"
+                 "    ns:0 nr:0 dw:0 dr:0 al:0 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:%d\n"
+                 % (view["minor"], view["cstate"], view["role"], view["peer_role"],
+                    view["disk"], view["peer_disk"], protocol, left_kb))
+        if view["sync"]:
+            text += _progress_lines(view)
+    return text
