@@ -103,13 +103,15 @@ def attach_to_bridge(ns, bridge, host_if, ns_if, cidr):
     exec_in(ns, ["ip", "link", "set", ns_if, "up"], check=True)
 
 
-def connect_direct(ns_a, if_a, cidr_a, ns_b, if_b, cidr_b):
-    """A veth straight from ``ns_a`` to ``ns_b`` (the replication link)."""
-    tmp = if_a + "t"
-    _ip(["link", "add", tmp, "type", "veth", "peer", "name", if_b + "t"])
-    _ip(["link", "set", tmp, "netns", ns_a])
-    _ip(["link", "set", if_b + "t", "netns", ns_b])
-    for ns, old, new, cidr in ((ns_a, tmp, if_a, cidr_a), (ns_b, if_b + "t", if_b, cidr_b)):
+def connect_direct(ns_a, if_a, cidr_a, ns_b, if_b, cidr_b, tmp_prefix):
+    """A veth straight from ``ns_a`` to ``ns_b`` (the replication link). Its two ends are created
+    in the root namespace as ``<tmp_prefix>ra``/``rb`` (found by cleanup if anything fails) and
+    renamed once they are inside their namespaces."""
+    tmp_a, tmp_b = tmp_prefix + "ra", tmp_prefix + "rb"
+    _ip(["link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+    _ip(["link", "set", tmp_a, "netns", ns_a])
+    _ip(["link", "set", tmp_b, "netns", ns_b])
+    for ns, old, new, cidr in ((ns_a, tmp_a, if_a, cidr_a), (ns_b, tmp_b, if_b, cidr_b)):
         exec_in(ns, ["ip", "link", "set", old, "name", new], check=True)
         exec_in(ns, ["ip", "addr", "add", check_address(cidr), "dev", new], check=True)
         exec_in(ns, ["ip", "link", "set", new, "up"], check=True)

@@ -1,0 +1,27 @@
+# make demo: set up and run the lab demo (root).   make test: set up and run every test (root).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test unit lint bench clean
+
+setup:
+	./scripts/install-deps
+
+demo: setup
+	$(VENV)/bin/iscsi-ha-lab demo
+
+lint: setup
+	$(VENV)/bin/vermin -q --no-tips --violations --backport dataclasses -t=3.6- iscsi_ha
+
+test: lint
+	$(PY) -m pytest -ra
+
+unit: setup
+	$(PY) -m pytest -ra -m "not lab and not netns"
+
+bench: setup
+	$(PY) bench/pass_time.py
+
+clean:
+	$(VENV)/bin/iscsi-ha-lab down 2>/dev/null || true
+	rm -rf build dist *.egg-info

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Benchmark: how long one agent pass takes against real ip, arping and tgtd (DRBD double).
+
+Run as root:  .venv/bin/python bench/pass_time.py [--rounds N]
+Prints the pass duration the agent itself measured (observe + decide + act + publish, without
+the interpreter's start-up) for an idle pass, a promote pass and a demote pass.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from iscsi_ha.lab.rig import Rig  # noqa: E402
+
+
+def summary(name, values):
+    return "%-13s n=%-3d median %7.1f ms   min %7.1f ms   max %7.1f ms" % (
+        name, len(values), statistics.median(values) * 1000, min(values) * 1000,
+        max(values) * 1000)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces, tgtd)")
+    figures = {"idle (secondary)": [], "idle (primary)": [], "promote": [], "demote": []}
+    with tempfile.TemporaryDirectory(prefix="iscsi-ha-bench.") as tmp:
+        rig = Rig(tmp, "ihbench", ctl=59)
+        try:
+            rig.up()
+            for _ in range(args.rounds):
+                figures["idle (secondary)"].append(rig.run_once()[1]["pass"]["duration_s"])
+                rig.set_pool("master")
+                start = time.monotonic()
+                code, doc = rig.run_once()
+                if code != 0:
+                    sys.exit("promote pass failed: %s" % doc["problems"])
+                figures["promote"].append(doc["pass"]["duration_s"])
+                promote_doc = doc
+                figures["idle (primary)"].append(rig.run_once()[1]["pass"]["duration_s"])
+                rig.set_pool("slave:192.0.2.12")
+                code, doc = rig.run_once()
+                if code != 0:
+                    sys.exit("demote pass failed: %s" % doc["problems"])
+                figures["demote"].append(doc["pass"]["duration_s"])
+        finally:
+            rig.down()
+    print("agent pass duration (iscsi-ha run --once in a namespace, real tgtd/ip/arping):")
+    for name, values in figures.items():
+        print("  " + summary(name, values))
+    print("steps of the last promote pass:")
+    for action in promote_doc["last_actions"]:
+        print("  %-22s %7.1f ms" % (action["action"], action["duration_s"] * 1000))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``iscsi-ha``: the agent. ``run`` is the daemon (foreground); ``check`` validates a config."""
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from iscsi_ha import __version__, config as config_mod, logsetup
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                        help="configuration file (default $ISCSI_HA_CONFIG or %s)" % config_mod.DEFAULT_PATH)
+    parser = argparse.ArgumentParser(prog="iscsi-ha", parents=[common],
+                                     description="iscsi-ha agent: keeps DRBD + iSCSI target + "
+                                     "floating IP on the pool master.")
+    parser.add_argument("--version", action="version", version="iscsi-ha " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
+    run.add_argument("--once", action="store_true", help="run one pass and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="observe and decide, print the plan, act on nothing (implies --once)")
+    run.add_argument("--json", action="store_true", help="with --once: print the status document")
+    sub.add_parser("check", parents=[common], help="validate the configuration file")
+    return parser
+
+
+def _load(path):
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        sys.stderr.write("iscsi-ha: invalid configuration %s\n" % exc)
+        return None
+
+
+def cmd_check(path):
+    try:
+        config = config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        sys.stderr.write("invalid: %s\n" % exc)
+        for warning in getattr(exc, "warnings", []):
+            sys.stderr.write("  warning: %s\n" % warning)
+        return EXIT_USAGE
+    for warning in config.warnings:
+        sys.stdout.write("warning: %s\n" % warning)
+    sys.stdout.write("ok: %s is valid\n" % path)
+    return EXIT_OK
+
+
+def cmd_run(path, once, dry_run, as_json):
+    config = _load(path)
+    if config is None:
+        return EXIT_USAGE
+    logsetup.setup(config, stderr=True)
+    from iscsi_ha.agent import Agent, describe_observation
+    from iscsi_ha.loop import Loop
+    agent = Agent(config, dry_run=dry_run)
+    if once or dry_run:
+        record = agent.run_cycle("once")
+        if as_json:
+            document = agent.publish(record, "once") if dry_run else None
+            sys.stdout.write(json.dumps(document or _read_status(config), indent=1) + "\n")
+        else:
+            sys.stdout.write("observed: %s\n" % describe_observation(record.observation))
+            sys.stdout.write("decision: %s\n" % record.decision.reason)
+            for number, action in enumerate(record.decision.actions, 1):
+                sys.stdout.write("  %d. %s\n" % (number, action.describe()))
+        agent.adapters.close()
+        return EXIT_OK if all(r.ok for r in record.results) else EXIT_FAIL
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    loop = Loop(agent, stop)
+    try:
+        loop.run()
+    finally:
+        agent.adapters.close()
+    return EXIT_OK
+
+
+def _read_status(config):
+    from iscsi_ha.files import read_json
+    return read_json(config.STATUS_FILE)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    path = getattr(args, "config", config_mod.default_path())
+    if args.command == "check":
+        return cmd_check(path)
+    return cmd_run(path, args.once, args.dry_run, args.json)
+
+
+def main_exit():
+    sys.exit(int(main()))
+
+
+if __name__ == "__main__":
+    main_exit()

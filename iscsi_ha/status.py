@@ -1,0 +1,106 @@
+"""The status document the agent publishes after every pass (JSON, written atomically).
+
+Keys (version 1) — ``iscsi-cfg status --json`` prints this document plus ``agent_running`` and
+``stale``:
+  version, hostname, updated (epoch s), updated_iso, agent {pid, version, started},
+  pass {number, started, duration_s, trigger}, pool {role, master_address, detail},
+  manual_mode, desired_role, drbd {resource: {role, peer_role, connection, disk, peer_disk,
+  sync_percent}}, drbd_error, target {running, serving, missing, connections, error},
+  floating_ip {address, interface, local, error}, decision {reason, actions, healthy},
+  last_actions [{action, ok, duration_s, detail, skipped, at}], health ("ok" | "degraded" |
+  "failed"), problems [sentences].
+"""
+import json
+import os
+import socket
+import time
+
+from iscsi_ha import __version__
+from iscsi_ha.files import atomic_write
+
+FORMAT_VERSION = 1
+
+
+def _drbd_dict(state):
+    return {
+        "role": state.role, "peer_role": state.peer_role, "connection": state.connection,
+        "disk": state.disk, "peer_disk": state.peer_disk, "sync_percent": state.sync_percent,
+    }
+
+
+def _iso(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch))
+
+
+def problems_of(observation, decision, results):
+    """Sentences an admin must read: failed actions, refusals, a degraded replication."""
+    found = ["%s failed: %s" % (r.action.describe(), r.detail)
+             for r in results if not r.ok and not r.skipped]
+    if not decision.healthy and not decision.actions:
+        found.append(decision.reason)
+    for name, state in sorted(observation.drbd.items()):
+        if not state.is_connected:
+            found.append("%s: replication link down (%s)" % (name, state.connection))
+        elif state.peer_disk != "UpToDate":
+            found.append("%s: peer disk %s" % (name, state.peer_disk))
+        if state.is_syncing:
+            found.append("%s: resync %s (%s%%)" % (name, state.connection,
+                                                   state.sync_percent))
+        elif state.disk != "UpToDate":
+            found.append("%s: local disk %s" % (name, state.disk))
+    return found
+
+
+def health_of(decision, results, problems):
+    """"failed" when an action failed or the agent refuses/cannot act, "degraded" when
+    anything else is not as it should be, "ok" otherwise."""
+    if any(not r.ok and not r.skipped for r in results):
+        return "failed"
+    if decision.reason.startswith(("refusing", "holding: cannot", "holding: DRBD",
+                                   "holding: split")):
+        return "failed"
+    return "degraded" if problems or not decision.healthy else "ok"
+
+
+def build(record, config, number, started_at, trigger, last_actions):
+    obs, decision = record.observation, record.decision
+    problems = problems_of(obs, decision, record.results)
+    now = time.time()
+    return {
+        "version": FORMAT_VERSION,
+        "hostname": socket.gethostname(),
+        "updated": now,
+        "updated_iso": _iso(now),
+        "agent": {"pid": os.getpid(), "version": __version__, "started": started_at},
+        "pass": {"number": number, "started": record.started,
+                 "duration_s": round(record.duration, 4), "trigger": trigger},
+        "pool": {"role": obs.pool.role, "master_address": obs.pool.master_address,
+                 "detail": obs.pool.detail},
+        "manual_mode": obs.manual,
+        "desired_role": decision.desired,
+        "drbd": {name: _drbd_dict(state) for name, state in obs.drbd.items()},
+        "drbd_error": obs.drbd_error,
+        "target": None if obs.target is None else {
+            "running": obs.target.running, "serving": obs.target.serving,
+            "missing": list(obs.target.missing), "connections": obs.target.connections,
+            "error": obs.target.error},
+        "floating_ip": {"address": "%s/%s" % (config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK),
+                        "interface": config.DRBD_INTERFACE,
+                        "local": None if obs.vip is None else obs.vip.local,
+                        "error": "" if obs.vip is None else obs.vip.error},
+        "decision": {"reason": decision.reason, "healthy": decision.healthy,
+                     "actions": [a.describe() for a in decision.actions]},
+        "last_actions": last_actions,
+        "health": health_of(decision, record.results, problems),
+        "problems": problems,
+    }
+
+
+def results_to_list(results, at):
+    return [{"action": r.action.describe(), "ok": r.ok, "duration_s": round(r.duration, 4),
+             "detail": r.detail, "skipped": r.skipped, "at": at} for r in results]
+
+
+def write(path, document):
+    atomic_write(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+

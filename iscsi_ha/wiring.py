@@ -1,0 +1,95 @@
+"""Builds the adapters from the configuration and turns their answers into observations.
+
+Every observation helper catches the adapter's errors and reports them as data, so that a pass
+always completes and the policy decides what an unreadable state means (nothing is done on a
+guess).
+"""
+import logging
+
+from iscsi_ha import model
+from iscsi_ha.adapters.drbd import DrbdAdapter
+from iscsi_ha.adapters.target import TargetAdapter
+from iscsi_ha.adapters.vip import VipAdapter
+
+log = logging.getLogger("iscsi-ha")
+
+
+def detect_drbd_version(proc_path):
+    """"8.4" or "9" from the first line of /proc/drbd ("version: 8.4.11-1 ..."), or None."""
+    try:
+        with open(proc_path) as handle:
+            first = handle.readline()
+    except (OSError, IOError):
+        return None
+    if first.startswith("version: 8."):
+        return "8.4"
+    if first.startswith("version: 9."):
+        return "9"
+    return None
+
+
+class Adapters(object):
+    """The three storage adapters of one host."""
+
+    def __init__(self, drbd, target, vip):
+        self.drbd = drbd
+        self.target = target
+        self.vip = vip
+
+    @classmethod
+    def from_config(cls, config):
+        version = config.DRBD_VERSION
+        if version == "auto":
+            version = detect_drbd_version(config.DRBD_PROC) or "8.4"
+        drbd = DrbdAdapter(config.DRBD_RESOURCES, version=version, drbdadm=config.DRBD_ADM,
+                           drbdsetup=config.DRBD_SETUP, proc_drbd=config.DRBD_PROC,
+                           timeout=config.DRBD_TIMEOUT)
+        target = TargetAdapter(config.ISCSI_TARGET_IQN or None, config.ISCSI_LUNS,
+                               service=config.ISCSI_TARGET_SERVICE,
+                               status_cmd=config.TARGET_STATUS_COMMAND,
+                               start_cmd=config.TARGET_START_COMMAND,
+                               stop_cmd=config.TARGET_STOP_COMMAND,
+                               tgtadm=config.TGTADM, timeout=config.TARGET_TIMEOUT,
+                               stop_timeout=config.TARGET_STOP_TIMEOUT)
+        vip = VipAdapter(config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK, config.DRBD_INTERFACE,
+                         ip=config.IP_COMMAND, arping=config.ARPING, timeout=config.NET_TIMEOUT,
+                         dad_count=config.ARP_DAD_COUNT, dad_timeout=config.ARP_DAD_TIMEOUT,
+                         garp_count=config.ARP_COUNT, garp_interval=config.ARP_INTERVAL)
+        return cls(drbd, target, vip)
+
+    def reap(self):
+        """Collect finished background children (gratuitous ARP senders)."""
+        self.vip.reap()
+
+    def close(self):
+        self.vip.close()
+
+
+def observe_drbd(adapter):
+    """(states by resource, error sentence or '')."""
+    try:
+        return dict(adapter.observe()), ""
+    except Exception as exc:  # unreadable DRBD: the policy holds, and says why
+        return {}, str(exc) or type(exc).__name__
+
+
+def observe_target(adapter):
+    try:
+        state = adapter.observe()
+    except Exception as exc:
+        log.error("target: cannot observe: %s", exc)
+        return None
+    return model.TargetObservation(running=state.running, serving=state.serving,
+                                   missing=tuple(state.missing),
+                                   connections=state.connections)
+
+
+def observe_vip(adapter):
+    try:
+        state = adapter.observe()
+    except Exception as exc:
+        log.error("floating IP: cannot observe: %s", exc)
+        return None
+    error = "" if state.interface_exists else "interface does not exist"
+    return model.VipObservation(local=state.local, interface_exists=state.interface_exists,
+                                interface_up=state.interface_up, error=error)

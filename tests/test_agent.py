@@ -1,0 +1,144 @@
+"""One pass with the adapters mocked at their boundary: order, failure handling, status."""
+import json
+import threading
+import time
+
+import pytest
+
+from iscsi_ha import config as config_mod
+from iscsi_ha import model
+from iscsi_ha.agent import Agent
+from iscsi_ha.drbd import DrbdState
+from iscsi_ha.loop import Loop
+
+
+def state(role, peer="Secondary", conn="Connected", disk="UpToDate", peer_disk="UpToDate"):
+    return DrbdState(resource="iscsi1", minor="1", role=role, peer_role=peer, connection=conn,
+                     disk=disk, peer_disk=peer_disk, sync_percent=None)
+
+
+class FakeTarget(object):
+    def __init__(self, running=False, serving=False):
+        self.running, self.serving, self.missing, self.connections = running, serving, [], 0
+
+
+class FakeVip(object):
+    def __init__(self, local=False):
+        self.local, self.interface_exists, self.interface_up = local, True, True
+
+
+@pytest.fixture
+def config(tmp_path):
+    pool = tmp_path / "pool.conf"
+    pool.write_text("master")
+    text = "\n".join([
+        "POOL_CONF=%s" % pool, "STATE_DIR=%s" % (tmp_path / "state"),
+        "MONITOR_DELAY=0.2", "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3",
+        "DRBD_TIMEOUT=0.2", "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2",
+        "SYSLOG_SOCKET=", ""])
+    return config_mod.loads(text, "test.conf")
+
+
+@pytest.fixture
+def adapters(mocker):
+    a = mocker.Mock()
+    a.drbd.observe.return_value = {"iscsi1": state("Secondary")}
+    a.drbd.fingerprint.return_value = "fp"
+    a.target.observe.return_value = FakeTarget()
+    a.vip.observe.return_value = FakeVip()
+    return a
+
+
+def test_promote_pass_runs_every_step_in_order(config, adapters):
+    calls = []
+    for name in ("promote", "demote"):
+        getattr(adapters.drbd, name).side_effect = lambda r, n=name: calls.append((n, r))
+    adapters.target.start.side_effect = lambda: calls.append(("target", "start"))
+    adapters.vip.add.side_effect = lambda: calls.append(("vip", "add"))
+    adapters.vip.announce.side_effect = lambda: calls.append(("vip", "announce"))
+    record = Agent(config, adapters).run_cycle()
+    assert calls == [("promote", "iscsi1"), ("target", "start"), ("vip", "add"),
+                     ("vip", "announce")]
+    assert all(r.ok for r in record.results)
+
+
+def test_failed_step_skips_the_steps_that_depend_on_it(config, adapters):
+    adapters.target.start.side_effect = RuntimeError("tgtd did not answer")
+    record = Agent(config, adapters).run_cycle()
+    outcome = [(r.action.describe(), r.ok, r.skipped) for r in record.results]
+    assert outcome == [("promote iscsi1", True, False), ("start target", False, False),
+                       ("add floating IP", False, True), ("announce floating IP", False, True)]
+    adapters.vip.add.assert_not_called()
+    assert record.results[1].detail == "tgtd did not answer"
+
+
+def test_status_file_is_published_with_the_decision(config, adapters):
+    agent = Agent(config, adapters)
+    agent.run_cycle("start")
+    document = json.loads(open(config.STATUS_FILE).read())
+    assert document["decision"]["reason"] == "promoting: this host is pool master"
+    assert document["pool"]["role"] == "master"
+    assert document["drbd"]["iscsi1"]["role"] == "Secondary"
+    assert [a["action"] for a in document["last_actions"]] == [
+        "promote iscsi1", "start target", "add floating IP", "announce floating IP"]
+    assert document["pass"]["trigger"] == "start"
+
+
+def test_dry_run_acts_on_nothing_and_writes_no_status(config, adapters):
+    record = Agent(config, adapters, dry_run=True).run_cycle()
+    adapters.drbd.promote.assert_not_called()
+    adapters.target.start.assert_not_called()
+    assert [a.describe() for a in record.decision.actions][0] == "promote iscsi1"
+    import os
+    assert not os.path.exists(config.STATUS_FILE)
+
+
+def test_unreadable_drbd_holds_and_touches_nothing(config, adapters):
+    adapters.drbd.observe.side_effect = ValueError("unrecognised line 'xyz' in /proc/drbd")
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    record = Agent(config, adapters).run_cycle()
+    assert record.decision.actions == ()
+    assert "unrecognised line" in record.decision.reason
+    adapters.target.stop.assert_not_called()
+
+
+def test_adapter_observation_errors_do_not_stop_the_pass(config, adapters):
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.side_effect = RuntimeError("tgtadm hung")
+    adapters.vip.observe.return_value = FakeVip(local=True)
+    record = Agent(config, adapters).run_cycle()
+    assert record.observation.target is None
+    assert [a.describe() for a in record.decision.actions] == ["start target"]
+
+
+def test_hung_pass_has_its_children_killed(config, adapters, mocker):
+    import subprocess
+    adapters.drbd.observe.side_effect = lambda: subprocess.run(["sleep", "30"]) and {}
+    agent = Agent(config, adapters)
+    loop = Loop(agent)
+    start = time.monotonic()
+    loop.run_pass("test")
+    assert loop.hung_passes >= 1
+    assert time.monotonic() - start < 25        # the sleep was killed, not waited for
+
+
+def test_loop_wakes_on_pool_conf_change_and_never_overlaps(config, adapters):
+    agent = Agent(config, adapters)
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    adapters.vip.observe.return_value = FakeVip(local=True)
+    stop = threading.Event()
+    loop = Loop(agent, stop)
+    triggers = []
+    loop.on_pass = lambda record: triggers.append(record.observation.pool.role)
+    worker = threading.Thread(target=loop.run, kwargs={"max_passes": 3})
+    worker.start()
+    deadline = time.monotonic() + 10
+    while len(triggers) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(config.POOL_CONF, "w") as handle:
+        handle.write("slave:192.0.2.12")
+    worker.join(15)
+    stop.set()
+    assert not worker.is_alive()
+    assert triggers[0] == "master" and "slave" in triggers[1:]

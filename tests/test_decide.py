@@ -1,0 +1,238 @@
+"""The policy as tables: one observation in, the exact actions and sentence out."""
+import re
+
+import pytest
+
+from iscsi_ha import model
+from iscsi_ha.decide import decide
+from iscsi_ha.drbd import DrbdState
+from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, DemoteDrbd, PromoteDrbd,
+                            RemoveFloatingIp, StartTarget, StopTarget, TargetObservation,
+                            VipObservation, WitnessGrant)
+
+MASTER = model.PoolRole(model.MASTER, detail="master")
+SLAVE = model.PoolRole(model.SLAVE, master_address="192.0.2.11", detail="slave:192.0.2.11")
+
+SERVING = TargetObservation(running=True, serving=True)
+RUNNING = TargetObservation(running=True, serving=False, missing=("LUN 10 not exported",))
+STOPPED = TargetObservation(running=False, serving=False)
+LOCAL = VipObservation(local=True)
+AWAY = VipObservation(local=False)
+
+UP = (AddFloatingIp(), AnnounceFloatingIp())
+
+
+def st(role, peer, conn, disk, peer_disk, name="iscsi1"):
+    return DrbdState(resource=name, minor="1", role=role, peer_role=peer, connection=conn,
+                     disk=disk, peer_disk=peer_disk, sync_percent=None)
+
+
+PRI = st("Primary", "Secondary", "Connected", "UpToDate", "UpToDate")
+SEC = st("Secondary", "Secondary", "Connected", "UpToDate", "UpToDate")
+SEC_PEER_PRI = st("Secondary", "Primary", "Connected", "UpToDate", "UpToDate")
+SEC_ALONE = st("Secondary", "Unknown", "WFConnection", "UpToDate", "DUnknown")
+OUTDATED_ALONE = st("Secondary", "Unknown", "WFConnection", "Outdated", "DUnknown")
+SYNC_TARGET = st("Secondary", "Secondary", "SyncTarget", "Inconsistent", "UpToDate")
+INCONSISTENT_ALONE = st("Secondary", "Unknown", "StandAlone", "Inconsistent", "DUnknown")
+DISKLESS_GOOD_PEER = st("Secondary", "Secondary", "Connected", "Diskless", "UpToDate")
+PRI_ALONE = st("Primary", "Unknown", "WFConnection", "UpToDate", "DUnknown")
+DRBD9_SEC = st("Secondary", "Secondary", "Established", "UpToDate", "UpToDate")
+CONSISTENT = st("Secondary", "Secondary", "Connected", "Consistent", "Outdated")
+
+
+def obs(drbd, pool=MASTER, target=STOPPED, vip=AWAY, manual=model.MANUAL_OFF, witness=None,
+        split_brain=(), drbd_error="", resources=None):
+    if not isinstance(drbd, dict):
+        drbd = {"iscsi1": drbd}
+    return model.Observation(pool=pool, manual=manual, drbd=drbd, drbd_error=drbd_error,
+                             target=target, vip=vip, split_brain=split_brain, witness=witness,
+                             resources=tuple(resources or sorted(drbd)))
+
+
+P = "this host is pool master"
+S = "this host is a pool slave of 192.0.2.11"
+
+ROWS = [
+    # id, observation, actions, reason
+    ("master: promote all the way", obs(SEC),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: settled", obs(PRI, target=SERVING, vip=LOCAL), (),
+     "no action: primary as expected (%s), target serving, floating IP local" % P),
+    ("master: primary, target stopped", obs(PRI), (StartTarget(),) + UP,
+     "starting target: " + P),
+    ("master: primary, LUN missing", obs(PRI, target=RUNNING, vip=LOCAL), (StartTarget(),),
+     "starting target: " + P),
+    ("master: primary, serving, IP away", obs(PRI, target=SERVING), UP,
+     "taking floating IP: " + P),
+    ("master: peer still Primary", obs(SEC_PEER_PRI), (),
+     "waiting: %s, but iscsi1: peer is still Primary" % P),
+    ("master: peer Primary and IP here", obs(SEC_PEER_PRI, vip=LOCAL), (RemoveFloatingIp(),),
+     "waiting: %s, but iscsi1: peer is still Primary" % P),
+    ("master: peer Primary and target here", obs(SEC_PEER_PRI, target=SERVING, vip=LOCAL),
+     (RemoveFloatingIp(), StopTarget()), "waiting: %s, but iscsi1: peer is still Primary" % P),
+    ("master: peer gone, UpToDate here", obs(SEC_ALONE), (PromoteDrbd("iscsi1"),
+                                                          StartTarget()) + UP,
+     "promoting: " + P),
+    ("master: peer gone, Outdated here", obs(OUTDATED_ALONE), (),
+     "refusing: %s, but iscsi1: no UpToDate data here (disk Outdated, peer disk DUnknown)" % P),
+    ("master: StandAlone Inconsistent", obs(INCONSISTENT_ALONE), (),
+     "refusing: %s, but iscsi1: no UpToDate data here (disk Inconsistent, peer disk "
+     "DUnknown)" % P),
+    ("master: Consistent, peer Outdated", obs(CONSISTENT), (),
+     "refusing: %s, but iscsi1: no UpToDate data here (disk Consistent, peer disk "
+     "Outdated)" % P),
+    ("master: SyncTarget with UpToDate peer", obs(SYNC_TARGET),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: diskless with UpToDate peer", obs(DISKLESS_GOOD_PEER),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: DRBD 9 Established", obs(DRBD9_SEC),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: primary alone keeps serving", obs(PRI_ALONE, target=SERVING, vip=LOCAL), (),
+     "no action: primary as expected (%s), target serving, floating IP local" % P),
+    ("master: target unobservable", obs(PRI, target=None, vip=LOCAL), (StartTarget(),),
+     "starting target: " + P),
+    ("master: vip unobservable", obs(PRI, target=SERVING, vip=None), UP,
+     "taking floating IP: " + P),
+    ("master: witness refuses, peer unreachable",
+     obs(SEC_ALONE, witness=WitnessGrant(False, "peer seen alive")), (),
+     "refusing: %s, but iscsi1: peer unreachable and the witness refused (peer seen alive)"
+     % P),
+    ("master: witness grants, peer unreachable", obs(SEC_ALONE, witness=WitnessGrant(True)),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: witness refuses but link up", obs(SEC, witness=WitnessGrant(False)),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: two resources promoted in order",
+     obs({"r1": st("Secondary", "Secondary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Secondary", "Secondary", "Connected", "UpToDate", "UpToDate", "r2")},
+         resources=("r2", "r1")),
+     (PromoteDrbd("r2"), PromoteDrbd("r1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: one resource done, one to do",
+     obs({"r1": st("Primary", "Secondary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Secondary", "Secondary", "Connected", "UpToDate", "UpToDate", "r2")}),
+     (PromoteDrbd("r2"), StartTarget()) + UP, "promoting: " + P),
+    ("master: one resource blocked blocks all",
+     obs({"r1": st("Secondary", "Secondary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Secondary", "Unknown", "WFConnection", "Outdated", "DUnknown", "r2")}),
+     (), "refusing: %s, but r2: no UpToDate data here (disk Outdated, peer disk DUnknown)" % P),
+    ("master: one Primary, other blocked: stop serving",
+     obs({"r1": st("Primary", "Secondary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Secondary", "Primary", "Connected", "UpToDate", "UpToDate", "r2")},
+         target=SERVING, vip=LOCAL),
+     (RemoveFloatingIp(), StopTarget()), "waiting: %s, but r2: peer is still Primary" % P),
+    ("master: mixed blockers say refusing",
+     obs({"r1": st("Secondary", "Primary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Secondary", "Unknown", "WFConnection", "Outdated", "DUnknown", "r2")}),
+     (), "refusing: %s, but r1: peer is still Primary; r2: no UpToDate data here (disk "
+     "Outdated, peer disk DUnknown)" % P),
+    # Secondary side.
+    ("slave: settled", obs(SEC, pool=SLAVE), (), "no action: secondary as expected (%s)" % S),
+    ("slave: demote all the way", obs(PRI, pool=SLAVE, target=SERVING, vip=LOCAL),
+     (RemoveFloatingIp(), StopTarget(), DemoteDrbd("iscsi1")), "demoting: " + S),
+    ("slave: stray target", obs(SEC, pool=SLAVE, target=RUNNING), (StopTarget(),),
+     "stopping service: " + S),
+    ("slave: stray floating IP", obs(SEC, pool=SLAVE, vip=LOCAL), (RemoveFloatingIp(),),
+     "stopping service: " + S),
+    ("slave: Primary, nothing else", obs(PRI, pool=SLAVE), (DemoteDrbd("iscsi1"),),
+     "demoting: " + S),
+    ("slave: target unobservable", obs(SEC, pool=SLAVE, target=None), (StopTarget(),),
+     "stopping service: " + S),
+    ("slave: Primary while disconnected", obs(PRI_ALONE, pool=SLAVE, target=SERVING, vip=LOCAL),
+     (RemoveFloatingIp(), StopTarget(), DemoteDrbd("iscsi1")), "demoting: " + S),
+    ("slave: two resources demoted in order",
+     obs({"r1": st("Primary", "Secondary", "Connected", "UpToDate", "UpToDate", "r1"),
+          "r2": st("Primary", "Secondary", "Connected", "UpToDate", "UpToDate", "r2")},
+         pool=SLAVE, resources=("r1", "r2")),
+     (DemoteDrbd("r1"), DemoteDrbd("r2")), "demoting: " + S),
+    # Manual mode.
+    ("manual primary on a slave", obs(SEC, pool=SLAVE, manual=model.MANUAL_PRIMARY),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP,
+     "promoting: manual mode, admin chose primary"),
+    ("manual secondary on the master",
+     obs(PRI, target=SERVING, vip=LOCAL, manual=model.MANUAL_SECONDARY),
+     (RemoveFloatingIp(), StopTarget(), DemoteDrbd("iscsi1")),
+     "demoting: manual mode, admin chose secondary"),
+    ("manual primary, peer still Primary", obs(SEC_PEER_PRI, pool=SLAVE,
+                                               manual=model.MANUAL_PRIMARY), (),
+     "waiting: manual mode, admin chose primary, but iscsi1: peer is still Primary"),
+    ("manual hold keeps a primary", obs(PRI, target=SERVING, vip=LOCAL, pool=SLAVE,
+                                        manual=model.MANUAL_HOLD), (),
+     "holding: manual mode is on and no role was chosen"),
+    ("manual hold keeps a secondary", obs(SEC, manual=model.MANUAL_HOLD), (),
+     "holding: manual mode is on and no role was chosen"),
+    ("manual hold, target on a Secondary", obs(SEC, target=SERVING, vip=LOCAL,
+                                               manual=model.MANUAL_HOLD),
+     (RemoveFloatingIp(), StopTarget()),
+     "stopping service: manual mode is on and no role was chosen, and the target must not "
+     "serve from a Secondary"),
+    # Pool role unknown: hold.
+    ("pool broken", obs(SEC, pool=model.PoolRole(model.BROKEN)), (),
+     "holding: pool.conf says broken (xapi is changing the master)"),
+    ("pool broken keeps a primary", obs(PRI, target=SERVING, vip=LOCAL,
+                                        pool=model.PoolRole(model.BROKEN)), (),
+     "holding: pool.conf says broken (xapi is changing the master)"),
+    ("pool.conf missing", obs(PRI, pool=model.PoolRole(model.MISSING,
+                                                      detail="/x/pool.conf does not exist")),
+     (), "holding: cannot tell the pool role (/x/pool.conf does not exist)"),
+    ("pool.conf garbage", obs(SEC, pool=model.PoolRole(model.UNKNOWN, detail="bad content")),
+     (), "holding: cannot tell the pool role (bad content)"),
+    ("pool broken, target on a Secondary",
+     obs(SEC, target=RUNNING, pool=model.PoolRole(model.BROKEN)), (StopTarget(),),
+     "stopping service: pool.conf says broken (xapi is changing the master), and the target "
+     "must not serve from a Secondary"),
+    # Unreadable DRBD, split brain: nothing is done on a guess.
+    ("DRBD unreadable", obs({}, drbd_error="DRBD is not loaded", resources=("iscsi1",),
+                            target=SERVING, vip=LOCAL), (),
+     "holding: cannot read DRBD state: DRBD is not loaded"),
+    ("resource missing", obs({}, resources=("iscsi1",)), (),
+     "holding: DRBD resource iscsi1 not found"),
+    ("split brain", obs(INCONSISTENT_ALONE, split_brain=("iscsi1",)), (),
+     "holding: split brain on iscsi1: no automatic action until an admin recovers it"),
+    ("split brain on a slave", obs(PRI_ALONE, pool=SLAVE, split_brain=("iscsi1",),
+                                   target=SERVING, vip=LOCAL), (),
+     "holding: split brain on iscsi1: no automatic action until an admin recovers it"),
+]
+
+
+@pytest.mark.parametrize("name,observation,actions,reason", ROWS, ids=[r[0] for r in ROWS])
+def test_decision_table(name, observation, actions, reason):
+    decision = decide(observation)
+    assert decision.actions == actions
+    assert decision.reason == reason
+
+
+GRAMMAR = re.compile(r"^(no action|holding|waiting|refusing|promoting|demoting|starting target|"
+                     r"taking floating IP|stopping service): \S")
+
+
+@pytest.mark.parametrize("name,observation,actions,reason", ROWS, ids=[r[0] for r in ROWS])
+def test_every_reason_follows_the_grammar(name, observation, actions, reason):
+    assert GRAMMAR.match(decide(observation).reason)
+
+
+@pytest.mark.parametrize("name,observation,actions,reason", ROWS, ids=[r[0] for r in ROWS])
+def test_healthy_only_when_settled_or_holding_by_choice(name, observation, actions, reason):
+    decision = decide(observation)
+    expected = reason.startswith("no action") or reason.startswith("holding: manual")
+    assert decision.healthy is expected
+
+
+def test_promote_order_is_drbd_then_target_then_ip():
+    kinds = [type(a) for a in decide(obs(SEC)).actions]
+    assert kinds == [PromoteDrbd, StartTarget, AddFloatingIp, AnnounceFloatingIp]
+
+
+def test_demote_order_is_the_promote_order_reversed():
+    promote = [type(a) for a in decide(obs(SEC)).actions if not isinstance(a, AnnounceFloatingIp)]
+    demote = [type(a) for a in decide(obs(PRI, pool=SLAVE, target=SERVING, vip=LOCAL)).actions]
+    pairs = {PromoteDrbd: DemoteDrbd, StartTarget: StopTarget, AddFloatingIp: RemoveFloatingIp}
+    assert demote == [pairs[k] for k in reversed(promote)]
+
+
+def test_a_second_pass_after_promotion_does_nothing():
+    assert decide(obs(PRI, target=SERVING, vip=LOCAL)).actions == ()
+
+
+def test_decision_records_the_desired_role():
+    assert decide(obs(SEC)).desired == model.PRIMARY
+    assert decide(obs(PRI, pool=SLAVE)).desired == model.SECONDARY
+    assert decide(obs(PRI, pool=model.PoolRole(model.BROKEN))).desired == ""
