@@ -1,0 +1,177 @@
+"""``iscsi-ha-lab``: build the two-host lab, run failover scenarios, look inside.
+
+    iscsi-ha-lab demo [--json FILE]     up, every scenario, a table, down
+    iscsi-ha-lab scenario NAME          up, one scenario, down
+    iscsi-ha-lab up                     up, then hold the lab (fake XAPI, DRBD) until Ctrl+C
+    iscsi-ha-lab exec HOST -- CMD...    run CMD in host a, b or c (client), with the host's config
+    iscsi-ha-lab status                 both hosts' status as their agents published it
+    iscsi-ha-lab down                   remove everything a lab (even a crashed one) left behind
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from iscsi_ha.lab.lab import DEFAULT_DIR, Lab, LabError
+from iscsi_ha.lab.netns import NetnsError
+
+
+def _table(results):
+    table = Table(title="iscsi-ha lab: failover scenarios")
+    for column in ("scenario", "verdict", "longest I/O pause", "role change to serving",
+                   "lost writes"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.scenario, "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]",
+                      "%.3f s" % r.io_pause_s,
+                      "-" if r.time_to_serve_s is None else "%.3f s" % r.time_to_serve_s,
+                      str(r.lost_writes))
+    return table
+
+
+def as_json(results):
+    return [{"scenario": r.scenario, "passed": r.passed, "io_pause_s": r.io_pause_s,
+             "time_to_serve_s": r.time_to_serve_s, "lost_writes": r.lost_writes,
+             "failures": r.failures} for r in results]
+
+
+def run_scenarios(lab, names, console):
+    from iscsi_ha.lab.scenarios import run_scenario
+    results = []
+    for name in names:
+        console.print("[bold]scenario[/] %s ..." % name)
+        start = time.monotonic()
+        result = run_scenario(lab, name)
+        console.print("  %s in %.1f s%s" % ("passed" if result.passed else "FAILED",
+                                            time.monotonic() - start,
+                                            "".join("\n  - " + f for f in result.failures)))
+        results.append(result)
+    return results
+
+
+def cmd_demo(args, console, names=None):
+    from iscsi_ha.lab.scenarios import SCENARIOS
+    names = names or list(SCENARIOS)
+    lab = Lab(args.dir, drbd_version=args.drbd_version)
+    started = time.monotonic()
+    try:
+        console.print("bringing the lab up in %s ..." % lab.directory)
+        lab.up()
+        results = run_scenarios(lab, names, console)
+    finally:
+        lab.down()
+    console.print(_table(results))
+    console.print("%d scenario(s) in %.0f s" % (len(results), time.monotonic() - started))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(as_json(results), handle, indent=1)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_scenario(args, console):
+    return cmd_demo(args, console, names=[args.name])
+
+
+def cmd_up(args, console):
+    lab = Lab(args.dir, drbd_version=args.drbd_version)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        lab.up()
+        console.print("lab up in %s: host a is primary. Try: iscsi-ha-lab exec a -- iscsi-cfg "
+                      "status. Ctrl+C takes it down." % lab.directory)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        lab.down()
+    return 0
+
+
+def cmd_down(args, console):
+    Lab(args.dir).down()
+    console.print("lab down")
+    return 0
+
+
+def cmd_exec(args, console):
+    lab = Lab(args.dir)
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LabError("exec needs a command after --")
+    if args.host not in ("a", "b", "c", "client"):
+        raise LabError("exec: host must be a, b or c (client)")
+    if args.host in ("a", "b"):
+        os.environ["ISCSI_HA_CONFIG"] = lab.host(args.host).config_path
+    return lab.exec(args.host, argv, timeout=24 * 3600).returncode
+
+
+def cmd_status(args, console):
+    lab = Lab(args.dir)
+    table = Table(title="lab hosts")
+    for column in ("host", "pool role", "DRBD", "target", "floating IP", "health", "decision"):
+        table.add_column(column)
+    for host in lab.hosts:
+        doc = lab.status(host)
+        if doc is None:
+            table.add_row(host.name, "-", "-", "-", "-", "no status", "")
+            continue
+        drbd = ", ".join("%s %s/%s %s" % (n, s["role"], s["peer_role"], s["connection"])
+                         for n, s in sorted(doc["drbd"].items()))
+        target = doc.get("target") or {}
+        table.add_row(host.name, doc["pool"]["role"], drbd,
+                      "serving" if target.get("serving") else "stopped",
+                      "local" if doc["floating_ip"]["local"] else "-", doc["health"],
+                      doc["decision"]["reason"])
+    console.print(table)
+    return 0
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="iscsi-ha-lab", description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", default=DEFAULT_DIR, help="lab directory (default %(default)s)")
+    parser.add_argument("--drbd-version", choices=("8.4", "9"), default="8.4")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    demo = sub.add_parser("demo", help="run every scenario and print the table")
+    demo.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    one = sub.add_parser("scenario", help="run one scenario")
+    one.add_argument("name")
+    one.add_argument("--json", metavar="FILE")
+    sub.add_parser("up", help="bring the lab up and hold it until Ctrl+C")
+    sub.add_parser("down", help="remove the lab")
+    ex = sub.add_parser("exec", help="run a command in a lab host")
+    ex.add_argument("host", help="a, b or c (the client)")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    sub.add_parser("status", help="show both hosts' status")
+    return parser
+
+
+COMMANDS = {"demo": cmd_demo, "scenario": cmd_scenario, "up": cmd_up, "down": cmd_down,
+            "exec": cmd_exec, "status": cmd_status}
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        return COMMANDS[args.command](args, console)
+    except (LabError, NetnsError) as exc:
+        console.print("[bold red]iscsi-ha-lab:[/] %s" % exc)
+        return 2
+
+
+def main_exit():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -1,0 +1,101 @@
+"""Running the I/O probe in the lab's client namespace, and reading its verdict."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from iscsi_ha.lab import netns
+from iscsi_ha.lab.probe import GOOD, analyse
+
+MAX_DURATION = 600
+
+
+class ProbeRun(object):
+    def __init__(self, lab, name):
+        self.lab = lab
+        base = os.path.join(lab.directory, "probe")
+        os.makedirs(base, exist_ok=True)
+        self.record = os.path.join(base, name + ".jsonl")
+        self.stop_file = os.path.join(base, name + ".stop")
+        self.log = os.path.join(base, name + ".log")
+        self.proc = None
+
+    def start(self):
+        if os.path.exists(self.stop_file):
+            os.unlink(self.stop_file)
+        with open(self.log, "ab") as log:
+            self.proc = netns.popen_in(
+                self.lab.client_ns,
+                [sys.executable, "-m", "iscsi_ha.lab.probe", "--portal", self.lab.vip + ":3260",
+                 "--iqn", self.lab.iqn, "--lun", str(self.lab.lun), "--record", self.record,
+                 "--duration", str(MAX_DURATION), "--stop-file", self.stop_file,
+                 "--blocks", "2048"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def _records(self):
+        try:
+            with open(self.record) as handle:
+                lines = handle.readlines()
+        except (OSError, IOError):
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass          # a line being written
+        return out
+
+    def wait_for_io(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.get("kind") == "write" and r.get("status") == GOOD for r in self._records()):
+                return True
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError("the probe did no successful write within %.0f s (see %s)" % (
+            timeout, self.log))
+
+    def stop(self):
+        if self.proc is None:
+            return
+        open(self.stop_file, "w").close()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def analyse(self):
+        """The probe's report, checked against the current primary's DRBD device."""
+        primary = self.lab.primary()
+        image = None
+        if primary is not None:
+            image = self.lab.world.device_path(primary.name, self.lab.resource)
+        with open(image, "rb") if image else _Null() as handle:
+            return analyse(self.record, final_image=handle if image else None)
+
+    def time_to_serve(self, t_change):
+        """Seconds from ``t_change`` to the first successful I/O that started after it and
+        after the first failure that followed it (the service was down in between)."""
+        if t_change is None:
+            return None
+        io = [r for r in self._records() if r.get("kind") in ("write", "read", "connect")
+              and r.get("t_start", 0) >= t_change]
+        failed_at = next((r["t_end"] for r in io if r.get("status") != GOOD), None)
+        after = t_change if failed_at is None else failed_at
+        for record in io:
+            if record["kind"] != "connect" and record.get("status") == GOOD and \
+                    record["t_start"] >= after:
+                return record["t_end"] - t_change
+        return None
+
+
+class _Null(object):
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
