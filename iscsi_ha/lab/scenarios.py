@@ -192,6 +192,7 @@ def run_scenario(lab, name, settle_timeout=90):
     baseline = wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None),
                           settle_timeout, what="a settled pool before %s" % name)
     lab.checker.violations = []
+    ticks = lab.checker.ticks
     probe = ProbeRun(lab, name)
     probe.start()
     try:
@@ -204,6 +205,11 @@ def run_scenario(lab, name, settle_timeout=90):
         probe.stop()
     report = probe.analyse()
     run.failures.extend(lab.checker.violations)
+    if lab.checker.ticks <= ticks:
+        run.failures.append("the invariant checker did not run during the scenario")
+    if report.verify_failures:
+        run.failures.append("%d read(s) returned older data than the last acknowledged write"
+                            % report.verify_failures)
     lost = report.lost_writes
     if lost is None or lost > 0:
         run.failures.append("lost acknowledged writes: %s" % lost)
