@@ -120,7 +120,7 @@ class Lab(object):
         os.makedirs(self.directory, exist_ok=True)
         self._network()
         self.world = World.create(os.path.join(self.directory, "drbd"), hosts=("a", "b"),
-                                  resources={self.resource: {"minor": 1, "size_mb": 64}},
+                                  resources={self.resource: {"minor": 1, "size_mb": 8}},
                                   version=self.drbd_version)
         for host in self.hosts:
             install_wrappers(host.bin, self.world.directory, host.name)

@@ -1,0 +1,401 @@
+"""The floating-IP adapter: parsers on real ip output, every branch with `run` mocked, background
+announcers with real child processes, and real ip/arping between two namespaces (netns).
+
+Fixtures: tests/fixtures/ip/ (real iproute2 6.1.0 / iputils arping 20221126 output, see
+SOURCES.md there).
+"""
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from iscsi_ha.adapters import vip as vip_mod
+from iscsi_ha.adapters.run import CommandResult
+from iscsi_ha.adapters.vip import (IpParseError, VipAdapter, VipError, VipTaken, mask_to_prefix,
+                                   parse_ip_addr, parse_ip_link)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "ip"
+VIP = "192.0.2.100"
+MAC_B = "7E:8E:2F:50:59:53"    # namespace b's MAC in the captured fixtures
+
+
+def fixture(name):
+    return (FIXTURES / name).read_text()
+
+
+# -- parsers ---------------------------------------------------------------------------------
+
+def test_primary_and_secondary_addresses():
+    rows = parse_ip_addr(fixture("v4_dev_vip_secondary.txt"))
+    assert [(a.address, a.prefixlen, a.ifname, a.flags) for a in rows] == [
+        ("192.0.2.11", 24, "eth0", ()), (VIP, 24, "eth0", ("secondary",))]
+    assert rows[0].scope == "global" and rows[0].label == "eth0" and rows[0].family == "inet"
+
+
+def test_labels_other_prefixes_and_ipv6():
+    rows = parse_ip_addr(fixture("all_families.txt"))
+    by_address = dict((a.address, a) for a in rows)
+    assert by_address["192.0.2.101"].label == "eth0:vip"
+    assert by_address["192.0.2.101"].flags == ("secondary",)
+    assert by_address["198.51.100.7"].prefixlen == 25
+    assert by_address["::1"].family == "inet6" and by_address["::1"].label is None
+    assert by_address["127.0.0.1"].scope == "host" and by_address["127.0.0.1"].ifname == "lo"
+    assert len(rows) == 7
+
+
+def test_broadcast_and_tentative():
+    rows = dict((a.address, a) for a in parse_ip_addr(fixture("all_tentative_brd.txt")))
+    assert rows[VIP].flags == ("secondary",) and rows[VIP].label == "eth0"
+    assert rows["fe80::b0ff:23ff:fe1c:844e"].flags == ("tentative",)
+
+
+def test_no_address_is_an_empty_list():
+    assert parse_ip_addr(fixture("v4_dev_empty.txt")) == []
+
+
+def test_unknown_address_line_is_named():
+    with pytest.raises(IpParseError, match="line 2"):
+        parse_ip_addr(fixture("v4_dev_primary_only.txt") + "6: eth0    link/ether b2:ff\n")
+
+
+def test_links():
+    up = parse_ip_link(fixture("link_up.txt"))[0]
+    assert up.ifname == "eth0" and "UP" in up.flags and up.state == "UP"   # "eth0@if7"
+    down = parse_ip_link(fixture("link_down.txt"))[0]
+    assert "UP" not in down.flags and down.state == "DOWN"
+    assert parse_ip_link(fixture("link_nocarrier.txt"))[0].state == "UNKNOWN"
+    with pytest.raises(IpParseError, match="line 1"):
+        parse_ip_link("eth0 is up\n")
+
+
+@pytest.mark.parametrize("mask, prefix", [("255.255.255.0", 24), ("255.255.255.128", 25),
+                                          ("255.255.255.255", 32), ("0.0.0.0", 0),
+                                          (" 255.255.0.0 ", 16)])
+def test_mask_to_prefix(mask, prefix):
+    assert mask_to_prefix(mask) == prefix
+
+
+@pytest.mark.parametrize("mask, message", [("255.0.255.0", "not contiguous"),
+                                           ("255.255.255.1", "not contiguous"),
+                                           ("255.255.256.0", "not a dotted"),
+                                           ("24", "not a dotted"), ("", "not a dotted")])
+def test_mask_to_prefix_refuses(mask, message):
+    with pytest.raises(ValueError, match=message):
+        mask_to_prefix(mask)
+
+
+# -- a fake `run` answering with the captured outputs --------------------------------------
+
+def _kind(argv):
+    words = " ".join(argv)
+    for key, kind in (("link show", "link"), ("addr show", "addrs"), ("addr add", "add"),
+                      ("addr del", "del"), ("arping -D", "dad")):
+        if key in words:
+            return kind
+    raise AssertionError("unexpected command %s" % words)
+
+
+class FakeNet(object):
+    def __init__(self):
+        self.answers = {"link": (0, fixture("link_up.txt"), ""),
+                        "addrs": (0, fixture("v4_dev_primary_only.txt"), ""),
+                        "dad": (0, fixture("arping_dad_free.out"), "")}
+        self.calls = []
+
+    def run(self, argv, timeout, **kwargs):
+        assert timeout > 0
+        kind = _kind(argv)
+        self.calls.append((kind, list(argv)))
+        answer = self.answers.get(kind, (0, "", ""))
+        code, out, err = answer[:3]
+        timed_out = len(answer) > 3 and answer[3]
+        return CommandResult(argv, -9 if timed_out else code, out, err, 0.01, timed_out)
+
+    def kinds(self):
+        return [k for k, _ in self.calls]
+
+    def argv(self, kind):
+        return [a for k, a in self.calls if k == kind][-1]
+
+
+@pytest.fixture
+def net(mocker):
+    fake = FakeNet()
+    mocker.patch.object(vip_mod, "run", fake.run)
+    return fake
+
+
+def adapter(**kwargs):
+    return VipAdapter(VIP, kwargs.pop("prefixlen", "255.255.255.0"), kwargs.pop("iface", "eth0"),
+                      **kwargs)
+
+
+def test_constructor_accepts_mask_or_length():
+    assert adapter().prefixlen == 24 and adapter(prefixlen=25).cidr == VIP + "/25"
+    with pytest.raises(ValueError, match="not contiguous"):
+        adapter(prefixlen="255.0.255.0")
+    with pytest.raises(ValueError):
+        VipAdapter("192.0.2.300", 24, "eth0")
+    with pytest.raises(ValueError, match="interface"):
+        adapter(iface="eth 0")
+
+
+def test_observe_not_local(net):
+    state = adapter().observe()
+    assert (state.local, state.interface_exists, state.interface_up) == (False, True, True)
+    assert [a.address for a in state.addresses] == ["192.0.2.11"] and state.elsewhere == []
+    assert net.argv("link") == ["ip", "-o", "link", "show", "dev", "eth0"]
+    assert net.argv("addrs") == ["ip", "-o", "-4", "addr", "show"]
+
+
+def test_observe_local_and_down(net):
+    net.answers["link"] = (0, fixture("link_down.txt"), "")
+    net.answers["addrs"] = (0, fixture("v4_dev_vip_secondary.txt"), "")
+    state = adapter().observe()
+    assert state.local is True and state.interface_up is False
+
+
+def test_observe_address_on_another_interface(net):
+    net.answers["addrs"] = (0, fixture("all_families.txt"), "")
+    state = VipAdapter("192.0.2.101", 24, "lo").observe()
+    assert state.local is False
+    assert [(a.ifname, a.label) for a in state.elsewhere] == [("eth0", "eth0:vip")]
+
+
+def test_observe_missing_interface(net):
+    net.answers["link"] = (1, "", fixture("ip_link_no_device.err"))
+    state = adapter(iface="nosuch").observe()
+    assert (state.local, state.interface_exists, state.interface_up) == (False, False, False)
+    assert net.kinds() == ["link"]
+
+
+def test_observe_other_ip_failure_raises(net):
+    net.answers["link"] = (0, "", "", True)
+    with pytest.raises(VipError, match="timed out"):
+        adapter().observe()
+
+
+def test_is_free(net):
+    assert adapter().is_free() is True
+    assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "2", "-w", "1", VIP]
+
+
+def test_dad_timeout_is_rounded_up_to_whole_seconds(net):
+    adapter(dad_count=3, dad_timeout=1.5).is_free()
+    assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "3", "-w", "2", VIP]
+    adapter(dad_timeout=0.2).is_free()
+    assert net.argv("dad")[net.argv("dad").index("-w") + 1] == "1"
+
+
+def test_is_free_false_when_someone_answers(net):
+    net.answers["dad"] = (1, fixture("arping_dad_taken.out"), "")
+    a = adapter()
+    assert a.is_free() is False
+    assert a.last_responders == [MAC_B + " (192.0.2.12)"]
+
+
+@pytest.mark.parametrize("answer", [
+    (1, "", fixture("arping_invalid_argument.out")),   # exit 1 but nobody answered
+    (2, "", fixture("arping_no_device.out")),
+    (2, fixture("arping_interface_down.out"), ""),
+    (0, "", "", True),
+])
+def test_is_free_raises_on_arping_failure(net, answer):
+    net.answers["dad"] = answer
+    with pytest.raises(VipError, match="duplicate address detection failed"):
+        adapter().is_free()
+
+
+def test_add_when_already_local_does_nothing(net):
+    net.answers["addrs"] = (0, fixture("v4_dev_vip_secondary.txt"), "")
+    assert "already local" in adapter().add()
+    assert net.kinds() == ["link", "addrs"]
+
+
+def test_add_after_dad(net):
+    assert "added" in adapter().add()
+    assert net.kinds() == ["link", "addrs", "dad", "add"]
+    assert net.argv("add") == ["ip", "addr", "add", VIP + "/24", "dev", "eth0"]
+
+
+def test_add_refuses_a_taken_address(net):
+    net.answers["dad"] = (1, fixture("arping_dad_taken.out"), "")
+    with pytest.raises(VipTaken, match=MAC_B) as caught:
+        adapter().add()
+    assert caught.value.responders == [MAC_B + " (192.0.2.12)"]
+    assert "add" not in net.kinds()
+
+
+def test_add_tolerates_a_concurrent_add(net):
+    net.answers["add"] = (2, "", fixture("ip_addr_add_exists.err"))
+    assert "added" in adapter().add()
+
+
+def test_add_raises_other_ip_errors(net):
+    net.answers["add"] = (2, "", "Error: Nexthop has invalid gateway.\n")
+    with pytest.raises(VipError):
+        adapter().add()
+
+
+def test_add_on_missing_interface(net):
+    net.answers["link"] = (1, "", fixture("ip_link_no_device.err"))
+    with pytest.raises(VipError, match="does not exist"):
+        adapter().add()
+    assert "dad" not in net.kinds()
+
+
+def test_remove_uses_the_observed_prefix(net):
+    net.answers["addrs"] = (0, fixture("v4_dev_vip_secondary.txt"), "")
+    assert "removed" in adapter(prefixlen=25).remove()
+    assert net.argv("del") == ["ip", "addr", "del", VIP + "/24", "dev", "eth0"]
+
+
+def test_remove_is_idempotent(net):
+    assert "not local" in adapter().remove()
+    assert "del" not in net.kinds()
+    net.answers["addrs"] = (0, fixture("v4_dev_vip_secondary.txt"), "")
+    net.answers["del"] = (2, "", fixture("ip_addr_del_missing.err"))   # removed meanwhile
+    assert "removed" in adapter().remove()
+
+
+def test_state_changes_are_logged(net, mocker):
+    info = mocker.patch.object(vip_mod.log, "info")
+    adapter().add()
+    assert info.call_args[0][1] == "ip addr add 192.0.2.100/24 dev eth0"
+
+
+# -- background announcers (real child processes, no network) -------------------------------
+
+def _fake_arping(tmp_path, seconds):
+    path = tmp_path / "arping"
+    path.write_text("#!/bin/sh\nexec sleep %s\n" % seconds)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _my_children():
+    return [c for c in psutil.Process().children(recursive=True) if c.name() == "sleep"]
+
+
+def test_announce_returns_at_once_and_leaves_no_zombie(tmp_path):
+    a = adapter(arping=_fake_arping(tmp_path, 0.3), garp_count=3, garp_interval=0.05)
+    try:
+        a.announce()
+        assert a.reap() == 1                      # still sending: it runs in the background
+        for _ in range(200):
+            if a.reap() == 0:
+                break
+            time.sleep(0.02)
+        assert a.reap() == 0
+        assert _my_children() == []               # every child was waited for
+    finally:
+        a.close()
+
+
+def test_new_announce_cancels_the_older_one(tmp_path):
+    a = adapter(arping=_fake_arping(tmp_path, 30), garp_count=2, garp_interval=5)
+    try:
+        a.announce()
+        first = a._announcers[0]
+        a.announce()
+        first.join(5)
+        assert not first.is_alive() and first.sent == 1
+    finally:
+        assert a.close() == 0
+    assert _my_children() == []
+
+
+def test_close_kills_running_children(tmp_path):
+    a = adapter(arping=_fake_arping(tmp_path, 30), garp_count=3, garp_interval=0.01)
+    a.announce()
+    for _ in range(100):
+        if len(_my_children()) == 3:
+            break
+        time.sleep(0.02)
+    assert len(_my_children()) == 3
+    assert a.close() == 0
+    assert _my_children() == []
+
+
+def test_announce_disabled_with_count_zero(mocker):
+    popen = mocker.patch.object(vip_mod.subprocess, "Popen")
+    a = adapter(garp_count=0)
+    assert "disabled" in a.announce() and a.reap() == 0
+    popen.assert_not_called()
+
+
+def test_announce_argv(mocker):
+    popen = mocker.patch.object(vip_mod.subprocess, "Popen")
+    popen.return_value.poll.return_value = 0
+    a = adapter(garp_count=2, garp_interval=0.01)
+    a.announce()
+    a._announcers[0].join(5)
+    assert a.reap() == 0 and popen.call_count == 2
+    assert popen.call_args[0][0] == ["arping", "-U", "-I", "eth0", "-c", "1", VIP]
+
+
+# -- real ip and arping between two namespaces ----------------------------------------------
+
+def _in(ns, argv):
+    return subprocess.run(["ip", "netns", "exec", ns] + argv, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=10)
+
+
+def _mac(ns):
+    line = _in(ns, ["ip", "-o", "link", "show", "dev", "eth0"]).stdout
+    return line.split("link/ether ")[1].split()[0].lower()
+
+
+@pytest.fixture
+def two_hosts_arping(two_hosts):
+    if not shutil.which("arping"):
+        pytest.skip("arping (iputils-arping) is not installed")
+    return two_hosts
+
+
+def _ns_adapter(ns, **kwargs):
+    return VipAdapter(VIP, 24, "eth0", ip="ip netns exec %s ip" % ns,
+                      arping="ip netns exec %s arping" % ns, **kwargs)
+
+
+@pytest.mark.netns
+def test_real_dad_add_remove(two_hosts_arping):
+    ns_a, ns_b, _ = two_hosts_arping
+    a, b = _ns_adapter(ns_a), _ns_adapter(ns_b)
+    assert a.is_free() is True
+    assert "added" in b.add()                     # the other host holds the address
+    assert a.is_free() is False
+    with pytest.raises(VipTaken) as caught:
+        a.add()
+    assert _mac(ns_b).upper() in str(caught.value)
+    assert not a.observe().local
+    assert "removed" in b.remove() and "not local" in b.remove()
+    assert "added" in a.add() and "already local" in a.add()
+    assert a.observe().local and VIP in _in(ns_a, ["ip", "-o", "-4", "addr"]).stdout
+    assert "removed" in a.remove() and not a.observe().local
+
+
+@pytest.mark.netns
+def test_real_gratuitous_arp_updates_the_neighbour(two_hosts_arping):
+    ns_a, ns_b, _ = two_hosts_arping
+    # namespace b still believes the old owner (a made-up MAC) holds the floating IP
+    assert _in(ns_b, ["ip", "neigh", "replace", VIP, "lladdr", "02:00:00:00:00:01", "dev",
+                      "eth0", "nud", "stale"]).returncode == 0
+    a = _ns_adapter(ns_a, garp_count=3, garp_interval=0.2)
+    try:
+        a.add()
+        mac = _mac(ns_a)
+        assert mac not in _in(ns_b, ["ip", "neigh", "show", VIP]).stdout.lower()  # add is silent
+        a.announce()
+        assert a.reap() == 1                      # announce returned while still sending
+        for _ in range(100):
+            if mac in _in(ns_b, ["ip", "neigh", "show", VIP]).stdout.lower():
+                break
+            time.sleep(0.05)
+        assert mac in _in(ns_b, ["ip", "neigh", "show", VIP]).stdout.lower()
+    finally:
+        a.close()
+    assert a.reap() == 0
