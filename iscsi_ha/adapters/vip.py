@@ -5,9 +5,10 @@ Measured here with iputils arping 20221126 between two namespaces on a bridge:
 - ``arping -D -I IF -c 2 -w 1 ADDR`` (DAD) takes 1.0 s for a free address (2 probes) and returns
   at the first answer (under 0.1 s) when the address is taken. ``-c 2`` alone takes 2.0 s.
   ``-w`` and ``-i`` accept whole seconds only ("invalid argument: '0.5'", exit 1, the same code
-  as "address taken"), and ``-i 0`` without ``-w`` never ends. So ``-w`` is the DAD timeout
-  rounded up to whole seconds, ``-i`` is never used, and exit 1 only means "taken" when arping
-  printed a reply line (which also names the MAC address that answered).
+  as "address taken"), and ``-i 0`` without ``-w`` never ends. A whole second of DAD sits on the
+  failover's critical path, so :meth:`VipAdapter.is_free` keeps its own sub-second deadline
+  (see there); exit 1 only means "taken" when arping printed a reply line (which also names the
+  MAC address that answered).
 - ``arping -U -I IF -c 1 ADDR`` (gratuitous ARP) sends at once but waits 1 s before exiting, so
   ``garp_count`` announcements ``garp_interval`` apart are ``garp_count`` overlapping arping
   children started by a background thread. Linux neighbours update an existing entry for ADDR
@@ -54,6 +55,7 @@ VipState = collections.namedtuple("VipState",
 _ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+(inet6?)\s+(\S+)/(\d+)(.*)$")
 _LINK_RE = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>(.*)$")
 _VALUE_WORDS = ("brd", "scope", "peer", "metric", "proto", "label")
+DAD_SPACING = 0.05   # seconds between the DAD probes
 _REPLY_RE = re.compile(r"reply from (\S+) \[([0-9A-Fa-f:]{17})\]")
 
 
@@ -116,6 +118,19 @@ def parse_ip_link(text):
 
 def _quote(argv):
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _stop_child(child):
+    """Kill a DAD child that is still waiting and reap it (never a zombie)."""
+    if child.poll() is None:
+        try:
+            child.kill()
+        except OSError:
+            pass
+    try:
+        child.communicate(timeout=2)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
 
 
 class _Announcer(threading.Thread):
@@ -219,20 +234,60 @@ class VipAdapter(object):
 
     # -- duplicate address detection ---------------------------------------------------------
     def is_free(self):
-        """True when nobody answers ARP probes for the address (arping -D exit 0); False when
-        someone does (``last_responders`` names them); VipError when arping fails."""
-        wait = max(1, int(math.ceil(self.dad_timeout)))
-        argv = self.arping_argv + ["-D", "-I", self.interface, "-c", str(self.dad_count),
-                                   "-w", str(wait), self.address]
-        res = run(argv, wait + self.timeout)
-        responders = ["%s (%s)" % (mac.upper(), ip) for ip, mac in _REPLY_RE.findall(res.stdout)]
-        self.last_responders = responders
-        if res.ok:
-            return True
-        if res.returncode == 1 and not res.timed_out and responders:
+        """True when nobody answers ARP probes for the address within ``dad_timeout``; False
+        when someone does (``last_responders`` names them); VipError when arping fails.
+
+        arping's own ``-w``/``-i`` take whole seconds only, so the deadline is ours: ``dad_count``
+        one-probe ``arping -D`` children are started ``DAD_SPACING`` apart; arping -D exits at
+        the first answer (exit 1 with a reply line), so a child still waiting at the deadline
+        has heard nothing and is killed. A free address costs ``dad_timeout``, not 1 s or more.
+        """
+        argv = self.arping_argv + ["-D", "-I", self.interface, "-c", "1", "-w",
+                                   str(int(math.ceil(self.dad_timeout)) + 1), self.address]
+        log.debug("floating IP: DAD %s x%d within %.2f s", _quote(argv), self.dad_count,
+                  self.dad_timeout)
+        children = []
+        try:
+            outcome = self._probe(argv, children)
+        finally:
+            for child in children:
+                _stop_child(child)
+        return outcome
+
+    def _probe(self, argv, children):
+        start = time.monotonic()
+        deadline = start + self.dad_timeout
+        spacing = min(DAD_SPACING, self.dad_timeout / (self.dad_count + 1))
+        while True:
+            now = time.monotonic()
+            if len(children) < self.dad_count and now >= start + spacing * len(children):
+                children.append(self._spawn(argv))
+            for child in children:
+                if child.poll() is not None:
+                    verdict = self._verdict(argv, child)
+                    if verdict is not None:
+                        return verdict
+            if now >= deadline:
+                self.last_responders = []
+                return True
+            time.sleep(0.005)
+
+    def _spawn(self, argv):
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True,
+                                start_new_session=True)
+
+    def _verdict(self, argv, child):
+        """False when this finished child heard an answer, None when it heard nothing."""
+        out, err = child.communicate()
+        responders = ["%s (%s)" % (mac.upper(), ip) for ip, mac in _REPLY_RE.findall(out)]
+        if child.returncode == 1 and responders:
+            self.last_responders = responders
             return False
-        raise VipError("duplicate address detection failed: %s\n%s" % (
-            res.describe(), (res.stdout + res.stderr).strip()))
+        if child.returncode == 0:
+            return None
+        raise VipError("duplicate address detection failed: %s: exit %d\n%s" % (
+            _quote(argv), child.returncode, (out + err).strip()))
 
     # -- change ------------------------------------------------------------------------------
     def add(self):

@@ -22,8 +22,9 @@ class ProbeRun(object):
         self.proc = None
 
     def start(self):
-        if os.path.exists(self.stop_file):
-            os.unlink(self.stop_file)
+        for stale in (self.stop_file, self.record):
+            if os.path.exists(stale):
+                os.unlink(stale)
         with open(self.log, "ab") as log:
             self.proc = netns.popen_in(
                 self.lab.client_ns,
@@ -50,7 +51,11 @@ class ProbeRun(object):
     def wait_for_io(self, timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(r.get("kind") == "write" and r.get("status") == GOOD for r in self._records()):
+            records = self._records()
+            ours = records and records[0].get("kind") == "start" and \
+                records[0].get("pid") == self.proc.pid
+            if ours and any(r.get("kind") == "write" and r.get("status") == GOOD
+                            for r in records):
                 return True
             if self.proc.poll() is not None:
                 break

@@ -98,6 +98,26 @@ def _kind(argv):
     raise AssertionError("unexpected command %s" % words)
 
 
+class FakeChild(object):
+    """An arping child: finished with (code, out, err), or still waiting (``None``)."""
+
+    def __init__(self, answer):
+        self.answer, self.killed = answer, False
+
+    def poll(self):
+        return None if self.answer is None or self.killed else self.answer[0]
+
+    @property
+    def returncode(self):
+        return -9 if self.killed else self.poll()
+
+    def communicate(self, timeout=None):
+        return ("", "") if self.answer is None else tuple(self.answer[1:3])
+
+    def kill(self):
+        self.killed = True
+
+
 class FakeNet(object):
     def __init__(self):
         self.answers = {"link": (0, fixture("link_up.txt"), ""),
@@ -114,6 +134,10 @@ class FakeNet(object):
         timed_out = len(answer) > 3 and answer[3]
         return CommandResult(argv, -9 if timed_out else code, out, err, 0.01, timed_out)
 
+    def spawn(self, argv):
+        self.calls.append(("dad", list(argv)))
+        return FakeChild(self.answers["dad"])
+
     def kinds(self):
         return [k for k, _ in self.calls]
 
@@ -125,6 +149,7 @@ class FakeNet(object):
 def net(mocker):
     fake = FakeNet()
     mocker.patch.object(vip_mod, "run", fake.run)
+    mocker.patch.object(VipAdapter, "_spawn", lambda self, argv: fake.spawn(argv))
     return fake
 
 
@@ -180,14 +205,19 @@ def test_observe_other_ip_failure_raises(net):
 
 def test_is_free(net):
     assert adapter().is_free() is True
-    assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "2", "-w", "1", VIP]
+    assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "1", "-w", "2", VIP]
 
 
-def test_dad_timeout_is_rounded_up_to_whole_seconds(net):
-    adapter(dad_count=3, dad_timeout=1.5).is_free()
-    assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "3", "-w", "2", VIP]
-    adapter(dad_timeout=0.2).is_free()
-    assert net.argv("dad")[net.argv("dad").index("-w") + 1] == "1"
+def test_is_free_when_arping_is_still_waiting_at_the_deadline(net):
+    net.answers["dad"] = None                    # arping has heard nothing yet
+    assert adapter(dad_timeout=0.05).is_free() is True
+
+
+def test_dad_sends_dad_count_probes_within_the_deadline(net):
+    net.answers["dad"] = None
+    adapter(dad_count=3, dad_timeout=0.3).is_free()
+    assert net.kinds().count("dad") == 3
+    assert net.argv("dad")[net.argv("dad").index("-w") + 1] == "2"
 
 
 def test_is_free_false_when_someone_answers(net):
@@ -201,7 +231,6 @@ def test_is_free_false_when_someone_answers(net):
     (1, "", fixture("arping_invalid_argument.out")),   # exit 1 but nobody answered
     (2, "", fixture("arping_no_device.out")),
     (2, fixture("arping_interface_down.out"), ""),
-    (0, "", "", True),
 ])
 def test_is_free_raises_on_arping_failure(net, answer):
     net.answers["dad"] = answer
@@ -217,7 +246,7 @@ def test_add_when_already_local_does_nothing(net):
 
 def test_add_after_dad(net):
     assert "added" in adapter().add()
-    assert net.kinds() == ["link", "addrs", "dad", "add"]
+    assert net.kinds() == ["link", "addrs", "dad", "dad", "add"]     # dad_count=2 probes
     assert net.argv("add") == ["ip", "addr", "add", VIP + "/24", "dev", "eth0"]
 
 
