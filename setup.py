@@ -12,6 +12,7 @@ setup(
                 "pools (successor to HA-Lizard iSCSI-HA)",
     license="GPL-3.0-or-later",
     packages=find_packages(exclude=["tests", "tests.*"]),
+    package_data={"iscsi_ha.alerts": ["templates/*.j2"]},
     python_requires=">=3.6",
     install_requires=[
         "XenAPI",

@@ -8,10 +8,7 @@ MONITOR_DELAY timer. Passes never overlap; a pass that outlives its budget
 import fcntl
 import logging
 import os
-import threading
 import time
-
-import psutil
 
 from iscsi_ha import model, status
 from iscsi_ha.adapters import manual as manual_adapter
@@ -35,6 +32,7 @@ class Agent(object):
         self.started = time.time()
         self.last_actions = []
         self.last_reason = None
+        self.alerts = None            # iscsi_ha.alerts.StatusAlerts, set by the daemon
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -127,6 +125,8 @@ class Agent(object):
                                 self.last_actions)
         if not self.dry_run:
             status.write(self.config.STATUS_FILE, document)
+            if self.alerts is not None:
+                self.alerts.observe(document)        # queues only: never blocks the pass
         return document
 
     def _log_sentence(self, record, trigger):

@@ -72,6 +72,7 @@ class Loop(object):
         self.lock_path = self.config.STATE_DIR.rstrip("/") + "/lock"
         self.hung_passes = 0
         self.on_pass = None          # callback(record), e.g. the systemd watchdog ping
+        self.on_hung = None          # callback(seconds, killed), e.g. an alert
 
     def _pass(self, trigger, box):
         try:
@@ -99,6 +100,9 @@ class Loop(object):
 
     def _hung(self, scans):
         self.hung_passes += 1
+        if self.on_hung is not None:
+            self.on_hung(scans * self.config.MONITOR_SCANRATE,
+                         bool(self.config.MONITOR_KILLALL))
         if not self.config.MONITOR_KILLALL:
             log.error("pass hung for %d scans; MONITOR_KILLALL=0, so it is left to finish",
                       scans)

@@ -5,7 +5,7 @@ Keys (version 1) — ``iscsi-cfg status --json`` prints this document plus ``age
   version, hostname, updated (epoch s), updated_iso, agent {pid, version, started},
   pass {number, started, duration_s, trigger}, pool {role, master_address, detail},
   manual_mode, desired_role, drbd {resource: {role, peer_role, connection, disk, peer_disk,
-  sync_percent}}, drbd_error, target {running, serving, missing, connections, error},
+  sync_percent}}, drbd_error, split_brain [resources], target {running, serving, missing, connections, error},
   floating_ip {address, interface, local, error}, decision {reason, actions, healthy},
   last_actions [{action, ok, duration_s, detail, skipped, at}], health ("ok" | "degraded" |
   "failed"), problems [sentences].
@@ -80,6 +80,7 @@ def build(record, config, number, started_at, trigger, last_actions):
         "desired_role": decision.desired,
         "drbd": {name: _drbd_dict(state) for name, state in obs.drbd.items()},
         "drbd_error": obs.drbd_error,
+        "split_brain": list(obs.split_brain),
         "target": None if obs.target is None else {
             "running": obs.target.running, "serving": obs.target.serving,
             "missing": list(obs.target.missing), "connections": obs.target.connections,

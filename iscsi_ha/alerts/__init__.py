@@ -73,12 +73,34 @@ def load_previous(path):
     return document if isinstance(document, dict) else None
 
 
-class StatusAlerts(object):
-    """Compares each published status document with the one before and submits the alerts."""
+REPLICATION_KINDS = {"drbd-disconnected": "link", "drbd-reconnected": "link",
+                     "drbd-degraded": "redundancy", "drbd-recovered": "redundancy",
+                     "resync-started": "resync", "resync-finished": "resync"}
+OWED_KINDS = ("drbd-disconnected", "drbd-degraded", "resync-started")
 
-    def __init__(self, dispatcher, previous=None):
+
+def owns_replication_alerts(document):
+    """Both hosts see the same replication link; only the storage primary (desired or actual)
+    speaks about it, so that one event gives one email."""
+    if document.get("desired_role") == "primary":
+        return True
+    if document.get("desired_role"):
+        return False
+    return any(s.get("role") == "Primary" for s in (document.get("drbd") or {}).values())
+
+
+class StatusAlerts(object):
+    """Compares each published status document with the one before and submits the alerts.
+
+    With ``primary_only`` the replication alerts of a host that is not the storage primary are
+    held back; the newest one still describing a problem is sent when the host becomes primary
+    (a slave that takes over after a crash still reports the link it found down)."""
+
+    def __init__(self, dispatcher, previous=None, primary_only=False):
         self.dispatcher = dispatcher
         self.previous = previous
+        self.primary_only = primary_only
+        self.owed = {}                     # (group, resource) -> the newest held-back alert
 
     def observe(self, document):
         try:
@@ -87,6 +109,24 @@ class StatusAlerts(object):
             log.exception("cannot compare status documents for alerts")
             found = []
         self.previous = document
+        found = self._filter(found, document)
         for alert in found:
             self.dispatcher.submit(alert, document)
         return found
+
+    def _filter(self, found, document):
+        if not self.primary_only:
+            return found
+        if not owns_replication_alerts(document):
+            kept = []
+            for alert in found:
+                group = REPLICATION_KINDS.get(alert.kind)
+                if group is None:
+                    kept.append(alert)
+                else:
+                    self.owed[(group, alert.resource)] = alert
+            return kept
+        owed = [a for a in self.owed.values() if a.kind in OWED_KINDS]
+        self.owed.clear()
+        fresh = set((REPLICATION_KINDS.get(a.kind), a.resource) for a in found)
+        return [a for a in owed if (REPLICATION_KINDS[a.kind], a.resource) not in fresh] + found

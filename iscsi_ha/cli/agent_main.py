@@ -75,11 +75,38 @@ def cmd_run(path, once, dry_run, as_json):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     loop = Loop(agent, stop)
+    services = DaemonServices(config)
+    services.attach(agent, loop)
     try:
         loop.run()
     finally:
+        services.close()
         agent.adapters.close()
     return EXIT_OK
+
+
+class DaemonServices(object):
+    """What only the daemon runs beside the passes: the XAPI client and the alert workers."""
+
+    def __init__(self, config):
+        from iscsi_ha.adapters.xapi import OtherConfigCache, XapiClient
+        from iscsi_ha.alerts import build_dispatcher
+        self.config = config
+        self.cache = OtherConfigCache.in_state_dir(config.STATE_DIR)
+        self.client = XapiClient.from_config(config, cache=self.cache)
+        self.dispatcher = build_dispatcher(config, self.client, self.cache)
+
+    def attach(self, agent, loop):
+        from iscsi_ha.alerts import StatusAlerts, events, load_previous
+        agent.alerts = StatusAlerts(self.dispatcher, previous=load_previous(
+            self.config.STATUS_FILE), primary_only=self.config.REPLICATION_ALERTS_FROM ==
+            "primary")
+        loop.on_hung = lambda seconds, killed: self.dispatcher.submit(
+            events.pass_hung(seconds, killed))
+
+    def close(self):
+        self.dispatcher.close(5)
+        self.client.close()
 
 
 def _read_status(config):
