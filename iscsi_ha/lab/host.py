@@ -58,7 +58,14 @@ MONITOR_DELAY={monitor_delay}
 MONITOR_KILLALL=1
 MONITOR_SCANRATE=2
 ENABLE_LOGGING=1
-MAIL_ON=0
+MAIL_ON=1
+MAIL_USE_SHARED_PARAMS=0
+MAIL_FROM=iscsi-ha@lab-{name}.example
+MAIL_TO=admin@example.com
+SMTP_SERVER={smtp_host}
+SMTP_PORT={smtp_port}
+SMTP_SECURITY=none
+SMTP_TIMEOUT=2
 DRBD_VERSION={drbd_version}
 DRBD_ADM={bin}/drbdadm
 DRBD_SETUP={bin}/drbdsetup
@@ -112,7 +119,8 @@ class LabHost(object):
             proc_drbd=world.proc_drbd_path(self.name), drbd_version=drbd_version,
             iqn=self.lab.iqn, lun=self.lab.lun, device=world.device_path(self.name,
                                                                           self.lab.resource),
-            ctl=self.ctl, root=self.root, monitor_delay=monitor_delay))
+            ctl=self.ctl, root=self.root, monitor_delay=monitor_delay,
+            smtp_host=self.lab.smtp_address, smtp_port=self.lab.smtp_port))
         open(os.path.join(self.root, "xapi_init_complete.cookie"), "w").close()
 
     def write_config(self, text):
@@ -138,17 +146,27 @@ class LabHost(object):
             "PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         return env
 
+    @property
+    def hostname(self):
+        return "lab-" + self.name
+
+    def as_host(self, argv):
+        """``argv`` wrapped to run with this host's own hostname (a private UTS namespace), as
+        on a real dom0; ``exec`` keeps the process id."""
+        return ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
+                self.hostname] + list(argv)
+
     def exec(self, argv, timeout=20):
-        """Run a command inside this host's namespace with the host's PATH."""
-        return netns.exec_in(self.ns, argv, timeout=timeout, env=self.env())
+        """Run a command inside this host's namespace with the host's PATH and hostname."""
+        return netns.exec_in(self.ns, self.as_host(argv), timeout=timeout, env=self.env())
 
     def start_agent(self):
         """Start ``iscsi-ha run`` in the namespace; returns the Popen."""
         log = open(os.path.join(self.root, "agent.stderr"), "ab")
         self.agent = netns.popen_in(
-            self.ns, [sys.executable, "-m", "iscsi_ha.cli.agent_main", "run", "--config",
-                      self.config_path], env=self.env(), stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL)
+            self.ns, self.as_host([sys.executable, "-m", "iscsi_ha.cli.agent_main", "run",
+                                   "--config", self.config_path]),
+            env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         with open(os.path.join(self.root, "run", "agent.pid"), "w") as handle:
             handle.write(str(self.agent.pid))
@@ -171,13 +189,13 @@ class LabHost(object):
         return code
 
     def tgtd_pid(self):
+        """The pid of this host's tgtd if it runs (a zombie does not count)."""
         try:
             with open(os.path.join(self.root, "run", "tgtd.pid")) as handle:
                 pid = int(handle.read().strip())
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError):
             return None
+        return pid if _alive(pid) else None
 
     def kill_tgtd(self):
         pid = self.tgtd_pid()

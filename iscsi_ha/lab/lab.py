@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 from iscsi_ha.lab import netns
@@ -26,7 +27,8 @@ from iscsi_ha.lab.xapi_control import LabXapi
 PREFIX = "ihl-"
 DEFAULT_DIR = "/run/iscsi-ha-lab"
 REQUIRED = {"ip": "iproute2", "tgtd": "tgt", "tgtadm": "tgt", "arping": "iputils-arping",
-            "iscsi-ls": "libiscsi-bin", "setsid": "util-linux"}
+            "iscsi-ls": "libiscsi-bin", "setsid": "util-linux", "unshare": "util-linux",
+            "ss": "iproute2"}
 
 
 class LabError(Exception):
@@ -70,6 +72,9 @@ class Lab(object):
         self.vip = "192.0.2.100"
         self.client_ns = PREFIX + "c"
         self.client_address = "192.0.2.50"
+        self.smtp_address, self.smtp_port = self.client_address, 2525
+        self.mail_log = os.path.join(self.directory, "mail.jsonl")
+        self.smtp = None
         self.resource = "iscsi1"
         self.iqn = "iqn.2026-11.lab.iscsi-ha:storage"
         self.lun = 10
@@ -118,6 +123,11 @@ class Lab(object):
             raise LabError("; ".join(problems))
         self.down()
         os.makedirs(self.directory, exist_ok=True)
+        for old in ("hosts", "drbd", "xapi", "probe"):
+            shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
+        for old in ("mail.jsonl", "smtp.log"):
+            if os.path.exists(os.path.join(self.directory, old)):
+                os.unlink(os.path.join(self.directory, old))
         self._network()
         self.world = World.create(os.path.join(self.directory, "drbd"), hosts=("a", "b"),
                                   resources={self.resource: {"minor": 1, "size_mb": 8}},
@@ -125,6 +135,7 @@ class Lab(object):
         for host in self.hosts:
             install_wrappers(host.bin, self.world.directory, host.name)
             host.write_files(self.world, self.drbd_version, self.monitor_delay)
+        self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])
         self.checker = Checker(self)
@@ -147,6 +158,24 @@ class Lab(object):
         netns.connect_direct(self.hosts[0].ns, "rep0", "198.51.100.1/30",
                              self.hosts[1].ns, "rep0", "198.51.100.2/30", PREFIX)
 
+    def _start_smtp(self):
+        """A real SMTP server (aiosmtpd) in the client namespace, recording every alert."""
+        log = open(os.path.join(self.directory, "smtp.log"), "ab")
+        self.smtp = netns.popen_in(self.client_ns, [
+            sys.executable, "-m", "iscsi_ha.lab.smtp_sink", "--listen",
+            "%s:%d" % (self.smtp_address, self.smtp_port), "--out", self.mail_log],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
+        def listening():
+            probe = netns.exec_in(self.client_ns, ["ss", "-ltn"], timeout=5).stdout
+            return ":%d " % self.smtp_port in probe
+        wait_until(listening, 15, what="the lab's SMTP server")
+
+    def mail(self):
+        from iscsi_ha.lab.smtp_sink import read_mail
+        return read_mail(self.mail_log)
+
     def _save_state(self):
         with open(os.path.join(self.directory, "lab.json"), "w") as handle:
             json.dump({"pid": os.getpid(), "hosts": [h.name for h in self.hosts]}, handle)
@@ -161,6 +190,13 @@ class Lab(object):
         if self.xapi is not None:
             self.xapi.stop()
             self.xapi = None
+        if self.smtp is not None:
+            self.smtp.terminate()
+            try:
+                self.smtp.wait(5)
+            except subprocess.TimeoutExpired:
+                self.smtp.kill()
+            self.smtp = None
         netns.cleanup(PREFIX)
         for ctl in (h.ctl for h in self.hosts):
             for suffix in ("", ".lock"):
@@ -202,7 +238,10 @@ class Lab(object):
         self.world.set_link(True)
 
     def exec(self, name, argv, timeout=60):
-        ns = self.client_ns if name in ("c", "client") else self.host(name).ns
-        env = None if name in ("c", "client") else self.host(name).env()
+        if name in ("c", "client"):
+            ns, env = self.client_ns, None
+        else:
+            host = self.host(name)
+            ns, env, argv = host.ns, host.env(), host.as_host(argv)
         return subprocess.run(["ip", "netns", "exec", ns] + list(argv), env=env,
                               timeout=timeout)

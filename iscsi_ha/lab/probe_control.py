@@ -63,6 +63,18 @@ class ProbeRun(object):
         raise RuntimeError("the probe did no successful write within %.0f s (see %s)" % (
             timeout, self.log))
 
+    def wait_for_io_after(self, since, timeout):
+        """Wait (bounded) for a successful I/O that started after ``since`` (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.get("kind") in ("write", "read") and r.get("status") == GOOD
+                   and r.get("t_start", 0) >= since for r in self._records()):
+                return True
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        return False
+
     def stop(self):
         if self.proc is None:
             return

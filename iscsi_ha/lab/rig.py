@@ -15,6 +15,8 @@ class Rig(object):
     iqn = "iqn.2026-11.test.iscsi-ha:rig"
     lun = 10
     vip = "192.0.2.100"
+    smtp_address = "192.0.2.12"      # nobody listens there: mail to it fails fast, harmlessly
+    smtp_port = 2525
 
     def __init__(self, directory, prefix, ctl, drbd_version="8.4"):
         self.directory = directory

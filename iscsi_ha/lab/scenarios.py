@@ -118,10 +118,30 @@ def tgtd_killed(lab, run):
              "tgtd restarted on %s" % primary.name)
 
 
+def alerts_of(lab, kind, since):
+    """(emails, XAPI messages) of alert ``kind`` since ``since`` (wall clock)."""
+    mail = [m for m in lab.mail() if m["time"] >= since and m["alert"].startswith(kind + ";")]
+    name = "ISCSI_HA_" + kind.upper().replace("-", "_")
+    messages = [m for m in lab.xapi.pool.messages(name)
+                if _epoch(m.get("timestamp")) >= since - 1]
+    return mail, messages
+
+
+def _epoch(stamp):
+    """XAPI's datetime (``20261122T04:40:00Z``, or an xmlrpc DateTime) as epoch seconds."""
+    import calendar
+    text = str(getattr(stamp, "value", stamp) or "")
+    try:
+        return calendar.timegm(time.strptime(text.replace("-", ""), "%Y%m%dT%H:%M:%SZ"))
+    except ValueError:
+        return 0
+
+
 @scenario("replication-link-cut", "the replication link is cut, then restored")
 def replication_link_cut(lab, run):
     primary = lab.primary()
     secondary = lab.peer(primary)
+    since = time.time()
     lab.cut_replication()
     run.wait(lambda: lab.world.snapshot()["views"][lab.resource][secondary.name]["disk"]
              == "Outdated", 10, "the secondary's disk to be outdated by fencing")
@@ -133,6 +153,15 @@ def replication_link_cut(lab, run):
     run.check(status.get("health") == "degraded", "the primary does not report degraded")
     lab.restore_replication()
     run.wait(lambda: settled(lab, primary), 60, "resync after the link came back")
+    run.wait(lambda: all(alerts_of(lab, k, since)[0] and alerts_of(lab, k, since)[1]
+                         for k in ("drbd-disconnected", "drbd-reconnected")), 20,
+             "the disconnected and reconnected alerts by email and XAPI message")
+    time.sleep(1.0)                                    # a duplicate would arrive by now
+    for kind in ("drbd-disconnected", "drbd-reconnected"):
+        mail, messages = alerts_of(lab, kind, since)
+        run.check(len(mail) == 1, "%d %s emails, expected exactly 1" % (len(mail), kind))
+        run.check(len(messages) == 1, "%d %s XAPI messages, expected exactly 1" % (
+            len(messages), kind))
 
 
 @scenario("xapi-hanging", "XAPI hangs on both hosts; the agents keep working")
@@ -198,7 +227,9 @@ def run_scenario(lab, name, settle_timeout=90):
     try:
         probe.wait_for_io(20)
         found.function(lab, run)
-        time.sleep(1.0)
+        run.check(probe.wait_for_io_after(time.monotonic(), 30),
+                  "the client was not served again within 30 s after the scenario")
+        time.sleep(0.5)
     except Exception as exc:
         run.failures.append("%s: %s" % (type(exc).__name__, exc))
     finally:
@@ -210,6 +241,8 @@ def run_scenario(lab, name, settle_timeout=90):
     if report.verify_failures:
         run.failures.append("%d read(s) returned older data than the last acknowledged write"
                             % report.verify_failures)
+    if report.outage_at_end_s:
+        run.failures.append("the client's I/O was failing when the probe stopped")
     lost = report.lost_writes
     if lost is None or lost > 0:
         run.failures.append("lost acknowledged writes: %s" % lost)
