@@ -1,0 +1,463 @@
+"""The watchdog: restarts the iscsi-ha agent when it is dead or its status heartbeat is stale.
+
+Every WATCH_INTERVAL seconds it looks at the agent:
+  - ``stopped by admin``: STATE_DIR/stopped-by-admin exists (the init script writes it on
+    ``stop`` and removes it on ``start``): nothing is done, so a stop is never undone;
+  - ``dead``: no pid in AGENT_PID_FILE, or that pid is not a live ``iscsi-ha run`` process;
+  - ``stale``: alive, but its status file's ``updated`` is older than MONITOR_DELAY + the pass
+    budget (MONITOR_MAX_STARTS x MONITOR_SCANRATE) + WATCH_MARGIN. A process that has not
+    published yet gets the same allowance from its start, plus XAPI_INIT_WAIT while xapi's
+    init cookie is missing (the agent waits for xapi before its first pass);
+  - ``starting`` / ``running``: fine.
+Dead: AGENT_START_COMMAND is run. Stale: the agent's process group (and its children) get
+SIGKILL first. Each restart is counted in WATCHDOG_STATE_FILE (STATE_DIR/watchdog.json, with
+times), logged, and raised through the alert hook (``alert(kind, severity, text)``;
+by default :mod:`iscsi_ha.alerts`, kind ``agent-restarted``).
+
+A hung pass inside a live agent is the agent's own job (MONITOR_MAX_STARTS/KILLALL); this covers
+the agent process itself. ``iscsi-ha-watchdog demote`` is the init script's ``demote-stop``
+helper: manual mode secondary, then wait until the status shows this host demoted.
+"""
+import argparse
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import namedtuple
+
+import psutil
+
+from iscsi_ha import __version__, config as config_mod, logsetup, model
+from iscsi_ha.adapters.run import CommandError, run, split_command
+from iscsi_ha.files import atomic_write, read_json
+
+log = logging.getLogger("iscsi-ha")
+
+# The watchdog's configuration keys (validated by config.py's CONFIGSPEC, defaults there).
+DEFAULTS = (("WATCH_INTERVAL", 5.0), ("WATCH_MARGIN", 5.0), ("AGENT_PID_FILE", ""),
+            ("WATCHDOG_PID_FILE", ""), ("WATCHDOG_STATE_FILE", ""),
+            ("AGENT_START_COMMAND", ""), ("AGENT_START_TIMEOUT", 60.0))
+ADMIN_STOP_NAME = "stopped-by-admin"
+HISTORY_KEPT = 50
+KILL_WAIT = 5.0
+LOCK_WAIT = 30.0
+RUNNING, STARTING, STALE, DEAD, ADMIN_STOPPED = (
+    "running", "starting", "stale", "dead", "stopped by admin")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+# XAPI message priorities, as iscsi_ha.alerts uses them (1 most urgent .. 5 information).
+SEVERITY_RESTARTED, SEVERITY_NOT_RESTARTED = 3, 2
+
+AgentView = namedtuple("AgentView", "verdict pid detail")
+
+
+class Settings(object):
+    """Everything the watchdog needs, resolved from a loaded :class:`config.Config`."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    @classmethod
+    def from_config(cls, config):
+        v = {key: getattr(config, key) for key, _ in DEFAULTS}
+        state = config.STATE_DIR
+        v.update(WATCHDOG_STATE_FILE=v["WATCHDOG_STATE_FILE"] or os.path.join(
+            state, "watchdog.json"), ADMIN_STOP_FILE=os.path.join(state, ADMIN_STOP_NAME),
+            LOCK_FILE=os.path.join(state, "lock"), STATUS_FILE=config.STATUS_FILE,
+            MANUAL_FILE=config.MANUAL_FILE, XAPI_INIT_COOKIE=config.XAPI_INIT_COOKIE,
+            XAPI_INIT_WAIT=config.XAPI_INIT_WAIT,
+            STALE_AFTER=config.MONITOR_DELAY + config.PASS_BUDGET + v["WATCH_MARGIN"])
+        return cls(**v)
+
+
+# -- the agent's process -------------------------------------------------------------------
+def read_pid(path):
+    try:
+        with open(path) as handle:
+            text = handle.read(32).strip()
+    except (IOError, OSError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 1 else None
+
+
+def looks_like_agent(argv):
+    """True for ``[python] .../iscsi-ha run ...`` or ``python -m iscsi_ha.cli.agent_main run``."""
+    for index, arg in enumerate(argv):
+        if os.path.basename(arg) == "iscsi-ha" or arg == "iscsi_ha.cli.agent_main":
+            return "run" in argv[index + 1:]
+    return False
+
+
+def agent_process(pid, matcher=looks_like_agent):
+    """The live, non-zombie process ``pid`` if its command line is the agent's, else None."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or not matcher(proc.cmdline()):
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def kill_agent(pid, wait=KILL_WAIT):
+    """SIGKILL the agent, its process group when it leads one, and its children (the
+    commands it runs sit in sessions of their own). Returns a sentence."""
+    try:
+        proc = psutil.Process(pid)
+        victims = [proc] + proc.children(recursive=True)
+        group = os.getpgid(pid)
+    except (psutil.Error, OSError):
+        return "pid %d already gone" % pid
+    if group == pid and group != os.getpgrp():
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(victims, timeout=wait)
+    if alive:
+        return "SIGKILL sent; %d process(es) still alive after %.0f s: %s" % (
+            len(alive), wait, ", ".join(str(p.pid) for p in alive))
+    return "killed pid %d and %d other process(es)" % (pid, len(victims) - 1)
+
+
+def _status_of(path):
+    """(pid, updated) from the agent's status file, or None."""
+    try:
+        doc = read_json(path)
+        return int(doc["agent"]["pid"]), float(doc["updated"])
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+# -- restarts, counted and kept --------------------------------------------------------------
+class History(object):
+    """WATCHDOG_STATE_FILE: ``{"restarts": N, "failed": N, "history": [...last 50...]}``."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {"restarts": 0, "failed": 0, "history": []}
+        try:
+            loaded = read_json(path)
+            if isinstance(loaded, dict) and isinstance(loaded.get("history"), list):
+                self.data.update(loaded)
+        except (IOError, OSError, ValueError):
+            pass
+
+    @property
+    def restarts(self):
+        return int(self.data.get("restarts", 0))
+
+    def record(self, at, verdict, detail, ok, outcome):
+        data = self.data
+        data["restarts"], data["last"] = self.restarts + 1, at
+        data["failed"] = int(data.get("failed", 0)) + (0 if ok else 1)
+        data["history"] = (data["history"] + [{
+            "at": at, "at_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(at)),
+            "verdict": verdict, "detail": detail, "ok": ok, "outcome": outcome}])[-HISTORY_KEPT:]
+        try:
+            atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        except (IOError, OSError) as exc:
+            log.error("watchdog: cannot write %s: %s", self.path, exc)
+
+
+def alert_hook(config):
+    """``(alert, close)``: ``alert(kind, severity, text)`` through :mod:`iscsi_ha.alerts`
+    (email when MAIL_ON=1) and its shutdown; ``(None, None)`` when that path is unusable."""
+    try:
+        from iscsi_ha import alerts
+        from iscsi_ha.alerts import events
+        dispatcher = alerts.build_dispatcher(config)
+    except Exception as exc:  # absent, or refusing this configuration: the watchdog goes on
+        log.warning("watchdog: alerts are off: %s", exc)
+        return None, None
+
+    def alert(kind, severity, text):
+        dispatcher.submit(events.make(kind, summary=text, severity=severity))
+    return alert, lambda: dispatcher.close(timeout=5.0)
+
+
+class Watchdog(object):
+    def __init__(self, settings, alert=None, runner=run, clock=time.time):
+        self.s = settings
+        self.alert = alert
+        self.runner = runner
+        self.clock = clock
+        self.history = History(settings.WATCHDOG_STATE_FILE)
+        self.last_view = None
+
+    def observe(self):
+        """What the agent is doing now, as an :class:`AgentView`. Acts on nothing."""
+        if os.path.exists(self.s.ADMIN_STOP_FILE):
+            return AgentView(ADMIN_STOPPED, None, "marker %s exists" % self.s.ADMIN_STOP_FILE)
+        pid = read_pid(self.s.AGENT_PID_FILE)
+        if pid is None:
+            return AgentView(DEAD, None, "no pid in %s" % self.s.AGENT_PID_FILE)
+        proc = agent_process(pid)
+        if proc is None:
+            return AgentView(DEAD, pid, "pid %d from %s is not a running iscsi-ha agent" %
+                             (pid, self.s.AGENT_PID_FILE))
+        try:
+            started = proc.create_time()
+        except psutil.Error:
+            return AgentView(DEAD, pid, "pid %d exited while being checked" % pid)
+        return self._freshness(pid, started, self.clock())
+
+    def _freshness(self, pid, started, now):
+        status = _status_of(self.s.STATUS_FILE)
+        if status is not None and status[0] == pid and status[1] >= started - 1:
+            age = now - status[1]
+            if age <= self.s.STALE_AFTER:
+                return AgentView(RUNNING, pid, "status %.1f s old" % age)
+            return AgentView(STALE, pid, "status %.1f s old, limit %.1f s" %
+                             (age, self.s.STALE_AFTER))
+        cookie = _mtime(self.s.XAPI_INIT_COOKIE)
+        waited = self.s.XAPI_INIT_WAIT if cookie is None else max(0.0, cookie - started)
+        allowed = waited + self.s.STALE_AFTER
+        if now - started <= allowed:
+            return AgentView(STARTING, pid, "no status yet, %.0f s after start (allowed %.0f s)"
+                             % (now - started, allowed))
+        return AgentView(STALE, pid, "no status from pid %d %.0f s after it started (allowed "
+                         "%.0f s)" % (pid, now - started, allowed))
+
+    def tick(self):
+        """One look; restart the agent when it is dead or stale. Returns the view."""
+        view = self.observe()
+        changed = self.last_view is None or view.verdict != self.last_view.verdict
+        self.last_view = view
+        if view.verdict in (DEAD, STALE):
+            self.recover(view)
+        elif changed:
+            log.info("watchdog: agent %s (%s)%s", view.verdict, view.detail,
+                     "; it is not restarted" if view.verdict == ADMIN_STOPPED else "")
+        return view
+
+    def recover(self, view):
+        steps = []
+        if view.verdict == STALE and view.pid is not None:
+            steps.append(kill_agent(view.pid))
+        argv = split_command(self.s.AGENT_START_COMMAND)
+        try:
+            result = self.runner(argv, self.s.AGENT_START_TIMEOUT)
+            ok, outcome = result.ok, result.describe()
+        except CommandError as exc:
+            ok, outcome = False, str(exc)
+        steps.append(outcome)
+        at = self.clock()
+        self.history.record(at, view.verdict, view.detail, ok, "; ".join(steps))
+        text = "watchdog: agent %s (%s): %s -> %s (restart %d)" % (
+            view.verdict, view.detail, "killed and restarted" if view.verdict == STALE
+            else "restarted", "; ".join(steps), self.history.restarts)
+        log.log(logging.WARNING if ok else logging.ERROR, "%s", text)
+        self._alert("agent-restarted", SEVERITY_RESTARTED if ok else SEVERITY_NOT_RESTARTED,
+                    text)
+        return ok
+
+    def _alert(self, kind, severity, text):
+        if self.alert is None:
+            return
+        try:
+            self.alert(kind, severity, text)
+        except Exception as exc:  # an alert path failure must never stop the watchdog
+            log.error("watchdog: alert %s not sent: %s", kind, exc)
+
+    def run(self, stop, max_ticks=None):
+        """Tick every WATCH_INTERVAL until ``stop`` (a threading.Event) is set."""
+        ticks = 0
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("watchdog: check failed")
+            ticks += 1
+            if max_ticks is not None and ticks >= max_ticks:
+                return
+            stop.wait(self.s.WATCH_INTERVAL)
+
+
+# -- helpers for the init scripts --------------------------------------------------------------
+def write_pid_file(path, pid=None):
+    atomic_write(path, "%d\n" % (os.getpid() if pid is None else pid))
+
+
+def remove_pid_file(path, pid=None):
+    """Remove ``path`` if it still holds ``pid`` (default: this process)."""
+    if read_pid(path) == (os.getpid() if pid is None else pid):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def mark_stopped(settings, who="the init script"):
+    atomic_write(settings.ADMIN_STOP_FILE, "agent stopped by the admin at %s through %s\n" % (
+        time.strftime("%Y-%m-%dT%H:%M:%S%z"), who))
+
+
+def clear_stopped(settings):
+    try:
+        os.unlink(settings.ADMIN_STOP_FILE)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def _write_manual_locked(settings, mode, wait=LOCK_WAIT):
+    """Set manual mode under the agent's pass lock, waiting at most ``wait`` seconds."""
+    from iscsi_ha.adapters.manual import write_manual
+    with open(settings.LOCK_FILE, "a") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except (IOError, OSError) as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            write_manual(settings.MANUAL_FILE, mode)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def demoted(doc, since):
+    """True when a pass that started after ``since`` saw this host fully Secondary."""
+    try:
+        drbd = doc["drbd"]
+        return (doc["pass"]["started"] >= since and doc["desired_role"] == model.SECONDARY
+                and not doc["decision"]["actions"] and len(drbd) > 0
+                and all(state["role"] == "Secondary" for state in drbd.values())
+                and not (doc.get("target") or {}).get("running")
+                and not (doc.get("floating_ip") or {}).get("local"))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def demote(settings, timeout, poll=0.2):
+    """Manual mode ``become_secondary``, then wait (bounded) for the agent to report this host
+    demoted. Returns (ok, sentence). The manual mode stays set: the admin disables it."""
+    pid = read_pid(settings.AGENT_PID_FILE)
+    if agent_process(pid) is None:
+        return False, "the agent is not running, so it cannot demote this host"
+    since = time.time()
+    _write_manual_locked(settings, model.MANUAL_SECONDARY)
+    deadline = time.monotonic() + timeout
+    reason = "no status"
+    while time.monotonic() < deadline:
+        try:
+            doc = read_json(settings.STATUS_FILE)
+            if demoted(doc, since):
+                return True, "demoted: %s" % doc["decision"]["reason"]
+            reason = doc.get("decision", {}).get("reason", reason)
+        except (IOError, OSError, ValueError):
+            pass
+        time.sleep(poll)
+    return False, "not demoted after %.0f s (last: %s)" % (timeout, reason)
+
+
+# -- command line --------------------------------------------------------------------------
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="configuration file (default $ISCSI_HA_CONFIG or %s)" %
+                        config_mod.DEFAULT_PATH)
+    parser = argparse.ArgumentParser(prog="iscsi-ha-watchdog", parents=[common], description=
+                                     "Restarts the iscsi-ha agent when it dies or its status "
+                                     "goes stale.")
+    parser.add_argument("--version", action="version", version="iscsi-ha-watchdog " +
+                        __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    run_cmd = sub.add_parser("run", parents=[common], help="watch the agent (foreground)")
+    run_cmd.add_argument("--pid-file", metavar="PATH", help="default WATCHDOG_PID_FILE")
+    run_cmd.add_argument("--once", action="store_true", help="one check, then exit")
+    sub.add_parser("check", parents=[common], help="print what the watchdog sees; exit 0 "
+                   "running or starting, 1 dead or stale, 3 stopped by the admin")
+    sub.add_parser("mark-stopped", parents=[common], help="record that the admin stopped "
+                   "the agent (the watchdog then leaves it stopped)")
+    sub.add_parser("clear-stopped", parents=[common], help="remove that record")
+    dem = sub.add_parser("demote", parents=[common], help="manual mode secondary, then wait "
+                         "until the status shows this host demoted")
+    dem.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    return parser
+
+
+def _cmd_run(settings, config, pid_file, once):
+    other = read_pid(pid_file)
+    if other not in (None, os.getpid()) and agent_process(
+            other, lambda argv: any("watchdog" in a for a in argv)) is not None:
+        sys.stderr.write("iscsi-ha-watchdog: already running as pid %d\n" % other)
+        return EXIT_FAIL
+    logsetup.setup(config, stderr=True)
+    write_pid_file(pid_file)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("watchdog: started (pid %d), checking the agent every %.1f s; stale after %.1f s",
+             os.getpid(), settings.WATCH_INTERVAL, settings.STALE_AFTER)
+    alert, close_alerts = alert_hook(config)
+    try:
+        Watchdog(settings, alert=alert).run(stop, 1 if once else None)
+    finally:
+        remove_pid_file(pid_file)
+        if close_alerts is not None:
+            close_alerts()
+    return EXIT_OK
+
+
+def _dispatch(args, settings, config):
+    if args.command == "run":
+        return _cmd_run(settings, config, args.pid_file or settings.WATCHDOG_PID_FILE,
+                        args.once)
+    if args.command == "check":
+        view = Watchdog(settings).observe()
+        sys.stdout.write("agent %s: %s\n" % (view.verdict, view.detail))
+        return {RUNNING: EXIT_OK, STARTING: EXIT_OK, ADMIN_STOPPED: EXIT_STOPPED}.get(
+            view.verdict, EXIT_FAIL)
+    if args.command == "demote":
+        ok, sentence = demote(settings, args.timeout)
+        sys.stdout.write(sentence + "\n")
+        return EXIT_OK if ok else EXIT_FAIL
+    (mark_stopped if args.command == "mark-stopped" else clear_stopped)(settings)
+    return EXIT_OK
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        config = config_mod.load(getattr(args, "config", None) or config_mod.default_path())
+        settings = Settings.from_config(config)
+    except config_mod.ConfigError as exc:
+        sys.stderr.write("iscsi-ha-watchdog: invalid configuration %s\n" % exc)
+        return EXIT_USAGE
+    try:
+        return _dispatch(args, settings, config)
+    except (IOError, OSError) as exc:
+        sys.stderr.write("iscsi-ha-watchdog %s: %s\n" % (args.command, exc))
+        return EXIT_FAIL
+
+
+def main_exit():
+    sys.exit(int(main()))
+
+
+if __name__ == "__main__":
+    main_exit()
