@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench clean
+.PHONY: setup demo test unit lint bench clean rpm rpm-check
 
 setup:
 	./scripts/install-deps
@@ -18,6 +18,12 @@ test: lint
 
 unit: setup
 	$(PY) -m pytest -ra -m "not lab and not netns"
+
+rpm: setup
+	./scripts/build-rpm
+
+rpm-check: setup
+	./scripts/rpm-payload-check
 
 bench: setup
 	$(PY) bench/pass_time.py

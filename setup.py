@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "iscsi-ha = iscsi_ha.cli.agent_main:main_exit",
             "iscsi-cfg = iscsi_ha.cli.cfg_main:main_exit",
+            "iscsi-ha-watchdog = iscsi_ha.watchdog:main_exit",
             "iscsi-ha-lab = iscsi_ha.lab.cli:main_exit",
         ],
     },

@@ -81,6 +81,13 @@ STATE_DIR = path(default='/etc/iscsi-ha/state')
 STATUS_FILE = path(default='')
 MANUAL_FILE = path(default='')
 LOG_FILE = path(default='')
+WATCH_INTERVAL = seconds(min=0.05, max=3600, default=5)
+WATCH_MARGIN = seconds(min=0.05, max=3600, default=5)
+AGENT_PID_FILE = path(default='/var/run/iscsi-ha.pid')
+WATCHDOG_PID_FILE = path(default='/var/run/iscsi-ha-watchdog.pid')
+WATCHDOG_STATE_FILE = path(default='')
+AGENT_START_COMMAND = command(default='service iscsi-ha start')
+AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = path(default='/dev/log')
 """
 

@@ -73,6 +73,7 @@ class Loop(object):
         self.hung_passes = 0
         self.on_pass = None          # callback(record), e.g. the systemd watchdog ping
         self.on_hung = None          # callback(seconds, killed), e.g. an alert
+        self.on_idle = None          # callback(), between passes (never while a pass runs)
 
     def _pass(self, trigger, box):
         try:
@@ -139,6 +140,8 @@ class Loop(object):
                     return
                 trigger = None
                 continue
+            if self.on_idle is not None:
+                self.on_idle()
             self.stop.wait(poll)
 
 

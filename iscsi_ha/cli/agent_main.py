@@ -1,9 +1,12 @@
 """``iscsi-ha``: the agent. ``run`` is the daemon (foreground); ``check`` validates a config."""
 import argparse
 import json
+import logging
+import os
 import signal
 import sys
 import threading
+import time
 
 from iscsi_ha import __version__, config as config_mod, logsetup
 
@@ -55,7 +58,7 @@ def cmd_run(path, once, dry_run, as_json):
     config = _load(path)
     if config is None:
         return EXIT_USAGE
-    logsetup.setup(config, stderr=True)
+    logsetup.setup(config, stderr=once or dry_run or sys.stderr.isatty())
     from iscsi_ha.agent import Agent, describe_observation
     from iscsi_ha.loop import Loop
     agent = Agent(config, dry_run=dry_run)
@@ -71,18 +74,62 @@ def cmd_run(path, once, dry_run, as_json):
                 sys.stdout.write("  %d. %s\n" % (number, action.describe()))
         agent.adapters.close()
         return EXIT_OK if all(r.ok for r in record.results) else EXIT_FAIL
+    from iscsi_ha.sdnotify import Notifier
+    notifier = Notifier.from_environ(unset=True)
+    warning = notifier.budget_warning(config.PASS_BUDGET)
+    if warning:
+        logging.getLogger("iscsi-ha").warning("%s", warning)
     stop = threading.Event()
+
+    def on_signal(*_):
+        notifier.stopping("stopping: signal received")
+        stop.set()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
+    wait_for_xapi(config, stop, notifier)
     loop = Loop(agent, stop)
     services = DaemonServices(config)
     services.attach(agent, loop)
+    loop.on_pass = lambda record: tell_systemd(notifier, agent, record)
+    loop.on_idle = notifier.ping
     try:
         loop.run()
     finally:
         services.close()
         agent.adapters.close()
     return EXIT_OK
+
+
+def tell_systemd(notifier, agent, record):
+    """READY=1 after the first pass, WATCHDOG=1 after each later one (a no-op without
+    systemd). A hung pass sends nothing, so systemd's WatchdogSec can act."""
+    sentence = record.decision.reason if record is not None else "pass failed"
+    if agent.passes <= 1:
+        notifier.ready(sentence)
+    else:
+        notifier.ping(sentence)
+
+
+def wait_for_xapi(config, stop, notifier, clock=time.monotonic):
+    """Wait (at most XAPI_INIT_WAIT seconds) for xapi's init-complete cookie, saying so. The
+    agent needs no XAPI to act (the role comes from pool.conf), so it goes on after the wait."""
+    log = logging.getLogger("iscsi-ha")
+    cookie = config.XAPI_INIT_COOKIE
+    if not cookie or os.path.exists(cookie):
+        return True
+    log.info("waiting up to %.0f s for xapi to finish starting (%s)", config.XAPI_INIT_WAIT,
+             cookie)
+    deadline = clock() + config.XAPI_INIT_WAIT
+    while clock() < deadline and not stop.is_set():
+        notifier.ping("waiting for xapi")
+        if stop.wait(1.0) or os.path.exists(cookie):
+            break
+    if os.path.exists(cookie):
+        log.info("xapi is ready")
+        return True
+    log.warning("xapi did not finish starting within %.0f s (%s missing); going on without it",
+                config.XAPI_INIT_WAIT, cookie)
+    return False
 
 
 class DaemonServices(object):
