@@ -38,7 +38,7 @@ def _table(results):
 def as_json(results):
     return [{"scenario": r.scenario, "passed": r.passed, "io_pause_s": r.io_pause_s,
              "time_to_serve_s": r.time_to_serve_s, "lost_writes": r.lost_writes,
-             "failures": r.failures} for r in results]
+             "failures": r.failures, "notes": r.notes} for r in results]
 
 
 def run_scenarios(lab, names, console):
@@ -48,9 +48,10 @@ def run_scenarios(lab, names, console):
         console.print("[bold]scenario[/] %s ..." % name)
         start = time.monotonic()
         result = run_scenario(lab, name)
-        console.print("  %s in %.1f s%s" % ("passed" if result.passed else "FAILED",
-                                            time.monotonic() - start,
-                                            "".join("\n  - " + f for f in result.failures)))
+        console.print("  %s in %.1f s%s%s" % (
+            "passed" if result.passed else "FAILED", time.monotonic() - start,
+            "".join("\n  - " + f for f in result.failures),
+            "".join("\n  note: " + n for n in result.notes)))
         results.append(result)
     return results
 

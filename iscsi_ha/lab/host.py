@@ -47,6 +47,24 @@ status)
 esac
 """
 
+SERVICE = """#!/bin/sh
+# {script} of lab host {name}: the project's own SysV script, pointed at this host's files.
+export ISCSI_HA_CONFIG={root}/iscsi-ha.conf
+export ISCSI_HA_AGENT_CMD="{venv}/iscsi-ha run --config {root}/iscsi-ha.conf"
+export ISCSI_HA_AGENT_MATCH="iscsi-ha run"
+export ISCSI_HA_PIDFILE={root}/run/agent.pid
+export ISCSI_HA_LOCKFILE={root}/run/agent.lock
+export ISCSI_HA_CONSOLE_LOG={root}/agent.stderr
+export ISCSI_HA_WATCHDOG_BIN="{venv}/iscsi-ha-watchdog"
+export ISCSI_HA_WATCHDOG_INIT={bin}/iscsi-ha-watchdog-service
+export ISCSI_HA_WATCHDOG_PIDFILE={root}/run/watchdog.pid
+export ISCSI_HA_WATCHDOG_LOCKFILE={root}/run/watchdog.lock
+export ISCSI_HA_WATCHDOG_CONSOLE_LOG={root}/watchdog.stderr
+export ISCSI_HA_FUNCTIONS=/nonexistent
+export ISCSI_HA_SYSTEMD=no
+exec {init}/{script} "$@"
+"""
+
 CONFIG = """# iscsi-ha configuration of lab host {name} (written by iscsi-ha-lab)
 DRBD_RESOURCES={resource}
 ISCSI_TARGET_SERVICE=tgtd
@@ -87,7 +105,16 @@ XAPI_TIMEOUT=2
 STATE_DIR={root}/state
 LOG_FILE={root}/agent.log
 SYSLOG_SOCKET=
+WATCH_INTERVAL=1
+WATCH_MARGIN=2
+AGENT_PID_FILE={root}/run/agent.pid
+WATCHDOG_PID_FILE={root}/run/watchdog.pid
+AGENT_START_COMMAND={bin}/iscsi-ha-service start
+AGENT_START_TIMEOUT=20
 """
+
+INIT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "init")
 
 
 class LabHost(object):
@@ -114,6 +141,14 @@ class LabHost(object):
                                              run=os.path.join(self.root, "run"),
                                              log=os.path.join(self.root, "tgtd.log")))
         os.chmod(script, 0o755)
+        for name, init in (("iscsi-ha-service", "iscsi-ha"),
+                           ("iscsi-ha-watchdog-service", "iscsi-ha-watchdog")):
+            path = os.path.join(self.bin, name)
+            with open(path, "w") as handle:
+                handle.write(SERVICE.format(script=init, name=self.name, root=self.root,
+                                            bin=self.bin, init=INIT_DIR,
+                                            venv=os.path.dirname(sys.executable)))
+            os.chmod(path, 0o755)
         self.write_config(CONFIG.format(
             name=self.name, resource=self.lab.resource, vip=self.lab.vip, bin=self.bin,
             proc_drbd=world.proc_drbd_path(self.name), drbd_version=drbd_version,

@@ -251,3 +251,7 @@ def run_scenario(lab, name, settle_timeout=90):
     return Result(name, passed, round(report.longest_pause_s or 0.0, 3),
                   None if serve is None else round(serve, 3), lost, list(run.failures),
                   run.notes + ["baseline primary: %s" % baseline.name])
+
+
+# Scenarios of the other issues register themselves with @scenario when imported.
+from iscsi_ha.lab import scenarios_service  # noqa: E402,F401  (registration)
