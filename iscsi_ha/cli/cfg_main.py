@@ -1,5 +1,8 @@
-"""``iscsi-cfg``: the operator's CLI. One error boundary turns exceptions into exit codes."""
-import argparse
+"""``iscsi-cfg``: the operator's CLI. One error boundary turns exceptions into exit codes.
+
+Exit codes: 0 done / everything as expected; 1 refused, failed, or (status) degraded; 2 usage
+error, invalid configuration, or (status) agent down or status unknown.
+"""
 import enum
 import json
 import os
@@ -9,6 +12,9 @@ import time
 import psutil
 
 from iscsi_ha import __version__, config as config_mod
+from iscsi_ha.adapters.manual import ManualModeError
+from iscsi_ha.cli import cfg_args
+from iscsi_ha.cli.context import CliError, HostContext, Refused  # noqa: F401 (re-exported)
 
 
 class ExitCode(enum.IntEnum):
@@ -17,20 +23,15 @@ class ExitCode(enum.IntEnum):
     ERROR = 2         # usage error, invalid config, agent down or status unknown
 
 
-class CliError(Exception):
-    def __init__(self, message, code=ExitCode.ERROR):
-        Exception.__init__(self, message)
-        self.code = code
-
-
 def agent_running(document):
     pid = (document.get("agent") or {}).get("pid")
     if not pid or not psutil.pid_exists(pid):
         return False
     try:
-        return "iscsi-ha" in " ".join(psutil.Process(pid).cmdline())
+        command = " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
         return False
+    return "iscsi-ha" in command or "iscsi_ha" in command
 
 
 def stale_after(config):
@@ -60,14 +61,6 @@ def exit_code_for(document):
     return ExitCode.OK if document.get("health") == "ok" else ExitCode.DEGRADED
 
 
-def cmd_get(config, args):
-    sys.stdout.write("# iscsi-ha configuration of %s (%s)\n" % (os.uname()[1], config.path))
-    for key in sorted(config.lines, key=lambda k: config.lines[k]):
-        if hasattr(config, key):
-            sys.stdout.write("%s=%s\n" % (key, _show(getattr(config, key))))
-    return ExitCode.OK
-
-
 def _show(value):
     if isinstance(value, list):
         return ":".join(value)
@@ -78,55 +71,135 @@ def _show(value):
     return str(value)
 
 
-def cmd_status(config, args):
-    document = read_status(config)
+def cmd_get(ctx, args):
+    config = ctx.config
+    if args.key:
+        if not hasattr(config, args.key) or not args.key.isupper():
+            raise CliError("unknown key %s" % args.key, 2)
+        ctx.say(_show(getattr(config, args.key)))
+        return ExitCode.OK
+    ctx.say("# iscsi-ha configuration of %s (%s)" % (os.uname()[1], config.path))
+    for key in sorted(config.lines, key=lambda k: config.lines[k]):
+        if hasattr(config, key):
+            ctx.say("%s=%s" % (key, _show(getattr(config, key))))
+    return ExitCode.OK
+
+
+def cmd_status(ctx, args):
+    from iscsi_ha.cli import peer, status_view
+    document = read_status(ctx.config)
     if args.json:
-        sys.stdout.write(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    else:
-        from iscsi_ha.cli import status_view
-        status_view.show(config, document, once=args.once)
+        if args.peer:
+            theirs, error, _ = peer.PeerWatcher(ctx).fetch_once()
+            document["peer"] = theirs if theirs is not None else {"error": error}
+        ctx.say(json.dumps(document, indent=1, sort_keys=True))
+        return exit_code_for(document)
+    watcher = snapshot = None
+    if not args.once and sys.stdout.isatty():
+        watcher = peer.PeerWatcher(ctx).start()
+    elif args.peer:
+        snapshot = peer.PeerWatcher(ctx).fetch_once()
+    document = status_view.show(ctx.config, document, once=args.once, refresh=args.refresh,
+                                watcher=watcher, peer=snapshot)
     return exit_code_for(document)
 
 
-def _parser():
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
-                        help="configuration file (default $ISCSI_HA_CONFIG or %s)" % config_mod.DEFAULT_PATH)
-    parser = argparse.ArgumentParser(prog="iscsi-cfg", parents=[common],
-                                     description="Operate iscsi-ha on this host.")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    sub.required = True
-    sub.add_parser("get", parents=[common], help="print the configuration")
-    status = sub.add_parser("status", parents=[common], help="show this host's storage state")
-    status.add_argument("--json", action="store_true", help="print the status document")
-    status.add_argument("--once", action="store_true", help="print one frame and exit")
-    sub.add_parser("version", parents=[common], help="print the version")
-    return parser
+def cmd_log(ctx, args):
+    from iscsi_ha.cli import log_cmd
+    return log_cmd.show(ctx.config, args.lines, args.follow, ctx.say)
 
 
-VERBS = {"get": cmd_get, "status": cmd_status}
+def cmd_check(ctx, args):
+    from iscsi_ha.cli import check_cmd
+    return check_cmd.check(ctx, with_peer=not args.local)
+
+
+def _confirmer(args):
+    if args.yes:
+        return lambda question: True
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(question):
+        sys.stdout.write(question)
+        sys.stdout.flush()
+        return sys.stdin.readline(256).strip().lower() == "yes"
+    return ask
+
+
+def cmd_become_primary(ctx, args):
+    from iscsi_ha.cli import manual_ops
+    manual_ops.become_primary(ctx, force=args.force, confirm=_confirmer(args),
+                              timeout=args.timeout)
+    return ExitCode.OK
+
+
+def cmd_become_secondary(ctx, args):
+    from iscsi_ha.cli import manual_ops
+    manual_ops.become_secondary(ctx, timeout=args.timeout)
+    return ExitCode.OK
+
+
+def cmd_manual_enable(ctx, args):
+    from iscsi_ha.cli import manual_ops
+    return manual_ops.enable(ctx)
+
+
+def cmd_manual_disable(ctx, args):
+    from iscsi_ha.cli import manual_ops
+    return manual_ops.disable(ctx)
+
+
+def cmd_switchover(ctx, args):
+    from iscsi_ha.cli import switchover
+    return switchover.switchover(ctx, timeout=args.timeout)
+
+
+VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
+         "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
+         "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
+         "switchover": cmd_switchover}
+
+
+def _say_stdout(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _run(args):
+    path = getattr(args, "config", config_mod.default_path())
+    if args.verb == "version":
+        _say_stdout("iscsi-cfg %s" % __version__)
+        return ExitCode.OK
+    if args.verb == "set":
+        from iscsi_ha.cli import set_cmd
+        return set_cmd.set_value(path, args.key, args.value, _say_stdout)
+    ctx = HostContext(config_mod.load(path), say=_say_stdout)
+    try:
+        return VERBS[args.verb](ctx, args)
+    finally:
+        ctx.close()
 
 
 def main(argv=None):
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
+        args = cfg_args.build().parse_args(argv)
+    except cfg_args.UsageError as exc:
+        sys.stderr.write("%s\n" % exc)
+        return ExitCode.ERROR
+    except SystemExit as exc:              # --help and --version
         return ExitCode.ERROR if exc.code else ExitCode.OK
-    if args.verb == "version":
-        sys.stdout.write("iscsi-cfg %s\n" % __version__)
-        return ExitCode.OK
     try:
-        config = config_mod.load(getattr(args, "config", config_mod.default_path()))
-        return VERBS[args.verb](config, args)
+        return int(_run(args))
     except config_mod.ConfigError as exc:
         sys.stderr.write("iscsi-cfg: invalid configuration %s\n" % exc)
         return ExitCode.ERROR
-    except CliError as exc:
+    except (CliError, ManualModeError) as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % exc)
-        return exc.code
+        return getattr(exc, "code", ExitCode.DEGRADED)
     except KeyboardInterrupt:
-        return ExitCode.OK
+        sys.stderr.write("iscsi-cfg: interrupted; a role already written stays in effect\n")
+        return ExitCode.DEGRADED
 
 
 def main_exit():

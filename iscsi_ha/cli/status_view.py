@@ -1,4 +1,10 @@
-"""The rich view behind ``iscsi-cfg status``: expected versus actual, with colour."""
+"""The rich view behind ``iscsi-cfg status``: this host and its peer, expected versus actual.
+
+This host comes from the agent's status document (re-read every refresh). The peer comes from
+two places: DRBD's peer fields in that document (always there), and the peer's own status
+document fetched through the XAPI plugin by a background thread (:class:`PeerWatcher`), so
+that a slow or absent XAPI never blocks the view.
+"""
 import time
 
 from rich.console import Console, Group
@@ -9,54 +15,60 @@ from rich.text import Text
 
 HEALTH_STYLE = {"ok": "bold green", "degraded": "bold yellow", "failed": "bold red",
                 "unknown": "bold red"}
+MANUAL_WORDS = {"off": "off", "enable": "ON (holding roles)", "become_primary": "ON (primary)",
+                "become_secondary": "ON (secondary)"}
 
 
 def _mark(ok):
     return Text("ok", style="green") if ok else Text("NOT AS EXPECTED", style="bold red")
 
 
+def _tolerance(config):
+    return config.MONITOR_DELAY + config.MONITOR_SCANRATE + 5
+
+
 def banner(config, document):
-    """Why the status cannot be trusted, or None."""
+    """Why the status cannot be trusted, with the likely causes, or None."""
     if document.get("agent_running") and not document.get("stale"):
         return None
     lines = []
     if not document.get("agent_running"):
-        lines.append("The iscsi-ha agent is not running on this host.")
-        lines.append("Start it (service iscsi-ha start -w) and read `iscsi-cfg log`.")
+        lines += ["The iscsi-ha agent is not running on this host.",
+                  "Likely causes: it was stopped, it refused an invalid configuration "
+                  "(`iscsi-ha check`), or it crashed.",
+                  "Start it (service iscsi-ha start) and read `iscsi-cfg log`."]
     if document.get("stale"):
-        lines.append("The agent's status is %.0f s old (tolerance %.0f s)." % (
-            document.get("age_s", float("inf")), config.MONITOR_DELAY + config.MONITOR_SCANRATE
-            + 5))
-        lines.append("Likely causes: a pass is hung (see the log), the agent was stopped, "
-                     "or the host is failing over.")
-    for problem in document.get("problems", []):
-        lines.append(problem)
+        lines += ["The agent's status is %.0f s old (tolerance %.0f s)." % (
+            document.get("age_s", float("inf")), _tolerance(config)),
+            "Likely causes: a pass is hung on a command (DRBD, tgtadm, ip: see the log), the "
+            "agent was stopped, or the host is failing over."]
+    lines += document.get("problems", [])
     return Panel("\n".join(lines), title="status unknown", style="bold red")
 
 
-def render(config, document):
-    parts = []
-    warning = banner(config, document)
-    if warning is not None:
-        parts.append(warning)
-    if "pool" not in document:
-        return Group(*parts)
+def _ago(epoch, now):
+    if not epoch:
+        return "?"
+    return "%s (%.1f s ago)" % (time.strftime("%H:%M:%S", time.localtime(epoch)),
+                                max(0.0, now - epoch))
+
+
+def _head(document, now):
     desired = document.get("desired_role") or "hold"
-    head = Table.grid(padding=(0, 2))
-    head.add_row("host", document.get("hostname", "?"), "pool role", document["pool"]["role"],
-                 "manual mode", document.get("manual_mode", "?"))
     health = document.get("health", "unknown")
-    head.add_row("health", Text(health, style=HEALTH_STYLE.get(health, "")), "expected role",
-                 desired, "updated", "%s (%.1f s ago)" % (document.get("updated_iso", "?"),
-                                                         document.get("age_s", 0)))
-    parts.append(Panel(head, title="iscsi-ha %s" % document.get("agent", {}).get("version", "")))
-    parts.append(_drbd_table(document, desired))
-    parts.append(_service_table(document, desired))
-    decision = document.get("decision", {})
-    parts.append(Panel(Text(decision.get("reason", "")), title="last decision"))
-    if document.get("problems"):
-        parts.append(Panel("\n".join(document["problems"]), title="problems", style="yellow"))
-    return Group(*parts)
+    manual = document.get("manual_mode", "?")
+    agent = document.get("agent") or {}
+    head = Table.grid(padding=(0, 2))
+    head.add_row("host", document.get("hostname", "?"), "pool role",
+                 document["pool"]["role"] + (" of %s" % document["pool"]["master_address"]
+                                             if document["pool"].get("master_address") else ""))
+    head.add_row("health", Text(health, style=HEALTH_STYLE.get(health, "")), "manual mode",
+                 Text(MANUAL_WORDS.get(manual, manual), style="" if manual == "off"
+                      else "bold magenta"))
+    head.add_row("expected role", desired, "status updated", _ago(document.get("updated"), now))
+    head.add_row("agent", "pid %s" % agent.get("pid", "?"), "running since",
+                 _ago(agent.get("started"), now))
+    return Panel(head, title="iscsi-ha %s on this host" % agent.get("version", ""))
 
 
 def _drbd_table(document, desired):
@@ -67,35 +79,130 @@ def _drbd_table(document, desired):
     want = {"primary": "Primary", "secondary": "Secondary"}.get(desired)
     for name, state in sorted(document.get("drbd", {}).items()):
         sync = "" if state.get("sync_percent") is None else "%.1f%%" % state["sync_percent"]
-        table.add_row(name, state["role"], state["peer_role"], state["connection"], state["disk"],
+        peer = Text(state["peer_role"], style="bold red" if state["peer_role"] == "Unknown"
+                    else "")
+        table.add_row(name, state["role"], peer, state["connection"], state["disk"],
                       state["peer_disk"], sync, _mark(want is None or state["role"] == want))
+    if document.get("drbd_error"):
+        table.add_row("?", Text(document["drbd_error"], style="bold red"), "", "", "", "", "", "")
     return table
 
 
-def _service_table(document, desired):
+def _service_table(config, document, desired):
     table = Table(title="target and floating IP")
     for column in ("what", "state", "expected", "as expected"):
         table.add_column(column)
     target = document.get("target") or {}
     serving = bool(target.get("serving"))
     want_up = desired == "primary"
-    table.add_row("iSCSI target", "serving" if serving else "running" if target.get("running")
-                  else "stopped", "serving" if want_up else "stopped",
+    state = "serving" if serving else "running" if target.get("running") else "stopped"
+    if target.get("connections"):
+        state += ", %d connection(s)" % target["connections"]
+    table.add_row("iSCSI target %s" % (config.ISCSI_TARGET_IQN or "(tgtd's configuration)"),
+                  state, "serving" if want_up else "stopped",
                   _mark(desired == "hold" or serving == want_up))
+    luns = ", ".join("%d=%s" % item for item in sorted(config.ISCSI_LUNS.items())) or "-"
+    missing = "; ".join(target.get("missing") or [])
+    table.add_row("LUNs", luns if not missing else Text(missing, style="yellow"),
+                  "exported" if want_up else "-", _mark(not (want_up and missing)))
     vip = document.get("floating_ip") or {}
-    table.add_row("floating IP %s" % vip.get("address", ""), "local" if vip.get("local")
-                  else "not local", "local" if want_up else "not local",
-                  _mark(desired == "hold" or bool(vip.get("local")) == want_up))
+    table.add_row("floating IP %s on %s" % (vip.get("address", ""), vip.get("interface", "")),
+                  "local" if vip.get("local") else "not local", "local" if want_up
+                  else "not local", _mark(desired == "hold" or bool(vip.get("local")) == want_up))
     return table
 
 
-def show(config, document, once=False, console=None, refresh=2.0):
+def _peer_panel(document, peer, now):
+    rows = Table.grid(padding=(0, 2))
+    for name, state in sorted((document.get("drbd") or {}).items()):
+        rows.add_row("DRBD sees", "%s: peer %s, peer disk %s, %s" % (
+            name, state["peer_role"], state["peer_disk"], state["connection"]))
+    if peer is None:
+        rows.add_row("through XAPI", "not asked (status --peer)")
+    else:
+        theirs, error, at = peer
+        if theirs is None:
+            rows.add_row("through XAPI", Text(error, style="yellow"))
+        else:
+            rows.add_row("through XAPI", _peer_words(theirs, at, now))
+    return Panel(rows, title="peer")
+
+
+def _peer_words(theirs, at, now):
+    health = theirs.get("health", "unknown")
+    target = theirs.get("target") or {}
+    vip = theirs.get("floating_ip") or {}
+    roles = ", ".join("%s %s" % (n, s.get("role")) for n, s in
+                      sorted((theirs.get("drbd") or {}).items()))
+    text = Text("%s: " % theirs.get("hostname", theirs.get("host", "?")))
+    text.append(health, style=HEALTH_STYLE.get(health, ""))
+    text.append(", pool %s, manual mode %s, %s, target %s, floating IP %s%s; asked %s" % (
+        (theirs.get("pool") or {}).get("role", "?"),
+        MANUAL_WORDS.get(theirs.get("manual_mode"), theirs.get("manual_mode", "?")),
+        roles or "no DRBD state", "serving" if target.get("serving") else "stopped"
+        if not target.get("running") else "running", "local" if vip.get("local")
+        else "not local", "" if theirs.get("agent_running") else " (AGENT NOT RUNNING)",
+        _ago(at, now)))
+    return text
+
+
+def _decision_panel(document, now):
+    decision = document.get("decision") or {}
+    run = document.get("pass") or {}
+    text = Text(decision.get("reason", ""))
+    text.append("\npass %s (%s) made %s, took %.3f s" % (
+        run.get("number", "?"), run.get("trigger", "?"), _ago(run.get("started"), now),
+        run.get("duration_s") or 0.0), style="dim")
+    for entry in (document.get("last_actions") or [])[-6:]:
+        ok = entry.get("ok") and not entry.get("skipped")
+        text.append("\n  %s %s (%.2f s) %s" % (
+            entry.get("action"), "ok" if ok else "skipped" if entry.get("skipped")
+            else "FAILED", entry.get("duration_s") or 0.0, _ago(entry.get("at"), now)),
+            style="green" if ok else "red")
+    return Panel(text, title="last decision")
+
+
+def render(config, document, peer=None, now=None):
+    """One frame. ``peer`` is (document or None, error, asked at) or None (not asked)."""
+    now = time.time() if now is None else now
+    parts = []
+    warning = banner(config, document)
+    if warning is not None:
+        parts.append(warning)
+    if "pool" not in document:
+        return Group(*parts)
+    desired = document.get("desired_role") or "hold"
+    parts += [_head(document, now), _drbd_table(document, desired),
+              _service_table(config, document, desired), _peer_panel(document, peer, now),
+              _decision_panel(document, now)]
+    if document.get("problems"):
+        parts.append(Panel("\n".join(document["problems"]), title="problems", style="yellow"))
+    return Group(*parts)
+
+
+def show(config, document, once=False, console=None, refresh=2.0, watcher=None, peer=None):
+    """Print one frame (``once`` or not a terminal), else refresh until Ctrl+C. Returns the
+    last document shown (its health gives the exit code)."""
     from iscsi_ha.cli.cfg_main import read_status
     console = console or Console()
     if once or not console.is_terminal:
-        console.print(render(config, document))
-        return
-    with Live(render(config, document), console=console, refresh_per_second=4) as live:
-        while True:
-            time.sleep(refresh)
-            live.update(render(config, read_status(config)))
+        console.print(render(config, document, peer))
+        return document
+    try:
+        with Live(render(config, document, _latest(watcher)), console=console,
+                  refresh_per_second=4) as live:
+            while True:
+                time.sleep(refresh)
+                document = read_status(config)
+                live.update(Group(render(config, document, _latest(watcher)),
+                                  Text("refreshing every %.0f s; Ctrl+C to leave" % refresh,
+                                       style="dim")))
+    except KeyboardInterrupt:
+        return document
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
+def _latest(watcher):
+    return None if watcher is None else watcher.latest()

@@ -58,8 +58,12 @@ def agent_killed(lab, run):
                 run.note("agent on %s restarted, status fresh %.2f s after kill -9" % (
                     host.name, time.time() - killed_at))
             run.check(lab.primary() is primary, "the storage moved after the agent died")
-        history = os.path.join(primary.root, "state", "watchdog.json")
-        run.check(os.path.exists(history), "the watchdog kept no restart record")
+        for host in lab.hosts:
+            # The watchdog records the restart once the start command returns (it waits for
+            # the agent to settle), which can be after the new agent's first pass.
+            history = os.path.join(host.root, "state", "watchdog.json")
+            run.wait(lambda: os.path.exists(history), 10,
+                     "the watchdog on %s to record its restart" % host.name)
     finally:
         back_to_lab(lab, run)
 
