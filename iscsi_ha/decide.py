@@ -87,6 +87,11 @@ def _promote_blocker(name, state, obs):
     """Why resource ``name`` may not be promoted now, or '' when it may."""
     if state.peer_role == PRIMARY_WORD:
         return "%s: peer is still Primary" % name
+    if state.connection == "StandAlone":
+        # Not looking for its peer: a split brain (DRBD dropped the connection) or an admin's
+        # disconnect. Promoting could fork the data: an admin connects or recovers it first.
+        return "%s: StandAlone (split brain or disconnected by hand); connect or recover it " \
+            "first" % name
     link_up = state.connection in LINK_UP_STATES
     if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE):
         return "%s: no UpToDate data here (disk %s, peer disk %s)" % (

@@ -76,8 +76,16 @@ ROWS = [
     ("master: peer gone, Outdated here", obs(OUTDATED_ALONE), (),
      "refusing: %s, but iscsi1: no UpToDate data here (disk Outdated, peer disk DUnknown)" % P),
     ("master: StandAlone Inconsistent", obs(INCONSISTENT_ALONE), (),
-     "refusing: %s, but iscsi1: no UpToDate data here (disk Inconsistent, peer disk "
-     "DUnknown)" % P),
+     "refusing: %s, but iscsi1: StandAlone (split brain or disconnected by hand); connect or "
+     "recover it first" % P),
+    ("master: StandAlone UpToDate is not promoted",
+     obs(st("Secondary", "Unknown", "StandAlone", "UpToDate", "DUnknown")), (),
+     "refusing: %s, but iscsi1: StandAlone (split brain or disconnected by hand); connect or "
+     "recover it first" % P),
+    ("master: Primary StandAlone keeps serving",
+     obs(st("Primary", "Unknown", "StandAlone", "UpToDate", "DUnknown"), target=SERVING,
+         vip=LOCAL), (),
+     "no action: primary as expected (%s), target serving, floating IP local" % P),
     ("master: Consistent, peer Outdated", obs(CONSISTENT), (),
      "refusing: %s, but iscsi1: no UpToDate data here (disk Consistent, peer disk "
      "Outdated)" % P),

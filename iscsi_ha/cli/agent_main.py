@@ -90,7 +90,10 @@ def cmd_run(path, once, dry_run, as_json):
     loop = Loop(agent, stop)
     services = DaemonServices(config)
     services.attach(agent, loop)
-    loop.on_pass = lambda record: tell_systemd(notifier, agent, record)
+    def on_pass(record):
+        services.after_pass(record)
+        tell_systemd(notifier, agent, record)
+    loop.on_pass = on_pass
     loop.on_idle = notifier.ping
     try:
         loop.run()
@@ -142,6 +145,10 @@ class DaemonServices(object):
         self.cache = OtherConfigCache.in_state_dir(config.STATE_DIR)
         self.client = XapiClient.from_config(config, cache=self.cache)
         self.dispatcher = build_dispatcher(config, self.client, self.cache)
+        from iscsi_ha.pbd import PbdReplugger
+        # Its own XAPI client: a hung PBD.plug must not delay the alerts' XAPI messages.
+        self.replugger = PbdReplugger(lambda: XapiClient.from_config(config), self.dispatcher,
+                                      config.PBD_REPLUG_INTERVAL, enabled=config.PBD_REPLUG)
 
     def attach(self, agent, loop):
         from iscsi_ha.alerts import StatusAlerts, events, load_previous
@@ -151,7 +158,13 @@ class DaemonServices(object):
         loop.on_hung = lambda seconds, killed: self.dispatcher.submit(
             events.pass_hung(seconds, killed))
 
+    def after_pass(self, record):
+        """Per pass: only hands the observation to the replugger's thread (no XAPI here)."""
+        if record is not None:
+            self.replugger.observe(record.observation)
+
     def close(self):
+        self.replugger.close(timeout=2)
         self.dispatcher.close(5)
         self.client.close()
 
