@@ -89,11 +89,14 @@ def pool_master_crash(lab, run):
     old = lab.primary()
     new = lab.peer(old)
     lab.crash(old)
+    lab.xapi.drop_pbd(new)              # as XenServer often leaves it after a failover
     lab.xapi.master_dies(old)
     lab.xapi.emergency_transition(new)
     run.role_changed(pool_conf_changed_at(new, "master"))
     run.check(run.wait(lambda: lab.serving(new), 30, "host %s serving" % new.name) is not None,
               "the new master did not take the storage")
+    run.wait(lambda: lab.xapi.pbd_attached(new), 30,
+             "the new master's iSCSI PBD to be plugged again")
     lab.xapi.host_returns(old, new)
     lab.boot(old)
     run.wait(lambda: settled(lab, new), 60, "old master back as Secondary and resynced")

@@ -1,0 +1,211 @@
+"""Lab scenarios for manual mode (issue 4): the HA-Lizard manual's 14-step maintenance procedure
+("Example Maintenance Operations") with ``iscsi-cfg`` verbs run inside the host namespaces, and
+the same moves with ``iscsi-cfg switchover``. Both reboot each host cleanly while it is the
+storage secondary and end with manual mode off and the storage on the pool master.
+
+A clean reboot of a lab host (:func:`clean_reboot`): its agent stops (SIGTERM; manual mode keeps
+it secondary across the reboot), tgtd is stopped by its service script, DRBD goes down cleanly
+(``drbdadm down``: the peer sees the connection close), xapi stops, the addresses and links go;
+after ``down_for`` seconds the host boots (links, DRBD up and resync, agent, xapi).
+
+The peer is reached as in a pool: ``host.call_plugin(peer, "iscsi-ha", fn, args)``. The fake
+XAPI runs :func:`plugin_handler` in the lab process, which runs the plugin module inside the
+peer's namespace (``python -m iscsi_ha.cli.plugin fn key=value``), so it acts there.
+"""
+import json
+import os
+import re
+import signal
+import sys
+import time
+
+from iscsi_ha.cli.plugin import FUNCTIONS as PLUGIN_FUNCTIONS
+from iscsi_ha.lab import netns
+from iscsi_ha.lab.probe import GOOD
+from iscsi_ha.lab.scenarios import scenario, settled
+
+CLI_TIMEOUT = 90
+
+
+# -- running iscsi-cfg and the plugin inside a host ------------------------------------------------
+def host_exec(host, argv, timeout):
+    """``argv`` in ``host``'s namespace, with its hostname, PATH and ISCSI_HA_CONFIG."""
+    env = dict(host.env(), ISCSI_HA_CONFIG=host.config_path)
+    return netns.exec_in(host.ns, host.as_host(argv), timeout=timeout, env=env)
+
+
+def plugin_handler(host, fn):
+    """The fake XAPI's handler for ``fn`` of the iscsi-ha plugin on ``host``."""
+    def handle(args):
+        try:
+            wait = float(args.get("timeout", 30))
+        except ValueError:
+            wait = 30.0
+        argv = [sys.executable, "-m", "iscsi_ha.cli.plugin", fn] + [
+            "%s=%s" % item for item in sorted(args.items())]
+        proc = host_exec(host, argv, min(wait, 120) + 30)
+        if proc.returncode != 0:
+            raise RuntimeError("plugin %s on %s: exit %d: %s" % (
+                fn, host.name, proc.returncode, proc.stderr.strip()[-300:]))
+        return proc.stdout.strip()
+    return handle
+
+
+def register_plugins(lab):
+    """Install the iscsi-ha plugin on every host of the lab's fake pool (idempotent). The lead
+    may call this from LabXapi.start so that ``iscsi-ha-lab up`` has it too."""
+    for host in lab.hosts:
+        for fn in PLUGIN_FUNCTIONS:
+            lab.xapi.pool.register_plugin(lab.xapi.refs[host.name], "iscsi-ha", fn,
+                                          plugin_handler(host, fn))
+
+
+def cfg(run, host, *args):
+    """Run ``iscsi-cfg ARGS`` in ``host``; checks exit 0; returns (seconds, stdout)."""
+    started = time.monotonic()
+    proc = host_exec(host, ["iscsi-cfg"] + list(args), CLI_TIMEOUT)
+    took = time.monotonic() - started
+    output = (proc.stdout + proc.stderr).strip()
+    run.check(proc.returncode == 0, "iscsi-cfg %s on %s: exit %d: %s" % (
+        " ".join(args), host.name, proc.returncode, output[-600:]))
+    return took, output
+
+
+# -- reboots ---------------------------------------------------------------------------------------
+def clean_reboot(lab, run, host, down_for=2.0):
+    """A planned reboot of ``host`` (it must be the storage secondary)."""
+    ref = lab.xapi.refs[host.name]
+    host.stop_agent(signal.SIGTERM)
+    host.exec([os.path.join(host.bin, "tgtd-service"), "stop"])
+    down = host.exec(["drbdadm", "down", lab.resource])
+    run.check(down.returncode == 0, "drbdadm down on %s: %s" % (host.name, down.stderr))
+    lab.xapi.pool.endpoint(ref).stop()
+    netns.exec_in(host.ns, ["ip", "addr", "flush", "dev", "eth0"], check=True)
+    for link in ("eth0", "rep0"):
+        netns.set_link(host.ns, link, False)
+    lab.down_hosts.add(host.name)
+    time.sleep(down_for)
+    lab.boot(host)
+    lab.xapi.pool.host_returns(ref)
+
+
+def rejoined(lab, host):
+    """Back as Secondary, connected, UpToDate, with its agent holding it in manual mode."""
+    view = lab.world.snapshot()["views"][lab.resource][host.name]
+    status = lab.status(host) or {}
+    return (view["role"] == "Secondary" and view["cstate"] == "Connected"
+            and view["disk"] == "UpToDate" and status.get("manual_mode") == "become_secondary"
+            and status.get("agent", {}).get("pid") == (host.agent.pid if host.agent else None))
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def _records(lab, run):
+    path = os.path.join(lab.directory, "probe", run.name + ".jsonl")
+    try:
+        with open(path) as handle:
+            lines = handle.read().split("\n")
+    except (OSError, IOError):
+        return []
+    found = []
+    for line in lines:
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            pass                                   # empty or being written
+    return found
+
+
+def io_pause(lab, run, start, end, timeout=30):
+    """Longest gap between two successful client I/Os around a move made between ``start`` and
+    ``end`` (monotonic); waits (bounded) until the client is served after ``end``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        good = sorted(r["t_end"] for r in _records(lab, run)
+                      if r.get("kind") in ("write", "read") and r.get("status") == GOOD)
+        if any(t >= end for t in good) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    gaps = [after - before for before, after in zip(good, good[1:])
+            if after >= start and before <= end]
+    return max(gaps) if gaps else None
+
+
+def _reached(output):
+    found = re.findall(r"(primary|secondary) reached ([0-9.]+) s", output)
+    return ", ".join("%s %s s" % item for item in found)
+
+
+def pool_record(lab):
+    other = lab.xapi.pool.db.get("pool", lab.xapi.pool.pool_ref, "other_config")
+    return dict(other).get("MANUAL_MODE", "")
+
+
+def _move_note(lab, run, label, started, outputs):
+    pause = io_pause(lab, run, started, time.monotonic())
+    run.check(pause is not None, "%s: no client I/O around the move" % label)
+    run.note("%s: longest client I/O pause %s (agent: %s)" % (
+        label, "n/a" if pause is None else "%.2f s" % pause,
+        "; ".join(_reached(o) for o in outputs)))
+    return pause
+
+
+def _leave_manual_mode(lab, run, native, other):
+    for host in (other, native):                  # either order works once roles are native
+        cfg(run, host, "manual-mode-disable")
+    run.check(pool_record(lab) == "", "pool record MANUAL_MODE still %r" % pool_record(lab))
+    for host in lab.hosts:
+        run.check(not os.path.exists(os.path.join(host.root, "state", "manual")),
+                  "manual mode file left on %s" % host.name)
+    run.wait(lambda: settled(lab, native), 30, "the pool back to automatic on %s" % native.name)
+
+
+# -- the scenarios -----------------------------------------------------------------------------------
+@scenario("planned-switchover", "maintenance procedure of the HA-Lizard manual: manual mode, "
+          "move the storage, reboot each host, move back, leave manual mode (iscsi-cfg verbs)")
+def planned_switchover(lab, run):
+    register_plugins(lab)
+    first = lab.primary()                         # the pool master, rebooted first
+    second = lab.peer(first)
+    run.note("steps 1 and 14 (pool HA off/on) and 3 and 8 (VM migration): no pool HA and no VMs "
+             "in the lab; the client keeps its I/O running throughout")
+    for host in (first, second):                                      # step 2
+        cfg(run, host, "manual-mode-enable")
+    run.check(pool_record(lab).count("=") == 2, "pool record MANUAL_MODE is %r" %
+              pool_record(lab))
+    started = time.monotonic()
+    _, down = cfg(run, first, "become-secondary")                     # step 4
+    _, up = cfg(run, second, "become-primary")                        # step 5
+    _move_note(lab, run, "move %s->%s (become-secondary, become-primary)" % (
+        first.name, second.name), started, [down, up])
+    run.check(settled(lab, second), "%s does not serve after step 5" % second.name)
+    clean_reboot(lab, run, first)                                     # steps 6-7
+    run.wait(lambda: rejoined(lab, first), 60, "%s rejoined after its reboot" % first.name)
+    started = time.monotonic()
+    _, down = cfg(run, second, "become-secondary")                    # step 9
+    _, up = cfg(run, first, "become-primary")                         # step 10
+    _move_note(lab, run, "move %s->%s (become-secondary, become-primary)" % (
+        second.name, first.name), started, [down, up])
+    clean_reboot(lab, run, second)                                    # steps 11-12
+    run.wait(lambda: rejoined(lab, second), 60, "%s rejoined after its reboot" % second.name)
+    _leave_manual_mode(lab, run, first, second)                       # step 13
+
+
+@scenario("switchover", "the same maintenance moves with `iscsi-cfg switchover` on the primary "
+          "(the peer driven through the XAPI plugin)")
+def switchover_scenario(lab, run):
+    register_plugins(lab)
+    first = lab.primary()
+    second = lab.peer(first)
+    started = time.monotonic()
+    _, out = cfg(run, first, "switchover")
+    _move_note(lab, run, "switchover %s->%s" % (first.name, second.name), started, [out])
+    run.check("switchover done" in out, "switchover did not report success")
+    run.check(settled(lab, second), "%s does not serve after the switchover" % second.name)
+    clean_reboot(lab, run, first)
+    run.wait(lambda: rejoined(lab, first), 60, "%s rejoined after its reboot" % first.name)
+    started = time.monotonic()
+    _, out = cfg(run, second, "switchover")
+    _move_note(lab, run, "switchover %s->%s" % (second.name, first.name), started, [out])
+    clean_reboot(lab, run, second)
+    run.wait(lambda: rejoined(lab, second), 60, "%s rejoined after its reboot" % second.name)
+    _leave_manual_mode(lab, run, first, second)
