@@ -66,7 +66,9 @@ class XapiFailure(XapiError):
 
 
 # -- transports ------------------------------------------------------------------------------
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket given by its path (any characters), with a socket timeout."""
+
     def __init__(self, path, timeout):
         http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
         self.unix_path = path
@@ -82,7 +84,9 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _UnixTransport(xmlrpc.client.Transport):
+class UnixTransport(xmlrpc.client.Transport):
+    """xmlrpc transport to a Unix socket path (``xapi_local()`` cannot name paths with '_')."""
+
     def __init__(self, path, timeout):
         xmlrpc.client.Transport.__init__(self)
         self.unix_path, self.timeout = path, timeout
@@ -90,7 +94,7 @@ class _UnixTransport(xmlrpc.client.Transport):
     def make_connection(self, host):
         if self._connection[1] is not None and self._connection[0] == host:
             return self._connection[1]
-        self._connection = host, _UnixConnection(self.unix_path, self.timeout)
+        self._connection = host, UnixConnection(self.unix_path, self.timeout)
         return self._connection[1]
 
 
@@ -104,8 +108,13 @@ class _Timeout(object):
         return connection
 
 
-class _TcpTransport(_Timeout, xmlrpc.client.Transport):
-    pass
+class TcpTransport(_Timeout, xmlrpc.client.Transport):
+    """Plain HTTP whose connections time out after ``timeout`` seconds."""
+
+    def __init__(self, timeout=None):
+        xmlrpc.client.Transport.__init__(self)
+        if timeout is not None:
+            self.timeout = timeout
 
 
 class _TlsTransport(_Timeout, xmlrpc.client.SafeTransport):
@@ -120,9 +129,9 @@ def make_proxy(url, timeout, verify_tls=True):
         if not path:
             raise ValueError("XAPI URL %r names no socket path (unix:///var/lib/xcp/xapi)" % url)
         return xmlrpc.client.ServerProxy("http://localhost/",
-                                         transport=_UnixTransport(path, timeout))
+                                         transport=UnixTransport(path, timeout))
     if parts.scheme == "http" and parts.hostname:
-        transport = _TcpTransport()
+        transport = TcpTransport()
     elif parts.scheme == "https" and parts.hostname:
         context = ssl.create_default_context()
         if not verify_tls:

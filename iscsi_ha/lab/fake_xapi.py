@@ -17,12 +17,10 @@ copied from xapi.
         pool.emergency_transition_to_master(b)                # b: pool.conf "master", restart
 """
 import collections
-import http.client
 import logging
 import os
-import socket
-import xmlrpc.client
 
+from iscsi_ha.adapters.xapi import TcpTransport, UnixConnection, UnixTransport
 from iscsi_ha.lab.fake_xapi_db import NULL_REF, Database, XapiError, now_datetime
 from iscsi_ha.lab.fake_xapi_roles import PoolRoles, read_pool_conf, write_pool_conf
 from iscsi_ha.lab.fake_xapi_server import FakeXapiHost
@@ -209,49 +207,9 @@ class FakePool(PoolRoles):
 
 
 # -- client side, for tests and the lab only (the agent has its own client) ---------------------------
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket given by path (any characters), with a socket timeout."""
-
-    def __init__(self, path, timeout):
-        http.client.HTTPConnection.__init__(self, "localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except Exception:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class UnixTransport(xmlrpc.client.Transport):
-    """xmlrpc transport to a Unix socket path; use with ``XenAPI.Session("http://localhost/")``."""
-
-    def __init__(self, path, timeout):
-        xmlrpc.client.Transport.__init__(self)
-        self.unix_path, self.timeout = path, timeout
-
-    def make_connection(self, host):
-        if self._connection[1] is not None and self._connection[0] == host:
-            return self._connection[1]
-        self._connection = host, UnixHTTPConnection(self.unix_path, self.timeout)
-        return self._connection[1]
-
-
-class TimeoutTransport(xmlrpc.client.Transport):
-    """Plain HTTP transport whose connections time out after ``timeout`` seconds."""
-
-    def __init__(self, timeout):
-        xmlrpc.client.Transport.__init__(self)
-        self.timeout = timeout
-
-    def make_connection(self, host):
-        connection = xmlrpc.client.Transport.make_connection(self, host)
-        connection.timeout = self.timeout
-        return connection
+# The agent's own transports (iscsi_ha.adapters.xapi) serve the tests and the lab too.
+UnixHTTPConnection = UnixConnection
+TimeoutTransport = TcpTransport
 
 
 def uds_session(path, timeout):
