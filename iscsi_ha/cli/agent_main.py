@@ -87,6 +87,7 @@ def cmd_run(path, once, dry_run, as_json):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     wait_for_xapi(config, stop, notifier)
+    restore_manual_mode(config)
     loop = Loop(agent, stop)
     services = DaemonServices(config)
     services.attach(agent, loop)
@@ -101,6 +102,22 @@ def cmd_run(path, once, dry_run, as_json):
         services.close()
         agent.adapters.close()
     return EXIT_OK
+
+
+def restore_manual_mode(config):
+    """A host that lost its manual-mode file (reinstalled) gets back the role the admin chose,
+    from the pool's MANUAL_MODE record (bounded by XAPI_TIMEOUT; failures are logged)."""
+    from iscsi_ha.cli.context import HostContext
+    from iscsi_ha.cli.pool_manual import restore_local
+    context = HostContext(config, say=lambda text: None)
+    try:
+        return restore_local(context)
+    except Exception as exc:  # never a reason not to start
+        logging.getLogger("iscsi-ha").warning("manual mode not restored from the pool: %s",
+                                              exc)
+        return None
+    finally:
+        context.close()
 
 
 def tell_systemd(notifier, agent, record):

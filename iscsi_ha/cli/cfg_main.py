@@ -197,6 +197,9 @@ def main(argv=None):
     except (CliError, ManualModeError) as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % exc)
         return getattr(exc, "code", ExitCode.DEGRADED)
+    except (OSError, IOError) as exc:          # e.g. the state directory is not writable
+        sys.stderr.write("iscsi-cfg: %s\n" % exc)
+        return ExitCode.DEGRADED
     except KeyboardInterrupt:
         sys.stderr.write("iscsi-cfg: interrupted; a role already written stays in effect\n")
         return ExitCode.DEGRADED

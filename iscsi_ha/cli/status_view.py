@@ -19,8 +19,14 @@ MANUAL_WORDS = {"off": "off", "enable": "ON (holding roles)", "become_primary": 
                 "become_secondary": "ON (secondary)"}
 
 
-def _mark(ok):
-    return Text("ok", style="green") if ok else Text("NOT AS EXPECTED", style="bold red")
+def _mark(ok, applying=False):
+    """``applying``: the pass that wrote the status took every step towards the expected
+    state after observing; the next pass shows the result."""
+    if ok:
+        return Text("ok", style="green")
+    if applying:
+        return Text("being applied", style="bold yellow")
+    return Text("NOT AS EXPECTED", style="bold red")
 
 
 def _tolerance(config):
@@ -71,6 +77,11 @@ def _head(document, now):
     return Panel(head, title="iscsi-ha %s on this host" % agent.get("version", ""))
 
 
+def _applying(document, desired):
+    from iscsi_ha.cli.manual_ops import acted
+    return acted(document, desired)
+
+
 def _drbd_table(document, desired):
     table = Table(title="DRBD")
     for column in ("resource", "role", "peer role", "connection", "disk", "peer disk", "sync",
@@ -82,7 +93,8 @@ def _drbd_table(document, desired):
         peer = Text(state["peer_role"], style="bold red" if state["peer_role"] == "Unknown"
                     else "")
         table.add_row(name, state["role"], peer, state["connection"], state["disk"],
-                      state["peer_disk"], sync, _mark(want is None or state["role"] == want))
+                      state["peer_disk"], sync, _mark(want is None or state["role"] == want,
+                                                      _applying(document, desired)))
     if document.get("drbd_error"):
         table.add_row("?", Text(document["drbd_error"], style="bold red"), "", "", "", "", "", "")
     return table
@@ -98,17 +110,19 @@ def _service_table(config, document, desired):
     state = "serving" if serving else "running" if target.get("running") else "stopped"
     if target.get("connections"):
         state += ", %d connection(s)" % target["connections"]
+    applying = _applying(document, desired)
     table.add_row("iSCSI target %s" % (config.ISCSI_TARGET_IQN or "(tgtd's configuration)"),
                   state, "serving" if want_up else "stopped",
-                  _mark(desired == "hold" or serving == want_up))
+                  _mark(desired == "hold" or serving == want_up, applying))
     luns = ", ".join("%d=%s" % item for item in sorted(config.ISCSI_LUNS.items())) or "-"
-    missing = "; ".join(target.get("missing") or [])
+    missing = "; ".join(target.get("missing") or []) if want_up else ""
     table.add_row("LUNs", luns if not missing else Text(missing, style="yellow"),
-                  "exported" if want_up else "-", _mark(not (want_up and missing)))
+                  "exported" if want_up else "not exported", _mark(not missing, applying))
     vip = document.get("floating_ip") or {}
     table.add_row("floating IP %s on %s" % (vip.get("address", ""), vip.get("interface", "")),
                   "local" if vip.get("local") else "not local", "local" if want_up
-                  else "not local", _mark(desired == "hold" or bool(vip.get("local")) == want_up))
+                  else "not local",
+                  _mark(desired == "hold" or bool(vip.get("local")) == want_up, applying))
     return table
 
 
@@ -153,6 +167,9 @@ def _decision_panel(document, now):
     text.append("\npass %s (%s) made %s, took %.3f s" % (
         run.get("number", "?"), run.get("trigger", "?"), _ago(run.get("started"), now),
         run.get("duration_s") or 0.0), style="dim")
+    if _applying(document, document.get("desired_role")):
+        text.append("\nthe tables show what this pass saw before its steps; the next pass "
+                    "shows the result", style="yellow")
     for entry in (document.get("last_actions") or [])[-6:]:
         ok = entry.get("ok") and not entry.get("skipped")
         text.append("\n  %s %s (%.2f s) %s" % (

@@ -102,6 +102,7 @@ POOL_CONF={root}/pool.conf
 XAPI_URL=unix://{root}/xapi.sock
 XAPI_INIT_COOKIE={root}/xapi_init_complete.cookie
 XAPI_TIMEOUT=2
+INVENTORY_FILE={root}/xensource-inventory
 STATE_DIR={root}/state
 LOG_FILE={root}/agent.log
 SYSLOG_SOCKET=

@@ -138,6 +138,8 @@ class Lab(object):
         self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])
+        from iscsi_ha.lab.scenarios_manual import register_plugins
+        register_plugins(self)            # host.call_plugin(peer, "iscsi-ha", ...) works
         self.checker = Checker(self)
         self.checker.start()
         if start_agents:

@@ -80,13 +80,24 @@ def clean_reboot(lab, run, host, down_for=2.0):
     down = host.exec(["drbdadm", "down", lab.resource])
     run.check(down.returncode == 0, "drbdadm down on %s: %s" % (host.name, down.stderr))
     lab.xapi.pool.endpoint(ref).stop()
-    netns.exec_in(host.ns, ["ip", "addr", "flush", "dev", "eth0"], check=True)
     for link in ("eth0", "rep0"):
         netns.set_link(host.ns, link, False)
+    run.check(_flushed(host), "the addresses of %s's eth0 did not go away" % host.name)
     lab.down_hosts.add(host.name)
     time.sleep(down_for)
     lab.boot(host)
     lab.xapi.pool.host_returns(ref)
+
+
+def _flushed(host, attempts=5):
+    """Remove eth0's IPv4 addresses, as a power-off does; True once none is left (bounded)."""
+    for _ in range(attempts):
+        netns.exec_in(host.ns, ["ip", "-4", "addr", "flush", "dev", "eth0"], check=True)
+        shown = netns.exec_in(host.ns, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+        if shown.returncode == 0 and not shown.stdout.strip():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def rejoined(lab, host):
@@ -140,11 +151,37 @@ def pool_record(lab):
     return dict(other).get("MANUAL_MODE", "")
 
 
-def _move_note(lab, run, label, started, outputs):
+_VIP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*floating IP: ip addr "
+                       r"(add|del) ")
+
+
+def _vip_changes(host, verb, since):
+    """Wall-clock times at which ``host``'s agent ran ``ip addr add|del`` of the floating IP."""
+    try:
+        with open(os.path.join(host.root, "agent.log")) as handle:
+            lines = handle.read().splitlines()[-400:]
+    except (OSError, IOError):
+        return []
+    found = []
+    for line in lines:
+        match = _VIP_LINE.match(line)
+        if match and match.group(3) == verb:
+            at = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + \
+                int(match.group(2)) / 1000.0
+            if at >= since - 1:
+                found.append(at)
+    return found
+
+
+def _move_note(lab, run, label, started, outputs, old, new, since):
+    """Note the client's longest I/O pause and the floating IP's gap for one move."""
     pause = io_pause(lab, run, started, time.monotonic())
     run.check(pause is not None, "%s: no client I/O around the move" % label)
-    run.note("%s: longest client I/O pause %s (agent: %s)" % (
-        label, "n/a" if pause is None else "%.2f s" % pause,
+    off, on = _vip_changes(old, "del", since), _vip_changes(new, "add", since)
+    gap = "floating IP off %s -> on %s: %.2f s; " % (old.name, new.name, on[0] - off[0]) \
+        if off and on else ""
+    run.note("%s: longest client I/O pause %s (%sagent: %s)" % (
+        label, "n/a" if pause is None else "%.2f s" % pause, gap,
         "; ".join(_reached(o) for o in outputs)))
     return pause
 
@@ -172,19 +209,19 @@ def planned_switchover(lab, run):
         cfg(run, host, "manual-mode-enable")
     run.check(pool_record(lab).count("=") == 2, "pool record MANUAL_MODE is %r" %
               pool_record(lab))
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     _, down = cfg(run, first, "become-secondary")                     # step 4
     _, up = cfg(run, second, "become-primary")                        # step 5
     _move_note(lab, run, "move %s->%s (become-secondary, become-primary)" % (
-        first.name, second.name), started, [down, up])
-    run.check(settled(lab, second), "%s does not serve after step 5" % second.name)
+        first.name, second.name), started, [down, up], first, second, since)
+    run.wait(lambda: settled(lab, second), 10, "%s serving after step 5" % second.name)
     clean_reboot(lab, run, first)                                     # steps 6-7
     run.wait(lambda: rejoined(lab, first), 60, "%s rejoined after its reboot" % first.name)
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     _, down = cfg(run, second, "become-secondary")                    # step 9
     _, up = cfg(run, first, "become-primary")                         # step 10
     _move_note(lab, run, "move %s->%s (become-secondary, become-primary)" % (
-        second.name, first.name), started, [down, up])
+        second.name, first.name), started, [down, up], second, first, since)
     clean_reboot(lab, run, second)                                    # steps 11-12
     run.wait(lambda: rejoined(lab, second), 60, "%s rejoined after its reboot" % second.name)
     _leave_manual_mode(lab, run, first, second)                       # step 13
@@ -196,16 +233,18 @@ def switchover_scenario(lab, run):
     register_plugins(lab)
     first = lab.primary()
     second = lab.peer(first)
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     _, out = cfg(run, first, "switchover")
-    _move_note(lab, run, "switchover %s->%s" % (first.name, second.name), started, [out])
+    _move_note(lab, run, "switchover %s->%s" % (first.name, second.name), started, [out],
+               first, second, since)
     run.check("switchover done" in out, "switchover did not report success")
-    run.check(settled(lab, second), "%s does not serve after the switchover" % second.name)
+    run.wait(lambda: settled(lab, second), 10, "%s serving after the switchover" % second.name)
     clean_reboot(lab, run, first)
     run.wait(lambda: rejoined(lab, first), 60, "%s rejoined after its reboot" % first.name)
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     _, out = cfg(run, second, "switchover")
-    _move_note(lab, run, "switchover %s->%s" % (second.name, first.name), started, [out])
+    _move_note(lab, run, "switchover %s->%s" % (second.name, first.name), started, [out],
+               second, first, since)
     clean_reboot(lab, run, second)
     run.wait(lambda: rejoined(lab, second), 60, "%s rejoined after its reboot" % second.name)
     _leave_manual_mode(lab, run, first, second)

@@ -21,6 +21,9 @@ class LabXapi(object):
             self.refs[host.name] = self.pool.add_host(
                 "lab-" + host.name, host.address, host.pool_conf,
                 uds_path=os.path.join(host.root, "xapi.sock"))
+            with open(os.path.join(host.root, "xensource-inventory"), "w") as handle:
+                handle.write("INSTALLATION_UUID='%s'\n" % self.pool.db.get(
+                    "host", self.refs[host.name], "uuid"))
         self.sr = self.pool.add_iscsi_sr("iscsi-ha", self.lab.vip, self.lab.iqn,
                                          "1IET_00010010")
         for host in ordered:

@@ -1,0 +1,332 @@
+"""Manual mode and the role verbs: ``manual-mode-enable``, ``manual-mode-disable``,
+``become-primary``, ``become-secondary``. The CLI and the XAPI plugin both run this code.
+
+The CLI never acts on storage itself: it checks, writes the role into the manual mode file while
+holding the agent's pass lock (so no pass is running and the next pass reads the new role), and
+waits, bounded, for the agent's status to show the role reached. HA-Lizard's races (a pass
+re-applying the old role while the CLI switches, a peer in role Unknown taken as safe, one
+``ping`` deciding that the floating IP is free, a role check that broke with two resources) have
+no counterpart here.
+"""
+import time
+
+from iscsi_ha import model
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.adapters.vip import VipError
+from iscsi_ha.cli import pool_manual
+from iscsi_ha.cli.context import CliError, Refused
+
+WORD = {model.PRIMARY: "Primary", model.SECONDARY: "Secondary"}
+MODE_OF = {model.PRIMARY: model.MANUAL_PRIMARY, model.SECONDARY: model.MANUAL_SECONDARY}
+WAIT_TIMEOUT = 30.0
+WAIT_POLL = 0.05
+HA_NOTE = ("note: disable pool HA (ha-cfg) before shutting down or rebooting a host, and run "
+           "this on both hosts")
+
+
+def describe_mode(mode):
+    return {model.MANUAL_OFF: "off", model.MANUAL_HOLD: "on, holding the current roles",
+            model.MANUAL_PRIMARY: "on, role primary",
+            model.MANUAL_SECONDARY: "on, role secondary"}.get(mode, mode)
+
+
+def bullet(sentences):
+    return "".join("\n  - " + s for s in sentences)
+
+
+# -- manual-mode-enable / -disable ---------------------------------------------------------------
+def _pin(ctx):
+    """The manual mode that keeps this host as it is now, and why."""
+    states, error = ctx.drbd_states()
+    if error:
+        return model.MANUAL_HOLD, "DRBD cannot be read (%s): the agent holds everything as " \
+            "it is until you choose a role" % error
+    roles = set(states[name].role for name in ctx.config.DRBD_RESOURCES)
+    if roles == {"Primary"}:
+        return model.MANUAL_PRIMARY, "this host holds the storage, so it stays primary"
+    if roles == {"Secondary"}:
+        return model.MANUAL_SECONDARY, "this host is secondary and stays secondary"
+    return model.MANUAL_HOLD, "the resources are in mixed roles (%s): the agent holds them " \
+        "as they are until you choose a role" % ", ".join(
+            "%s %s" % (n, states[n].role) for n in ctx.config.DRBD_RESOURCES)
+
+
+def enable(ctx):
+    """Manual mode on for this host, pinned to the role it has now."""
+    with ctx.pass_lock():
+        current = ctx.manual_mode()
+        if current != model.MANUAL_OFF:
+            mode = current
+            ctx.say("manual mode is already %s here" % describe_mode(current))
+        else:
+            mode, why = _pin(ctx)
+            ctx.write_manual(mode)
+            ctx.say("manual mode %s: %s" % (describe_mode(mode), why))
+    pool_manual.publish_and_say(ctx, mode)
+    ctx.say(HA_NOTE)
+    return 0
+
+
+def native_role_problems(ctx):
+    """Sentences naming each resource that is not in this host's native role."""
+    pool = ctx.pool_role()
+    if pool.role == model.MASTER:
+        want, who, verb = "Primary", "pool master", "become-primary"
+    elif pool.role == model.SLAVE:
+        want, who, verb = "Secondary", "a pool slave", "become-secondary"
+    else:
+        return ["this host's pool role is %s (%s), so its native storage role is unknown"
+                % (pool.role, pool.detail)]
+    states, error = ctx.drbd_states()
+    if error:
+        return ["cannot read DRBD state: %s" % error]
+    return ["%s is %s, but this host is %s, so its native role is %s: run `iscsi-cfg %s` "
+            "first" % (name, states[name].role, who, want, verb)
+            for name in ctx.config.DRBD_RESOURCES if states[name].role != want]
+
+
+def disable(ctx):
+    """Manual mode off, only when every resource is in its native role."""
+    with ctx.pass_lock():
+        current = ctx.manual_mode()
+        if current == model.MANUAL_OFF:
+            ctx.say("manual mode is already off here")
+        else:
+            problems = native_role_problems(ctx)
+            if problems:
+                raise Refused("manual mode stays on:" + bullet(problems))
+            ctx.write_manual(model.MANUAL_OFF)
+            ctx.say("manual mode off: the agent follows the pool role again")
+    pool_manual.publish_and_say(ctx, model.MANUAL_OFF)
+    return 0
+
+
+# -- become-primary ------------------------------------------------------------------------------
+def _resource_check(name, state):
+    """(blocker, risk) for promoting resource ``name``; each '' when there is none."""
+    blocker = risk = ""
+    if state.peer_role == "Primary":
+        blocker = "%s: the peer is Primary: run `iscsi-cfg become-secondary` on the peer " \
+                  "first" % name
+    elif state.peer_role != "Secondary":
+        risk = ("%s: the peer's role is %s (connection %s, peer disk %s): the peer may be "
+                "Primary; promoting here can make two Primaries (split brain), and the writes "
+                "made on the side whose data is later discarded are lost" % (
+                    name, state.peer_role, state.connection, state.peer_disk))
+    if not blocker and state.disk != "UpToDate":
+        progress = "" if state.sync_percent is None else " (resync %.1f%% done)" % (
+            state.sync_percent)
+        blocker = "%s: the local disk is %s, not UpToDate%s: wait until it is" % (
+            name, state.disk, progress)
+    return blocker, risk
+
+
+def vip_blocker(ctx):
+    """Why the floating IP may not be taken here ('' when it may): duplicate-address
+    detection, unless the address is already local."""
+    vip = ctx.adapters.vip
+    try:
+        state = vip.observe()
+        if state.local:
+            return ""
+        if not state.interface_exists:
+            return "interface %s (DRBD_INTERFACE) does not exist" % vip.interface
+        if vip.is_free():
+            return ""
+    except (VipError, CommandError) as exc:
+        return "duplicate-address detection for the floating IP failed: %s" % exc
+    return ("the floating IP %s answers from %s: another host holds it; run `iscsi-cfg "
+            "become-secondary` there first" % (vip.address, ", ".join(vip.last_responders)
+                                               or "another host"))
+
+
+def promotion_checks(ctx):
+    """(blockers, risks): blockers always refuse; risks refuse unless forced and confirmed."""
+    blockers, risks = [], []
+    if ctx.manual_mode() == model.MANUAL_OFF:
+        blockers.append("manual mode is off on this host: run `iscsi-cfg manual-mode-enable` "
+                        "on both hosts first")
+    flagged = ctx.split_brain_flags()
+    if flagged:
+        blockers.append("split brain flagged on %s: recover it first" % ", ".join(flagged))
+    states, error = ctx.drbd_states()
+    if error:
+        blockers.append("cannot read DRBD state: %s" % error)
+    for name in ([] if error else ctx.config.DRBD_RESOURCES):
+        blocker, risk = _resource_check(name, states[name])
+        blockers.extend([blocker] if blocker else [])
+        risks.extend([risk] if risk else [])
+    if not blockers:
+        blocker = vip_blocker(ctx)
+        blockers.extend([blocker] if blocker else [])
+    return blockers, risks
+
+
+def risk_question(risks):
+    return ("FORCED PROMOTION. " + " ".join(risks) + "\nType 'yes' to promote this host "
+            "anyway and accept that risk of losing data: ")
+
+
+def await_peer_secondary(ctx, seconds, poll=0.02):
+    """Wait (bounded) until DRBD shows no resource with its peer Primary; used by a
+    switchover, whose old primary demotes while this host's promotion starts."""
+    deadline = ctx.clock() + seconds
+    for _ in range(int(seconds / poll) + 2):
+        states, error = ctx.drbd_states()
+        if error or not any(s.peer_role == "Primary" for s in states.values()):
+            return
+        if ctx.clock() >= deadline:
+            return
+        ctx.sleep(poll)
+
+
+def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_peer=0.0):
+    """Check, write the role under the pass lock, wait for the agent. ``confirm(question)``
+    answers the forced-promotion question (None: nobody can answer, so no). With
+    ``wait_peer`` seconds, a peer still Primary is first given that long to demote."""
+    if wait_peer > 0:
+        await_peer_secondary(ctx, wait_peer)
+    confirmed = []
+    for attempt in (1, 2):
+        with ctx.pass_lock():
+            blockers, risks = promotion_checks(ctx)
+            if blockers:
+                raise Refused("refusing to become primary:" + bullet(blockers + risks))
+            if all(r in confirmed for r in risks):
+                ctx.write_manual(model.MANUAL_PRIMARY)
+                written = time.time()
+                break
+        if not force:
+            raise Refused("refusing to become primary:" + bullet(risks) + "\n  nothing was "
+                          "changed; --force promotes anyway after a confirmation")
+        if attempt == 2:
+            raise Refused("refusing to become primary: the situation changed while you "
+                          "answered:" + bullet(risks))
+        if confirm is None:
+            raise Refused("a forced promotion needs a confirmation: run it at a terminal or "
+                          "add --yes; nothing was changed:" + bullet(risks))
+        if not confirm(risk_question(risks)):
+            raise Refused("forced promotion not confirmed: nothing was changed")
+        confirmed = list(risks)
+    ctx.say("checks passed; manual mode role set to primary%s" % (
+        " (forced, risk accepted)" if confirmed else ""))
+    return wait_and_publish(ctx, model.PRIMARY, timeout, written)
+
+
+def wait_and_publish(ctx, role, timeout, written):
+    """Wait for the agent while the pool record is updated in the background; returns the
+    seconds from ``written`` (wall clock of the role change) to the role reached."""
+    publisher = pool_manual.Publisher(ctx, MODE_OF[role])
+    publisher.start()
+    try:
+        return wait_for_role(ctx, role, timeout, written)
+    finally:
+        publisher.finish()
+
+
+# -- become-secondary ----------------------------------------------------------------------------
+def _orphan_warning(ctx):
+    states, error = ctx.drbd_states()
+    if error:
+        return ""
+    alone = [n for n in ctx.config.DRBD_RESOURCES
+             if states[n].role == "Primary" and states[n].peer_role != "Primary"]
+    if not alone:
+        return ""
+    return ("warning: the peer is not Primary on %s: no host will serve the storage until you "
+            "run `iscsi-cfg become-primary` on one" % ", ".join(alone))
+
+
+def set_secondary(ctx, warn=True):
+    """Write the role secondary under the pass lock; returns when it was written (wall)."""
+    warning = _orphan_warning(ctx) if warn else ""
+    with ctx.pass_lock():
+        was = ctx.manual_mode()
+        ctx.write_manual(model.MANUAL_SECONDARY)
+        written = time.time()
+    if was == model.MANUAL_OFF:
+        ctx.say("manual mode was off: it is now on for this host, with role secondary; leave it "
+                "with `iscsi-cfg manual-mode-disable`")
+    ctx.say("manual mode role set to secondary")
+    if warning:
+        ctx.say(warning)
+    return written
+
+
+def become_secondary(ctx, timeout=WAIT_TIMEOUT, warn=True):
+    """Always allowed: write the role under the pass lock, wait for the agent."""
+    written = set_secondary(ctx, warn)
+    return wait_and_publish(ctx, model.SECONDARY, timeout, written)
+
+
+# -- waiting for the agent -------------------------------------------------------------------------
+def role_reached(document, role, resources):
+    """The agent's status shows manual mode with ``role`` and this host fully in it: either
+    what it observed, or its pass took every step of the plan for ``role`` successfully."""
+    if document.get("manual_mode") != MODE_OF[role]:
+        return False
+    return _observed(document, role, resources) or acted(document, role)
+
+
+def acted(document, role):
+    """The pass that wrote ``document`` planned ``role`` and each planned step succeeded (its
+    observation predates the steps, so it still shows the old state)."""
+    decision = document.get("decision") or {}
+    planned = decision.get("actions") or []
+    started = (document.get("pass") or {}).get("started")
+    if document.get("desired_role") != role or not planned or started is None:
+        return False
+    if decision.get("reason", "").startswith(("refusing", "waiting")):
+        return False              # only the steps that take the service down were planned
+    done = [a.get("action") for a in document.get("last_actions") or []
+            if a.get("at") == started and a.get("ok") and not a.get("skipped")]
+    return done == planned
+
+
+def _observed(document, role, resources):
+    drbd = document.get("drbd") or {}
+    if any((drbd.get(name) or {}).get("role") != WORD[role] for name in resources):
+        return False
+    target, vip = document.get("target"), document.get("floating_ip") or {}
+    if target is None or vip.get("local") is None:
+        return False
+    if role == model.PRIMARY:
+        return bool(target.get("serving")) and vip["local"] is True
+    return not target.get("running") and vip["local"] is False
+
+
+def _progress(ctx, document, since, shown):
+    """Say each agent action taken since ``since`` (wall clock) once."""
+    for entry in document.get("last_actions") or []:
+        key = (entry.get("at"), entry.get("action"))
+        if entry.get("at", 0) + 0.001 >= since and key not in shown:
+            shown.add(key)
+            outcome = "ok" if entry.get("ok") and not entry.get("skipped") else (
+                "skipped" if entry.get("skipped") else "FAILED: %s" % entry.get("detail"))
+            ctx.say("  agent: %s %s (%.2f s)" % (entry.get("action"), outcome,
+                                                 entry.get("duration_s") or 0.0))
+
+
+def wait_for_role(ctx, role, timeout, since):
+    """Poll the status (bounded by ``timeout``) until ``role`` is reached; returns seconds from
+    ``since`` (wall clock of the role change). Raises CliError on timeout or agent down."""
+    resources = ctx.config.DRBD_RESOURCES
+    start, shown, document = ctx.clock(), set(), {}
+    ctx.say("waiting up to %g s for the agent to make this host %s" % (timeout, role))
+    for _ in range(int(timeout / WAIT_POLL) + 2):
+        document = ctx.status()
+        if not document.get("agent_running"):
+            raise CliError("the agent is not running on this host: the role %s is recorded "
+                           "and is applied when the agent starts (service iscsi-ha start)"
+                           % role)
+        _progress(ctx, document, since, shown)
+        if role_reached(document, role, resources):
+            elapsed = max(0.0, time.time() - since)
+            ctx.say("%s reached %.2f s after the role change" % (role, elapsed))
+            return elapsed
+        if ctx.clock() - start >= timeout:
+            break
+        ctx.sleep(WAIT_POLL)
+    reason = (document.get("decision") or {}).get("reason", "none published")
+    raise CliError("the agent did not make this host %s within %g s; its last decision: %s"
+                   % (role, timeout, reason))

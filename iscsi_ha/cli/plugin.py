@@ -1,0 +1,132 @@
+"""The XAPI host plugin ``iscsi-ha`` (installed as /etc/xapi.d/plugins/iscsi-ha), so that a peer
+can be driven with ``host.call_plugin(host, "iscsi-ha", fn, args)``.
+
+Functions (each runs the same library code as the ``iscsi-cfg`` verb on this host and answers a
+JSON string):
+
+- ``status`` {} -> the agent's status document (as ``iscsi-cfg status --json``).
+- ``become_primary`` {timeout, wait_peer} and ``become_secondary`` {timeout} -> {ok, code,
+  lines, elapsed_s, host}: ``lines`` is what ``iscsi-cfg`` would have printed. No forced
+  promotion. ``wait_peer`` (s): first give a peer that is still Primary that long to demote
+  (a switchover starts the promotion while the old primary demotes).
+- ``manual_mode`` {mode: enable|disable} -> {ok, code, lines, host}.
+- ``identity`` {} -> this host's target IQN, LUNs and SCSI identities (``iscsi-cfg check``).
+
+Without XenAPIPlugin (tests, the lab) the module runs as ``python -m iscsi_ha.cli.plugin FN
+[key=value ...]`` and prints the answer.
+"""
+import json
+import socket
+import sys
+
+from iscsi_ha import config as config_mod
+from iscsi_ha.adapters.manual import ManualModeError
+from iscsi_ha.cli import check_cmd, manual_ops
+from iscsi_ha.cli.context import CliError, HostContext
+
+MAX_WAIT = 120.0
+
+
+def _seconds(args, key="timeout", default=manual_ops.WAIT_TIMEOUT, least=1.0):
+    try:
+        value = float(args.get(key, default))
+    except (TypeError, ValueError):
+        value = default
+    return min(max(value, least), MAX_WAIT)
+
+
+def _context(lines, config_path=None):
+    config = config_mod.load(config_path or config_mod.default_path())
+    return HostContext(config, say=lines.append)
+
+
+def run_verb(verb, config_path=None):
+    """Run ``verb(ctx)`` collecting its lines; the JSON answer of a plugin function."""
+    lines, answer = [], {"host": socket.gethostname()}
+    try:
+        ctx = _context(lines, config_path)
+        try:
+            result = verb(ctx)
+        finally:
+            ctx.close()
+        code = 0 if result is None or isinstance(result, float) else int(result)
+        if isinstance(result, float):
+            answer["elapsed_s"] = round(result, 3)
+    except config_mod.ConfigError as exc:
+        code = 2
+        lines.append("invalid configuration %s" % exc)
+    except CliError as exc:
+        code = exc.code
+        lines.append(str(exc))
+    except ManualModeError as exc:
+        code = 1
+        lines.append(str(exc))
+    answer.update(ok=code == 0, code=code, lines=lines)
+    return json.dumps(answer, sort_keys=True)
+
+
+def status(session, args):
+    from iscsi_ha.cli.cfg_main import read_status
+    config = config_mod.load(config_mod.default_path())
+    return json.dumps(read_status(config), sort_keys=True)
+
+
+def become_primary(session, args):
+    timeout = _seconds(args)
+    wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+    return run_verb(lambda ctx: manual_ops.become_primary(ctx, force=False, timeout=timeout,
+                                                          wait_peer=wait_peer))
+
+
+def become_secondary(session, args):
+    timeout = _seconds(args)
+    return run_verb(lambda ctx: manual_ops.become_secondary(ctx, timeout=timeout))
+
+
+def manual_mode(session, args):
+    mode = args.get("mode")
+    if mode == "enable":
+        return run_verb(manual_ops.enable)
+    if mode == "disable":
+        return run_verb(manual_ops.disable)
+    return json.dumps({"ok": False, "code": 2, "host": socket.gethostname(),
+                       "lines": ["manual_mode needs mode=enable or mode=disable, got %r"
+                                 % (mode,)]})
+
+
+def identity(session, args):
+    lines = []
+    ctx = _context(lines)
+    try:
+        return json.dumps(check_cmd.local_identity(ctx), sort_keys=True)
+    finally:
+        ctx.close()
+
+
+FUNCTIONS = {"status": status, "become_primary": become_primary,
+             "become_secondary": become_secondary, "manual_mode": manual_mode,
+             "identity": identity}
+
+
+def _cli(argv):
+    """``FN [key=value ...]`` -> prints the answer; exit 0, or 2 on a usage error."""
+    if not argv or argv[0] not in FUNCTIONS:
+        sys.stderr.write("usage: iscsi-ha-plugin {%s} [key=value ...]\n" % ",".join(
+            sorted(FUNCTIONS)))
+        return 2
+    args = dict(item.partition("=")[::2] for item in argv[1:])
+    sys.stdout.write(FUNCTIONS[argv[0]](None, args) + "\n")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FUNCTIONS or not argv:
+        return _cli(argv)
+    import XenAPIPlugin   # only in dom0: xapi passes the call as an XML-RPC document
+    XenAPIPlugin.dispatch(FUNCTIONS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""manual-mode-enable/-disable, become-primary/-secondary: every refusal and its message, the
+pass lock, the pool record (fake XAPI, or none at all), and the wait for the agent."""
+import fcntl
+import threading
+import time
+
+import pytest
+
+from iscsi_ha import model
+from iscsi_ha.cli import manual_ops
+from iscsi_ha.cli.context import CliError, Refused
+
+from .conftest import drbd, host_uuid, other_config
+
+
+# -- manual-mode-enable ---------------------------------------------------------------------------
+@pytest.mark.parametrize("roles,mode", [
+    (("Primary", "Primary"), model.MANUAL_PRIMARY),
+    (("Secondary", "Secondary"), model.MANUAL_SECONDARY),
+    (("Primary", "Secondary"), model.MANUAL_HOLD),
+])
+def test_enable_pins_the_current_role(host, roles, mode):
+    host.set_drbd(drbd(roles[0], name="iscsi1"), drbd(roles[1], name="iscsi2"))
+    assert manual_ops.enable(host.ctx) == 0
+    assert host.manual() == mode
+    assert "disable pool HA" in host.text()
+
+
+def test_enable_with_unreadable_drbd_holds(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter, DrbdUnavailable
+    mocker.patch.object(DrbdAdapter, "observe", side_effect=DrbdUnavailable("not loaded"))
+    manual_ops.enable(host.ctx)
+    assert host.manual() == model.MANUAL_HOLD and "not loaded" in host.text()
+
+
+def test_enable_twice_keeps_the_role(host):
+    host.set_manual(model.MANUAL_SECONDARY)
+    manual_ops.enable(host.ctx)
+    assert host.manual() == model.MANUAL_SECONDARY
+    assert "already on, role secondary" in host.text()
+
+
+def test_enable_without_xapi_switches_locally_and_says_so(host):
+    manual_ops.enable(host.ctx)                       # no socket at XAPI_URL: unreachable
+    assert host.manual() == model.MANUAL_PRIMARY
+    assert "pool record (other-config MANUAL_MODE) could not be updated" in host.text()
+    assert "local manual mode file is in effect" in host.text()
+
+
+def test_enable_and_disable_write_the_pool_record(host, pool):
+    fake, me, peer = pool
+    uuid, peer_uuid = host_uuid(fake, me), host_uuid(fake, peer)
+    fake.db.update("pool", fake.pool_ref, other_config={
+        "MANUAL_MODE": "%s=secondary" % peer_uuid, "HA_X": "1"})
+    manual_ops.enable(host.ctx)
+    assert other_config(fake)["MANUAL_MODE"] == "%s=secondary,%s=primary" % (peer_uuid, uuid)
+    manual_ops.disable(host.ctx)                      # master + Primary: native
+    assert other_config(fake)["MANUAL_MODE"] == "%s=secondary" % peer_uuid
+    assert other_config(fake)["HA_X"] == "1"
+    assert host.manual() == model.MANUAL_OFF
+
+
+def test_inventory_uuid_wins_over_xapi(host, pool):
+    fake, _, _ = pool
+    with open(host.ctx.inventory, "w") as handle:
+        handle.write("PRIMARY_DISK='/dev/sda'\nINSTALLATION_UUID='1234-abcd'\n")
+    manual_ops.enable(host.ctx)
+    assert other_config(fake)["MANUAL_MODE"] == "1234-abcd=primary"
+
+
+# -- manual-mode-disable ----------------------------------------------------------------------------
+def test_disable_refuses_naming_each_resource_not_native(host):
+    host.set_manual(model.MANUAL_SECONDARY)
+    host.set_pool("master")
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Primary", name="iscsi2"))
+    with pytest.raises(Refused) as refused:
+        manual_ops.disable(host.ctx)
+    message = str(refused.value)
+    assert "iscsi1 is Secondary, but this host is pool master" in message
+    assert "iscsi2 is Secondary" in message and "become-primary" in message
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_disable_on_a_slave_needs_secondary(host):
+    host.set_manual(model.MANUAL_PRIMARY)
+    host.set_pool("slave:192.0.2.11")
+    host.set_drbd(drbd("Secondary", name="iscsi1"), drbd("Primary", name="iscsi2"))
+    with pytest.raises(Refused) as refused:
+        manual_ops.disable(host.ctx)
+    assert "iscsi2 is Primary, but this host is a pool slave" in str(refused.value)
+    assert "iscsi1" not in str(refused.value)
+    host.set_drbd(drbd("Secondary", name="iscsi1"), drbd("Secondary", name="iscsi2"))
+    manual_ops.disable(host.ctx)
+    assert host.manual() == model.MANUAL_OFF
+
+
+def test_disable_refuses_with_an_unknown_pool_role(host):
+    host.set_manual(model.MANUAL_HOLD)
+    host.set_pool("broken")
+    with pytest.raises(Refused) as refused:
+        manual_ops.disable(host.ctx)
+    assert "pool role is broken" in str(refused.value)
+
+
+def test_disable_when_already_off(host):
+    assert manual_ops.disable(host.ctx) == 0
+    assert "already off" in host.text()
+
+
+# -- become-primary -----------------------------------------------------------------------------------
+def secondary_here(host):
+    host.set_drbd(drbd("Secondary", "Secondary", name="iscsi1"),
+                  drbd("Secondary", "Secondary", name="iscsi2"))
+    host.set_manual(model.MANUAL_SECONDARY)
+
+
+def refusal(host, **kwargs):
+    with pytest.raises(Refused) as refused:
+        manual_ops.become_primary(host.ctx, **kwargs)
+    return str(refused.value)
+
+
+def test_become_primary_refuses_without_manual_mode(host):
+    secondary_here(host)
+    host.set_manual(model.MANUAL_OFF)
+    assert "manual mode is off on this host" in refusal(host)
+    assert host.manual() == model.MANUAL_OFF
+
+
+def test_become_primary_refuses_when_the_peer_is_primary_even_forced(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Secondary", name="iscsi2"))
+    message = refusal(host, force=True, confirm=lambda q: True)
+    assert "iscsi1: the peer is Primary" in message and "iscsi2" not in message
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_become_primary_refuses_an_unknown_peer_and_names_the_risk(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    message = refusal(host)
+    assert "iscsi1: the peer's role is Unknown (connection WFConnection" in message
+    assert "split brain" in message and "--force" in message
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_forced_promotion_without_a_terminal_or_yes_is_refused(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    assert "needs a confirmation" in refusal(host, force=True, confirm=None)
+    questions = []
+    message = refusal(host, force=True, confirm=lambda q: questions.append(q) or False)
+    assert "not confirmed" in message and host.manual() == model.MANUAL_SECONDARY
+    assert "losing data" in questions[0] and "split brain" in questions[0]
+
+
+def test_forced_and_confirmed_promotion_proceeds(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    elapsed = manual_ops.become_primary(host.ctx, force=True, confirm=lambda q: True,
+                                        timeout=5)
+    assert elapsed >= 0 and host.manual() == model.MANUAL_PRIMARY
+    assert "forced, risk accepted" in host.text()
+
+
+def test_become_primary_refuses_a_disk_that_is_not_uptodate(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Secondary", "SyncTarget", disk="Inconsistent",
+                       sync=42.0, name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    message = refusal(host, force=True, confirm=lambda q: True)
+    assert "iscsi1: the local disk is Inconsistent, not UpToDate (resync 42.0% done)" in message
+
+
+def test_become_primary_refuses_when_dad_hears_the_floating_ip(host):
+    secondary_here(host)
+    host.vip_free, host.responders = False, ["02:AA:BB:CC:DD:EE (192.0.2.100)"]
+    message = refusal(host)
+    assert "the floating IP 192.0.2.100 answers from 02:AA:BB:CC:DD:EE" in message
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_become_primary_skips_dad_when_the_ip_is_already_local(host):
+    secondary_here(host)
+    host.vip_local, host.vip_free = True, False
+    manual_ops.become_primary(host.ctx, timeout=5)
+    assert host.is_free.call_count == 0
+
+
+def test_become_primary_refuses_a_flagged_split_brain(host):
+    secondary_here(host)
+    import os
+    os.makedirs(host.config.STATE_DIR, exist_ok=True)
+    open(os.path.join(host.config.STATE_DIR, "split-brain-iscsi2"), "w").close()
+    assert "split brain flagged on iscsi2" in refusal(host)
+
+
+def test_become_primary_writes_then_waits_and_prints_the_steps(host):
+    secondary_here(host)
+    manual_ops.become_primary(host.ctx, timeout=5)
+    text = host.text()
+    assert host.manual() == model.MANUAL_PRIMARY
+    assert "agent: promote iscsi1 ok" in text and "primary reached" in text
+    assert host.is_free.call_count == 1
+
+
+def test_become_primary_times_out_with_the_agents_reason(host):
+    secondary_here(host)
+    host.agent.refuse = "refusing: manual mode, admin chose primary, but iscsi1: peer busy"
+    with pytest.raises(CliError) as failed:
+        manual_ops.become_primary(host.ctx, timeout=0.2)
+    assert "did not make this host primary within 0.2 s" in str(failed.value)
+    assert "peer busy" in str(failed.value)
+    assert host.manual() == model.MANUAL_PRIMARY          # the role stays recorded
+
+
+def test_wait_says_when_the_agent_is_not_running(host, mocker):
+    from iscsi_ha.cli import cfg_main
+    mocker.patch.object(cfg_main, "agent_running", return_value=False)
+    secondary_here(host)
+    host.write_status()
+    with pytest.raises(CliError) as failed:
+        manual_ops.become_primary(host.ctx, timeout=5)
+    assert "the agent is not running on this host" in str(failed.value)
+
+
+# -- become-secondary ---------------------------------------------------------------------------------
+def test_become_secondary_always_works_and_warns_about_an_orphan(host):
+    assert host.manual() == model.MANUAL_OFF
+    manual_ops.become_secondary(host.ctx, timeout=5)
+    text = host.text()
+    assert host.manual() == model.MANUAL_SECONDARY
+    assert "manual mode was off: it is now on" in text
+    assert "no host will serve the storage" in text and "secondary reached" in text
+
+
+# -- the pass lock --------------------------------------------------------------------------------------
+def test_the_role_is_written_only_while_holding_the_agents_lock(host):
+    """A pass (holding STATE_DIR/lock) is running: the CLI waits for it to end."""
+    secondary_here(host)
+    import os
+    os.makedirs(host.config.STATE_DIR, exist_ok=True)
+    held = open(host.ctx.lock_path, "a")
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+    seen = []
+
+    def release():
+        time.sleep(0.3)
+        seen.append(host.manual())          # still the old role while the pass runs
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    worker = threading.Thread(target=release)
+    worker.start()
+    host.ctx.sleep = time.sleep             # the lock wait really waits
+    try:
+        with host.ctx.pass_lock(timeout=5):
+            host.ctx.write_manual(model.MANUAL_PRIMARY)
+    finally:
+        worker.join(5)
+        held.close()
+    assert seen == [model.MANUAL_SECONDARY] and host.manual() == model.MANUAL_PRIMARY
+
+
+def test_a_hung_pass_makes_the_cli_give_up_without_changing_anything(host):
+    secondary_here(host)
+    import os
+    os.makedirs(host.config.STATE_DIR, exist_ok=True)
+    held = open(host.ctx.lock_path, "a")
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+    try:
+        with pytest.raises(CliError) as failed:
+            with host.ctx.pass_lock(timeout=0.1):
+                host.ctx.write_manual(model.MANUAL_PRIMARY)
+    finally:
+        held.close()
+    assert "held" in str(failed.value) and "nothing was changed" in str(failed.value)
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+# -- switchover helpers ---------------------------------------------------------------------------
+def test_become_primary_can_wait_for_the_peer_to_demote(host):
+    """wait_peer: the peer is still Primary when the promotion starts, then demotes."""
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Primary", name="iscsi2"))
+    agent, polls = host.agent, []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 3:                       # the old primary demotes meanwhile
+            host.set_drbd(drbd("Secondary", "Secondary", name="iscsi1"),
+                          drbd("Secondary", "Secondary", name="iscsi2"))
+        if len(polls) > 3:
+            agent(seconds)
+    host.ctx.sleep = sleep
+    manual_ops.become_primary(host.ctx, timeout=5, wait_peer=5)
+    assert host.manual() == model.MANUAL_PRIMARY and polls[:3] == [0.02, 0.02, 0.02]
+
+
+def test_wait_peer_is_bounded_and_then_refuses(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"), drbd("Secondary", name="iscsi2"))
+    host.agent.enabled = False
+    assert "iscsi1: the peer is Primary" in refusal(host, wait_peer=0.1)
+
+
+def status_after_pass(desired, reason, planned, done):
+    started = 1000.5
+    return {"manual_mode": "become_primary", "desired_role": desired,
+            "decision": {"reason": reason, "actions": planned},
+            "pass": {"started": started},
+            "drbd": {"iscsi1": {"role": "Secondary"}},
+            "target": {"running": False, "serving": False}, "floating_ip": {"local": False},
+            "last_actions": [{"action": a, "ok": ok, "skipped": False, "at": started}
+                             for a, ok in done]}
+
+
+def test_role_reached_from_the_steps_of_the_pass():
+    """The status of the acting pass still shows what it saw before acting."""
+    plan = ["promote iscsi1", "start target", "add floating IP", "announce floating IP"]
+    ok = status_after_pass("primary", "promoting: manual mode", plan,
+                           [(a, True) for a in plan])
+    assert manual_ops.role_reached(ok, model.PRIMARY, ["iscsi1"])
+    failed = status_after_pass("primary", "promoting: manual mode", plan,
+                               [(a, a != "add floating IP") for a in plan])
+    assert not manual_ops.role_reached(failed, model.PRIMARY, ["iscsi1"])
+    risk_only = status_after_pass("primary", "refusing: manual mode, but iscsi1: no data",
+                                  ["stop target"], [("stop target", True)])
+    assert not manual_ops.role_reached(risk_only, model.PRIMARY, ["iscsi1"])
+    assert not manual_ops.role_reached(ok, model.SECONDARY, ["iscsi1"])
