@@ -46,7 +46,7 @@ class Watcher(object):
             return "<%s>" % exc
 
     def remember(self):
-        """Record the state right after a pass."""
+        """Record the state a pass is about to observe."""
         self.files_seen = self._files()
         self.drbd_seen = self._drbd()
         self.drbd_checked = self.clock()
@@ -127,9 +127,11 @@ class Loop(object):
             if trigger is None:
                 trigger = self.watcher.changed()
             if trigger is not None:
+                # Remember what the pass is about to see *before* it runs: a change that lands
+                # while it runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
+                self.watcher.remember()
                 record = self.run_pass(trigger)
                 count += 1
-                self.watcher.remember()
                 settled = record is not None and record.decision.healthy and all(
                     r.ok for r in record.results) and not record.results
                 due = time.monotonic() + (self.config.MONITOR_DELAY if settled

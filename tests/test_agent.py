@@ -142,3 +142,32 @@ def test_loop_wakes_on_pool_conf_change_and_never_overlaps(config, adapters):
     stop.set()
     assert not worker.is_alive()
     assert triggers[0] == "master" and "slave" in triggers[1:]
+
+
+def test_a_change_during_a_pass_wakes_the_next_pass_at_once(config, adapters):
+    """pool.conf rewritten while a pass runs must not wait for the timer."""
+    agent = Agent(config, adapters)
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    adapters.vip.observe.return_value = FakeVip(local=True)
+    original = agent.run_cycle
+    changed = []
+
+    def cycle(trigger="timer"):
+        record = original(trigger)
+        if not changed:                     # the first pass: the role changes while it runs
+            with open(config.POOL_CONF, "w") as handle:
+                handle.write("slave:192.0.2.12")
+            changed.append(True)
+        return record
+    agent.run_cycle = cycle
+    config.MONITOR_DELAY = 60.0             # only a wake-up can start the second pass
+    loop = Loop(agent)
+    triggers = []
+    loop.on_pass = lambda record: triggers.append(record.observation.pool.role)
+    worker = threading.Thread(target=loop.run, kwargs={"max_passes": 2})
+    worker.start()
+    worker.join(10)
+    loop.stop.set()
+    worker.join(5)
+    assert triggers == ["master", "slave"]
