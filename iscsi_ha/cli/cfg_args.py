@@ -4,7 +4,7 @@ import argparse
 from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
-         "become-primary", "become-secondary", "switchover", "version")
+         "become-primary", "become-secondary", "switchover", "split-brain", "version")
 
 
 class UsageError(Exception):
@@ -113,5 +113,15 @@ def build():
              "hosts export the same target IQN, LUN numbers and SCSI identity.")
     p.add_argument("--local", action="store_true", help="do not ask the peer through XAPI")
     _manual(sub, common)
+    p = _add(sub, common, "split-brain", "show a DRBD split brain; recover it with --keep HOST",
+             "Show both hosts' side of each resource in split brain (state, data generations, "
+             "changes) and what each choice would discard. With --keep HOST, recover: the "
+             "other host's changes since the split are discarded, it resyncs from HOST, and "
+             "the agents resume.")
+    p.add_argument("resource", nargs="?", metavar="RESOURCE", help="only this resource")
+    p.add_argument("--keep", metavar="HOST",
+                   help="the host whose data survives (its name, or local / peer)")
+    p.add_argument("--yes", action="store_true",
+                   help="answer the confirmation with yes (scripts)")
     _add(sub, common, "version", "print the version")
     return parser

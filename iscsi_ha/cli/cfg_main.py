@@ -155,10 +155,15 @@ def cmd_switchover(ctx, args):
     return switchover.switchover(ctx, timeout=args.timeout)
 
 
+def cmd_split_brain(ctx, args):
+    from iscsi_ha.cli import splitbrain_cmd
+    return splitbrain_cmd.split_brain(ctx, args.resource, args.keep, _confirmer(args))
+
+
 VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
-         "switchover": cmd_switchover}
+         "switchover": cmd_switchover, "split-brain": cmd_split_brain}
 
 
 def _say_stdout(text):

@@ -103,9 +103,18 @@ def identity(session, args):
         ctx.close()
 
 
+def split_brain(session, args):
+    from iscsi_ha.cli import splitbrain_cmd
+    ctx = _context([])
+    try:
+        return splitbrain_cmd.plugin_answer(ctx, args)
+    finally:
+        ctx.close()
+
+
 FUNCTIONS = {"status": status, "become_primary": become_primary,
              "become_secondary": become_secondary, "manual_mode": manual_mode,
-             "identity": identity}
+             "identity": identity, "split_brain": split_brain}
 
 
 def _cli(argv):

@@ -49,6 +49,7 @@ import copy
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -58,6 +59,9 @@ LOCK_FILE = "world.lock"
 EVENTS_FILE = "events.jsonl"
 LOCK_TIMEOUT = 30.0
 COPY_CHUNK = 1024 * 1024
+
+
+HANDLER_TIMEOUT = 10      # seconds a DRBD handler may take (DRBD itself waits for it)
 
 
 class DoubleError(Exception):
@@ -292,6 +296,8 @@ class World(object):
             if source is None:
                 link["split_brain"] = True
                 link["split_brains"] += 1
+                for host in sorted(disks):
+                    self._run_handler(st, host, "split-brain", res)
             self.log(st, None, "split-brain" if source is None else "handshake-refused", 1, res)
             return
         for disk in disks.values():
@@ -416,6 +422,30 @@ class World(object):
         """One tick of the "kernel": apply connection changes and resync progress now."""
         with self.transaction():
             pass
+
+    def set_handler(self, host, name, argv, env=None):
+        """Like drbd.conf's ``handlers { split-brain "..."; }`` on ``host``: ``argv`` runs (with
+        DRBD_RESOURCE, DRBD_MINOR and DRBD_PEER_NODE_ID set, plus ``env``) when the event
+        happens. The kernel module waits for a handler, so it must be quick."""
+        with self.transaction() as st:
+            self._check_host(st, host)
+            st.setdefault("handlers", {}).setdefault(host, {})[name] = {
+                "argv": list(argv), "env": dict(env or {})}
+
+    def _run_handler(self, st, host, name, res):
+        handler = st.get("handlers", {}).get(host, {}).get(name)
+        if handler is None:
+            return
+        env = dict(os.environ, **handler["env"])
+        env.update(DRBD_RESOURCE=res, DRBD_MINOR=str(st["resources"][res]["minor"]),
+                   DRBD_PEER_NODE_ID=str(st["hosts"][self._peer(st, host)]["node_id"]))
+        try:
+            done = subprocess.run(handler["argv"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=HANDLER_TIMEOUT)
+            rc = done.returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            rc = "%s" % exc
+        self.log(st, host, "handler %s" % name, rc if isinstance(rc, int) else 1, str(rc))
 
     def set_resync_rate(self, bytes_per_second):
         with self.transaction() as st:

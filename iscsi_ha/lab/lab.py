@@ -25,6 +25,8 @@ from iscsi_ha.lab.invariants import Checker
 from iscsi_ha.lab.xapi_control import LabXapi
 
 PREFIX = "ihl-"
+SPLIT_BRAIN_HANDLER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "scripts", "drbd-split-brain-handler")
 DEFAULT_DIR = "/run/iscsi-ha-lab"
 REQUIRED = {"ip": "iproute2", "tgtd": "tgt", "tgtadm": "tgt", "arping": "iputils-arping",
             "iscsi-ls": "libiscsi-bin", "setsid": "util-linux", "unshare": "util-linux",
@@ -135,6 +137,8 @@ class Lab(object):
         for host in self.hosts:
             install_wrappers(host.bin, self.world.directory, host.name)
             host.write_files(self.world, self.drbd_version, self.monitor_delay)
+            self.world.set_handler(host.name, "split-brain", [SPLIT_BRAIN_HANDLER],
+                                   {"ISCSI_HA_CONFIG": host.config_path})
         self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])

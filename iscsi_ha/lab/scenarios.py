@@ -257,4 +257,5 @@ def run_scenario(lab, name, settle_timeout=90):
 
 
 # Scenarios of the other issues register themselves with @scenario when imported.
-from iscsi_ha.lab import scenarios_manual, scenarios_service  # noqa: E402,F401
+from iscsi_ha.lab import (scenarios_manual, scenarios_service,  # noqa: E402,F401
+                          scenarios_splitbrain)

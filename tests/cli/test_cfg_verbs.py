@@ -239,3 +239,11 @@ def test_an_unwritable_state_directory_is_one_line_exit_1(host, capsys):
         handle.write("x")
     code, _, err = run(capsys, "manual-mode-enable", "--config", host.path)
     assert code == 1 and err.startswith("iscsi-cfg: ") and len(err.splitlines()) == 1
+
+
+def test_completion_offers_every_configuration_key():
+    from iscsi_ha.config import CONFIGSPEC
+    text = open(COMPLETION).read().replace("\\\n", "")
+    offered = set(re.search(r"echo ([A-Z_ ]+)\n", text).group(1).split())
+    keys = set(line.split("=")[0].strip() for line in CONFIGSPEC.strip().splitlines())
+    assert offered == keys

@@ -1,0 +1,104 @@
+"""``iscsi-cfg split-brain``: show both sides of a split brain, and recover it with an explicit
+choice of the survivor (``--keep HOST``), after a confirmation naming what will be discarded.
+
+The library is :mod:`iscsi_ha.splitbrain`; the peer's share runs there through the XAPI plugin
+(``split_brain`` function), so one command on either host recovers the pool.
+"""
+import json
+import socket
+
+from iscsi_ha import splitbrain
+from iscsi_ha.cli import peer as peer_mod
+from iscsi_ha.cli.context import CliError, Refused
+
+# A victim step may wait for the peer agent's pass lock (30 s) and run three DRBD commands.
+PEER_STEP_TIMEOUT = 120.0
+
+
+def _release(adapters):
+    """Before a Primary victim is demoted: floating IP off, target stopped (the demote order)."""
+    def release(resource):
+        adapters.vip.remove()
+        adapters.target.stop()
+    return release
+
+
+def _peer_facts(ctx):
+    """The peer's facts through the plugin, else its published status, else None."""
+    try:
+        return peer_mod.call(ctx, "split_brain", {"action": "facts"}, PEER_STEP_TIMEOUT)
+    except peer_mod.PeerError as exc:
+        ctx.say("note: %s; using what DRBD shows here" % exc)
+        return None
+
+
+def _peer_part(ctx, resource):
+    def part(action):
+        answer = peer_mod.call(ctx, "split_brain", {"action": action, "resource": resource},
+                               PEER_STEP_TIMEOUT)
+        if not answer.get("ok", True):
+            raise CliError("%s on %s: %s" % (action, answer.get("host", "the peer"),
+                                             answer.get("error", "failed")))
+        return answer
+    return part
+
+
+def _keeps_local(keep, local_host, peer_host):
+    if keep in ("local", "this", local_host):
+        return True
+    if keep in ("peer", peer_host):
+        return False
+    raise CliError("--keep %s: name this host (%s) or the peer (%s)" % (
+        keep, local_host, peer_host), code=2)
+
+
+def split_brain(ctx, resource=None, keep=None, confirm=None):
+    """Show the split brain; with ``keep``, recover it. Exit 0 when nothing is (left) in split
+    brain, 1 when it is and no survivor was chosen."""
+    config = ctx.config
+    if resource is not None and resource not in config.DRBD_RESOURCES:
+        raise CliError("no DRBD resource %r here (DRBD_RESOURCES: %s)" % (
+            resource, ":".join(config.DRBD_RESOURCES)), code=2)
+    host = socket.gethostname()
+    facts = _peer_facts(ctx)
+    inspection = splitbrain.inspect(config, ctx.adapters.drbd, facts, host)
+    ctx.say(splitbrain.format_report(inspection))
+    chosen = [r for r in inspection.reports if resource in (None, r.resource)]
+    if not chosen:
+        return 0
+    if keep is None:
+        ctx.say("\nTo recover, choose the host whose data survives: iscsi-cfg split-brain "
+                "--keep %s (or --keep %s)" % (inspection.local_host, inspection.peer_host))
+        return 1
+    keep_local = _keeps_local(keep, inspection.local_host, inspection.peer_host)
+    if confirm is None:
+        raise Refused("recovery discards data: run it in a terminal to confirm, or add --yes")
+    for report in chosen:
+        try:
+            outcome = splitbrain.recover(
+                config, ctx.adapters.drbd, report.resource, keep_local, confirm,
+                _peer_part(ctx, report.resource), peer_status=facts, host=host,
+                progress=lambda state: ctx.say("  %s" % state.describe()),
+                release_device=_release(ctx.adapters))
+        except splitbrain.SplitBrainRefused as exc:
+            raise Refused(str(exc))
+        except splitbrain.SplitBrainError as exc:
+            raise CliError(str(exc))
+        ctx.say("%s recovered: kept %s's data, now %s" % (
+            outcome["resource"], outcome["kept"], outcome["state"]))
+    return 0
+
+
+def plugin_answer(ctx, args):
+    """The XAPI plugin's ``split_brain`` function: this host's share, as a JSON string."""
+    action = args.get("action", "facts")
+    resource = args.get("resource") or (ctx.config.DRBD_RESOURCES[0] if action != "facts"
+                                        else None)
+    try:
+        answer = splitbrain.local_part(ctx.config, ctx.adapters.drbd, resource, action,
+                                       release_device=_release(ctx.adapters))
+        answer.setdefault("ok", True)
+    except splitbrain.SplitBrainError as exc:
+        answer = {"ok": False, "refused": isinstance(exc, splitbrain.SplitBrainRefused),
+                  "error": str(exc)}
+    return json.dumps(answer, sort_keys=True)
