@@ -57,8 +57,8 @@ def run_scenarios(lab, names, console):
 
 
 def cmd_demo(args, console, names=None):
-    from iscsi_ha.lab.scenarios import SCENARIOS
-    names = names or list(SCENARIOS)
+    from iscsi_ha.lab.scenarios import all_scenarios
+    names = names or list(all_scenarios())
     lab = Lab(args.dir, drbd_version=args.drbd_version)
     started = time.monotonic()
     try:

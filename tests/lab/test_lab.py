@@ -6,7 +6,7 @@ import pytest
 
 from iscsi_ha.lab import netns
 from iscsi_ha.lab.lab import Lab, missing_prerequisites
-from iscsi_ha.lab.scenarios import SCENARIOS, run_scenario
+from iscsi_ha.lab.scenarios import all_scenarios, run_scenario
 
 pytestmark = pytest.mark.lab
 
@@ -24,7 +24,7 @@ def lab(tmp_path_factory):
         lab.down()
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", list(all_scenarios()))
 def test_scenario_passes_with_no_lost_write(lab, name):
     result = run_scenario(lab, name)
     assert result.failures == []
