@@ -171,12 +171,19 @@ def describe_results(results):
     return " -> " + ", ".join(words)
 
 
+class PassLockBusy(Exception):
+    """Another process (an iscsi-cfg command, a second agent) holds the pass lock."""
+
+
 class PassLock(object):
     """An exclusive lock (STATE_DIR/lock) held for a whole pass; the CLI takes it to switch
-    manual mode, so no pass can act on a role the admin has just changed."""
+    manual mode, so no pass can act on a role the admin has just changed. With ``timeout``
+    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=None, poll=0.05):
         self.path = path
+        self.timeout = timeout
+        self.poll = poll
         self.handle = None
 
     def __enter__(self):
@@ -184,8 +191,20 @@ class PassLock(object):
         if directory and not os.path.isdir(directory):
             os.makedirs(directory, 0o755)
         self.handle = open(self.path, "a")
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-        return self
+        if self.timeout is None:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+            return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except (IOError, OSError):
+                if time.monotonic() >= deadline:
+                    self.handle.close()
+                    self.handle = None
+                    raise PassLockBusy("%s is held by another process" % self.path)
+                time.sleep(self.poll)
 
     def __exit__(self, *exc):
         fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)

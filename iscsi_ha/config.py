@@ -324,7 +324,7 @@ def loads(text, path="<string>"):
 def load(path=DEFAULT_PATH):
     """Read ``path``; a missing or unreadable file is a :class:`ConfigError` too."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
     except (OSError, IOError) as exc:
         raise ConfigError(path, [("(file)", 0, path, "cannot read: %s" % exc.strerror)])

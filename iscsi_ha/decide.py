@@ -68,9 +68,9 @@ def _serving_risk(obs):
     if all(state.role == PRIMARY_WORD for _, state in _states(obs)):
         return ()
     actions = []
-    if obs.vip is not None and obs.vip.local:
+    if obs.vip is None or obs.vip.local:              # unreadable: maybe local, remove it
         actions.append(RemoveFloatingIp())
-    if obs.target is not None and obs.target.running:
+    if obs.target is None or obs.target.running:
         actions.append(StopTarget())
     return tuple(actions)
 
@@ -132,7 +132,7 @@ def _plan_primary(obs, why):
 
 def _plan_secondary(obs, why):
     actions = []
-    if obs.vip is not None and obs.vip.local:
+    if obs.vip is None or obs.vip.local:              # unreadable: maybe local, remove it
         actions.append(RemoveFloatingIp())
     if obs.target is None or obs.target.running:
         actions.append(StopTarget())

@@ -18,5 +18,5 @@ def atomic_write(path, text, mode=0o644):
 
 
 def read_json(path):
-    with open(path) as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         return json.load(handle)

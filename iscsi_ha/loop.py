@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from iscsi_ha.agent import PassLock
+from iscsi_ha.agent import PassLock, PassLockBusy
 
 log = logging.getLogger("iscsi-ha")
 RETRY_DELAY = 1.0
@@ -19,7 +19,7 @@ RETRY_DELAY = 1.0
 
 def _read(path):
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read(4096)
     except (OSError, IOError) as exc:
         return "<%s>" % exc.__class__.__name__
@@ -77,8 +77,10 @@ class Loop(object):
 
     def _pass(self, trigger, box):
         try:
-            with PassLock(self.lock_path):
+            with PassLock(self.lock_path, timeout=self.config.PASS_BUDGET / 2):
                 box.append(self.agent.run_cycle(trigger))
+        except PassLockBusy as exc:
+            log.warning("pass skipped: %s (an iscsi-cfg command at work?)", exc)
         except Exception:
             log.exception("pass failed with an unexpected error")
 
@@ -122,10 +124,14 @@ class Loop(object):
         poll = min(self.config.POOL_POLL_INTERVAL, self.config.DRBD_POLL_INTERVAL)
         due, trigger, count = 0.0, "start", 0
         while not self.stop.is_set():
-            if trigger is None and time.monotonic() >= due:
-                trigger = "timer"
-            if trigger is None:
-                trigger = self.watcher.changed()
+            try:
+                if trigger is None and time.monotonic() >= due:
+                    trigger = "timer"
+                if trigger is None:
+                    trigger = self.watcher.changed()
+            except Exception:  # a broken wake-up check must not end the agent: use the timer
+                log.exception("cannot check for changes; waiting for the timer")
+                trigger = None
             if trigger is not None:
                 # Remember what the pass is about to see *before* it runs: a change that lands
                 # while it runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
@@ -136,15 +142,22 @@ class Loop(object):
                     r.ok for r in record.results) and not record.results
                 due = time.monotonic() + (self.config.MONITOR_DELAY if settled
                                           else min(RETRY_DELAY, self.config.MONITOR_DELAY))
-                if self.on_pass is not None:
-                    self.on_pass(record)
+                self._call(self.on_pass, record)
                 if max_passes is not None and count >= max_passes:
                     return
                 trigger = None
                 continue
-            if self.on_idle is not None:
-                self.on_idle()
+            self._call(self.on_idle)
             self.stop.wait(poll)
+
+    def _call(self, hook, *args):
+        """Run a hook (systemd ping, replugger, alerts); its failure is logged, never fatal."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("a pass hook failed")
 
 
 def _name(process):

@@ -17,7 +17,7 @@ log = logging.getLogger("iscsi-ha")
 def detect_drbd_version(proc_path):
     """"8.4" or "9" from the first line of /proc/drbd ("version: 8.4.11-1 ..."), or None."""
     try:
-        with open(proc_path) as handle:
+        with open(proc_path, encoding="utf-8", errors="replace") as handle:
             first = handle.readline()
     except (OSError, IOError):
         return None
@@ -79,9 +79,11 @@ def observe_target(adapter):
     except Exception as exc:
         log.error("target: cannot observe: %s", exc)
         return None
-    return model.TargetObservation(running=state.running, serving=state.serving,
-                                   missing=tuple(state.missing),
-                                   connections=state.connections)
+    # A daemon whose status command fails or whose tgtadm hangs still holds the DRBD device:
+    # it counts as running, so that a demote stops (and if need be kills) it first.
+    return model.TargetObservation(running=state.running or bool(state.processes),
+                                   serving=state.serving, missing=tuple(state.missing),
+                                   connections=state.connections, error=state.error)
 
 
 def observe_vip(adapter):

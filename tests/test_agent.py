@@ -18,8 +18,9 @@ def state(role, peer="Secondary", conn="Connected", disk="UpToDate", peer_disk="
 
 
 class FakeTarget(object):
-    def __init__(self, running=False, serving=False):
+    def __init__(self, running=False, serving=False, processes=()):
         self.running, self.serving, self.missing, self.connections = running, serving, [], 0
+        self.processes, self.error = list(processes), ""
 
 
 class FakeVip(object):
@@ -171,3 +172,23 @@ def test_a_change_during_a_pass_wakes_the_next_pass_at_once(config, adapters):
     loop.stop.set()
     worker.join(5)
     assert triggers == ["master", "slave"]
+
+
+def test_a_tgtd_whose_status_command_fails_still_counts_as_running(config, adapters):
+    """It still holds the DRBD device: the demote must stop (or kill) it first."""
+    with open(config.POOL_CONF, "w") as handle:
+        handle.write("slave:192.0.2.12")
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=False, processes=[4242])
+    record = Agent(config, adapters).run_cycle()
+    assert [a.describe() for a in record.decision.actions] == ["stop target", "demote iscsi1"]
+
+
+def test_once_does_not_act_while_another_process_holds_the_pass_lock(config, adapters):
+    from iscsi_ha.agent import PassLock
+    from iscsi_ha.cli.agent_main import run_once
+    config.PASS_BUDGET = 0.2
+    with PassLock(config.STATE_DIR + "/lock"):
+        assert run_once(Agent(config, adapters), config, dry_run=False) is None
+    adapters.drbd.promote.assert_not_called()
+    assert run_once(Agent(config, adapters), config, dry_run=False) is not None

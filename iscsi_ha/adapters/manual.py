@@ -16,7 +16,7 @@ class ManualModeError(Exception):
 
 def read_manual(path):
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read(256).strip()
     except (OSError, IOError) as exc:
         if exc.errno == errno.ENOENT:

@@ -24,7 +24,7 @@ def parse_pool_conf(text):
 def read_pool_role(path):
     """Read ``path`` and parse it; a missing file is MISSING, an unreadable one UNKNOWN."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read(4096)
     except (OSError, IOError) as exc:
         if exc.errno == errno.ENOENT:

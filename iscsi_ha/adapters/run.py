@@ -77,6 +77,8 @@ def run(argv, timeout, check=False, input_text=None, env=None, quiet=False):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             universal_newlines=True,
+            encoding="utf-8",      # dom0's services run with the C locale: never ASCII-strict
+            errors="replace",
             start_new_session=True,
             env=env,
         )

@@ -462,7 +462,7 @@ class TargetAdapter(object):
         self._change(self.stop_argv, self.stop_timeout, check=False)
         if self._wait_gone(self.stop_grace):
             return TargetResult("%s stopped by the stop command" % self.service, STOP_COMMAND)
-        if answering and self._delete_everything(quick) and self._wait_gone(self.stop_grace):
+        if answering and self._delete_quietly(quick) and self._wait_gone(self.stop_grace):
             return TargetResult("%s stopped by tgtadm (targets force-deleted)" % self.service,
                                 STOP_TGTADM_DELETE)
         pids = service_pids(self.service)
@@ -475,6 +475,15 @@ class TargetAdapter(object):
         raise TargetStopError("%s still running after the stop command, tgtadm delete and "
                               "SIGKILL (pids in this namespace: %s)"
                               % (self.service, service_pids(self.service) or "none"))
+
+    def _delete_quietly(self, timeout):
+        """:meth:`_delete_everything`, but an error (output we cannot parse) only means "not
+        stopped this way": the escalation must go on to SIGKILL, never stop short of it."""
+        try:
+            return self._delete_everything(timeout)
+        except Exception as exc:
+            log.warning("target: tgtadm delete step failed (%s); escalating", exc)
+            return False
 
     def _frozen(self):
         """True when a daemon process is stopped (SIGSTOP/ptrace): tgtadm would hang."""

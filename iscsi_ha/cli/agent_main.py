@@ -63,7 +63,9 @@ def cmd_run(path, once, dry_run, as_json):
     from iscsi_ha.loop import Loop
     agent = Agent(config, dry_run=dry_run)
     if once or dry_run:
-        record = agent.run_cycle("once")
+        record = run_once(agent, config, dry_run)
+        if record is None:
+            return EXIT_FAIL
         if as_json:
             document = agent.publish(record, "once") if dry_run else None
             sys.stdout.write(json.dumps(document or _read_status(config), indent=1) + "\n")
@@ -184,6 +186,20 @@ class DaemonServices(object):
         self.replugger.close(timeout=2)
         self.dispatcher.close(5)
         self.client.close()
+
+
+def run_once(agent, config, dry_run):
+    """One pass; unless it is a dry run, under the pass lock (bounded), as the daemon's passes
+    are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
+    from iscsi_ha.agent import PassLock, PassLockBusy
+    if dry_run:
+        return agent.run_cycle("once")
+    try:
+        with PassLock(config.STATE_DIR.rstrip("/") + "/lock", timeout=config.PASS_BUDGET):
+            return agent.run_cycle("once")
+    except PassLockBusy as exc:
+        sys.stderr.write("iscsi-ha: not run: %s\n" % exc)
+        return None
 
 
 def _read_status(config):
