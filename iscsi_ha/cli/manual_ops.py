@@ -180,6 +180,10 @@ def await_peer_secondary(ctx, seconds, poll=0.02):
         ctx.sleep(poll)
 
 
+class RoleTimeout(CliError):
+    """The agent did not reach the role in time (it is running)."""
+
+
 def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_peer=0.0):
     """Check, write the role under the pass lock, wait for the agent. ``confirm(question)``
     answers the forced-promotion question (None: nobody can answer, so no). With
@@ -210,7 +214,25 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
         confirmed = list(risks)
     ctx.say("checks passed; manual mode role set to primary%s" % (
         " (forced, risk accepted)" if confirmed else ""))
-    return wait_and_publish(ctx, model.PRIMARY, timeout, written)
+    try:
+        return wait_and_publish(ctx, model.PRIMARY, timeout, written)
+    except RoleTimeout as exc:
+        raise RoleTimeout("%s%s" % (exc, _hold_if_not_primary(ctx)))
+
+
+def _hold_if_not_primary(ctx):
+    """After a promotion that did not happen in time: a role "primary" left behind would let the
+    agent promote on its own later (when the peer disappears), long after the admin was told
+    it failed. Unless every resource is Primary by now, hold the host as it is instead."""
+    states, error = ctx.drbd_states()
+    names = ctx.config.DRBD_RESOURCES
+    if not error and all(n in states and states[n].role == "Primary" for n in names):
+        return ""
+    with ctx.pass_lock():
+        if ctx.manual_mode() == model.MANUAL_PRIMARY:
+            ctx.write_manual(model.MANUAL_HOLD)
+    return ("\n  this host was not promoted: manual mode now holds it as it is (no role), so "
+            "it will not promote later on its own; run become-primary again when ready")
 
 
 def wait_and_publish(ctx, role, timeout, written):
@@ -328,5 +350,5 @@ def wait_for_role(ctx, role, timeout, since):
             break
         ctx.sleep(WAIT_POLL)
     reason = (document.get("decision") or {}).get("reason", "none published")
-    raise CliError("the agent did not make this host %s within %g s; its last decision: %s"
-                   % (role, timeout, reason))
+    raise RoleTimeout("the agent did not make this host %s within %g s; its last decision: %s"
+                      % (role, timeout, reason))

@@ -84,6 +84,15 @@ def _say_peer(ctx, answer):
 
 def _take_back(ctx, why, timeout):
     ctx.say("the peer did not take the storage (%s): taking it back here" % why)
+    # The peer may have written "primary" and timed out: make it secondary first, or both
+    # hosts would be left set to primary and the waiting one would promote on its own later.
+    try:
+        answer = peer_mod.call(ctx, "become_secondary", {"timeout": "%d" % timeout},
+                               timeout + 30)
+        if not answer.get("ok"):
+            ctx.say("the peer's become-secondary: %s" % "; ".join(answer.get("lines") or []))
+    except peer_mod.PeerError as exc:
+        ctx.say("could not make the peer secondary first: %s" % exc)
     try:
         manual_ops.become_primary(ctx, timeout=timeout)
     except CliError as exc:

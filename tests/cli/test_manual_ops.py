@@ -215,7 +215,9 @@ def test_become_primary_times_out_with_the_agents_reason(host):
         manual_ops.become_primary(host.ctx, timeout=0.2)
     assert "did not make this host primary within 0.2 s" in str(failed.value)
     assert "peer busy" in str(failed.value)
-    assert host.manual() == model.MANUAL_PRIMARY          # the role stays recorded
+    # Not left "primary": the agent would promote on its own later, e.g. when the peer dies.
+    assert host.manual() == model.MANUAL_HOLD
+    assert "will not promote later on its own" in str(failed.value)
 
 
 def test_wait_says_when_the_agent_is_not_running(host, mocker):
