@@ -267,9 +267,13 @@ class ResourceReport(object):
         return "%s changed more (%s KiB against %s KiB marked out of sync)" % (
             more, _kib(max(mine, theirs)), _kib(min(mine, theirs)))
 
+    def keeps_older(self, keep_local):
+        """True when the kept side's data is strictly older than the discarded side's."""
+        return self.verdict == ("peer-newer" if keep_local else "local-newer")
+
     def confirmation(self, keep_local):
-        return "Recover the split brain of %s: %s. Go on?" % (self.resource,
-                                                               self.discards(keep_local))
+        return "Recover the split brain of %s: %s (data: %s). Type yes to go on: " % (
+            self.resource, self.discards(keep_local), self.sentence)
 
     def text(self):
         title = "not in split brain"
@@ -286,7 +290,7 @@ class ResourceReport(object):
                       "  --keep %s: %s" % (self.peer_host, self.discards(False))]
         elif self.flagged:
             lines.append("  the flag is stale: the resource is connected; clear it with "
-                         "the clear-flag action")
+                         "iscsi-cfg split-brain --clear %s" % self.resource)
         return "\n".join(lines)
 
 
@@ -481,7 +485,7 @@ def _peer(peer_part, action, first):
 
 
 def recover(config, adapter, resource, keep_local, confirm, peer_part, peer_status=None,
-            host=None, progress=None, release_device=None, **watch):
+            host=None, progress=None, release_device=None, force=False, **watch):
     """Recover ``resource`` keeping this host's data (``keep_local``) or the peer's.
     ``confirm(question) -> bool``; ``peer_part(action) -> dict`` runs :func:`local_part` on the
     peer; ``watch``: wait_resync's timeout, connect_timeout, poll, sleep, clock."""
@@ -495,6 +499,10 @@ def recover(config, adapter, resource, keep_local, confirm, peer_part, peer_stat
     if kept.get("disk") not in (None, "UpToDate"):
         raise SplitBrainRefused("%s's disk is %s: DRBD would not resync from it" % (
             kept_host, kept.get("disk")))
+    if report.keeps_older(keep_local) and not force:
+        raise SplitBrainRefused("%s holds the OLDER data of %s (%s): keeping it would bring "
+                                "back stale data; --force if that is really wanted" % (
+                                    kept_host, resource, report.sentence))
     if not confirm(report.confirmation(keep_local)):
         raise SplitBrainRefused("not confirmed: nothing was changed")
     if keep_local:
@@ -505,8 +513,11 @@ def recover(config, adapter, resource, keep_local, confirm, peer_part, peer_stat
             raise SplitBrainError("%s (the peer already ran its victim steps: %s)" % (
                 exc, ", ".join(parts[0].get("steps") or []) or "none"))
     else:
+        # The survivor's share (a connect) is harmless and proves the peer can act: it runs
+        # first, so that this host never discards its data for a peer that cannot take over.
+        survivor = _peer(peer_part, "survivor", True)
         parts = [recover_local_part(config, adapter, resource, "victim", host, release_device),
-                 _peer(peer_part, "survivor", False)]
+                 survivor]
     final = wait_resync(adapter, resource, progress, **watch)
     clear_flag(config.STATE_DIR, resource)
     _peer(peer_part, "clear-flag", False)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from iscsi_ha import config as config_mod
+from iscsi_ha import config as config_mod, splitbrain
 from iscsi_ha.adapters.drbd import DrbdAdapter
 from iscsi_ha.lab.drbd_double import World, install_wrappers
 from iscsi_ha.splitbrain import (SplitBrainError, SplitBrainRefused, clear_flag,
@@ -269,7 +269,8 @@ def test_recover_keeps_the_chosen_side(split, keep_local):
     assert question.startswith("Recover the split brain of iscsi1: keeping %s discards every "
                                "change %s made to iscsi1 since the split (0 KiB marked out of "
                                "sync there)" % (kept.name, lost.name))
-    assert question.endswith("; %s then resyncs from %s. Go on?" % (lost.name, kept.name))
+    assert "; %s then resyncs from %s (data: " % (lost.name, kept.name) in question
+    assert question.endswith("Type yes to go on: ")
     assert lost.read() == kept.read() == (b"kept by a......." if keep_local
                                           else b"written by b....")
     assert result["kept"] == kept.name and result["state"].endswith("Connected UpToDate/UpToDate")
@@ -387,3 +388,15 @@ def test_a_survivor_failure_after_the_peer_acted_says_so(split):
         os.chmod(a.drbd.drbdadm[0], 0o755)
     assert world.snapshot()["views"][RES]["b"]["role"] == "Secondary"
     assert world.snapshot()["views"][RES]["a"]["cstate"] == "StandAlone"
+
+
+def test_keeping_the_older_side_needs_force():
+    older = splitbrain.Generations("A0", "B0", ("C0",))
+    newer = splitbrain.Generations("D0", "A0", ("B0",))
+    local = {"role": "Secondary", "connection": "StandAlone", "disk": "UpToDate",
+             "generations": older._asdict()}
+    peer = {"role": "Primary", "connection": "StandAlone", "disk": "UpToDate",
+            "generations": newer._asdict()}
+    report = splitbrain.ResourceReport("iscsi1", local, peer, "a", "b")
+    assert report.verdict == "peer-newer"
+    assert report.keeps_older(True) and not report.keeps_older(False)

@@ -123,5 +123,10 @@ def build():
                    help="the host whose data survives (its name, or local / peer)")
     p.add_argument("--yes", action="store_true",
                    help="answer the confirmation with yes (scripts)")
+    p.add_argument("--force", action="store_true",
+                   help="allow keeping the side whose data is older")
+    p.add_argument("--clear", action="store_true",
+                   help="remove stale split-brain flags of a resource that is connected and "
+                        "UpToDate on both sides")
     _add(sub, common, "version", "print the version")
     return parser

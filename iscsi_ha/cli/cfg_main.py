@@ -157,7 +157,8 @@ def cmd_switchover(ctx, args):
 
 def cmd_split_brain(ctx, args):
     from iscsi_ha.cli import splitbrain_cmd
-    return splitbrain_cmd.split_brain(ctx, args.resource, args.keep, _confirmer(args))
+    return splitbrain_cmd.split_brain(ctx, args.resource, args.keep, _confirmer(args),
+                                      force=args.force, clear_flags=args.clear)
 
 
 VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,

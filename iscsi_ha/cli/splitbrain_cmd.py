@@ -52,13 +52,33 @@ def _keeps_local(keep, local_host, peer_host):
         keep, local_host, peer_host), code=2)
 
 
-def split_brain(ctx, resource=None, keep=None, confirm=None):
+def clear(ctx, resource):
+    """Remove stale split-brain flags (e.g. a recovery interrupted during its resync) once the
+    resource is connected and UpToDate on both sides: then the agents act on it again."""
+    states, error = ctx.drbd_states()
+    state = states.get(resource)
+    if error or state is None or not (state.is_connected and not state.is_syncing and
+                                      state.disk == state.peer_disk == "UpToDate"):
+        raise Refused("%s is %s: the flags stay until it is connected and UpToDate on both "
+                      "sides" % (resource, error or (state.describe() if state else "unknown")))
+    cleared = splitbrain.clear_flag(ctx.config.STATE_DIR, resource)
+    try:
+        _peer_part(ctx, resource)("clear-flag")
+    except (CliError, peer_mod.PeerError) as exc:
+        raise CliError("cleared here (%s); the peer's flag is not cleared: %s" % (cleared, exc))
+    ctx.say("%s: split-brain flags cleared on both hosts" % resource)
+    return 0
+
+
+def split_brain(ctx, resource=None, keep=None, confirm=None, force=False, clear_flags=False):
     """Show the split brain; with ``keep``, recover it. Exit 0 when nothing is (left) in split
     brain, 1 when it is and no survivor was chosen."""
     config = ctx.config
     if resource is not None and resource not in config.DRBD_RESOURCES:
         raise CliError("no DRBD resource %r here (DRBD_RESOURCES: %s)" % (
             resource, ":".join(config.DRBD_RESOURCES)), code=2)
+    if clear_flags:
+        return clear(ctx, resource or config.DRBD_RESOURCES[0])
     host = socket.gethostname()
     facts = _peer_facts(ctx)
     inspection = splitbrain.inspect(config, ctx.adapters.drbd, facts, host)
@@ -71,6 +91,9 @@ def split_brain(ctx, resource=None, keep=None, confirm=None):
                 "--keep %s (or --keep %s)" % (inspection.local_host, inspection.peer_host))
         return 1
     keep_local = _keeps_local(keep, inspection.local_host, inspection.peer_host)
+    if facts is None:
+        raise Refused("the peer cannot be reached through XAPI: a recovery needs both hosts "
+                      "(and the peer's own view of its data); nothing was changed")
     if confirm is None:
         raise Refused("recovery discards data: run it in a terminal to confirm, or add --yes")
     for report in chosen:
@@ -79,7 +102,7 @@ def split_brain(ctx, resource=None, keep=None, confirm=None):
                 config, ctx.adapters.drbd, report.resource, keep_local, confirm,
                 _peer_part(ctx, report.resource), peer_status=facts, host=host,
                 progress=lambda state: ctx.say("  %s" % state.describe()),
-                release_device=_release(ctx.adapters))
+                release_device=_release(ctx.adapters), force=force)
         except splitbrain.SplitBrainRefused as exc:
             raise Refused(str(exc))
         except splitbrain.SplitBrainError as exc:

@@ -42,7 +42,18 @@ def test_unknown_resource_and_unknown_host_are_usage_errors(host, no_peer):
     assert info.value.code == 2 and "--keep elsewhere" in str(info.value)
 
 
-def test_recovery_without_a_terminal_or_yes_is_refused(host, no_peer):
+PEER_FACTS = {"ok": True, "host": "test-b", "source": "DRBD", "resources": {
+    "iscsi1": {"role": "Primary", "peer_role": "Unknown", "connection": "StandAlone",
+               "disk": "UpToDate", "peer_disk": "DUnknown", "flag": {}, "generations": None,
+               "out_of_sync_kib": None, "errors": []}}}
+
+
+@pytest.fixture
+def peer_facts(mocker):
+    return mocker.patch.object(peer_mod, "call", return_value=dict(PEER_FACTS))
+
+
+def test_recovery_without_a_terminal_or_yes_is_refused(host, peer_facts):
     host.set_drbd(drbd(name="iscsi1", **STANDALONE), drbd(name="iscsi2"))
     splitbrain.write_flag(host.config.STATE_DIR, "iscsi1")
     with pytest.raises(Refused) as info:
@@ -50,7 +61,28 @@ def test_recovery_without_a_terminal_or_yes_is_refused(host, no_peer):
     assert "--yes" in str(info.value)
 
 
-def test_recovery_calls_the_library_with_the_peer_part(host, no_peer, mocker):
+def test_recovery_is_refused_when_the_peer_cannot_be_reached(host, no_peer, mocker):
+    host.set_drbd(drbd(name="iscsi1", **STANDALONE), drbd(name="iscsi2"))
+    splitbrain.write_flag(host.config.STATE_DIR, "iscsi1")
+    recover = mocker.patch.object(splitbrain, "recover")
+    with pytest.raises(Refused, match="cannot be reached"):
+        splitbrain_cmd.split_brain(host.ctx, keep="peer", confirm=lambda q: True)
+    recover.assert_not_called()
+
+
+def test_clear_removes_stale_flags_only_when_connected_and_uptodate(host, peer_facts):
+    splitbrain.write_flag(host.config.STATE_DIR, "iscsi1")
+    host.set_drbd(drbd(name="iscsi1", **STANDALONE), drbd(name="iscsi2"))
+    with pytest.raises(Refused, match="flags stay"):
+        splitbrain_cmd.split_brain(host.ctx, "iscsi1", clear_flags=True)
+    assert splitbrain.read_flag(host.config.STATE_DIR, "iscsi1") is not None
+    host.set_drbd(drbd(name="iscsi1"), drbd(name="iscsi2"))
+    assert splitbrain_cmd.split_brain(host.ctx, "iscsi1", clear_flags=True) == 0
+    assert splitbrain.read_flag(host.config.STATE_DIR, "iscsi1") is None
+    assert peer_facts.call_args[0][2] == {"action": "clear-flag", "resource": "iscsi1"}
+
+
+def test_recovery_calls_the_library_with_the_peer_part(host, peer_facts, mocker):
     host.set_drbd(drbd(name="iscsi1", **STANDALONE), drbd(name="iscsi2"))
     splitbrain.write_flag(host.config.STATE_DIR, "iscsi1")
     recover = mocker.patch.object(splitbrain, "recover", return_value={
@@ -62,7 +94,7 @@ def test_recovery_calls_the_library_with_the_peer_part(host, no_peer, mocker):
     assert "iscsi1 recovered" in host.text()
 
 
-def test_library_refusal_becomes_a_refusal(host, no_peer, mocker):
+def test_library_refusal_becomes_a_refusal(host, peer_facts, mocker):
     host.set_drbd(drbd(name="iscsi1", **STANDALONE), drbd(name="iscsi2"))
     splitbrain.write_flag(host.config.STATE_DIR, "iscsi1")
     mocker.patch.object(splitbrain, "recover",
