@@ -1,8 +1,8 @@
 """The daemon loop: when to run a pass, and what to do with a pass that hangs.
 
 Wake-ups: pool.conf or the manual-mode file changed (checked every POOL_POLL_INTERVAL), DRBD's
-state changed (the adapter's cheap fingerprint, every DRBD_POLL_INTERVAL), or MONITOR_DELAY
-elapsed. While the host is not as it should be, the timer is short (RETRY_DELAY) so that a
+state changed (the adapter's cheap fingerprint, every DRBD_POLL_INTERVAL), a target daemon
+process the last pass saw is gone (same period), or MONITOR_DELAY elapsed. While the host is not as it should be, the timer is short (RETRY_DELAY) so that a
 failed step is retried promptly.
 """
 import logging
@@ -34,6 +34,7 @@ class Watcher(object):
         self.clock = clock
         self.files_seen = None
         self.drbd_seen = None
+        self.target_seen = None
         self.drbd_checked = float("-inf")
 
     def _files(self):
@@ -45,14 +46,25 @@ class Watcher(object):
         except Exception as exc:
             return "<%s>" % exc
 
+    def _target(self):
+        try:
+            return self.agent.adapters.target.liveness()
+        except Exception as exc:
+            return "<%s>" % exc
+
     def remember(self):
-        """Record the state a pass is about to observe."""
+        """Record the state a pass is about to observe (so that a change while it runs wakes
+        the next pass)."""
         self.files_seen = self._files()
         self.drbd_seen = self._drbd()
         self.drbd_checked = self.clock()
 
+    def remember_target(self):
+        """After a pass: the target daemon's processes that pass saw (and which live now)."""
+        self.target_seen = self._target()
+
     def changed(self):
-        """'pool.conf/manual' or 'drbd' when something changed, else None."""
+        """Why a pass is due ('pool.conf/manual', 'drbd', 'target process gone'), else None."""
         if self._files() != self.files_seen:
             return "pool.conf/manual"
         now = self.clock()
@@ -60,6 +72,8 @@ class Watcher(object):
             self.drbd_checked = now
             if self._drbd() != self.drbd_seen:
                 return "drbd"
+            if self._target() != self.target_seen:
+                return "target process gone"
         return None
 
 
@@ -137,6 +151,7 @@ class Loop(object):
                 # while it runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
                 self.watcher.remember()
                 record = self.run_pass(trigger)
+                self.watcher.remember_target()
                 count += 1
                 settled = record is not None and record.decision.healthy and all(
                     r.ok for r in record.results) and not record.results

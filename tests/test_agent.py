@@ -192,3 +192,17 @@ def test_once_does_not_act_while_another_process_holds_the_pass_lock(config, ada
         assert run_once(Agent(config, adapters), config, dry_run=False) is None
     adapters.drbd.promote.assert_not_called()
     assert run_once(Agent(config, adapters), config, dry_run=False) is not None
+
+
+def test_watcher_wakes_when_a_target_process_the_last_pass_saw_is_gone(config, adapters):
+    from iscsi_ha.loop import Watcher
+    clock = [0.0]
+    watcher = Watcher(Agent(config, adapters), clock=lambda: clock[0])
+    adapters.target.liveness.return_value = (4242,)
+    watcher.remember()
+    watcher.remember_target()
+    clock[0] += 1.0
+    assert watcher.changed() is None
+    adapters.target.liveness.return_value = ()          # tgtd was killed
+    clock[0] += 1.0
+    assert watcher.changed() == "target process gone"

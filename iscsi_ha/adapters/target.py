@@ -304,6 +304,20 @@ class TargetAdapter(object):
         self.timeout, self.stop_timeout = timeout, stop_timeout
         self.ready_timeout = ready_timeout
 
+    known_pids = ()
+
+    def liveness(self):
+        """Which of the daemon processes seen by the last :meth:`observe` still live: a cheap
+        check (no process scan, no command) the agent polls to notice at once that tgtd died."""
+        alive = []
+        for pid in self.known_pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.Error:
+                continue
+        return tuple(alive)
+
     # -- commands ----------------------------------------------------------------------------
     def _status_ok(self):
         return run(self.status_argv, self.timeout).ok
@@ -336,6 +350,7 @@ class TargetAdapter(object):
     def observe(self):
         """A :class:`TargetState`; running = status command OK and tgtadm answers."""
         pids = service_pids(self.service)
+        self.known_pids = list(pids)
         if not self._status_ok():
             stray = " (yet process %s lives here)" % ", ".join(map(str, pids)) if pids else ""
             return TargetState(False, False, {}, ["%s is not running%s" % (self.service, stray)],

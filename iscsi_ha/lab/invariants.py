@@ -4,7 +4,9 @@ The checker is also the lab's "kernel": each tick settles the DRBD double's worl
 loss, resync progress), as the DRBD module would on its own. Violations:
 - two DRBD Primaries while connected;
 - the floating IP on both hosts at once;
-- a target serving a LUN from a host whose DRBD resource is not Primary.
+- a target serving a LUN from a host whose DRBD resource is not Primary;
+- two DRBD Primaries at all (connected or not), unless the scenario makes one on purpose;
+- the LUN exported by both hosts at once.
 Reads are ordered so that a legitimate move between two reads is never taken for a violation:
 a host counts as serving only if tgtd exported the LUN both before and after DRBD was read.
 """
@@ -22,6 +24,7 @@ class Checker(object):
         self.interval = interval
         self.violations = []
         self.ticks = 0
+        self.allow_two_primaries = False     # only the split-brain scenario sets it
         self._stop = threading.Event()
         self._thread = None
 
@@ -80,9 +83,15 @@ class Checker(object):
         self.ticks += 1
         for res in snap["primaries_while_connected"]:
             self.violations.append("%.3f two DRBD Primaries while connected on %s" % (now, res))
+        views = snap["views"][self.lab.resource]
+        primaries = [h for h, v in views.items() if v["role"] == "Primary"]
+        if len(primaries) > 1 and not self.allow_two_primaries:
+            self.violations.append("%.3f two DRBD Primaries (%s): a split brain in the making"
+                                   % (now, ", ".join(sorted(primaries))))
+        if len(before & after) > 1:
+            self.violations.append("%.3f the LUN exported by both hosts" % now)
         if len(vips) > 1:
             self.violations.append("%.3f floating IP on both hosts (%s)" % (now, ", ".join(vips)))
-        views = snap["views"][self.lab.resource]
         for name in sorted(before & after):
             if views[name]["role"] != "Primary":
                 self.violations.append("%.3f host %s serves the LUN from a %s" % (

@@ -9,6 +9,11 @@ from iscsi_ha.lab import netns
 from iscsi_ha.lab.probe import GOOD, analyse
 
 MAX_DURATION = 600
+# The probe measures the server side: a command that gets no answer is given up after
+# IO_TIMEOUT and the probe logs in again at once (every CONNECT_TIMEOUT at most), so a pause is
+# seen to within about half a second, instead of being rounded up to a long client timeout.
+IO_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 0.3
 
 
 class ProbeRun(object):
@@ -31,7 +36,8 @@ class ProbeRun(object):
                 [sys.executable, "-m", "iscsi_ha.lab.probe", "--portal", self.lab.vip + ":3260",
                  "--iqn", self.lab.iqn, "--lun", str(self.lab.lun), "--record", self.record,
                  "--duration", str(MAX_DURATION), "--stop-file", self.stop_file,
-                 "--blocks", "2048"],
+                 "--blocks", "2048", "--io-timeout", str(IO_TIMEOUT),
+                 "--connect-timeout", str(CONNECT_TIMEOUT)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def _records(self):

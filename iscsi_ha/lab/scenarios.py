@@ -224,6 +224,7 @@ def run_scenario(lab, name, settle_timeout=90):
     baseline = wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None),
                           settle_timeout, what="a settled pool before %s" % name)
     lab.checker.violations = []
+    lab.checker.allow_two_primaries = False
     ticks = lab.checker.ticks
     probe = ProbeRun(lab, name)
     probe.start()

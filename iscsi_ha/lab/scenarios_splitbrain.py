@@ -47,6 +47,7 @@ def split_brain(lab, run):
     run.wait(lambda: lab.world.snapshot()["views"][lab.resource][other.name]["disk"] ==
              "Outdated", 10, "fencing to outdate %s" % other.name)
     # The admin's mistake, on the other side of the cut link.
+    lab.checker.allow_two_primaries = True
     other.stop_agent()
     forced = other.exec(["drbdadm", "primary", "--force", lab.resource])
     run.check(forced.returncode == 0, "drbdadm primary --force on %s: %s" % (
@@ -70,6 +71,7 @@ def split_brain(lab, run):
     run.note("recovery output: %s" % recovery.stdout.strip().splitlines()[-1:])
     run.wait(lambda: settled(lab, keeper) and not flagged(other, lab.resource), 60,
              "the pool back to normal after the recovery")
+    lab.checker.allow_two_primaries = False
     seen = blockio(lab, "read")
     expected = "written through the initiator on %s" % keeper.name
     run.check(seen.stdout.strip() == expected, "the initiator reads %r, expected the kept "
