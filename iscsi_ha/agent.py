@@ -37,11 +37,11 @@ class Agent(object):
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
         config = self.config
+        manual_error = ""
         try:
             manual = manual_adapter.read_manual(config.MANUAL_FILE)
         except manual_adapter.ManualModeError as exc:
-            log.error("%s", exc)
-            manual = model.MANUAL_HOLD
+            manual, manual_error = model.MANUAL_HOLD, str(exc)
         drbd, drbd_error = observe_drbd(self.adapters.drbd)
         return model.Observation(
             pool=read_pool_role(config.POOL_CONF),
@@ -53,6 +53,7 @@ class Agent(object):
             split_brain=self._split_brain_flags(),
             witness=None,
             resources=tuple(config.DRBD_RESOURCES),
+            manual_error=manual_error,
         )
 
     def _split_brain_flags(self):
@@ -114,7 +115,10 @@ class Agent(object):
         record = PassRecord(started, observation, decision, results,
                             time.monotonic() - clock)
         self.passes += 1
-        self.publish(record, trigger)
+        try:
+            self.publish(record, trigger)
+        except (IOError, OSError) as exc:    # disk full, read-only: the pass still counts
+            log.error("cannot publish the status to %s: %s", self.config.STATUS_FILE, exc)
         self._log_sentence(record, trigger)
         return record
 

@@ -17,7 +17,7 @@ def decide(obs):
     """Return the :class:`Decision` for one observation."""
     problem = _unreadable(obs)
     if problem:
-        return Decision((), "holding: " + problem, healthy=False)
+        return _hold_unreadable(obs, problem)
     desired, why = desired_role(obs)
     if desired is None:
         return _hold(obs, why)
@@ -45,8 +45,31 @@ def desired_role(obs):
     return None, "cannot tell the pool role (%s)" % (pool.detail or pool.role)
 
 
+def _hold_unreadable(obs, problem):
+    """No DRBD action on a guess. A host that must be secondary anyway may still stop serving
+    (floating IP off, target stopped: always safe there), unless DRBD itself is unreadable."""
+    desired, why = desired_role(obs)
+    if desired == model.SECONDARY and not obs.drbd_error and not obs.manual_error:
+        cleanup = _cleanup(obs)
+        if cleanup:
+            return Decision(cleanup, "stopping service: %s, and %s" % (why, problem),
+                            model.SECONDARY, healthy=False)
+    return Decision((), "holding: " + problem, healthy=False)
+
+
+def _cleanup(obs):
+    actions = []
+    if obs.vip is None or obs.vip.local:
+        actions.append(RemoveFloatingIp())
+    if obs.target is None or obs.target.running:
+        actions.append(StopTarget())
+    return tuple(actions)
+
+
 def _unreadable(obs):
     """Why no storage action may be taken at all, or ''."""
+    if obs.manual_error:
+        return obs.manual_error
     if obs.drbd_error:
         return "cannot read DRBD state: %s" % obs.drbd_error
     missing = [r for r in obs.resources if r not in obs.drbd]
@@ -67,12 +90,7 @@ def _serving_risk(obs):
     Secondary. Returns the demote-side actions that remove the risk."""
     if all(state.role == PRIMARY_WORD for _, state in _states(obs)):
         return ()
-    actions = []
-    if obs.vip is None or obs.vip.local:              # unreadable: maybe local, remove it
-        actions.append(RemoveFloatingIp())
-    if obs.target is None or obs.target.running:
-        actions.append(StopTarget())
-    return tuple(actions)
+    return _cleanup(obs)
 
 
 def _hold(obs, why):
@@ -131,11 +149,7 @@ def _plan_primary(obs, why):
 
 
 def _plan_secondary(obs, why):
-    actions = []
-    if obs.vip is None or obs.vip.local:              # unreadable: maybe local, remove it
-        actions.append(RemoveFloatingIp())
-    if obs.target is None or obs.target.running:
-        actions.append(StopTarget())
+    actions = list(_cleanup(obs))      # an unreadable IP or target counts as maybe up
     actions.extend(DemoteDrbd(name) for name, state in _states(obs)
                    if state.role == PRIMARY_WORD)
     if not actions:

@@ -66,6 +66,7 @@ class Observation:
     split_brain: Tuple[str, ...] = ()         # resources the split-brain handler flagged
     witness: Optional[WitnessGrant] = None
     resources: Tuple[str, ...] = ()           # configured resource names, in order
+    manual_error: str = ""                    # manual-mode file unreadable: hold, unhealthy
 
 
 # Actions. Each is idempotent when applied; ``resource`` is None for host-wide actions.

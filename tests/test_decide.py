@@ -203,9 +203,21 @@ ROWS = [
      "holding: DRBD resource iscsi1 not found"),
     ("split brain", obs(INCONSISTENT_ALONE, split_brain=("iscsi1",)), (),
      "holding: split brain on iscsi1: no automatic action until an admin recovers it"),
-    ("split brain on a slave", obs(PRI_ALONE, pool=SLAVE, split_brain=("iscsi1",),
-                                   target=SERVING, vip=LOCAL), (),
+    ("split brain on a slave stops serving but keeps DRBD as it is",
+     obs(PRI_ALONE, pool=SLAVE, split_brain=("iscsi1",), target=SERVING, vip=LOCAL),
+     (RemoveFloatingIp(), StopTarget()),
+     "stopping service: %s, and split brain on iscsi1: no automatic action until an admin "
+     "recovers it" % S),
+    ("split brain on a quiet slave", obs(SEC, pool=SLAVE, split_brain=("iscsi1",)), (),
      "holding: split brain on iscsi1: no automatic action until an admin recovers it"),
+    ("DRBD unreadable on a slave: nothing on a guess",
+     obs({}, pool=SLAVE, drbd_error="garbage in /proc/drbd", resources=("iscsi1",),
+         target=SERVING, vip=LOCAL), (),
+     "holding: cannot read DRBD state: garbage in /proc/drbd"),
+    ("manual-mode file unreadable", model.Observation(
+        pool=MASTER, manual=model.MANUAL_HOLD, drbd={"iscsi1": SEC}, target=STOPPED, vip=AWAY,
+        resources=("iscsi1",), manual_error="manual mode file /x holds 'junk'"), (),
+     "holding: manual mode file /x holds 'junk'"),
 ]
 
 
@@ -228,7 +240,7 @@ def test_every_reason_follows_the_grammar(name, observation, actions, reason):
 @pytest.mark.parametrize("name,observation,actions,reason", ROWS, ids=[r[0] for r in ROWS])
 def test_healthy_only_when_settled_or_holding_by_choice(name, observation, actions, reason):
     decision = decide(observation)
-    expected = reason.startswith("no action") or reason.startswith("holding: manual")
+    expected = reason.startswith("no action") or reason.startswith("holding: manual mode is on")
     assert decision.healthy is expected
 
 
