@@ -59,8 +59,8 @@ def split_brain(lab, run):
     run.wait(lambda: flagged(keeper, lab.resource) and flagged(other, lab.resource), 10,
              "DRBD's split-brain handler to flag both hosts")
     other.start_agent()
-    run.wait(lambda: any(alerts_of(lab, "split-brain", since)), 20,
-             "a split-brain alert (email or XAPI message)")
+    run.wait(lambda: all(alerts_of(lab, "split-brain", since)), 20,
+             "the split-brain alert by email and as a XAPI message")
     mail, messages = alerts_of(lab, "split-brain", since)
     run.check(mail and messages, "split-brain alert: %d email(s), %d XAPI message(s)" % (
         len(mail), len(messages)))
