@@ -1,12 +1,11 @@
 """Running the I/O probe in the lab's client namespace, and reading its verdict."""
-import json
 import os
 import subprocess
 import sys
 import time
 
 from iscsi_ha.lab import netns
-from iscsi_ha.lab.probe import GOOD, analyse
+from iscsi_ha.lab.probe import GOOD, analyse, load_records
 
 MAX_DURATION = 600
 # The probe measures the server side: a command that gets no answer is given up after
@@ -14,6 +13,14 @@ MAX_DURATION = 600
 # seen to within about half a second, instead of being rounded up to a long client timeout.
 IO_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 0.3
+
+
+def read_records(path):
+    """The probe's records so far: [] before it wrote any; a line being written is skipped."""
+    try:
+        return load_records(path)
+    except (OSError, IOError, ValueError):
+        return []
 
 
 class ProbeRun(object):
@@ -41,18 +48,7 @@ class ProbeRun(object):
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def _records(self):
-        try:
-            with open(self.record) as handle:
-                lines = handle.readlines()
-        except (OSError, IOError):
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass          # a line being written
-        return out
+        return read_records(self.record)
 
     def wait_for_io(self, timeout):
         deadline = time.monotonic() + timeout

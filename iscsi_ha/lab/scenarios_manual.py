@@ -12,7 +12,6 @@ The peer is reached as in a pool: ``host.call_plugin(peer, "iscsi-ha", fn, args)
 XAPI runs :func:`plugin_handler` in the lab process, which runs the plugin module inside the
 peer's namespace (``python -m iscsi_ha.cli.plugin fn key=value``), so it acts there.
 """
-import json
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import time
 from iscsi_ha.cli.plugin import FUNCTIONS as PLUGIN_FUNCTIONS
 from iscsi_ha.lab import netns
 from iscsi_ha.lab.probe import GOOD
+from iscsi_ha.lab.probe_control import read_records
 from iscsi_ha.lab.scenarios import scenario, settled
 
 CLI_TIMEOUT = 90
@@ -111,19 +111,7 @@ def rejoined(lab, host):
 
 # -- measuring ---------------------------------------------------------------------------------------
 def _records(lab, run):
-    path = os.path.join(lab.directory, "probe", run.name + ".jsonl")
-    try:
-        with open(path) as handle:
-            lines = handle.read().split("\n")
-    except (OSError, IOError):
-        return []
-    found = []
-    for line in lines:
-        try:
-            found.append(json.loads(line))
-        except ValueError:
-            pass                                   # empty or being written
-    return found
+    return read_records(os.path.join(lab.directory, "probe", run.name + ".jsonl"))
 
 
 def io_pause(lab, run, start, end, timeout=30):
