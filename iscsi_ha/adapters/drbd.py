@@ -146,6 +146,14 @@ class DrbdAdapter(object):
         return minors[0]
 
     # ---- changing ----------------------------------------------------------------------------
+    def dump(self, resource):
+        """``drbdadm dump RES``: DRBD's parsed configuration of ``resource`` (text)."""
+        self._check_resource(resource)
+        result = run(self.drbdadm + ["dump", resource], self.timeout)
+        if not result.ok:
+            raise CommandError("drbd: %s" % result.describe(), result)
+        return result.stdout
+
     def promote(self, resource):
         """``drbdadm primary RES``; returns the CommandResult, raises CommandError on failure."""
         return self._change(resource, self.drbdadm + ["primary", resource])

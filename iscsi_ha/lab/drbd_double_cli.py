@@ -47,7 +47,7 @@ VERSION_TEXT = {
                     "DRBDADM_VERSION=9.22.0\n",
 }
 ADM_COMMANDS = ("primary", "secondary", "connect", "disconnect", "up", "down", "role", "cstate",
-                "dstate", "status", "sh-minor")
+                "dstate", "status", "sh-minor", "dump")
 ADM_OPTIONS = {"primary": ("--force",), "connect": ("--discard-my-data",)}
 
 
@@ -155,9 +155,34 @@ def _setup_argv(st, host, command, res, options):
     return ["drbdsetup", command] + argv[command] + options
 
 
+def _dump(st, host, res):
+    """``drbdadm dump RES``: the resource as drbdadm prints its parsed configuration (layout
+    of drbd-utils' dump; the fencing policy sits in ``disk`` on 8.4 and ``net`` on 9). The
+    fence-peer handler is the double's own outdating of the peer (World ``fencing``)."""
+    minor = st["resources"][res]["minor"]
+    hosts = []
+    for name in sorted(st["hosts"]):
+        hosts.append("    on %s {\n        device           minor %d;\n"
+                     "        disk             /var/lib/drbd-double/%s/drbd%d;\n"
+                     "        meta-disk        internal;\n"
+                     "        address          ipv4 %s:7789;\n    }\n"
+                     % (name, minor, name, minor, st["hosts"][name]["address"]))
+    fencing = ""
+    if st["fencing"]:
+        fencing = "    %s {\n        fencing          resource-only;\n    }\n" % (
+            "disk" if st["version"] == "8.4" else "net")
+        fencing += "    handlers {\n        fence-peer       \"(the lab's DRBD double outdates " \
+                   "the peer)\";\n    }\n"
+    return "# resource %s on %s: not ignored, not stacked\nresource %s {\n%s%s}\n\n" % (
+        res, host, res, "".join(hosts), fencing)
+
+
 def _adm_one(world, st, host, command, options, res, reply):
     if command == "sh-minor":
         reply.out.append("%d\n" % st["resources"][res]["minor"])
+        return
+    if command == "dump":
+        reply.out.append(_dump(st, host, res))
         return
     if command == "up":
         return _adm_up(world, st, host, res, reply)

@@ -165,3 +165,28 @@ def test_plugin_module_and_script_run_without_xenapiplugin(host):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+FENCED_84 = """resource iscsi1 {
+    disk {
+        fencing          resource-only;
+    }
+    handlers {
+        fence-peer       "/usr/lib/drbd/crm-fence-peer.sh";
+    }
+}
+"""
+
+
+def test_fencing_findings(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.run import CommandError
+    dump = mocker.patch.object(DrbdAdapter, "dump", return_value=FENCED_84)
+    found = check_cmd.fencing_findings(host.ctx)
+    assert [k for k, _ in found] == ["ok", "ok"] and "resource-only" in found[0][1]
+    dump.return_value = FENCED_84.replace("fencing          resource-only;", "")
+    found = check_cmd.fencing_findings(host.ctx)
+    assert found[0][0] == "PROBLEM" and "stale data" in found[0][1]
+    dump.side_effect = CommandError("drbd: drbdadm dump iscsi1: exit 1")
+    found = check_cmd.fencing_findings(host.ctx)
+    assert found[0][0] == "info" and "cannot read its configuration" in found[0][1]

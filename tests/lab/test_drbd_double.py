@@ -588,3 +588,15 @@ def test_split_invocation():
                                                                      ["role", "r"])
     with pytest.raises(DoubleError):
         drbd_double_cli.split_invocation(["--world", "w", "--host", "a", "cat"])
+
+
+def test_dump_shows_the_fencing_the_world_models(tmp_path):
+    from iscsi_ha.lab.drbd_double_cli import invoke
+    for version, section in (("8.4", "disk"), ("9", "net")):
+        world = World.create(str(tmp_path / version), version=version)
+        rc, out, _ = invoke(world, "a", "drbdadm", ["dump", "iscsi1"])
+        assert rc == 0 and "fencing          resource-only;" in out and section + " {" in out
+        assert "fence-peer" in out
+        unfenced = World.create(str(tmp_path / (version + "u")), version=version, fencing=False)
+        rc, out, _ = invoke(unfenced, "a", "drbdadm", ["dump", "iscsi1"])
+        assert rc == 0 and "fencing" not in out
