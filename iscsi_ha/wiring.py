@@ -14,20 +14,6 @@ from iscsi_ha.adapters.vip import VipAdapter
 log = logging.getLogger("iscsi-ha")
 
 
-def detect_drbd_version(proc_path):
-    """"8.4" or "9" from the first line of /proc/drbd ("version: 8.4.11-1 ..."), or None."""
-    try:
-        with open(proc_path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline()
-    except (OSError, IOError):
-        return None
-    if first.startswith("version: 8."):
-        return "8.4"
-    if first.startswith("version: 9."):
-        return "9"
-    return None
-
-
 class Adapters(object):
     """The three storage adapters of one host."""
 
@@ -38,10 +24,8 @@ class Adapters(object):
 
     @classmethod
     def from_config(cls, config):
-        version = config.DRBD_VERSION
-        if version == "auto":
-            version = detect_drbd_version(config.DRBD_PROC) or "8.4"
-        drbd = DrbdAdapter(config.DRBD_RESOURCES, version=version, drbdadm=config.DRBD_ADM,
+        drbd = DrbdAdapter(config.DRBD_RESOURCES, version=config.DRBD_VERSION,
+                           drbdadm=config.DRBD_ADM,
                            drbdsetup=config.DRBD_SETUP, proc_drbd=config.DRBD_PROC,
                            timeout=config.DRBD_TIMEOUT)
         target = TargetAdapter(config.ISCSI_TARGET_IQN or None, config.ISCSI_LUNS,

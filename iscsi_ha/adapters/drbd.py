@@ -22,6 +22,20 @@ log = logging.getLogger("iscsi-ha")
 VERSIONS = ("8.4", "9")
 
 
+def detect_version(proc_path):
+    """"8.4" or "9" from the first line of /proc/drbd ("version: 8.4.11-1 ..."), or None."""
+    try:
+        with open(proc_path, "rb") as handle:
+            first = handle.readline().decode("utf-8", "replace")
+    except (IOError, OSError):
+        return None
+    if first.startswith("version: 8."):
+        return "8.4"
+    if first.startswith("version: 9."):
+        return "9"
+    return None
+
+
 def _quote(argv):
     return " ".join(shlex.quote(a) for a in argv)
 
@@ -45,17 +59,29 @@ class DrbdAdapter(object):
         if not self.resources or not all(isinstance(r, str) and r for r in self.resources):
             raise ValueError("DRBD resources must be a non-empty list of names, got %r"
                              % (resources,))
-        if version not in VERSIONS:
-            raise ValueError("DRBD version must be one of %s, got %r"
+        if version not in VERSIONS + ("auto",):
+            raise ValueError("DRBD version must be one of %s or auto, got %r"
                              % (", ".join(VERSIONS), version))
         if not timeout or timeout <= 0:
             raise ValueError("DRBD command timeout must be positive, got %r" % (timeout,))
-        self.version = version
+        self._version = version
         self.drbdadm = split_command(drbdadm)
         self.drbdsetup = split_command(drbdsetup)
         self.proc_drbd = proc_drbd
         self.timeout = float(timeout)
         self._minors = {}
+
+    @property
+    def version(self):
+        """"8.4" or "9"; with "auto", read from /proc/drbd's first line once DRBD is loaded
+        (until then :class:`DrbdUnavailable`, so an agent started before DRBD just waits)."""
+        if self._version == "auto":
+            detected = detect_version(self.proc_drbd)
+            if detected is None:
+                raise DrbdUnavailable("DRBD is not loaded: %s has no version line (DRBD_VERSION"
+                                      "=auto)" % self.proc_drbd)
+            self._version = detected
+        return self._version
 
     # ---- observing ---------------------------------------------------------------------------
     def observe(self):

@@ -79,7 +79,7 @@ def status9(name):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(resources=[]), "non-empty list"),
     (dict(resources=["iscsi1", ""]), "non-empty list"),
-    (dict(resources=["iscsi1"], version="9.1"), "one of 8.4, 9, got '9.1'"),
+    (dict(resources=["iscsi1"], version="9.1"), "one of 8.4, 9 or auto, got '9.1'"),
     (dict(resources=["iscsi1"], timeout=0), "timeout must be positive"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
@@ -295,3 +295,13 @@ def test_role_change_of_an_unconfigured_resource_is_refused(fake_run):
     with pytest.raises(ValueError, match="'r9' is not configured \\(known: iscsi1\\)"):
         DrbdAdapter(["iscsi1"]).promote("r9")
     assert run.calls == []
+
+
+def test_auto_version_waits_for_drbd_then_reads_proc(tmp_path):
+    from iscsi_ha.adapters.drbd import DrbdAdapter, DrbdUnavailable
+    proc = tmp_path / "drbd"
+    adapter = DrbdAdapter(["r0"], version="auto", proc_drbd=str(proc))
+    with pytest.raises(DrbdUnavailable, match="not loaded"):
+        adapter.version
+    proc.write_text("version: 9.2.4 (api:2/proto:86-122)\n")
+    assert adapter.version == "9"
