@@ -1,35 +1,33 @@
-"""Split brain: what each side holds, and the admin's recovery (``iscsi-cfg split-brain``).
+"""Split brain: the admin's recovery (``iscsi-cfg split-brain``).
 
 DRBD's ``split-brain`` handler (scripts/drbd-split-brain-handler) writes the flag file
 STATE_DIR/split-brain-RES; while it exists the agent holds that resource (no automatic action).
 
-* :func:`inspect` puts both sides side by side for every flagged or StandAlone resource: DRBD's
-  state, the data generation identifiers (``drbdadm get-gi RES``, DRBD 8.4 and 9) and the amount
-  of data marked out of sync (8.4 ``/proc/drbd`` ``oos:``, 9 ``out-of-sync`` of ``drbdsetup
-  status --json``, both KiB), and names what each choice of survivor would discard.
-  ``peer_status`` is the peer's :func:`local_facts` (fetched through the XAPI plugin) or, failing
-  that, its published status document.
+* :func:`inspect` puts both sides side by side for every flagged or StandAlone resource (DRBD's
+  state, data generation identifiers, amount of data out of sync) and names what each choice of
+  survivor would discard. It, the flag file and the facts behind it live in
+  :mod:`iscsi_ha.splitbrain_report` and are re-exported here.
 * :func:`recover` coordinates the recovery from one host: after ``confirm(question)`` the victim
   runs ``disconnect`` (unless StandAlone), ``secondary``, ``connect --discard-my-data``; the
   survivor runs ``connect``; the resync is watched to its end; the flags are removed. Each host's
   share is :func:`local_part` (also what the XAPI plugin runs on the peer: ``peer_part(action)``
   with action "victim", "survivor", "clear-flag" or "facts"). Anything unexpected is refused.
 """
-import collections
 import contextlib
-import errno
 import fcntl
-import json
 import os
-import re
 import socket
 import time
 
-from iscsi_ha.adapters.run import CommandError, run
-from iscsi_ha.drbd import LINK_UP_STATES, DrbdParseError
-from iscsi_ha.files import atomic_write
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.drbd import DrbdParseError
 
-FLAG_PREFIX = "split-brain-"
+# The flag file, the facts and the report, re-exported for this module's importers.
+from iscsi_ha.splitbrain_report import (  # noqa: F401
+    FLAG_PREFIX, Generations, Inspection, ResourceReport, clear_flag, compare_generations,
+    flag_path, format_report, inspect, local_facts, parse_gi, parse_json_oos, parse_proc_oos,
+    peer_facts, read_flag, write_flag)
+
 RESYNC_TIMEOUT = 6 * 3600.0
 CONNECT_TIMEOUT = 120.0
 POLL = 1.0
@@ -43,295 +41,6 @@ class SplitBrainError(Exception):
 
 class SplitBrainRefused(SplitBrainError):
     """Refused before anything was changed on this host."""
-
-
-# -- the flag file ----------------------------------------------------------------------------
-def flag_path(state_dir, resource):
-    return os.path.join(state_dir, FLAG_PREFIX + resource)
-
-
-def read_flag(state_dir, resource):
-    """The flag's ``key=value`` details (``{}`` for an empty file), or None without a flag."""
-    try:
-        with open(flag_path(state_dir, resource)) as handle:
-            text = handle.read(65536)
-    except (IOError, OSError) as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        return {"error": str(exc)}
-    details = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not line.startswith("#"):
-            details[key.strip()] = value.strip()
-    return details
-
-
-def write_flag(state_dir, resource, **details):
-    lines = ["# iscsi-ha: DRBD split brain on %s; no automatic action until it is recovered"
-             % resource, "resource=" + resource] + [
-                 "%s=%s" % (k, str(v).replace("\n", " ")) for k, v in sorted(details.items())]
-    atomic_write(flag_path(state_dir, resource), "\n".join(lines) + "\n")
-
-
-def clear_flag(state_dir, resource):
-    """Remove the flag; True if there was one."""
-    try:
-        os.unlink(flag_path(state_dir, resource))
-        return True
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        return False
-
-
-# -- data generation identifiers and changed data ------------------------------------------------
-Generations = collections.namedtuple("Generations", "current bitmap history")
-_GI = re.compile(r"^([0-9A-F]{16}):([0-9A-F]{16}):((?:[0-9A-F]{16}:)*)([01](?::[01])*)$")
-
-
-def parse_gi(text):
-    """``drbdadm get-gi`` (``CURRENT:BITMAP:HISTORY...:FLAGS``, drbd-utils dt_print_uuids /
-    dt_print_v9_uuids) -> Generations of upper-case hex strings."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    match = _GI.match(lines[-1]) if lines else None
-    if not match:
-        raise DrbdParseError("not drbdadm get-gi output: %r" % (text,))
-    history = tuple(h for h in match.group(3).split(":") if h)
-    return Generations(match.group(1), match.group(2), history)
-
-
-def _uuid(value):
-    """DRBD ignores the lowest bit (the "primary" marker) when it compares generations."""
-    return int(value, 16) & ~1 if value else 0
-
-
-def compare_generations(local, peer):
-    """("same" | "local-newer" | "peer-newer" | "diverged" | "unknown", sentence)."""
-    if local is None or peer is None:
-        return "unknown", "which side is newer is unknown (no data generation identifiers)"
-    mine, theirs = _uuid(local.current), _uuid(peer.current)
-    if mine == theirs:
-        return "same", "both sides hold the same data generation %s" % local.current
-    older_mine = set(_uuid(u) for u in (local.bitmap,) + local.history) - {0}
-    older_theirs = set(_uuid(u) for u in (peer.bitmap,) + peer.history) - {0}
-    if theirs in older_mine:
-        return "local-newer", "this host's data is newer: the peer's generation %s is in its " \
-                              "history" % peer.current
-    if mine in older_theirs:
-        return "peer-newer", "the peer's data is newer: this host's generation %s is in its " \
-                             "history" % local.current
-    common = _uuid(local.bitmap) == _uuid(peer.bitmap) != 0
-    return "diverged", "both sides wrote since they split%s: neither is newer" % (
-        " from generation %s" % local.bitmap if common else "")
-
-
-def parse_proc_oos(text, minor):
-    """KiB marked out of sync (``oos:``) of ``minor`` in DRBD 8.4's /proc/drbd, or None."""
-    found = False
-    for line in text.splitlines():
-        head = re.match(r"^\s*(\d+): cs:", line)
-        if head:
-            found = head.group(1) == str(minor)
-        elif found:
-            oos = re.search(r"\boos:(\d+)", line)
-            if oos:
-                return int(oos.group(1))
-    return None
-
-
-def parse_json_oos(text, resource):
-    """KiB marked out of sync towards the peer in ``drbdsetup status --json``, or None."""
-    for item in json.loads(text):
-        if item.get("name") != resource:
-            continue
-        for connection in item.get("connections") or []:
-            for device in connection.get("peer_devices") or []:
-                if device.get("volume", 0) == 0 and "out-of-sync" in device:
-                    return int(device["out-of-sync"])
-    return None
-
-
-def _read_generations(adapter, resource):
-    result = run(adapter.drbdadm + ["get-gi", resource], adapter.timeout)
-    if not result.ok:
-        return None, result.describe()
-    try:
-        return parse_gi(result.stdout), ""
-    except DrbdParseError as exc:
-        return None, str(exc)
-
-
-def _read_out_of_sync(adapter, resource):
-    try:
-        if adapter.version == "8.4":
-            with open(adapter.proc_drbd) as handle:
-                return parse_proc_oos(handle.read(), adapter.minor(resource)), ""
-        result = run(adapter.drbdsetup + ["status", "--json"], adapter.timeout)
-        if not result.ok:
-            return None, result.describe()
-        return parse_json_oos(result.stdout, resource), ""
-    except (IOError, OSError, ValueError, CommandError) as exc:
-        return None, "out-of-sync amount: %s" % exc
-
-
-# -- facts and the report ------------------------------------------------------------------------
-def local_facts(config, adapter, host=None):
-    """This host's side of every configured resource, as JSON-ready data."""
-    try:
-        states, error = adapter.observe(), ""
-    except (DrbdParseError, CommandError) as exc:
-        states, error = {}, str(exc)
-    resources = {}
-    for name in config.DRBD_RESOURCES:
-        state = states.get(name)
-        facts = {"flag": read_flag(config.STATE_DIR, name), "errors": [error] if error else []}
-        if state is not None:
-            facts.update(role=state.role, peer_role=state.peer_role,
-                         connection=state.connection, disk=state.disk,
-                         peer_disk=state.peer_disk)
-        generations, problem = _read_generations(adapter, name)
-        facts["generations"] = generations._asdict() if generations else None
-        facts["out_of_sync_kib"], problem2 = _read_out_of_sync(adapter, name)
-        facts["errors"] += [p for p in (problem, problem2) if p]
-        resources[name] = facts
-    return {"host": host or socket.gethostname(), "source": "DRBD", "resources": resources}
-
-
-def peer_facts(peer_status):
-    """The peer's facts document from its local_facts, or from its published status."""
-    if not peer_status:
-        return None
-    if "resources" in peer_status:
-        return peer_status
-    flagged = set(peer_status.get("split_brain") or [])
-    resources = {}
-    for name, state in (peer_status.get("drbd") or {}).items():
-        facts = dict((k, state.get(k)) for k in ("role", "peer_role", "connection", "disk",
-                                                  "peer_disk"))
-        facts.update(flag={} if name in flagged else None, generations=None,
-                     out_of_sync_kib=None, errors=[])
-        resources[name] = facts
-    return {"host": peer_status.get("hostname") or "the peer", "resources": resources,
-            "source": "published status of %s" % peer_status.get("updated_iso", "?")}
-
-
-def _gen(facts):
-    value = (facts or {}).get("generations")
-    return Generations(value["current"], value["bitmap"], tuple(value["history"])) if value \
-        else None
-
-
-class ResourceReport(object):
-    """One resource: both sides, which is newer, and what each choice discards."""
-
-    def __init__(self, resource, local, peer, local_host, peer_host):
-        self.resource, self.local, self.peer = resource, local, peer or {}
-        self.local_host, self.peer_host = local_host, peer_host
-        self.verdict, self.sentence = compare_generations(_gen(local), _gen(peer))
-
-    @property
-    def flagged(self):
-        return self.local.get("flag") is not None or self.peer.get("flag") is not None
-
-    @property
-    def split_brain(self):
-        connections = [self.local.get("connection"), self.peer.get("connection")]
-        return (self.flagged or "StandAlone" in connections or self.verdict == "diverged") and \
-            self.local.get("connection") not in LINK_UP_STATES
-
-    def side(self, keep_local):
-        """(kept host, kept facts, discarded host, discarded facts)."""
-        if keep_local:
-            return self.local_host, self.local, self.peer_host, self.peer
-        return self.peer_host, self.peer, self.local_host, self.local
-
-    def discards(self, keep_local):
-        kept, _, lost, facts = self.side(keep_local)
-        what = []
-        if facts.get("out_of_sync_kib") is not None:
-            what.append("%s KiB marked out of sync there" % _kib(facts["out_of_sync_kib"]))
-        if facts.get("generations"):
-            what.append("its generation %s" % facts["generations"]["current"])
-        return "keeping %s discards every change %s made to %s since the split%s; %s then " \
-               "resyncs from %s" % (kept, lost, self.resource,
-                                    " (%s)" % ", ".join(what) if what else "", lost, kept)
-
-    def more_changes(self):
-        mine, theirs = self.local.get("out_of_sync_kib"), self.peer.get("out_of_sync_kib")
-        if mine is None or theirs is None:
-            return "which side changed more is unknown"
-        if mine == theirs:
-            return "both sides have %s KiB marked out of sync" % _kib(mine)
-        more = self.local_host if mine > theirs else self.peer_host
-        return "%s changed more (%s KiB against %s KiB marked out of sync)" % (
-            more, _kib(max(mine, theirs)), _kib(min(mine, theirs)))
-
-    def keeps_older(self, keep_local):
-        """True when the kept side's data is strictly older than the discarded side's."""
-        return self.verdict == ("peer-newer" if keep_local else "local-newer")
-
-    def confirmation(self, keep_local):
-        return "Recover the split brain of %s: %s (data: %s). Type yes to go on: " % (
-            self.resource, self.discards(keep_local), self.sentence)
-
-    def text(self):
-        title = "not in split brain"
-        if self.split_brain:
-            title = "SPLIT BRAIN" if self.flagged or self.verdict == "diverged" else \
-                "StandAlone: a split brain, or disconnected by an admin"
-        lines = ["%s: %s" % (self.resource, title)]
-        for label, host, facts in (("this host", self.local_host, self.local),
-                                   ("peer", self.peer_host, self.peer)):
-            lines.append("  %s (%s): %s" % (label, host, _describe(facts)))
-        if self.split_brain:
-            lines += ["  data: " + self.sentence, "  changes: " + self.more_changes(),
-                      "  --keep %s: %s" % (self.local_host, self.discards(True)),
-                      "  --keep %s: %s" % (self.peer_host, self.discards(False))]
-        elif self.flagged:
-            lines.append("  the flag is stale: the resource is connected; clear it with "
-                         "iscsi-cfg split-brain --clear %s" % self.resource)
-        return "\n".join(lines)
-
-
-def _describe(facts):
-    if not facts or facts.get("connection") is None:
-        errors = (facts or {}).get("errors") or ["state unknown"]
-        return "state unknown (%s)" % "; ".join(errors)
-    text = "%s/%s %s %s/%s" % tuple(facts.get(k) for k in (
-        "role", "peer_role", "connection", "disk", "peer_disk"))
-    if facts.get("flag") is not None:
-        text += ", flagged by the split-brain handler%s" % (
-            " at %s" % facts["flag"]["time_iso"] if facts["flag"].get("time_iso") else "")
-    gen = facts.get("generations")
-    if gen:
-        text += ", generation %s (bitmap %s)" % (gen["current"], gen["bitmap"])
-    if facts.get("out_of_sync_kib") is not None:
-        text += ", %s KiB out of sync" % _kib(facts["out_of_sync_kib"])
-    return text + "".join("\n      (%s)" % e for e in facts.get("errors") or [])
-
-
-def _kib(amount):
-    return "{:,}".format(amount)
-
-
-Inspection = collections.namedtuple("Inspection", "local_host peer_host reports")
-
-
-def inspect(config, adapter, peer_status=None, host=None):
-    """An Inspection of every resource in split brain (flagged or StandAlone on either side)."""
-    mine = local_facts(config, adapter, host)
-    theirs = peer_facts(peer_status) or {"host": "the peer", "resources": {}}
-    reports = [ResourceReport(name, mine["resources"][name], theirs["resources"].get(name),
-                              mine["host"], theirs["host"]) for name in config.DRBD_RESOURCES]
-    return Inspection(mine["host"], theirs["host"],
-                      [r for r in reports if r.split_brain or r.flagged])
-
-
-def format_report(inspection):
-    if not inspection.reports:
-        return "no DRBD resource of %s is in split brain" % inspection.local_host
-    return "\n\n".join(r.text() for r in inspection.reports)
 
 
 # -- recovery ----------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ by default :mod:`iscsi_ha.alerts`, kind ``agent-restarted``).
 
 A hung pass inside a live agent is the agent's own job (MONITOR_MAX_STARTS/KILLALL); this covers
 the agent process itself. ``iscsi-ha-watchdog demote`` is the init script's ``demote-stop``
-helper: manual mode secondary, then wait until the status shows this host demoted.
+helper: manual mode secondary, then wait until the status shows this host demoted. The pid
+files, the admin's stop record and demote live in :mod:`iscsi_ha.service` (re-exported here).
 """
 import argparse
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -32,9 +31,14 @@ from collections import namedtuple
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod, logsetup, model
+from iscsi_ha import __version__, config as config_mod, logsetup
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.files import atomic_write, read_json
+
+# The init scripts' helpers, re-exported for this module's importers.
+from iscsi_ha.service import (  # noqa: F401
+    ADMIN_STOP_NAME, LOCK_WAIT, agent_process, clear_stopped, demote, demoted, looks_like_agent,
+    mark_stopped, read_pid, remove_pid_file, write_pid_file)
 
 log = logging.getLogger("iscsi-ha")
 
@@ -42,10 +46,8 @@ log = logging.getLogger("iscsi-ha")
 DEFAULTS = (("WATCH_INTERVAL", 5.0), ("WATCH_MARGIN", 5.0), ("AGENT_PID_FILE", ""),
             ("WATCHDOG_PID_FILE", ""), ("WATCHDOG_STATE_FILE", ""),
             ("AGENT_START_COMMAND", ""), ("AGENT_START_TIMEOUT", 60.0))
-ADMIN_STOP_NAME = "stopped-by-admin"
 HISTORY_KEPT = 50
 KILL_WAIT = 5.0
-LOCK_WAIT = 30.0
 RUNNING, STARTING, STALE, DEAD, ADMIN_STOPPED = (
     "running", "starting", "stale", "dead", "stopped by admin")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -75,36 +77,6 @@ class Settings(object):
 
 
 # -- the agent's process -------------------------------------------------------------------
-def read_pid(path):
-    try:
-        with open(path) as handle:
-            text = handle.read(32).strip()
-    except (IOError, OSError):
-        return None
-    return int(text) if text.isdigit() and int(text) > 1 else None
-
-
-def looks_like_agent(argv):
-    """True for ``[python] .../iscsi-ha run ...`` or ``python -m iscsi_ha.cli.agent_main run``."""
-    for index, arg in enumerate(argv):
-        if os.path.basename(arg) == "iscsi-ha" or arg == "iscsi_ha.cli.agent_main":
-            return "run" in argv[index + 1:]
-    return False
-
-
-def agent_process(pid, matcher=looks_like_agent):
-    """The live, non-zombie process ``pid`` if its command line is the agent's, else None."""
-    if pid is None:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or not matcher(proc.cmdline()):
-            return None
-        return proc
-    except psutil.Error:
-        return None
-
-
 def kill_agent(pid, wait=KILL_WAIT):
     """SIGKILL the agent, its process group when it leads one, and its children (the
     commands it runs sit in sessions of their own). Returns a sentence."""
@@ -290,87 +262,6 @@ class Watchdog(object):
             if max_ticks is not None and ticks >= max_ticks:
                 return
             stop.wait(self.s.WATCH_INTERVAL)
-
-
-# -- helpers for the init scripts --------------------------------------------------------------
-def write_pid_file(path, pid=None):
-    atomic_write(path, "%d\n" % (os.getpid() if pid is None else pid))
-
-
-def remove_pid_file(path, pid=None):
-    """Remove ``path`` if it still holds ``pid`` (default: this process)."""
-    if read_pid(path) == (os.getpid() if pid is None else pid):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-def mark_stopped(settings, who="the init script"):
-    atomic_write(settings.ADMIN_STOP_FILE, "agent stopped by the admin at %s through %s\n" % (
-        time.strftime("%Y-%m-%dT%H:%M:%S%z"), who))
-
-
-def clear_stopped(settings):
-    try:
-        os.unlink(settings.ADMIN_STOP_FILE)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-
-
-def _write_manual_locked(settings, mode, wait=LOCK_WAIT):
-    """Set manual mode under the agent's pass lock, waiting at most ``wait`` seconds."""
-    from iscsi_ha.adapters.manual import write_manual
-    with open(settings.LOCK_FILE, "a") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except (IOError, OSError) as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        try:
-            write_manual(settings.MANUAL_FILE, mode)
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def demoted(doc, since):
-    """True when a pass that started after ``since`` saw this host fully Secondary."""
-    try:
-        drbd = doc["drbd"]
-        return (doc["pass"]["started"] >= since and doc["desired_role"] == model.SECONDARY
-                and not doc["decision"]["actions"] and len(drbd) > 0
-                and all(state["role"] == "Secondary" for state in drbd.values())
-                and not (doc.get("target") or {}).get("running")
-                and not (doc.get("floating_ip") or {}).get("local"))
-    except (KeyError, TypeError, AttributeError):
-        return False
-
-
-def demote(settings, timeout, poll=0.2):
-    """Manual mode ``become_secondary``, then wait (bounded) for the agent to report this host
-    demoted. Returns (ok, sentence). The manual mode stays set: the admin disables it."""
-    pid = read_pid(settings.AGENT_PID_FILE)
-    if agent_process(pid) is None:
-        return False, "the agent is not running, so it cannot demote this host"
-    since = time.time()
-    _write_manual_locked(settings, model.MANUAL_SECONDARY)
-    deadline = time.monotonic() + timeout
-    reason = "no status"
-    while time.monotonic() < deadline:
-        try:
-            doc = read_json(settings.STATUS_FILE)
-            if demoted(doc, since):
-                return True, "demoted: %s" % doc["decision"]["reason"]
-            reason = doc.get("decision", {}).get("reason", reason)
-        except (IOError, OSError, ValueError):
-            pass
-        time.sleep(poll)
-    return False, "not demoted after %.0f s (last: %s)" % (timeout, reason)
 
 
 # -- command line --------------------------------------------------------------------------

@@ -41,7 +41,8 @@ The world changes only inside a transaction: a drbdadm/drbdsetup invocation or a
 (``settle()`` is the lab's "kernel tick": it applies resync progress and link changes now). A host
 that ``crash()``-ed runs no commands until ``boot()``.
 
-Output formats and error texts live in :mod:`iscsi_ha.lab.drbd_double_cli` (sources cited there).
+Error texts live in :mod:`iscsi_ha.lab.drbd_double_cli`, output formats in
+:mod:`iscsi_ha.lab.drbd_double_render` (sources cited there).
 Time is injectable (``World(directory, clock=...)``) for resync progress; use one clock per world.
 """
 import contextlib
@@ -52,6 +53,8 @@ import os
 import subprocess
 import sys
 import time
+
+from iscsi_ha.lab.drbd_double_render import render_proc_drbd
 
 DEFAULT_RESYNC_RATE = 128 * 1024 * 1024     # bytes per second: the default 64 MB syncs in 0.5 s
 STATE_FILE = "world.json"
@@ -204,9 +207,8 @@ class World(object):
         with open(path + ".tmp", "w") as f:
             json.dump(st, f, indent=1, sort_keys=True)
         os.rename(path + ".tmp", path)
-        from iscsi_ha.lab import drbd_double_cli
         for host in st["hosts"]:
-            text = drbd_double_cli.render_proc_drbd(self, st, host)
+            text = render_proc_drbd(self, st, host)
             tmp = self.proc_drbd_path(host) + ".tmp"
             with open(tmp, "w") as f:
                 f.write(text)
@@ -527,9 +529,8 @@ class World(object):
 
     def proc_drbd_text(self, host):
         """The host's /proc/drbd as DRBD would print it now."""
-        from iscsi_ha.lab import drbd_double_cli
         with self.transaction() as st:
-            return drbd_double_cli.render_proc_drbd(self, st, host)
+            return render_proc_drbd(self, st, host)
 
 
 WRAPPER = """#!/bin/sh

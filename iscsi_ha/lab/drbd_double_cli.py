@@ -1,6 +1,7 @@
-"""``drbdadm`` and ``drbdsetup`` of the DRBD double: arguments, DRBD's error texts, output formats.
+"""``drbdadm`` and ``drbdsetup`` of the DRBD double: arguments, DRBD's error texts, and which
+output each command prints (the output formats are in :mod:`iscsi_ha.lab.drbd_double_render`).
 
-Where each text and format comes from (facts checked while writing this, no code copied):
+Where each text comes from (facts checked while writing this, no code copied):
 
 - State change errors and their exit codes: drbd-utils ``user/v84/drbd_strings.c`` and
   drbd-headers ``drbd_strings.c`` (``(-1) Multiple primaries not allowed by config``, ``(-2) Need
@@ -17,23 +18,13 @@ Where each text and format comes from (facts checked while writing this, no code
 - ``Device '1' is configured!`` (drbdmeta, exit 20) for ``up`` of a resource that is up, and the
   drbdmeta ``dstate`` fallback of ``drbdadm dstate`` on a down resource: ``user/shared/drbdmeta.c``
   and ``adm_generic_b()`` in ``user/v84/drbdadm_main.c``.
-- /proc/drbd (8.4): ``drbd_seq_show()`` / ``drbd_syncer_progress()`` in LINBIT/drbd-8.4
-  ``drbd/drbd_proc.c``; header as in the real sample of LINBIT/drbd issue #61. DRBD 9's /proc/drbd
-  has only the version lines (LINBIT/drbd ``drbd/drbd_proc.c``).
-- ``drbdsetup status [--json]`` and ``drbdadm status``: ``status_cmd()`` and the ``*_status*()``
-  functions of drbd-utils v9.22.0 ``user/v9/drbdsetup.c`` (JSON shape also in the real output of
-  ClusterLabs/ha_cluster_exporter issue #25); 8.4 compat text (``peer`` connection name,
-  ``replication:Established`` shown) from ``user/v84/drbdsetup.c`` and LINBIT/drbd issue #97;
-  8.4's drbdsetup has no ``--json`` (``status: unrecognized option '--json'``, LINBIT/drbd #129).
 """
 from iscsi_ha.lab.drbd_double import DoubleError
+# The renderers: used here, and re-exported (render_proc_drbd, PROC_HEADER) for older importers.
+from iscsi_ha.lab.drbd_double_render import (  # noqa: F401
+    PROC_HEADER, _dump, _meta_dstate, _peer, render_proc_drbd, render_query, render_status_json)
 
 SETUP84 = "/lib/drbd/drbdsetup-84"
-PROC_HEADER = {
-    "8.4": "version: 8.4.11 (api:1/proto:86-101)\nsrcversion: 9B671CCC1F00886BA069043\n",
-    "9": "version: 9.2.8 (api:2/proto:86-122)\nGIT-hash: 0000000000000000000000000000000000000000"
-         " build by drbd-double, 2024-01-01 00:00:00\nTransports (api:21): tcp (9.2.8)\n",
-}
 STATE_ERRORS = {"two-primaries": (-1, "Multiple primaries not allowed by config", 11),
                 "no-uptodate": (-2, "Need access to UpToDate data", 17),
                 "in-use": (-12, "Device is held open by someone", 11)}
@@ -155,28 +146,6 @@ def _setup_argv(st, host, command, res, options):
     return ["drbdsetup", command] + argv[command] + options
 
 
-def _dump(st, host, res):
-    """``drbdadm dump RES``: the resource as drbdadm prints its parsed configuration (layout
-    of drbd-utils' dump; the fencing policy sits in ``disk`` on 8.4 and ``net`` on 9). The
-    fence-peer handler is the double's own outdating of the peer (World ``fencing``)."""
-    minor = st["resources"][res]["minor"]
-    hosts = []
-    for name in sorted(st["hosts"]):
-        hosts.append("    on %s {\n        device           minor %d;\n"
-                     "        disk             /var/lib/drbd-double/%s/drbd%d;\n"
-                     "        meta-disk        internal;\n"
-                     "        address          ipv4 %s:7789;\n    }\n"
-                     % (name, minor, name, minor, st["hosts"][name]["address"]))
-    fencing = ""
-    if st["fencing"]:
-        fencing = "    %s {\n        fencing          resource-only;\n    }\n" % (
-            "disk" if st["version"] == "8.4" else "net")
-        fencing += "    handlers {\n        fence-peer       \"(the lab's DRBD double outdates " \
-                   "the peer)\";\n    }\n"
-    return "# resource %s on %s: not ignored, not stacked\nresource %s {\n%s%s}\n\n" % (
-        res, host, res, "".join(hosts), fencing)
-
-
 def _adm_one(world, st, host, command, options, res, reply):
     if command == "sh-minor":
         reply.out.append("%d\n" % st["resources"][res]["minor"])
@@ -207,17 +176,6 @@ def _adm_up(world, st, host, res, reply):
         reply.fail(20, "Device '%d' is configured!\n" % minor)
         reply.fail(20, "Command 'drbdmeta %d %s %s internal apply-al' terminated with exit code"
                    " 20\n" % (minor, meta, world.device_path(host, res)))
-
-
-def _meta_dstate(disk):
-    """drbdmeta's dstate of a resource that is down (from its meta-data flags)."""
-    if disk["disk"] == "UpToDate":
-        return "UpToDate\n" if disk["peer_outdated"] else "Consistent\n"
-    return disk["disk"] + "\n"
-
-
-def _peer(st, host):
-    return [h for h in st["hosts"] if h != host][0]
 
 
 # -- drbdsetup -------------------------------------------------------------------------------
@@ -326,128 +284,3 @@ def _setup_status(world, st, host, objects, as_json, reply):
     if not names and wanted != "all":
         reply.fail(10, "%s: No such resource\n" % wanted)
     return reply
-
-
-# -- output formats --------------------------------------------------------------------------
-def render_query(st, command, res, view, peer_host):
-    v84 = st["version"] == "8.4"
-    if command == "role":
-        return "%s/%s\n" % (view["role"], view["peer_role"]) if v84 else view["role"] + "\n"
-    if command == "cstate":
-        return (view["cstate"] if v84 else view["conn"]) + "\n"
-    if command == "dstate":
-        return "%s/%s\n" % (view["disk"], view["peer_disk"])
-    lines = ["%s role:%s" % (res, view["role"]), "  disk:%s" % view["disk"]]
-    name = "peer" if v84 else peer_host
-    if not view["connected"]:
-        lines.append("  %s connection:%s" % (name, view["conn"]))
-        return "\n".join(lines) + "\n\n"
-    lines.append("  %s role:%s" % (name, view["peer_role"]))
-    parts = []
-    if v84 or view["repl"] != "Established":
-        parts.append("replication:%s" % view["repl"])
-    parts.append("peer-disk:%s" % view["peer_disk"])
-    if view["sync"]:
-        done, total, _ = view["sync"]
-        parts.append("done:%.2f" % (100.0 * done / total))
-    lines.append("    " + " ".join(parts))
-    return "\n".join(lines) + "\n\n"
-
-
-def _json_peer_device(view):
-    done, total, elapsed = view["sync"] or (view["size"], view["size"], 0.0)
-    left = (total - done) // 512
-    size = view["size"] // 512
-    fields = [("volume", "0"), ("replication-state", '"%s"' % view["repl"]),
-              ("peer-disk-state", '"%s"' % view["peer_disk"]), ("peer-client", "false"),
-              ("resync-suspended", '"no"'), ("received", "0"), ("sent", "0"),
-              ("out-of-sync", str(left // 2)), ("pending", "0"), ("unacked", "0"),
-              ("has-sync-details", "true" if view["sync"] else "false"),
-              ("has-online-verify-details", "false"),
-              ("percent-in-sync", "%.2f" % (100.0 * (1 - float(left) / size)))]
-    if view["sync"]:
-        ms = int(elapsed * 1000)
-        rate = (done / 1048576.0) / max(elapsed, 0.001)
-        fields += [("rs-total", str(total // 512)), ("rs-dt-start-ms", str(ms)),
-                   ("rs-paused-ms", "0"), ("rs-dt0-ms", str(ms)),
-                   ("rs-db0-sectors", str(done // 512)), ("rs-dt1-ms", str(ms)),
-                   ("rs-db1-sectors", str(done // 512)), ("rs-failed", "0"),
-                   ("rs-same-csum", "0"), ("want", "0.00"), ("db0/dt0 [MiB/s]", "%.2f" % rate),
-                   ("db1/dt1 [MiB/s]", "%.2f" % rate),
-                   ("estimated-seconds-to-finish",
-                    "%.0f" % ((total - done) / 1048576.0 / rate if rate else 987654321)),
-                   ("db/dt [MiB/s]", "%.2f" % rate),
-                   ("percent-resync-done", "%.2f" % (100.0 * done / total))]
-    body = ",\n".join('          "%s": %s' % field for field in fields)
-    return "        {\n%s\n        }" % body
-
-
-def _json_resource(world, st, host, res):
-    view = world.view(st, host, res)
-    peer = _peer(st, host)
-    head = ('{\n  "name": "%s",\n  "node-id": %d,\n  "role": "%s",\n  "suspended": false,\n'
-            '  "suspended-user": false,\n  "suspended-no-data": false,\n'
-            '  "suspended-fencing": false,\n  "suspended-quorum": false,\n'
-            '  "force-io-failures": false,\n  "write-ordering": "flush",\n  "devices": [\n'
-            % (res, st["hosts"][host]["node_id"], view["role"]))
-    device = ('    {\n      "volume": 0,\n      "minor": %d,\n      "disk-state": "%s",\n'
-              '      "client": false,\n      "quorum": true,\n      "size": %d,\n'
-              '      "read": 0,\n      "written": 0,\n      "al-writes": 0,\n'
-              '      "bm-writes": 0,\n      "upper-pending": 0,\n      "lower-pending": 0\n'
-              '    }' % (view["minor"], view["disk"], view["size"] // 1024))
-    connection = ('    {\n      "peer-node-id": %d,\n      "name": "%s",\n'
-                  '      "connection-state": "%s", \n      "congested": false,\n'
-                  '      "peer-role": "%s",\n      "ap-in-flight": 0,\n'
-                  '      "rs-in-flight": 0,\n      "peer_devices": [\n%s ]\n    }'
-                  % (st["hosts"][peer]["node_id"], peer, view["conn"], view["peer_role"],
-                     _json_peer_device(view)))
-    return head + device + ' ],\n  "connections": [\n' + connection + " ]\n}\n"
-
-
-def render_status_json(world, st, host, names):
-    """``drbdsetup status --json`` (drbd-utils 9.22 layout, including its odd whitespace)."""
-    return "[\n" + ",\n".join(_json_resource(world, st, host, r) for r in names) + "]\n\n"
-
-
-def _progress_lines(view):
-    """The two /proc/drbd resync lines (8.4 drbd_syncer_progress format)."""
-    done, total, elapsed = view["sync"]
-    total_kb, left_kb = total // 1024, (total - done) // 1024
-    bits_total, bits_left = total_kb // 4, left_kb // 4
-    per_mil = 1000 - (bits_left >> 10) * 1000 // (1 + (bits_total >> 10))
-    x = per_mil // 50
-    bar = "=" * max(0, x - 1) + ">" + "." * (20 - x)
-    speed = int((done // 1024) / max(elapsed, 1.0))
-    remaining = int(left_kb / speed) if speed else 0
-    return ("\t[%s] sync'ed:%3d.%d%% (%d/%d)K\n\tfinish: %d:%02d:%02d speed: %s (%s)%s K/sec\n"
-            % (bar, per_mil // 10, per_mil % 10, left_kb, total_kb, remaining // 3600,
-               remaining % 3600 // 60, remaining % 60, _grouped(speed), _grouped(speed),
-               " want: %s" % _grouped(speed) if view["repl"] == "SyncTarget" else ""))
-
-
-def _grouped(value):
-    return "{:,}".format(int(value))
-
-
-def render_proc_drbd(world, st, host):
-    """/proc/drbd as ``host`` sees it: 8.4 lists every configured minor, 9 only the version."""
-    text = PROC_HEADER[st["version"]]
-    if st["version"] != "8.4":
-        return text
-    previous = -1
-    for res in sorted(st["resources"], key=lambda r: st["resources"][r]["minor"]):
-        view = world.view(st, host, res)
-        if not view["up"]:
-            continue
-        if view["minor"] != previous + 1:
-            text += "\n"           # DRBD 8.4 marks a gap in the minor numbers with a blank line
-        previous = view["minor"]
-        left_kb = (view["sync"][1] - view["sync"][0]) // 1024 if view["sync"] else 0
-        protocol = " " if view["cstate"] == "StandAlone" else "C"
-        text += ("%2d: cs:%s ro:%s/%s ds:%s/%s %s r-----\n"
-                 "    ns:0 nr:0 dw:0 dr:0 al:0 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:%d\n"
-                 % (view["minor"], view["cstate"], view["role"], view["peer_role"],
-                    view["disk"], view["peer_disk"], protocol, left_kb))
-        if view["sync"]:
-            text += _progress_lines(view)
-    return text
