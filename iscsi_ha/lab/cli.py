@@ -24,9 +24,9 @@ from iscsi_ha.lab.netns import NetnsError
 
 def _table(results):
     table = Table(title="iscsi-ha lab: failover scenarios")
-    for column in ("scenario", "verdict", "longest I/O pause", "role change to serving",
-                   "lost writes"):
-        table.add_column(column)
+    table.add_column("scenario", no_wrap=True, min_width=20)
+    for column in ("verdict", "longest I/O pause", "role change → serving", "lost writes"):
+        table.add_column(column, justify="right" if column != "verdict" else "left")
     for r in results:
         table.add_row(r.scenario, "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]",
                       "%.3f s" % r.io_pause_s,
