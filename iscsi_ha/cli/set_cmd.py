@@ -62,6 +62,22 @@ def _problems(text, path):
         return exc.problems
 
 
+# Where the running agent and the CLI meet (the pass lock, the manual-mode file, the status):
+# moving them under a running agent would split the two, and manual mode would be lost.
+STATE_KEYS = ("STATE_DIR", "MANUAL_FILE", "STATUS_FILE")
+
+
+def _refuse_moving_state(path, key):
+    if key not in STATE_KEYS:
+        return
+    from iscsi_ha.cli.cfg_main import read_status
+    document = read_status(config_mod.load(path))
+    if document.get("agent_running"):
+        raise CliError("refusing to change %s while the agent runs (it keeps using the old "
+                       "place; manual mode and the pass lock would be split): stop it "
+                       "(service iscsi-ha stop -w), set it, move the files, start it" % key)
+
+
 def set_value(path, key, value, say):
     """Validate and write; 0 on success. Raises CliError (exit 2) for a refused value."""
     if key not in known_keys():
@@ -81,6 +97,7 @@ def set_value(path, key, value, say):
     if old is not None and new_text == text:
         say("%s is already %s (line %d of %s)" % (key, old, line, path))
         return 0
+    _refuse_moving_state(path, key)
     mode = stat.S_IMODE(os.stat(path).st_mode)
     atomic_write(path, new_text, mode)
     say("%s: %s -> %s (line %d of %s)" % (key, "(absent)" if old is None else old,

@@ -157,3 +157,16 @@ def test_log_without_any_source_says_so(host, mocker):
     with pytest.raises(CliError) as failed:
         log_cmd.show(host.config, 5, False, print, syslog_files=())
     assert "no agent log found" in str(failed.value)
+
+
+def test_set_refuses_to_move_the_state_under_a_running_agent(halizard_conf, capsys, mocker):
+    mocker.patch.object(cfg_main, "read_status", return_value={"agent_running": True})
+    before = open(halizard_conf).read()
+    code, _, err = run(capsys, "set", "STATE_DIR", "/var/lib/iscsi-ha", "--config",
+                       str(halizard_conf))
+    assert code == 1 and "while the agent runs" in err
+    assert open(halizard_conf).read() == before
+    mocker.patch.object(cfg_main, "read_status", return_value={"agent_running": False})
+    code, _, _ = run(capsys, "set", "STATE_DIR", "/var/lib/iscsi-ha", "--config",
+                     str(halizard_conf))
+    assert code == 0 and "STATE_DIR=/var/lib/iscsi-ha" in open(halizard_conf).read()
