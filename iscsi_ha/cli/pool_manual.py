@@ -13,6 +13,7 @@ from iscsi_ha.adapters.xapi import XapiError
 log = logging.getLogger("iscsi-ha")
 
 KEY = "MANUAL_MODE"
+PUBLISH_ATTEMPTS = 5
 TO_POOL = {model.MANUAL_HOLD: "enable", model.MANUAL_PRIMARY: "primary",
            model.MANUAL_SECONDARY: "secondary"}
 FROM_POOL = dict((word, mode) for mode, word in TO_POOL.items())
@@ -75,11 +76,17 @@ def publish(ctx, mode):
     xapi = ctx.xapi()
     try:
         uuid = host_uuid(ctx, xapi)
-        current = xapi.pool_other_config().get(KEY, "")
-        wanted = with_entry(current, uuid, mode)
-        if wanted != current:
+        # Both hosts rewrite the one shared value (a switchover does it at the same moment):
+        # read it back and try again until this host's entry survived (bounded).
+        for _ in range(PUBLISH_ATTEMPTS):
+            current = xapi.pool_other_config().get(KEY, "")
+            wanted = with_entry(current, uuid, mode)
+            if wanted == current:
+                return "pool record %s=%s" % (KEY, wanted or '""')
             xapi.set_pool_other_config_key(KEY, wanted)
-        return "pool record %s=%s" % (KEY, wanted or '""')
+            ctx.sleep(0.05)
+        raise PoolRecordError("the pool record (other-config %s) kept changing under this host "
+                              "(%d attempts)" % (KEY, PUBLISH_ATTEMPTS))
     except XapiError as exc:
         raise PoolRecordError("the pool record (other-config %s) could not be updated: %s"
                               % (KEY, exc))

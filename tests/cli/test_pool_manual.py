@@ -49,3 +49,35 @@ def test_restore_local_from_the_pool_record(host, pool):
 def test_restore_local_without_xapi_does_nothing(host):
     assert pool_manual.restore_local(host.ctx) is None
     assert host.manual() == model.MANUAL_OFF
+
+
+class RacingXapi(object):
+    """The peer rewrites MANUAL_MODE (dropping this host's entry) right after our first write."""
+
+    def __init__(self):
+        self.value, self.writes = "peer=enable", 0
+
+    def pool_other_config(self):
+        return {"MANUAL_MODE": self.value}
+
+    def set_pool_other_config_key(self, key, value):
+        self.writes += 1
+        self.value = value if self.writes > 1 else "peer=primary"     # lost update
+
+    def call(self, method, *args):
+        return "me"
+
+    def this_host(self):
+        return "OpaqueRef:me"
+
+    def close(self):
+        pass
+
+
+def test_publish_survives_a_concurrent_rewrite_of_the_pool_record(host, mocker):
+    racing = RacingXapi()
+    mocker.patch.object(host.ctx, "xapi", return_value=racing)
+    mocker.patch.object(pool_manual, "read_inventory_uuid", return_value="me")
+    assert "me=primary" in pool_manual.publish(host.ctx, model.MANUAL_PRIMARY)
+    assert pool_manual.parse(racing.value) == {"peer": "primary", "me": "primary"}
+    assert racing.writes == 2
