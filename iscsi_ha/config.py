@@ -232,7 +232,8 @@ class Config(object):
         return text.replace("${HOSTNAME}", host).replace("$HOSTNAME", host)
 
 
-def _unquote(value):
+def unquote(value):
+    """Remove one pair of matching outer quotes, as bash would."""
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         return value[1:-1]
@@ -300,7 +301,7 @@ def loads(text, path="<string>"):
     lines = _key_lines(text)
     parsed = _parse(path, text)
     for key in list(parsed.keys()):
-        parsed[key] = _unquote(parsed[key])
+        parsed[key] = unquote(parsed[key])
     outcome = parsed.validate(Validator(VALIDATOR_FUNCTIONS), preserve_errors=True, copy=True)
     problems = []
     if outcome is not True:

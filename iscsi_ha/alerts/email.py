@@ -26,7 +26,7 @@ from email.utils import formatdate, make_msgid
 
 import jinja2
 
-from iscsi_ha import __version__
+from iscsi_ha import __version__, config as config_mod
 from iscsi_ha.alerts.events import Entry, SendError, manual_test
 
 log = logging.getLogger("iscsi-ha")
@@ -40,18 +40,6 @@ MailSettings = namedtuple("MailSettings", "server port user password security ti
                                           "ca_file mail_from mail_to subject source")
 
 
-def _optional(config, key, default):
-    """Keys newer than the configspec the agent may run with."""
-    return getattr(config, key, default)
-
-
-def _unquote(value):
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1]
-    return value
-
-
 def _shared_values(shared):
     """HA-Lizard's HA_* mail keys that are present and usable -> {local key: value}."""
     found = {}
@@ -59,7 +47,7 @@ def _shared_values(shared):
         raw = shared.get(SHARED_PREFIX + key)
         if raw is None:
             continue
-        value = _unquote(str(raw))
+        value = config_mod.unquote(str(raw))
         if key == "SMTP_PORT":
             if not value.isdigit() or not 0 < int(value) < 65536:
                 log.warning("ignoring pool other-config %s%s=%r: not a port", SHARED_PREFIX,
@@ -89,10 +77,10 @@ def mail_settings(config, shared=None):
                 SHARED_PREFIX + k for k in sorted(taken))
     return MailSettings(
         server=values["SMTP_SERVER"], port=int(values["SMTP_PORT"]), user=values["SMTP_USER"],
-        password=values["SMTP_PASS"], security=_optional(config, "SMTP_SECURITY", "auto"),
-        timeout=float(_optional(config, "SMTP_TIMEOUT", 10.0)),
-        verify=bool(_optional(config, "SMTP_TLS_VERIFY", True)),
-        ca_file=_optional(config, "SMTP_CA_FILE", "") or None,
+        password=values["SMTP_PASS"], security=config.SMTP_SECURITY,
+        timeout=float(config.SMTP_TIMEOUT),
+        verify=bool(config.SMTP_TLS_VERIFY),
+        ca_file=config.SMTP_CA_FILE or None,
         mail_from=values["MAIL_FROM"], mail_to=split_addresses(values["MAIL_TO"]),
         subject=config.expand(values["MAIL_SUBJECT"]), source=source)
 
@@ -117,7 +105,7 @@ class Renderer(object):
 
     @classmethod
     def from_config(cls, config):
-        return cls(_optional(config, "ALERT_TEMPLATE_DIR", ""))
+        return cls(config.ALERT_TEMPLATE_DIR)
 
     def render(self, name, context):
         if self.custom is not None:
