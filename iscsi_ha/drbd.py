@@ -131,17 +131,19 @@ _MINOR_LINE = re.compile(r"^\s*(\d+): cs:(\S+)(.*)$")
 _ROLES_DISKS = re.compile(r"^ ro:([^/\s]+)/(\S+) ds:([^/\s]+)/(\S+)(?:\s|$)")
 _PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*(\d+(?:\.\d+)?)%")
 _VERSION = re.compile(r"^version: ((\d+)\.\d+\S*)")
-_HEADERS = ("GIT-hash:", "srcversion:", "Transports ")
 
 
 def parse_proc_drbd(text):
     """``{minor: DrbdState}`` from DRBD 8.4 ``/proc/drbd`` (``resource`` is None).
 
-    Unconfigured minors are left out. Text without device lines raises, except an 8.x header
-    alone (module loaded, nothing configured), which gives ``{}``.
+    Only device lines (``N: cs:...``) and their indented continuation lines matter: any other
+    line (a build line wrapped in two, a header a later DRBD adds) is skipped, except a
+    ``version:`` line that cannot be read. Unconfigured minors are left out. Text without device
+    lines raises, except an 8.x header alone (module loaded, nothing configured), which gives
+    ``{}``.
     """
     _require_text(text, "/proc/drbd")
-    version, states, seen, current = None, {}, [], None
+    version, states, seen, current, unconfigured = None, {}, [], None, False
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -151,12 +153,18 @@ def parse_proc_drbd(text):
             seen.append(match.group(1))
             state = _proc_device(match, where)
             current = match.group(1) if state else None
+            unconfigured = state is None
             if state:
                 states[current] = state
         elif line[:1].isspace():
-            _proc_detail(states, current, line, where)
+            if current is not None:
+                _proc_detail(states, current, line, where)
+            elif unconfigured:
+                raise DrbdParseError("indented line below an Unconfigured device" + where)
+            # else: the continuation of a header line (a wrapped build line): skipped
         else:
             version = _proc_header(line, where) or version
+            current, unconfigured = None, False
     _check_devices_listed(version, seen)
     return states
 
@@ -183,24 +191,20 @@ def _proc_device(match, where):
 
 def _proc_detail(states, current, line, where):
     """An indented line below a device: statistics, or the resync/verify progress."""
-    if current is None:
-        raise DrbdParseError("indented line outside a configured device" + where)
     progress = _PROGRESS.search(line)
     if progress:
         states[current] = states[current]._replace(sync_percent=_percent(progress.group(1)))
 
 
 def _proc_header(line, where):
-    """(version text, major) for the version line, None for the other header lines."""
+    """(version text, major) for the version line, None for any other line (GIT-hash:,
+    srcversion:, Transports, or a line this parser does not know: skipped)."""
     if line.startswith("version:"):
         match = _VERSION.match(line)
         if not match:
             raise DrbdParseError("cannot read the DRBD version" + where)
         return match.group(1), int(match.group(2))
-    if line.startswith(_HEADERS):
-        return None
-    raise DrbdParseError("not a /proc/drbd line (expected version:, GIT-hash:, srcversion: "
-                         "or 'N: cs:...')" + where)
+    return None
 
 
 def _check_devices_listed(version, seen):
@@ -371,6 +375,57 @@ def parse_cstate(text):
 def parse_dstate(text):
     """``("UpToDate", "UpToDate")`` from 8.4 ``drbdadm dstate RES``."""
     return _pair(text, DISK_STATES, "disk state", "drbdadm dstate")
+
+
+# ---- split brain: data generations (drbdadm get-gi) and data marked out of sync ------------
+
+Generations = namedtuple("Generations", "current bitmap history")
+_GI = re.compile(r"^([0-9A-F]{16}):([0-9A-F]{16}):((?:[0-9A-F]{16}:)*)([01](?::[01])*)$")
+
+
+def parse_gi(text):
+    """``drbdadm get-gi`` (``CURRENT:BITMAP:HISTORY...:FLAGS``, drbd-utils dt_print_uuids /
+    dt_print_v9_uuids) -> Generations of upper-case hex strings."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    match = _GI.match(lines[-1]) if lines else None
+    if not match:
+        raise DrbdParseError("not drbdadm get-gi output: %r" % (text,))
+    history = tuple(h for h in match.group(3).split(":") if h)
+    return Generations(match.group(1), match.group(2), history)
+
+
+def parse_proc_oos(text, minor):
+    """KiB marked out of sync (``oos:``) of ``minor`` in DRBD 8.4's /proc/drbd, or None."""
+    found = False
+    for line in text.splitlines():
+        head = re.match(r"^\s*(\d+): cs:", line)
+        if head:
+            found = head.group(1) == str(minor)
+        elif found:
+            oos = re.search(r"\boos:(\d+)", line)
+            if oos:
+                return int(oos.group(1))
+    return None
+
+
+def parse_json_oos(text, resource):
+    """KiB marked out of sync towards the peer in ``drbdsetup status --json``, or None."""
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise DrbdParseError("drbdsetup status --json: not JSON: %s" % exc)
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or item.get("name") != resource:
+            continue
+        for connection in item.get("connections") or []:
+            for device in connection.get("peer_devices") or []:
+                if device.get("volume", 0) == 0 and "out-of-sync" in device:
+                    try:
+                        return int(device["out-of-sync"])
+                    except (TypeError, ValueError):
+                        raise DrbdParseError("drbdsetup status --json: out-of-sync of %s is %r"
+                                             % (resource, device["out-of-sync"]))
+    return None
 
 
 # ---- drbdadm / drbdsetup error output -------------------------------------------------------

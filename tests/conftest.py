@@ -1,10 +1,77 @@
-"""Shared fixtures: real network namespaces that each test creates and always removes."""
+"""Shared fixtures.
+
+* Host-program stand-ins (autouse): every test not marked ``lab`` or ``netns`` runs with failing
+  stand-ins for ``drbdadm``, ``drbdsetup``, ``tgtadm``, ``arping``, ``xe`` and ``systemctl`` first
+  on PATH. A stand-in prints "test reached host program X" to stderr, exits 127 and records the
+  call; the fixture then fails the test, so a unit test that reaches a host program fails on every
+  machine, not only on one that lacks the program. A test that needs a real tool asks for it with
+  the ``real_tool`` fixture (``real_tool("drbdadm")`` -> its absolute path, or the test fails
+  saying which package installs it: CI installs them through scripts/install-deps).
+* Real network namespaces that each test creates and always removes.
+"""
 import os
 import shutil
+import stat
 
 import pytest
 
 from iscsi_ha.lab import netns
+
+HOST_PROGRAMS = ("drbdadm", "drbdsetup", "tgtadm", "arping", "xe", "systemctl")
+# Debian package that installs each program (for the message of a missing real tool).
+PACKAGES = {"drbdadm": "drbd-utils", "drbdsetup": "drbd-utils", "tgtadm": "tgt",
+            "arping": "iputils-arping", "systemctl": "systemd", "ip": "iproute2"}
+STAND_IN = """#!/bin/sh
+echo "test reached host program {name}: $0 $*" >&2
+echo "{name} $*" >> '{record}'
+exit 127
+"""
+
+
+def _real_path():
+    """PATH as it was before any stand-in directory was put first."""
+    return os.environ.get("ISCSI_HA_TEST_REAL_PATH") or os.environ.get("PATH", "")
+
+
+@pytest.fixture(autouse=True)
+def host_program_stand_ins(request, tmp_path_factory, monkeypatch):
+    if request.node.get_closest_marker("lab") or request.node.get_closest_marker("netns"):
+        yield None
+        return
+    where = tmp_path_factory.mktemp("stand-ins")
+    record = where / "reached"
+    for name in HOST_PROGRAMS:
+        path = where / name
+        path.write_text(STAND_IN.format(name=name, record=record))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    real = _real_path()
+    monkeypatch.setenv("ISCSI_HA_TEST_REAL_PATH", real)
+    monkeypatch.setenv("PATH", str(where) + os.pathsep + real)
+    yield where
+    if record.exists():
+        calls = record.read_text().strip().splitlines()
+        if calls and not request.node.get_closest_marker("reaches_host_programs"):
+            pytest.fail("test reached host program(s) it did not set up: %s (fake the adapter, "
+                        "or use the real_tool fixture)" % "; ".join(calls), pytrace=False)
+
+
+@pytest.fixture
+def real_tool():
+    """``real_tool(name)`` -> absolute path of the host's real program ``name`` (the stand-ins
+    are not on the PATH searched). Fails, naming the package, when the program is missing."""
+    def find(name):
+        path = shutil.which(name, path=_real_path())
+        if path is None:
+            for extra in ("/usr/sbin", "/sbin"):
+                candidate = os.path.join(extra, name)
+                if os.access(candidate, os.X_OK):
+                    path = candidate
+        if path is None:
+            pytest.fail("this test runs the real %s, which is not installed (Debian package %s; "
+                        "scripts/install-deps installs it)" % (name, PACKAGES.get(name, name)),
+                        pytrace=False)
+        return path
+    return find
 
 
 def _need(tools):

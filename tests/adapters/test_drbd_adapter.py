@@ -151,11 +151,9 @@ def test_84_sh_minor_timeout(fake_run, proc_file):
         drbd.observe()
 
 
-def test_84_real_drbdadm_sh_minor(proc_file, tmp_path, monkeypatch):
+def test_84_real_drbdadm_sh_minor(proc_file, tmp_path, monkeypatch, real_tool):
     """The installed drbdadm (it reads only the config) resolves the minor used in /proc/drbd."""
-    drbdadm = shutil.which("drbdadm") or shutil.which("drbdadm", path="/usr/sbin:/sbin")
-    if drbdadm is None:
-        pytest.skip("drbd-utils is not installed")
+    drbdadm = real_tool("drbdadm")
     conf = tmp_path / "drbd.conf"
     conf.write_text(
         "resource iscsi1 {\n  protocol C;\n"
