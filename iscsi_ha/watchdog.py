@@ -31,8 +31,9 @@ from collections import namedtuple
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod, logsetup
+from iscsi_ha import __version__, config as config_mod, errors, logsetup
 from iscsi_ha.adapters.run import CommandError, run, split_command
+from iscsi_ha.errors import ExitCode
 from iscsi_ha.files import atomic_write, read_json
 
 # The init scripts' helpers, re-exported for this module's importers.
@@ -50,7 +51,8 @@ HISTORY_KEPT = 50
 KILL_WAIT = 5.0
 RUNNING, STARTING, STALE, DEAD, ADMIN_STOPPED = (
     "running", "starting", "stale", "dead", "stopped by admin")
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
+                                              ExitCode.STOPPED)
 # XAPI message priorities, as iscsi_ha.alerts uses them (1 most urgent .. 5 information).
 SEVERITY_RESTARTED, SEVERITY_NOT_RESTARTED = 3, 2
 
@@ -332,9 +334,16 @@ def _dispatch(args, settings, config):
 
 
 def main(argv=None):
+    """The exit code of ``iscsi-ha-watchdog ARGV``; an unexpected error is one line and a trace
+    file (:mod:`iscsi_ha.errors`)."""
+    return errors.guard("iscsi-ha-watchdog", _main, argv)
+
+
+def _main(argv):
     args = _parser().parse_args(argv)
     try:
         config = config_mod.load(getattr(args, "config", None) or config_mod.default_path())
+        errors.note_config(config)
         settings = Settings.from_config(config)
     except config_mod.ConfigError as exc:
         sys.stderr.write("iscsi-ha-watchdog: invalid configuration %s\n" % exc)

@@ -1,9 +1,11 @@
-"""``iscsi-cfg``: the operator's CLI. One error boundary turns exceptions into exit codes.
+"""``iscsi-cfg``: the operator's CLI. Expected errors are one line and an exit code; anything
+else goes through the shared error boundary (:mod:`iscsi_ha.errors`): one line and the path of
+the file holding the trace.
 
-Exit codes: 0 done / everything as expected; 1 refused, failed, or (status) degraded; 2 usage
-error, invalid configuration, or (status) agent down or status unknown.
+Exit codes (:class:`iscsi_ha.errors.ExitCode`): 0 done / everything as expected; 1 refused,
+failed, or (status) degraded; 2 usage error, invalid configuration, or (status) agent down or
+status unknown; 70 unexpected error (a bug).
 """
-import enum
 import json
 import os
 import sys
@@ -11,16 +13,17 @@ import time
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod
+from iscsi_ha import __version__, config as config_mod, errors
 from iscsi_ha.adapters.manual import ManualModeError
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.adapters.xapi import XapiError
 from iscsi_ha.cli import cfg_args
 from iscsi_ha.cli.context import CliError, HostContext, Refused  # noqa: F401 (re-exported)
+from iscsi_ha.drbd import DrbdParseError
+from iscsi_ha.errors import ExitCode  # noqa: F401 (re-exported)
 
-
-class ExitCode(enum.IntEnum):
-    OK = 0            # everything as expected
-    DEGRADED = 1      # status: degraded; other verbs: refused or failed
-    ERROR = 2         # usage error, invalid config, agent down or status unknown
+# Errors a verb may end with that need no trace: what they say is the whole story.
+EXPECTED = (ManualModeError, CommandError, XapiError, DrbdParseError)
 
 
 def agent_running(document):
@@ -180,7 +183,9 @@ def _run(args):
     if args.verb == "set":
         from iscsi_ha.cli import set_cmd
         return set_cmd.set_value(path, args.key, args.value, _say_stdout)
-    ctx = HostContext(config_mod.load(path), say=_say_stdout)
+    config = config_mod.load(path)
+    errors.note_config(config)
+    ctx = HostContext(config, say=_say_stdout)
     try:
         return VERBS[args.verb](ctx, args)
     finally:
@@ -188,6 +193,11 @@ def _run(args):
 
 
 def main(argv=None):
+    """The exit code of ``iscsi-cfg ARGV``; never raises, never prints a traceback."""
+    return errors.guard("iscsi-cfg", _main, argv)
+
+
+def _main(argv):
     try:
         args = cfg_args.build().parse_args(argv)
     except cfg_args.UsageError as exc:
@@ -200,15 +210,22 @@ def main(argv=None):
     except config_mod.ConfigError as exc:
         sys.stderr.write("iscsi-cfg: invalid configuration %s\n" % exc)
         return ExitCode.ERROR
-    except (CliError, ManualModeError) as exc:
+    except CliError as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % exc)
-        return getattr(exc, "code", ExitCode.DEGRADED)
+        return exc.code
+    except EXPECTED as exc:
+        sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
+        return ExitCode.FAILED
     except (OSError, IOError) as exc:          # e.g. the state directory is not writable
-        sys.stderr.write("iscsi-cfg: %s\n" % exc)
+        sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.DEGRADED
     except KeyboardInterrupt:
         sys.stderr.write("iscsi-cfg: interrupted; a role already written stays in effect\n")
         return ExitCode.DEGRADED
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main_exit():
