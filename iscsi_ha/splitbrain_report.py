@@ -240,7 +240,9 @@ def _kib(amount):
     return "{:,}".format(amount)
 
 
-Inspection = collections.namedtuple("Inspection", "local_host peer_host reports")
+# unknown: {resource: why} for the resources whose state cannot be read here (DRBD not loaded,
+# drbdadm missing...): whether they are in split brain is not known.
+Inspection = collections.namedtuple("Inspection", "local_host peer_host reports unknown")
 
 
 def inspect(config, adapter, peer_status=None, host=None):
@@ -249,11 +251,18 @@ def inspect(config, adapter, peer_status=None, host=None):
     theirs = peer_facts(peer_status) or {"host": "the peer", "resources": {}}
     reports = [ResourceReport(name, mine["resources"][name], theirs["resources"].get(name),
                               mine["host"], theirs["host"]) for name in config.DRBD_RESOURCES]
+    unknown = dict((name, "; ".join(facts["errors"]) or "state unknown")
+                   for name, facts in sorted(mine["resources"].items())
+                   if facts.get("connection") is None and facts.get("flag") is None)
     return Inspection(mine["host"], theirs["host"],
-                      [r for r in reports if r.split_brain or r.flagged])
+                      [r for r in reports if r.split_brain or r.flagged], unknown)
 
 
 def format_report(inspection):
+    unknown = ["%s: cannot tell whether it is in split brain: DRBD cannot be read here (%s)"
+               % (name, why) for name, why in sorted(inspection.unknown.items())]
     if not inspection.reports:
+        if unknown:
+            return "\n".join(unknown)
         return "no DRBD resource of %s is in split brain" % inspection.local_host
-    return "\n\n".join(r.text() for r in inspection.reports)
+    return "\n\n".join([r.text() for r in inspection.reports] + unknown)

@@ -109,3 +109,17 @@ def test_plugin_answer_reports_refusals_as_json(host):
     assert answer["ok"] is False and "not in split brain" in answer["error"]
     facts = json.loads(splitbrain_cmd.plugin_answer(host.ctx, {"action": "facts"}))
     assert facts["ok"] is True and set(facts["resources"]) == {"iscsi1", "iscsi2"}
+
+
+def test_drbd_unreadable_here_is_not_reported_as_no_split_brain(host, no_peer, mocker):
+    """drbdadm missing and /proc/drbd unreadable: the report says it cannot tell, exit 1 (not
+    "no split brain", exit 0)."""
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.drbd import DrbdUnavailable
+    DrbdAdapter.observe.side_effect = lambda adapter: (_ for _ in ()).throw(
+        DrbdUnavailable("DRBD is not loaded: /proc/drbd missing"))
+    with pytest.raises(CliError) as info:
+        splitbrain_cmd.split_brain(host.ctx)
+    assert info.value.code == 1 and "cannot be read here" in str(info.value)
+    assert "iscsi1: cannot tell whether it is in split brain" in host.text()
+    assert "/proc/drbd missing" in host.text() and "get-gi iscsi1" in host.text()
