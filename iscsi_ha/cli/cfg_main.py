@@ -164,10 +164,16 @@ def cmd_split_brain(ctx, args):
                                       force=args.force, clear_flags=args.clear)
 
 
+def cmd_test_alert(ctx, args):
+    from iscsi_ha.cli import testalert_cmd
+    return testalert_cmd.test_alert(ctx, want_email=args.email, want_xapi=args.xapi)
+
+
 VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
-         "switchover": cmd_switchover, "split-brain": cmd_split_brain}
+         "switchover": cmd_switchover, "split-brain": cmd_split_brain,
+         "test-alert": cmd_test_alert}
 
 
 def _say_stdout(text):

@@ -207,6 +207,8 @@ def test_completion_lists_every_verb_and_option():
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 @pytest.mark.parametrize("words,expected", [
     ("iscsi-cfg be", {"become-primary", "become-secondary"}),
+    ("iscsi-cfg te", {"test-alert"}),
+    ("iscsi-cfg test-alert --", {"--email", "--xapi", "--config", "--help"}),
     ("iscsi-cfg become-primary --", {"--force", "--yes", "--timeout", "--config", "--help"}),
     ("iscsi-cfg set DRBD_VIRTUAL_", {"DRBD_VIRTUAL_IP", "DRBD_VIRTUAL_MASK"}),
     ("iscsi-cfg --config /x sw", {"switchover"}),
