@@ -23,7 +23,7 @@ def tgtadm_targets(name):
 
 def serving(mocker, fixture):
     targets = tgtadm_targets(fixture)
-    mocker.patch.object(TargetAdapter, "observe", return_value=TargetState(
+    mocker.patch.object(TargetAdapter, "observe", autospec=True, return_value=TargetState(
         True, True, targets, [], 0, "ready", [1], ""))
     return targets
 

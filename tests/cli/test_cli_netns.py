@@ -31,7 +31,7 @@ def ctx_in_a(two_hosts, tmp_path, mocker):
                     % (VIP, tmp_path / "state", ns_a, ns_a, tmp_path))
     config = config_mod.load(str(path))
     manual_adapter.write_manual(config.MANUAL_FILE, model.MANUAL_SECONDARY)
-    mocker.patch.object(DrbdAdapter, "observe", return_value={
+    mocker.patch.object(DrbdAdapter, "observe", autospec=True, return_value={
         "iscsi1": drbd("Secondary", "Secondary", name="iscsi1")})
     lines = []
     ctx = HostContext(config, say=lines.append)
