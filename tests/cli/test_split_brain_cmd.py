@@ -116,8 +116,7 @@ def test_drbd_unreadable_here_is_not_reported_as_no_split_brain(host, no_peer, m
     "no split brain", exit 0)."""
     from iscsi_ha.adapters.drbd import DrbdAdapter
     from iscsi_ha.drbd import DrbdUnavailable
-    DrbdAdapter.observe.side_effect = lambda adapter: (_ for _ in ()).throw(
-        DrbdUnavailable("DRBD is not loaded: /proc/drbd missing"))
+    DrbdAdapter.observe.side_effect = DrbdUnavailable("DRBD is not loaded: /proc/drbd missing")
     with pytest.raises(CliError) as info:
         splitbrain_cmd.split_brain(host.ctx)
     assert info.value.code == 1 and "cannot be read here" in str(info.value)
