@@ -75,6 +75,19 @@ def real_tool():
     return find
 
 
+@pytest.fixture
+def require():
+    """``require(ok, why)``: nothing when ``ok``; else skip saying ``why``, or fail under
+    $ISCSI_HA_REQUIRE_TOOLS=1 (what CI installs must be there: no skip in CI)."""
+    def check(ok, why):
+        if ok:
+            return
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(why + "; $%s=1 requires it" % REQUIRE_ENV, pytrace=False)
+        pytest.skip(why)
+    return check
+
+
 def _need(tools):
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
