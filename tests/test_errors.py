@@ -120,3 +120,22 @@ def test_exit_codes_are_shared():
     man = open(os.path.join(ROOT, "man", "iscsi-cfg.8")).read()
     for code in ExitCode:
         assert "\n.B %d\n" % code.value in man or "\n.IP %d\n" % code.value in man, code
+
+
+def test_plugin_split_brain_facts_without_drbdadm_is_json_naming_it(tmp_path, monkeypatch):
+    """The peer asks this host's split-brain facts while drbdadm cannot run here: the answer
+    is JSON that says so (it was a Python exception before)."""
+    config = tmp_path / "iscsi-ha.conf"
+    config.write_text("DRBD_RESOURCES=iscsi1\nDRBD_PROC=%s\nSTATE_DIR=%s\nDRBD_TIMEOUT=2\n" % (
+        tmp_path / "no-proc-drbd", tmp_path / "state"))
+    monkeypatch.setenv("ISCSI_HA_CONFIG", str(config))
+    monkeypatch.setenv("PATH", str(tmp_path))                 # no drbdadm at all
+    for action in ("facts", "victim", "survivor"):
+        answer = json.loads(plugin.FUNCTIONS["split_brain"](None, {"action": action,
+                                                                   "resource": "iscsi1"}))
+        text = json.dumps(answer)
+        assert "drbdadm" in text or "/proc/drbd" in text or "no-proc-drbd" in text, answer
+        assert answer.get("code") != 70, answer
+    facts = json.loads(plugin.FUNCTIONS["split_brain"](None, {"action": "facts"}))
+    errors_seen = " ".join(facts["resources"]["iscsi1"]["errors"])
+    assert "get-gi iscsi1" in errors_seen and "drbd-utils" in errors_seen
