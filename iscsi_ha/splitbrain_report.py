@@ -7,10 +7,10 @@ STATE_DIR/split-brain-RES; while it exists the agent holds that resource (no aut
 :func:`inspect` puts both sides side by side for every flagged or StandAlone resource: DRBD's
 state, the data generation identifiers (``drbdadm get-gi RES``, DRBD 8.4 and 9) and the amount of
 data marked out of sync (8.4 ``/proc/drbd`` ``oos:``, 9 ``out-of-sync`` of ``drbdsetup status
---json``, both KiB), all read through the DRBD adapter (a missing or failing tool is reported in
-the resource's errors), and names what each choice of survivor would discard. ``peer_status`` is the
-peer's :func:`local_facts` (fetched through the XAPI plugin) or, failing that, its published
-status document.
+--json``, both KiB), all read through the DRBD adapter (a missing or failing tool is reported
+in the resource's errors), and names what each choice of survivor would discard.
+``peer_status`` is the peer's :func:`local_facts` (fetched through the XAPI plugin) or, failing
+that, its published status document.
 """
 import collections
 import errno
