@@ -43,3 +43,28 @@ def test_a_unit_test_that_reaches_a_host_program_fails(tmp_path):
     assert "test reached host program(s) it did not set up: drbdadm get-gi iscsi1" in out
     assert "ERROR at teardown of test_reaches_drbdadm" in out
     assert "3 passed" in out and "1 error" in out, out
+
+
+SKIPS = '''
+import pytest
+
+def test_needs_something_ci_installs():
+    pytest.skip("needs frobnicator (Debian package frob)")
+
+def test_cannot_reach_pypi():
+    pytest.skip("the wheels could not be fetched (PyPI unreachable, none cached)")
+'''
+
+
+def test_in_ci_a_skip_for_something_installable_fails(tmp_path):
+    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), str(tmp_path / "conftest.py"))
+    shutil.copy(os.path.join(ROOT, "pytest.ini"), str(tmp_path / "pytest.ini"))
+    (tmp_path / "test_generated.py").write_text(SKIPS)
+    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "--rootdir", str(tmp_path), "-o",
+            "testpaths=.", str(tmp_path / "test_generated.py")]
+    for required, code, summary in (("1", 1, "1 failed, 1 skipped"), ("", 0, "2 skipped")):
+        proc = subprocess.run(argv, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=ROOT,
+                                       ISCSI_HA_REQUIRE_TOOLS=required))
+        assert proc.returncode == code and summary in proc.stdout, proc.stdout
