@@ -50,7 +50,9 @@ def world(tmp_path_factory):
         "INVENTORY_FILE={r}/missing/inventory\nLOG_FILE={r}/missing/agent.log\n"
         "SYSLOG_SOCKET={r}/missing/log\nXAPI_URL=http://127.0.0.1:{port}/\nXAPI_TIMEOUT=1\n"
         "MAIL_ON=1\nSMTP_SERVER=127.0.0.1\nSMTP_PORT={port}\nSMTP_TIMEOUT=1\n"
-        "MAIL_FROM=iscsi-ha@example.com\nMAIL_TO=admin@example.com\n".format(r=root, port=port))
+        "MAIL_FROM=iscsi-ha@example.com\nMAIL_TO=admin@example.com\n"
+        "AGENT_PID_FILE={r}/missing/agent.pid\nWATCHDOG_PID_FILE={r}/missing/watchdog.pid\n"
+        "WATCHDOG_STATE_FILE={r}/missing/watchdog.json\n".format(r=root, port=port))
     env = {"PATH": str(empty_bin), "HOME": str(root), "LANG": "C", "TMPDIR": str(root),
            "PYTHONPATH": ROOT, "ISCSI_HA_CONFIG": str(config),
            "ISCSI_HA_INVENTORY": str(root / "missing" / "inventory")}
@@ -73,3 +75,25 @@ def test_verb_without_its_world_is_one_line_never_a_traceback(world, argv):
     assert not lines or lines[0].startswith("iscsi-cfg"), proc.stderr
     if proc.returncode != 0:
         assert (proc.stderr + proc.stdout).strip(), "exit %d without a word" % proc.returncode
+
+
+# The agent and the watchdog in the same world (not `iscsi-ha run` as a daemon, nor the
+# watchdog's loop, which would try to start an agent).
+DAEMON_INVOCATIONS = [
+    ["iscsi_ha.cli.agent_main", "check"], ["iscsi_ha.cli.agent_main", "run", "--dry-run"],
+    ["iscsi_ha.cli.agent_main", "run", "--once"], ["iscsi_ha.cli.agent_main", "run", "--once",
+                                                   "--json"],
+    ["iscsi_ha.watchdog", "check"], ["iscsi_ha.watchdog", "demote", "--timeout", "1"],
+]
+
+
+@pytest.mark.parametrize("argv", DAEMON_INVOCATIONS,
+                         ids=[" ".join(a) for a in DAEMON_INVOCATIONS])
+def test_agent_and_watchdog_without_their_world_never_print_a_traceback(world, argv):
+    proc = subprocess.run([sys.executable, "-m"] + argv, env=world, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=120)
+    everything = proc.stdout + proc.stderr
+    assert "Traceback" not in everything and proc.returncode != 70, everything
+    if proc.returncode != 0:
+        assert everything.strip(), "exit %d without a word" % proc.returncode
