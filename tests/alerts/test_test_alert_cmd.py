@@ -113,3 +113,14 @@ def test_through_the_command_line(tmp_path, fake_pool, capsys):
     captured = capsys.readouterr()
     assert captured.err == "iscsi-cfg: test alert NOT delivered by: email (see above)\n"
     assert "Connection refused" in captured.out
+
+
+def test_a_refused_connection_under_python_36s_smtplib(tmp_path, monkeypatch):
+    """dom0's Python 3.6: smtplib.SMTP has no class attribute ``sock`` (3.7 added it), so its
+    close() after a refused connect() raises AttributeError; found by the RPM payload check
+    running test-alert under 3.6. Here 3.6's class is reproduced by removing the attribute."""
+    import smtplib
+    if hasattr(smtplib.SMTP, "sock"):
+        monkeypatch.delattr(smtplib.SMTP, "sock")
+    code, text = run(write_config(tmp_path, closed_port()), "--email")
+    assert code == 1 and "Connection refused" in text
