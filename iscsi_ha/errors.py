@@ -22,6 +22,7 @@ import time
 import traceback
 
 TRACE_SUBDIR = "traces"
+TRACES_KEPT = 50              # per directory; the oldest go first
 LOG_DIR = "/var/log/iscsi-ha"
 _state_dirs = []
 
@@ -63,10 +64,23 @@ def write_trace(prog, text, dirs=None):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
+            _prune(directory)
             return path
         except (OSError, IOError):
             continue
     return None
+
+
+def _prune(directory, keep=TRACES_KEPT):
+    """At most ``keep`` trace files in ``directory`` (a crash loop cannot fill the disk)."""
+    try:
+        traces = [os.path.join(directory, n) for n in os.listdir(directory)
+                  if n.endswith(".trace")]
+        traces.sort(key=os.path.getmtime)
+        for old in traces[:-keep] if len(traces) > keep else []:
+            os.unlink(old)
+    except OSError:
+        pass
 
 
 def describe_unexpected(prog, exc, argv=None):

@@ -139,3 +139,15 @@ def test_plugin_split_brain_facts_without_drbdadm_is_json_naming_it(tmp_path, mo
     facts = json.loads(plugin.FUNCTIONS["split_brain"](None, {"action": "facts"}))
     errors_seen = " ".join(facts["resources"]["iscsi1"]["errors"])
     assert "get-gi iscsi1" in errors_seen and "drbd-utils" in errors_seen
+
+
+def test_trace_files_are_bounded(trace_dirs, monkeypatch):
+    monkeypatch.setattr(errors, "TRACES_KEPT", 3)
+    directory = trace_dirs / "d"
+    paths = []
+    for number in range(5):
+        path = errors.write_trace("x%d" % number, "trace %d" % number, dirs=[str(directory)])
+        os.utime(path, (1000 + number, 1000 + number))
+        paths.append(path)
+    errors._prune(str(directory), keep=3)
+    assert sorted(os.listdir(str(directory))) == sorted(os.path.basename(p) for p in paths[2:])

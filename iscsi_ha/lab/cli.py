@@ -196,7 +196,8 @@ def main(argv=None):
 
 
 def main_exit():
-    sys.exit(main())
+    from iscsi_ha import errors
+    sys.exit(errors.guard("iscsi-ha-lab", main))
 
 
 if __name__ == "__main__":
