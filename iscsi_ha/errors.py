@@ -85,15 +85,30 @@ def _prune(directory, keep=TRACES_KEPT):
 
 def describe_unexpected(prog, exc, argv=None):
     """Write the current exception's trace; the one line the user reads."""
+    return _report(prog, exc, argv)[0]
+
+
+def _masked(argv):
+    """The command line for the trace, with the value after a password key masked
+    (``iscsi-cfg set SMTP_PASS ...``)."""
+    shown, hide = [], False
+    for word in argv:
+        shown.append("***" if hide else word)
+        hide = "PASS" in str(word).upper()
+    return shown
+
+
+def _report(prog, exc, argv=None):
+    """(one line, trace path or None) for the exception being handled."""
     header = "%s %s\nargv: %r\nhost: %s\npid: %d\ntime: %s\n\n" % (
-        prog, _version(), list(sys.argv if argv is None else argv), socket.gethostname(),
-        os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        prog, _version(), _masked(list(sys.argv if argv is None else argv)),
+        socket.gethostname(), os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     path = write_trace(prog, header + traceback.format_exc())
     what = "%s: %s" % (type(exc).__name__, _first_line(exc)) if str(exc) else \
         type(exc).__name__
     where = "full trace in %s" % path if path else \
         "the trace could not be written to any of %s" % ", ".join(trace_dirs())
-    return "%s: unexpected error (a bug; please report it): %s; %s" % (prog, what, where)
+    return "%s: unexpected error (a bug; please report it): %s; %s" % (prog, what, where), path
 
 
 def _first_line(exc):
@@ -137,9 +152,9 @@ def guard_json(prog, function):
         try:
             return function(session, args)
         except Exception as exc:
-            line = describe_unexpected(prog, exc, argv=[function.__name__, args])
+            line, path = _report(prog, exc, argv=[function.__name__, args])
             return json.dumps({"ok": False, "code": int(ExitCode.INTERNAL), "lines": [line],
-                               "host": socket.gethostname(), "error": line},
+                               "host": socket.gethostname(), "error": line, "trace": path},
                               sort_keys=True)
     wrapped.__name__ = getattr(function, "__name__", "plugin_function")
     wrapped.__doc__ = getattr(function, "__doc__", None)

@@ -55,6 +55,15 @@ def test_trace_falls_back_when_the_state_dir_cannot_be_written(trace_dirs, capsy
     assert os.path.dirname(err.strip().rsplit("full trace in ", 1)[1]) == str(trace_dirs / "tmp")
 
 
+def test_a_password_given_on_the_command_line_stays_out_of_the_trace(trace_dirs, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(errors.sys, "argv", ["iscsi-cfg", "set", "SMTP_PASS", "s3cret"])
+    errors.guard("iscsi-cfg", _bug)
+    path = capsys.readouterr().err.strip().rsplit("full trace in ", 1)[1]
+    text = open(path).read()
+    assert "s3cret" not in text and "'SMTP_PASS', '***'" in text
+
+
 def test_expected_results_pass_through_and_interrupt_is_one_line(trace_dirs, capsys):
     assert errors.guard("x", lambda: ExitCode.FAILED) == 1
     assert errors.guard("x", lambda: None) == 0
@@ -92,6 +101,7 @@ def test_plugin_answers_json_for_a_bug_a_bad_config_and_a_refusal(trace_dirs, tm
     answer = json.loads(plugin.FUNCTIONS["become_secondary"](None, {}))
     assert answer["ok"] is False and answer["code"] == 70
     assert "unexpected error" in answer["lines"][0] and "full trace in" in answer["lines"][0]
+    assert "a key the code forgot" in open(answer["trace"]).read()
     monkeypatch.setattr(manual_ops, "enable", lambda ctx: _bug())
     answer = json.loads(plugin.FUNCTIONS["manual_mode"](None, {"mode": "enable"}))
     assert answer["code"] == 70

@@ -71,7 +71,7 @@ def answers_json(function):
             return _failure(ExitCode.FAILED, " ".join(str(exc).split()) or
                             type(exc).__name__)
     expected.__name__ = function.__name__
-    return errors.guard_json("iscsi-ha plugin %s" % function.__name__, expected)
+    return errors.guard_json("iscsi-ha-plugin", expected)
 
 
 def run_verb(verb, config_path=None):
