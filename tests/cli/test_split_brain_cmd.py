@@ -16,7 +16,7 @@ STANDALONE = dict(role="Secondary", peer_role="Unknown", connection="StandAlone"
 
 @pytest.fixture
 def no_peer(mocker):
-    return mocker.patch.object(peer_mod, "call", side_effect=peer_mod.PeerError("XAPI down"))
+    return mocker.patch.object(peer_mod, "call", autospec=True, side_effect=peer_mod.PeerError("XAPI down"))
 
 
 def test_nothing_in_split_brain_is_exit_0(host, no_peer):
@@ -50,7 +50,7 @@ PEER_FACTS = {"ok": True, "host": "test-b", "source": "DRBD", "resources": {
 
 @pytest.fixture
 def peer_facts(mocker):
-    return mocker.patch.object(peer_mod, "call", return_value=dict(PEER_FACTS))
+    return mocker.patch.object(peer_mod, "call", autospec=True, return_value=dict(PEER_FACTS))
 
 
 def test_recovery_without_a_terminal_or_yes_is_refused(host, peer_facts):
