@@ -41,14 +41,15 @@ def stale_after(config):
 
 def read_status(config, now=None):
     """The agent's status document with ``agent_running``, ``age_s`` and ``stale`` added."""
+    from iscsi_ha import status_read
     now = time.time() if now is None else now
-    try:
-        with open(config.STATUS_FILE) as handle:
-            document = json.load(handle)
-    except (OSError, IOError, ValueError) as exc:
+    found = status_read.read(config.STATUS_FILE, now)
+    if found.document is None:
         return {"health": "unknown", "agent_running": False, "stale": True,
-                "problems": ["no readable status at %s: %s" % (config.STATUS_FILE, exc)]}
-    age = now - float(document.get("updated", 0))
+                "status_unknown": None if found.missing else found.problem,
+                "problems": [found.problem]}
+    document = found.document
+    age = now - float(document["updated"])
     document["age_s"] = round(age, 3)
     document["stale"] = age > stale_after(config)
     document["agent_running"] = agent_running(document)
@@ -56,7 +57,8 @@ def read_status(config, now=None):
 
 
 def exit_code_for(document):
-    if not document.get("agent_running") or document.get("stale"):
+    if document.get("status_unknown") or not document.get("agent_running") or \
+            document.get("stale"):
         return ExitCode.ERROR
     return ExitCode.OK if document.get("health") == "ok" else ExitCode.DEGRADED
 
