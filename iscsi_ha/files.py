@@ -55,6 +55,36 @@ def read_bounded(path, limit):
         os.close(fd)
 
 
+def open_regular(path):
+    """A binary file object for reading the regular file ``path``; OSError for a FIFO, device,
+    directory or socket (opened without blocking, so a FIFO never hangs the caller)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        kind = kind_of(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, "is %s, not a regular file" % kind, path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_appendable(path):
+    """None when ``path`` is (or can be created as) a regular file to append to, else why not.
+    Never blocks: a FIFO is opened without waiting for a reader."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    try:
+        return None if kind_of(os.fstat(fd).st_mode) is None else \
+            "is %s, not a regular file" % kind_of(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
 def read_text(path, limit, errors="replace"):
     return read_bounded(path, limit).decode("utf-8", errors)
 

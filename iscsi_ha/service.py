@@ -27,9 +27,9 @@ LOCK_WAIT = 30.0
 
 # -- the agent's process -------------------------------------------------------------------
 def read_pid(path):
+    from iscsi_ha.files import SMALL_LIMIT, read_text
     try:
-        with open(path) as handle:
-            text = handle.read(32).strip()
+        text = read_text(path, SMALL_LIMIT).strip()
     except (IOError, OSError):
         return None
     return int(text) if text.isdigit() and int(text) > 1 else None

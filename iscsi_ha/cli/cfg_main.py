@@ -189,11 +189,22 @@ def _run(args):
         ctx.close()
 
 
+def _dash_hint(argv):
+    """A ``set`` whose VALUE starts with '-' reads as an option: say how to pass it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "set" in argv and "--" not in argv and any(
+            a.startswith("-") and a not in ("--config", "-h", "--help") for a in
+            argv[argv.index("set") + 1:]):
+        return ("\niscsi-cfg: a VALUE that starts with '-' must follow '--': "
+                "iscsi-cfg set [--config FILE] KEY -- VALUE")
+    return ""
+
+
 def main(argv=None):
     try:
         args = cfg_args.build().parse_args(argv)
     except cfg_args.UsageError as exc:
-        sys.stderr.write("%s\n" % exc)
+        sys.stderr.write("%s%s\n" % (exc, _dash_hint(argv)))
         return ExitCode.ERROR
     except SystemExit as exc:              # --help and --version
         return ExitCode.ERROR if exc.code else ExitCode.OK
