@@ -96,6 +96,9 @@ def cmd_status(ctx, args):
             document["peer"] = theirs if theirs is not None else {"error": error}
         ctx.say(json.dumps(document, indent=1, sort_keys=True))
         return exit_code_for(document)
+    if document.get("status_unknown"):       # one line saying why, never a partial view
+        ctx.say("status unknown: %s" % document["status_unknown"])
+        return ExitCode.ERROR
     watcher = snapshot = None
     if not args.once and sys.stdout.isatty():
         watcher = peer.PeerWatcher(ctx).start()
