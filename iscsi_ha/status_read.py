@@ -92,14 +92,20 @@ def _finite(document, where, key, optional=True, low=None, high=None):
         raise Malformed("field %s%s is %r, out of range" % (where, key, value))
 
 
-def check(document, now=None):
-    """Raise :class:`Malformed` unless ``document`` has the shape every reader relies on."""
+def check(document, now=None, full=True):
+    """Raise :class:`Malformed` unless ``document`` has the shape every reader relies on.
+    ``full=False`` checks only the core (an object, not too deep, ``updated`` a past time,
+    ``agent.pid`` an integer): enough for the watchdog and the demote wait, which read no more."""
     now = time.time() if now is None else now
     if not isinstance(document, dict):
         raise Malformed("is %s, not a JSON object" % type(document).__name__.replace(
             "NoneType", "null"))
     _depth(document)
     _time(document, "", "updated", now, optional=False)
+    agent = _need(document, "", "agent", dict, optional=True) or {}
+    _need(agent, "agent.", "pid", int, optional=True)
+    if not full:
+        return document
     _need(document, "", "version", int, optional=True)
     for key in ("hostname", "updated_iso", "health", "manual_mode"):
         _need(document, "", key, str, optional=True)
@@ -157,7 +163,7 @@ def check(document, now=None):
     return document
 
 
-def parse(text, now=None):
+def parse(text, now=None, full=True):
     """The checked document from JSON text, or :class:`Malformed`."""
     try:
         document = json.loads(text, parse_constant=_constant)
@@ -167,10 +173,10 @@ def parse(text, now=None):
         if isinstance(exc, Malformed):
             raise
         raise Malformed("is not complete JSON (%s)" % exc)
-    return check(document, now)
+    return check(document, now, full)
 
 
-def read(path, now=None, limit=files.STATUS_LIMIT):
+def read(path, now=None, limit=files.STATUS_LIMIT, full=True):
     """:class:`StatusRead`: (document, None, False) when usable, else (None, one sentence,
     whether the file is simply absent)."""
     try:
@@ -181,6 +187,6 @@ def read(path, now=None, limit=files.STATUS_LIMIT):
             path, "no such file (the agent has not published one)" if missing
             else exc.strerror or exc), missing)
     try:
-        return StatusRead(parse(text, now), None, False)
+        return StatusRead(parse(text, now, full), None, False)
     except Malformed as exc:
         return StatusRead(None, "the status file %s %s" % (path, exc), False)

@@ -477,3 +477,15 @@ def test_d14_plugin_refuses_bad_timeouts_before_any_write(timeout, host, mocker)
     answer = json.loads(plugin.become_primary(None, {"wait_peer": timeout}))
     assert answer["code"] == 2 and host.manual() == model.MANUAL_PRIMARY
     assert not math.isnan(plugin._seconds({}))
+
+
+@pytest.mark.parametrize("text", ['{"updated": NaN, "agent": {"pid": 1}}',
+                                  '{"updated": 4102444800, "agent": {"pid": 1}}',
+                                  '{"updated": 1, "agent": {"pid": "1"}}', "[" * 100000])
+def test_d6_the_watchdog_reads_the_status_with_the_same_reader(text, tmp_path):
+    from iscsi_ha import watchdog
+    path = tmp_path / "status"
+    path.write_text(text)
+    assert watchdog._status_of(str(path)) is None        # never "running" forever, no crash
+    path.write_text('{"updated": 5, "agent": {"pid": 7}}')
+    assert watchdog._status_of(str(path)) == (7, 5.0)
