@@ -182,7 +182,7 @@ def read(path, now=None, limit=files.STATUS_LIMIT, full=True):
     try:
         text = files.read_bounded(path, limit).decode("utf-8", "replace")
     except (OSError, IOError) as exc:
-        missing = exc.errno == errno.ENOENT
+        missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)   # no such file can exist
         return StatusRead(None, "no readable status at %s: %s" % (
             path, "no such file (the agent has not published one)" if missing
             else exc.strerror or exc), missing)

@@ -70,6 +70,34 @@ def _problems(text, path):
 STATE_KEYS = ("STATE_DIR", "MANUAL_FILE", "STATUS_FILE")
 
 
+class _Places(object):
+    """Where the agent running with the current file keeps its status and pid, even when the
+    file is invalid now (the agent may run with what it read before)."""
+
+    def __init__(self, raw):
+        def value(key, number=False):
+            default = config_mod.SPEC[key][3]
+            text = raw.get(key) or default
+            if not number:
+                return text
+            try:
+                return float(text)
+            except ValueError:
+                return float(default)
+        state = value("STATE_DIR")
+        self.STATUS_FILE = raw.get("STATUS_FILE") or os.path.join(state, "status")
+        self.AGENT_PID_FILE = value("AGENT_PID_FILE")
+        self.MONITOR_DELAY = value("MONITOR_DELAY", True)
+        self.MONITOR_SCANRATE = value("MONITOR_SCANRATE", True)
+
+
+def _current_places(text, path):
+    try:
+        return config_mod.loads(text, path)
+    except config_mod.ConfigError:
+        return _Places(config_mod.read_assignments(text, path)[0])
+
+
 def _refuse_moving_state(text, path, key):
     """Refuse while an agent may run. The status says so; a status that cannot be read is not
     a "no": then only a missing status and no living agent in AGENT_PID_FILE allow it."""
@@ -77,12 +105,7 @@ def _refuse_moving_state(text, path, key):
         return
     from iscsi_ha import service
     from iscsi_ha.cli.cfg_main import read_status
-    try:
-        config = config_mod.loads(text, path)
-    except config_mod.ConfigError as exc:
-        raise CliError("refusing to change %s: the current file is invalid, so the running "
-                       "agent's state place cannot be told (%s)" % (
-                           key, "; ".join(p[3] for p in exc.problems)), 2)
+    config = _current_places(text, path)
     document = read_status(config)
     stop = ("stop it (service iscsi-ha stop -w), set it, move the files, start it")
     if document.get("agent_running"):

@@ -489,3 +489,14 @@ def test_d6_the_watchdog_reads_the_status_with_the_same_reader(text, tmp_path):
     assert watchdog._status_of(str(path)) is None        # never "running" forever, no crash
     path.write_text('{"updated": 5, "agent": {"pid": 7}}')
     assert watchdog._status_of(str(path)) == (7, 5.0)
+
+
+def test_d7_set_can_repair_an_invalid_state_dir_when_no_agent_runs(tmp_path, capsys):
+    plain = tmp_path / "state"
+    plain.write_text("x")
+    path = tmp_path / "c.conf"
+    path.write_text("STATE_DIR=%s\nAGENT_PID_FILE=%s/agent.pid\n" % (plain, tmp_path))
+    code, out, err = run(capsys, "set", "--config", str(path), "STATE_DIR",
+                         str(tmp_path / "st"))
+    assert code == 0, err
+    assert config_mod.load(str(path)).STATE_DIR == str(tmp_path / "st")
