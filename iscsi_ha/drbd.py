@@ -120,6 +120,23 @@ class DrbdState(namedtuple("DrbdState", _FIELDS)):
         return text
 
 
+def _own_errors(parse):
+    """Only :class:`DrbdParseError` leaves a parser: a RecursionError (deeply nested JSON), a
+    stray ValueError/TypeError become one, naming the parser."""
+    def wrapper(text):
+        try:
+            return parse(text)
+        except DrbdParseError:
+            raise
+        except RecursionError:
+            raise DrbdParseError("%s: input nested too deeply" % parse.__name__)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise DrbdParseError("%s: unreadable input: %s" % (parse.__name__, exc))
+    wrapper.__name__ = parse.__name__
+    wrapper.__doc__ = parse.__doc__
+    return wrapper
+
+
 def _require_text(text, source):
     if not isinstance(text, str) or not text.strip():
         raise DrbdParseError("%s is empty" % source)
@@ -127,12 +144,13 @@ def _require_text(text, source):
 
 # ---- DRBD 8.4 /proc/drbd --------------------------------------------------------------------
 
-_MINOR_LINE = re.compile(r"^\s*(\d+): cs:(\S+)(.*)$")
+_MINOR_LINE = re.compile(r"^\s*([0-9]+): cs:(\S+)(.*)$")
 _ROLES_DISKS = re.compile(r"^ ro:([^/\s]+)/(\S+) ds:([^/\s]+)/(\S+)(?:\s|$)")
-_PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*(\d+(?:\.\d+)?)%")
-_VERSION = re.compile(r"^version: ((\d+)\.\d+\S*)")
+_PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*([0-9]+(?:\.[0-9]+)?)%")
+_VERSION = re.compile(r"^version: (([0-9]+)\.[0-9]+\S*)")
 
 
+@_own_errors
 def parse_proc_drbd(text):
     """``{minor: DrbdState}`` from DRBD 8.4 ``/proc/drbd`` (``resource`` is None).
 
@@ -150,6 +168,8 @@ def parse_proc_drbd(text):
         where = " in line %d of /proc/drbd: %r" % (number, line)
         match = _MINOR_LINE.match(line)
         if match:
+            if match.group(1) in seen:
+                raise DrbdParseError("minor %s is listed twice%s" % (match.group(1), where))
             seen.append(match.group(1))
             state = _proc_device(match, where)
             current = match.group(1) if state else None
@@ -219,26 +239,42 @@ def _check_devices_listed(version, seen):
 
 
 def _percent(value):
-    return max(0.0, min(100.0, float(value)))
+    """A progress percentage 0-100; anything else (NaN, 250) is refused, never clamped."""
+    number = float(value)
+    if not 0.0 <= number <= 100.0:
+        raise DrbdParseError("sync percentage %r is outside 0-100" % (value,))
+    return number
 
 
 # ---- DRBD 9 drbdsetup status --json ---------------------------------------------------------
 
+@_own_errors
 def parse_status_json(text):
     """``{resource name: DrbdState}`` from DRBD 9 ``drbdsetup status --json``."""
     _require_text(text, "drbdsetup status --json output")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise DrbdParseError("drbdsetup status --json output is not complete JSON: %s" % exc)
     if not isinstance(data, list):
         raise DrbdParseError("drbdsetup status --json: expected a list of resources, got %s"
                              % type(data).__name__)
-    states = {}
+    states, minors = {}, {}
     for index, item in enumerate(data):
         state = _json_resource(item, "resource #%d" % index)
+        if state.resource in states:
+            raise DrbdParseError("drbdsetup status --json: resource %r is listed twice"
+                                 % state.resource)
+        if state.minor in minors:
+            raise DrbdParseError("drbdsetup status --json: minor %s belongs to both %r and %r"
+                                 % (state.minor, minors[state.minor], state.resource))
         states[state.resource] = state
+        minors[state.minor] = state.resource
     return states
+
+
+def _no_constant(name):
+    raise DrbdParseError("drbdsetup status --json output holds %s, not a JSON number" % name)
 
 
 def _field(obj, key, where, kind=str):
@@ -361,17 +397,20 @@ def _pair(text, vocabulary, what, source):
     return _word(parts[0], vocabulary, what, where), _word(parts[1], vocabulary, what, where)
 
 
+@_own_errors
 def parse_role(text):
     """``("Primary", "Secondary")`` from 8.4 ``drbdadm role RES``."""
     return _pair(text, ROLES, "role", "drbdadm role")
 
 
+@_own_errors
 def parse_cstate(text):
     """``"Connected"`` from 8.4 ``drbdadm cstate RES``."""
     line = _one_line(text, "drbdadm cstate")
     return _word(line, CONNECTION_STATES_84, "connection state", " in drbdadm cstate output")
 
 
+@_own_errors
 def parse_dstate(text):
     """``("UpToDate", "UpToDate")`` from 8.4 ``drbdadm dstate RES``."""
     return _pair(text, DISK_STATES, "disk state", "drbdadm dstate")

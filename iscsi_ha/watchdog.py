@@ -106,12 +106,14 @@ def kill_agent(pid, wait=KILL_WAIT):
 
 
 def _status_of(path):
-    """(pid, updated) from the agent's status file, or None."""
-    try:
-        doc = read_json(path)
-        return int(doc["agent"]["pid"]), float(doc["updated"])
-    except (IOError, OSError, ValueError, KeyError, TypeError):
+    """(pid, updated) from the agent's status file, or None (also for a malformed document:
+    NaN, a future ``updated``, wrong types; read by the shared defensive reader)."""
+    from iscsi_ha import status_read
+    doc = status_read.read(path, full=False).document
+    pid = None if doc is None else (doc.get("agent") or {}).get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
         return None
+    return pid, float(doc["updated"])
 
 
 def _mtime(path):
@@ -132,7 +134,7 @@ class History(object):
             loaded = read_json(path)
             if isinstance(loaded, dict) and isinstance(loaded.get("history"), list):
                 self.data.update(loaded)
-        except (IOError, OSError, ValueError):
+        except (IOError, OSError, ValueError, RecursionError):
             pass
 
     @property

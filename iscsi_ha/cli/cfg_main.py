@@ -44,14 +44,15 @@ def stale_after(config):
 
 def read_status(config, now=None):
     """The agent's status document with ``agent_running``, ``age_s`` and ``stale`` added."""
+    from iscsi_ha import status_read
     now = time.time() if now is None else now
-    try:
-        with open(config.STATUS_FILE) as handle:
-            document = json.load(handle)
-    except (OSError, IOError, ValueError) as exc:
+    found = status_read.read(config.STATUS_FILE, now)
+    if found.document is None:
         return {"health": "unknown", "agent_running": False, "stale": True,
-                "problems": ["no readable status at %s: %s" % (config.STATUS_FILE, exc)]}
-    age = now - float(document.get("updated", 0))
+                "status_unknown": None if found.missing else found.problem,
+                "problems": [found.problem]}
+    document = found.document
+    age = now - float(document["updated"])
     document["age_s"] = round(age, 3)
     document["stale"] = age > stale_after(config)
     document["agent_running"] = agent_running(document)
@@ -59,7 +60,8 @@ def read_status(config, now=None):
 
 
 def exit_code_for(document):
-    if not document.get("agent_running") or document.get("stale"):
+    if document.get("status_unknown") or not document.get("agent_running") or \
+            document.get("stale"):
         return ExitCode.ERROR
     return ExitCode.OK if document.get("health") == "ok" else ExitCode.DEGRADED
 
@@ -97,6 +99,9 @@ def cmd_status(ctx, args):
             document["peer"] = theirs if theirs is not None else {"error": error}
         ctx.say(json.dumps(document, indent=1, sort_keys=True))
         return exit_code_for(document)
+    if document.get("status_unknown"):       # one line saying why, never a partial view
+        ctx.say("status unknown: %s" % document["status_unknown"])
+        return ExitCode.ERROR
     watcher = snapshot = None
     if not args.once and sys.stdout.isatty():
         watcher = peer.PeerWatcher(ctx).start()
@@ -198,6 +203,17 @@ def _run(args):
         ctx.close()
 
 
+def _dash_hint(argv):
+    """A ``set`` whose VALUE starts with '-' reads as an option: say how to pass it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "set" in argv and "--" not in argv and any(
+            a.startswith("-") and a not in ("--config", "-h", "--help") for a in
+            argv[argv.index("set") + 1:]):
+        return ("\niscsi-cfg: a VALUE that starts with '-' must follow '--': "
+                "iscsi-cfg set [--config FILE] KEY -- VALUE")
+    return ""
+
+
 def main(argv=None):
     """The exit code of ``iscsi-cfg ARGV``; never raises, never prints a traceback."""
     return errors.guard("iscsi-cfg", _main, argv)
@@ -207,7 +223,7 @@ def _main(argv):
     try:
         args = cfg_args.build().parse_args(argv)
     except cfg_args.UsageError as exc:
-        sys.stderr.write("%s\n" % exc)
+        sys.stderr.write("%s%s\n" % (exc, _dash_hint(argv)))
         return ExitCode.ERROR
     except SystemExit as exc:              # --help and --version
         return ExitCode.ERROR if exc.code else ExitCode.OK

@@ -20,6 +20,7 @@ Without XenAPIPlugin (tests, the lab) the module runs as ``python -m iscsi_ha.cl
 [key=value ...]`` and prints the answer.
 """
 import json
+import math
 import socket
 import sys
 
@@ -38,12 +39,31 @@ EXPECTED = (ManualModeError, CommandError, XapiError, DrbdParseError, OSError, I
 MAX_WAIT = 120.0
 
 
+class BadArgument(ValueError):
+    pass
+
+
 def _seconds(args, key="timeout", default=manual_ops.WAIT_TIMEOUT, least=1.0):
-    try:
-        value = float(args.get(key, default))
-    except (TypeError, ValueError):
+    """A number of seconds from ``args`` (default when absent), clamped to [least, MAX_WAIT];
+    not a finite, non-negative number is :class:`BadArgument` (refused before anything is
+    written)."""
+    raw = args.get(key)
+    if raw is None or raw == "":
         value = default
+    else:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise BadArgument("%s=%r is not a number of seconds" % (key, raw))
+        if not math.isfinite(value) or value < 0:
+            raise BadArgument("%s=%r must be a finite number of seconds, 0 or more (at most "
+                              "%.0f is used)" % (key, raw, MAX_WAIT))
     return min(max(value, least), MAX_WAIT)
+
+
+def _refused(message):
+    return json.dumps({"ok": False, "code": 2, "host": socket.gethostname(),
+                       "lines": [message]}, sort_keys=True)
 
 
 def _context(lines, config_path=None):
@@ -106,14 +126,20 @@ def status(session, args):
 
 
 def become_primary(session, args):
-    timeout = _seconds(args)
-    wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+    try:
+        timeout = _seconds(args)
+        wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+    except BadArgument as exc:
+        return _refused("become_primary: %s" % exc)
     return run_verb(lambda ctx: manual_ops.become_primary(ctx, force=False, timeout=timeout,
                                                           wait_peer=wait_peer))
 
 
 def become_secondary(session, args):
-    timeout = _seconds(args)
+    try:
+        timeout = _seconds(args)
+    except BadArgument as exc:
+        return _refused("become_secondary: %s" % exc)
     return run_verb(lambda ctx: manual_ops.become_secondary(ctx, timeout=timeout))
 
 

@@ -236,9 +236,10 @@ def test_an_unwritable_state_directory_is_one_line_exit_1(host, capsys):
     import os
     state = host.config.STATE_DIR
     os.makedirs(state, exist_ok=True)
-    os.rename(state, state + ".away")
-    with open(state, "w") as handle:                  # a file where the directory should be
-        handle.write("x")
+    # (A regular file where STATE_DIR should be is now refused by the configuration check, exit
+    # 2: tests/test_validation.py.) The manual file's temporary name is taken by a directory,
+    # so the write fails even for root.
+    os.makedirs(os.path.join(state, "manual.tmp.%d" % os.getpid()))
     code, _, err = run(capsys, "manual-mode-enable", "--config", host.path)
     assert code == 1 and err.startswith("iscsi-cfg: ") and len(err.splitlines()) == 1
 

@@ -146,7 +146,12 @@ def test_plugin_manual_mode_and_roles(in_plugin):
     assert answer["ok"] and answer["elapsed_s"] >= 0 and host.manual() == \
         model.MANUAL_SECONDARY
     assert any("secondary reached" in line for line in answer["lines"])
+    # (a timeout that is not a number used to fall back to the default; it is refused now,
+    # before anything is written: tests/test_bad_inputs.py covers nan/inf/negative)
     answer = json.loads(plugin.become_primary(None, {"timeout": "bogus"}))
+    assert answer["code"] == 2 and host.manual() == model.MANUAL_SECONDARY
+    assert "not a number of seconds" in answer["lines"][0]
+    answer = json.loads(plugin.become_primary(None, {}))
     assert answer["ok"] and host.manual() == model.MANUAL_PRIMARY
     answer = json.loads(plugin.manual_mode(None, {"mode": "maybe"}))
     assert answer["code"] == 2 and "mode=enable or mode=disable" in answer["lines"][0]
