@@ -14,6 +14,7 @@ from iscsi_ha import model, status
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
+from iscsi_ha.faults import Faults
 from iscsi_ha.model import (ActionResult, AddFloatingIp, AnnounceFloatingIp, DemoteDrbd,
                             PassRecord, PromoteDrbd, RemoveFloatingIp, StartTarget, StopTarget)
 from iscsi_ha.wiring import Adapters, observe_drbd, observe_target, observe_vip
@@ -33,6 +34,8 @@ class Agent(object):
         self.last_actions = []
         self.last_reason = None
         self.alerts = None            # iscsi_ha.alerts.StatusAlerts, set by the daemon
+        self.faults = Faults()        # errors survived (hooks, alerts, status writes)
+        self.hung_passes = 0          # passes that outlived their budget (the loop counts)
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -111,15 +114,13 @@ class Agent(object):
         observation = self.observe()
         decision = decide(observation)
         results = self.apply(decision.actions)
-        self.adapters.reap()
+        self.faults.guard("reap", self.adapters.reap)
         record = PassRecord(started, observation, decision, results,
                             time.monotonic() - clock)
         self.passes += 1
-        try:
-            self.publish(record, trigger)
-        except (IOError, OSError) as exc:    # disk full, read-only: the pass still counts
-            log.error("cannot publish the status to %s: %s", self.config.STATUS_FILE, exc)
-        self._log_sentence(record, trigger)
+        # Disk full, read-only, a broken alert rule: the pass still counts and the daemon lives.
+        self.faults.guard("status publish", self.publish, record, trigger)
+        self.faults.guard("pass log line", self._log_sentence, record, trigger)
         return record
 
     def publish(self, record, trigger):
@@ -127,10 +128,13 @@ class Agent(object):
             self.last_actions = status.results_to_list(record.results, record.started)
         document = status.build(record, self.config, self.passes, self.started, trigger,
                                 self.last_actions)
+        document["faults"] = self.faults.snapshot()
+        document["hung_passes"] = self.hung_passes
         if not self.dry_run:
-            status.write(self.config.STATUS_FILE, document)
-            if self.alerts is not None:
-                self.alerts.observe(document)        # queues only: never blocks the pass
+            self.faults.guard("status write %s" % self.config.STATUS_FILE, status.write,
+                              self.config.STATUS_FILE, document)
+            if self.alerts is not None:      # queues only: never blocks the pass
+                self.faults.guard("alerts", self.alerts.observe, document)
         return document
 
     def _log_sentence(self, record, trigger):

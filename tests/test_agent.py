@@ -206,3 +206,56 @@ def test_watcher_wakes_when_a_target_process_the_last_pass_saw_is_gone(config, a
     adapters.target.liveness.return_value = ()          # tgtd was killed
     clock[0] += 1.0
     assert watcher.changed() == "target process gone"
+
+
+def test_failing_hooks_alerts_and_status_writes_never_end_the_loop(config, adapters, caplog,
+                                                                   mocker):
+    """Issue 10: every hook, the alert path and the status write raise; the loop runs its
+    passes, logs each place's trace once, and counts every failure in the status."""
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    adapters.vip.observe.return_value = FakeVip(local=True)
+    agent = Agent(config, adapters)
+    agent.alerts = mocker.Mock()
+    agent.alerts.observe.side_effect = TypeError("alert rule broken")
+    loop = Loop(agent)
+
+    def boom(*args):
+        raise TypeError("hook broken")
+    loop.on_pass = loop.on_idle = loop.on_hung = boom
+    writes = []
+    real_write = __import__("iscsi_ha.status", fromlist=["write"]).write
+
+    def flaky_write(path, document):
+        writes.append(document)
+        if len(writes) <= 2:
+            raise OSError(30, "Read-only file system")
+        real_write(path, document)
+    mocker.patch("iscsi_ha.status.write", side_effect=flaky_write)
+    with caplog.at_level("ERROR", logger="iscsi-ha"):
+        loop.run(max_passes=4)
+    assert agent.passes == 4
+    last = writes[-1]
+    assert last["faults"]["hook on_pass"]["count"] == 3        # the 4th runs after the write
+    assert last["faults"]["alerts"]["count"] == 3
+    assert last["faults"]["status write %s" % config.STATUS_FILE]["count"] == 2
+    traces = [r for r in caplog.records if r.exc_info]
+    assert sorted(set(r.getMessage().split(" failed")[0] for r in traces)) == [
+        "alerts", "hook on_idle", "hook on_pass", "status write %s" % config.STATUS_FILE]
+    assert len(traces) == 4                                    # each place's trace once
+    with open(config.STATUS_FILE) as handle:
+        assert json.load(handle)["faults"]["hook on_pass"]["last_error"].startswith("TypeError")
+
+
+def test_hung_pass_alert_hook_gets_the_killed_processes_and_the_real_alert_builds(
+        config, adapters):
+    import subprocess
+    from iscsi_ha.alerts import events
+    adapters.drbd.observe.side_effect = lambda: subprocess.run(["sleep", "30"]) and {}
+    agent = Agent(config, adapters)
+    loop = Loop(agent)
+    alerts = []
+    loop.on_hung = lambda seconds, killed: alerts.append(events.pass_hung(seconds, killed))
+    loop.run_pass("test")
+    assert agent.hung_passes == 1 and len(alerts) == 1          # once per hung pass
+    assert alerts[0].details["killed"].endswith(" sleep")

@@ -93,8 +93,14 @@ def make(kind, resource="", summary="", severity=None, **details):
 
 # -- alerts raised outside the status comparison ----------------------------------------------
 def pass_hung(seconds, killed):
+    """``killed``: the "pid name" of each child process killed ([] when none was)."""
+    if isinstance(killed, (list, tuple)):
+        names = [str(k) for k in killed]
+    else:                           # never let a caller's wrong type end the daemon
+        names = []
     return make("pass-hung", "", "a pass hung for %.0f s; %d child process(es) killed"
-                % (seconds, len(killed)), seconds=round(seconds, 1), killed=", ".join(killed))
+                % (seconds, len(names)), seconds=round(float(seconds), 1),
+                killed=", ".join(names) or "none")
 
 
 def config_invalid(path, problems):
