@@ -36,6 +36,7 @@ class Agent(object):
         self.alerts = None            # iscsi_ha.alerts.StatusAlerts, set by the daemon
         self.faults = Faults()        # errors survived (hooks, alerts, status writes)
         self.hung_passes = 0          # passes that outlived their budget (the loop counts)
+        self.unserved_since = None    # (wall, monotonic) when this host began not to serve
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -117,11 +118,39 @@ class Agent(object):
         self.faults.guard("reap", self.adapters.reap)
         record = PassRecord(started, observation, decision, results,
                             time.monotonic() - clock)
+        record.service = self.service_state(decision, results)
         self.passes += 1
         # Disk full, read-only, a broken alert rule: the pass still counts and the daemon lives.
         self.faults.guard("status publish", self.publish, record, trigger)
         self.faults.guard("pass log line", self._log_sentence, record, trigger)
         return record
+
+    def service_state(self, decision, results):
+        """Whether this host should serve and does not, and whether that is "blocked": at once
+        for a refusal, after SERVICE_BLOCKED_AFTER seconds for a wait or a plan that keeps
+        failing. The status's health, the service-blocked alert and the CLI read this."""
+        state = {"must_serve": decision.must_serve, "unserved": decision.unserved,
+                 "since": None, "for_s": 0.0, "blocked": False,
+                 "blockers": [b.to_dict() for b in decision.blockers]}
+        if not decision.unserved:
+            self.unserved_since = None
+            return state
+        if self.unserved_since is None:
+            self.unserved_since = (time.time(), time.monotonic())
+        elapsed = time.monotonic() - self.unserved_since[1]
+        late = elapsed >= self.config.SERVICE_BLOCKED_AFTER
+        state["since"] = self.unserved_since[0]
+        state["for_s"] = round(elapsed, 3)
+        state["blocked"] = decision.refused or late
+        if late and not decision.blockers:
+            failed = ["%s failed: %s" % (r.action.describe(), r.detail) for r in results
+                      if not r.ok and not r.skipped]
+            blocker = model.Blocker(model.BlockerKind.NOT_SERVING, "", "not serving after "
+                                    "%.0f s of %s%s" % (elapsed, decision.verdict.value,
+                                                        "; " + "; ".join(failed) if failed
+                                                        else ""))
+            state["blockers"] = [blocker.to_dict()]
+        return state
 
     def publish(self, record, trigger):
         if record.results and not self.dry_run:

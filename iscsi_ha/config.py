@@ -92,6 +92,8 @@ WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = path(default='/dev/log')
+SERVICE_BLOCKED_AFTER = seconds(min=0, max=86400, default=30)
+LOCK_FALLBACK_DIR = path(default='/run/iscsi-ha')
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.
