@@ -77,6 +77,13 @@ def _hold_unreadable(obs, blockers):
             return Decision(cleanup, "stopping service: %s, and %s" % (why, problem),
                             model.SECONDARY, healthy=False, verdict=Verdict.BLOCKED,
                             blockers=blockers)
+    readable = not obs.drbd_error and all(r in obs.drbd for r in obs.resources)
+    risk = _serving_risk(obs) if readable else ()
+    if risk:
+        # Whatever the role, a target or floating IP over a Secondary serves nothing safely.
+        return Decision(risk, "stopping service: %s, and the target must not serve from a "
+                        "Secondary" % problem, healthy=False, verdict=Verdict.BLOCKED,
+                        blockers=blockers)
     return Decision((), "holding: " + problem, healthy=False, verdict=Verdict.BLOCKED,
                     blockers=blockers)
 
