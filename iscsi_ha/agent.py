@@ -37,6 +37,8 @@ class Agent(object):
         self.faults = Faults()        # errors survived (hooks, alerts, status writes)
         self.hung_passes = 0          # passes that outlived their budget (the loop counts)
         self.unserved_since = None    # (wall, monotonic) when this host began not to serve
+        self.lock_problem = ""        # the pass lock had to leave STATE_DIR (set by the loop)
+        self.state_problem = ""       # what the last pass could not write, for the log
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -159,12 +161,37 @@ class Agent(object):
                                 self.last_actions)
         document["faults"] = self.faults.snapshot()
         document["hung_passes"] = self.hung_passes
+        if self.lock_problem:
+            status.mark_state_problem(document, self.config.STATE_DIR, self.lock_problem)
         if not self.dry_run:
-            self.faults.guard("status write %s" % self.config.STATUS_FILE, status.write,
-                              self.config.STATUS_FILE, document)
+            self._write_status(document)
             if self.alerts is not None:      # queues only: never blocks the pass
                 self.faults.guard("alerts", self.alerts.observe, document)
         return document
+
+    def _write_status(self, document):
+        """Write the status; when that fails (read-only or full state directory) the document
+        says so (health failed, for the alerts), a copy goes to LOCK_FALLBACK_DIR, and the log
+        (syslog) says it once per new problem."""
+        path = self.config.STATUS_FILE
+        try:
+            status.write(path, document)
+        except Exception as exc:
+            self.faults.record("status write %s" % path, exc)
+            status.mark_state_problem(document, self.config.STATE_DIR, "cannot write the "
+                                      "status %s: %s" % (path, getattr(exc, "strerror", None)
+                                                         or exc))
+            fallback = os.path.join(self.config.LOCK_FALLBACK_DIR, "status")
+            if os.path.abspath(fallback) != os.path.abspath(path):
+                self.faults.guard("status write %s" % fallback, status.write, fallback,
+                                  document)
+        problem = (document.get("state_dir") or {}).get("error", "")
+        if problem and problem != self.state_problem:
+            log.error("state directory %s cannot be used: %s; passes go on, health is failed",
+                      self.config.STATE_DIR, problem)
+        elif self.state_problem and not problem:
+            log.warning("state directory %s usable again", self.config.STATE_DIR)
+        self.state_problem = problem
 
     def _log_sentence(self, record, trigger):
         sentence = "pass %d (%s, %.3f s): saw %s; %s%s" % (
@@ -212,22 +239,57 @@ class PassLockBusy(Exception):
     """Another process (an iscsi-cfg command, a second agent) holds the pass lock."""
 
 
+def lock_paths(config):
+    """(STATE_DIR/lock, LOCK_FALLBACK_DIR/lock): the pass lock and where it goes when the state
+    directory cannot hold it. The agent and iscsi-cfg choose between them the same way
+    (:func:`open_lock`), so they always lock the same file."""
+    return (os.path.join(config.STATE_DIR, "lock"),
+            os.path.join(config.LOCK_FALLBACK_DIR, "lock"))
+
+
+def _open_one(path):
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    try:
+        return open(path, "a")
+    except (IOError, OSError):
+        if os.path.isfile(path):     # read-only file system: flock works on a read-only handle
+            return open(path, "r")
+        raise
+
+
+def open_lock(path, fallback=None):
+    """(handle, path used, problem or ''): ``path`` if it can be opened, else ``fallback``; the
+    problem names the directory and the error, for the status and the alerts."""
+    try:
+        return _open_one(path), path, ""
+    except (IOError, OSError) as exc:
+        if not fallback:
+            raise
+        problem = "cannot use the pass lock %s: %s" % (path, exc.strerror or exc)
+    handle = _open_one(fallback)
+    return handle, fallback, problem + "; using %s" % fallback
+
+
 class PassLock(object):
     """An exclusive lock (STATE_DIR/lock) held for a whole pass; the CLI takes it to switch
     manual mode, so no pass can act on a role the admin has just changed. With ``timeout``
-    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time."""
+    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time. With
+    ``fallback``, a lock file that cannot be opened (read-only or full state directory) is
+    replaced by ``fallback``; ``problem`` then says why."""
 
-    def __init__(self, path, timeout=None, poll=0.05):
+    def __init__(self, path, timeout=None, poll=0.05, fallback=None):
         self.path = path
+        self.fallback = fallback
         self.timeout = timeout
         self.poll = poll
         self.handle = None
+        self.used = None
+        self.problem = ""
 
     def __enter__(self):
-        directory = os.path.dirname(self.path)
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        self.handle = open(self.path, "a")
+        self.handle, self.used, self.problem = open_lock(self.path, self.fallback)
         if self.timeout is None:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
             return self
@@ -240,7 +302,7 @@ class PassLock(object):
                 if time.monotonic() >= deadline:
                     self.handle.close()
                     self.handle = None
-                    raise PassLockBusy("%s is held by another process" % self.path)
+                    raise PassLockBusy("%s is held by another process" % self.used)
                 time.sleep(self.poll)
 
     def __exit__(self, *exc):

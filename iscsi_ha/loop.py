@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from iscsi_ha.agent import PassLock, PassLockBusy
+from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
 from iscsi_ha.faults import Faults
 
 log = logging.getLogger("iscsi-ha")
@@ -84,7 +84,7 @@ class Loop(object):
         self.config = agent.config
         self.stop = stop_event or threading.Event()
         self.watcher = Watcher(agent)
-        self.lock_path = self.config.STATE_DIR.rstrip("/") + "/lock"
+        self.lock_path, self.lock_fallback = lock_paths(self.config)
         faults = getattr(agent, "faults", None)
         self.faults = faults if isinstance(faults, Faults) else Faults()
         self.on_pass = None          # callback(record), e.g. the systemd watchdog ping
@@ -97,7 +97,10 @@ class Loop(object):
 
     def _pass(self, trigger, box):
         try:
-            with PassLock(self.lock_path, timeout=self.config.PASS_BUDGET / 2):
+            lock = PassLock(self.lock_path, timeout=self.config.PASS_BUDGET / 2,
+                            fallback=self.lock_fallback)
+            with lock:
+                self.agent.lock_problem = lock.problem
                 box.append(self.agent.run_cycle(trigger))
         except PassLockBusy as exc:
             log.warning("pass skipped: %s (an iscsi-cfg command at work?)", exc)

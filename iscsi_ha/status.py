@@ -112,6 +112,16 @@ def build(record, config, number, started_at, trigger, last_actions):
     }
 
 
+def mark_state_problem(document, directory, problem):
+    """The state directory (pass lock, status) cannot be written: health "failed", the problem
+    listed, and ``state_dir`` {path, error} for the alerts."""
+    state = document.setdefault("state_dir", {"path": directory, "error": ""})
+    state["error"] = "; ".join(p for p in (state.get("error"), problem) if p)
+    document["health"] = "failed"
+    document.setdefault("problems", []).append("state directory %s: %s" % (directory, problem))
+    return document
+
+
 def results_to_list(results, at):
     return [{"action": r.action.describe(), "ok": r.ok, "duration_s": round(r.duration, 4),
              "detail": r.detail, "skipped": r.skipped, "at": at} for r in results]

@@ -1,5 +1,6 @@
 """One pass with the adapters mocked at their boundary: order, failure handling, status."""
 import json
+import os
 import threading
 import time
 
@@ -36,7 +37,7 @@ def config(tmp_path):
         "POOL_CONF=%s" % pool, "STATE_DIR=%s" % (tmp_path / "state"),
         "MONITOR_DELAY=0.2", "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3",
         "DRBD_TIMEOUT=0.2", "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2",
-        "SYSLOG_SOCKET=", ""])
+        "SYSLOG_SOCKET=", "LOCK_FALLBACK_DIR=%s" % (tmp_path / "run"), ""])
     return config_mod.loads(text, "test.conf")
 
 
@@ -227,9 +228,10 @@ def test_failing_hooks_alerts_and_status_writes_never_end_the_loop(config, adapt
     real_write = __import__("iscsi_ha.status", fromlist=["write"]).write
 
     def flaky_write(path, document):
-        writes.append(document)
-        if len(writes) <= 2:
-            raise OSError(30, "Read-only file system")
+        if path == config.STATUS_FILE:
+            writes.append(document)
+            if len(writes) <= 2:
+                raise OSError(30, "Read-only file system")
         real_write(path, document)
     mocker.patch("iscsi_ha.status.write", side_effect=flaky_write)
     with caplog.at_level("ERROR", logger="iscsi-ha"):
@@ -240,6 +242,7 @@ def test_failing_hooks_alerts_and_status_writes_never_end_the_loop(config, adapt
     assert last["faults"]["alerts"]["count"] == 3
     assert last["faults"]["status write %s" % config.STATUS_FILE]["count"] == 2
     traces = [r for r in caplog.records if r.exc_info]
+    assert last["health"] != "failed" and "state_dir" not in last    # writable again
     assert sorted(set(r.getMessage().split(" failed")[0] for r in traces)) == [
         "alerts", "hook on_idle", "hook on_pass", "status write %s" % config.STATUS_FILE]
     assert len(traces) == 4                                    # each place's trace once
@@ -259,3 +262,41 @@ def test_hung_pass_alert_hook_gets_the_killed_processes_and_the_real_alert_build
     loop.run_pass("test")
     assert agent.hung_passes == 1 and len(alerts) == 1          # once per hung pass
     assert alerts[0].details["killed"].endswith(" sleep")
+
+
+def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, adapters,
+                                                                     mocker):
+    """Issue 10 (2): STATE_DIR cannot hold the pass lock or the status (here it lies under a
+    regular file, which even root cannot write into): the lock falls back to
+    LOCK_FALLBACK_DIR, passes still run and act, health is failed, the status copy lands in the
+    fallback directory, and the alert path gets a state-dir-failed alert naming the directory
+    and the error."""
+    from iscsi_ha.alerts import StatusAlerts
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    pool = tmp_path / "pool.conf"
+    pool.write_text("master")
+    config = config_mod.loads("\n".join([
+        "POOL_CONF=%s" % pool, "STATE_DIR=%s" % (blocker / "state"),
+        "LOCK_FALLBACK_DIR=%s" % (tmp_path / "run"), "MANUAL_FILE=%s" % (tmp_path / "manual"),
+        "MONITOR_DELAY=0.2",
+        "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3", "DRBD_TIMEOUT=0.2",
+        "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2", "SYSLOG_SOCKET=", ""]))
+    agent = Agent(config, adapters)
+    dispatcher = mocker.Mock()
+    agent.alerts = StatusAlerts(dispatcher)
+    loop = Loop(agent)
+    loop.run(max_passes=2)
+    assert agent.passes == 2
+    adapters.drbd.promote.assert_called_with("iscsi1")           # the passes acted
+    with open(str(tmp_path / "run" / "status")) as handle:
+        document = json.load(handle)
+    assert document["health"] == "failed"
+    assert str(blocker / "state") in document["state_dir"]["error"]
+    assert "Not a directory" in document["state_dir"]["error"]
+    assert os.path.exists(str(tmp_path / "run" / "lock"))
+    kinds = [call.args[0].kind for call in dispatcher.submit.call_args_list]
+    assert kinds.count("state-dir-failed") == 1                  # once, not every pass
+    alert = [c.args[0] for c in dispatcher.submit.call_args_list
+             if c.args[0].kind == "state-dir-failed"][0]
+    assert alert.resource == str(blocker / "state") and "Not a directory" in alert.summary

@@ -40,6 +40,8 @@ KINDS = {
     "split-brain": DATA_LOSS_IMMINENT,
     "agent-restarted": SERVICE_DEGRADED,
     "pass-hung": SERVICE_LOSS_IMMINENT,
+    "state-dir-failed": SERVICE_LOSS_IMMINENT,
+    "state-dir-recovered": SERVICE_RECOVERED,
     "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
@@ -335,9 +337,29 @@ def _restart_alerts(previous, current):
                  previous_health=previous.get("health"))]
 
 
+def _state_error(document):
+    return ((document or {}).get("state_dir") or {}).get("error", "")
+
+
+def _state_dir_alerts(previous, current):
+    """The state directory cannot be written (read-only, full): the status file may be out of
+    reach, so this alert goes by mail and XAPI message, naming the directory and the error."""
+    now, before = _state_error(current), _state_error(previous)
+    directory = (current.get("state_dir") or (previous or {}).get("state_dir") or {}).get(
+        "path", "")
+    if now and now != before:
+        return [make("state-dir-failed", directory, "state directory %s cannot be used: %s; "
+                     "passes go on" % (directory, now), error=now)]
+    if before and not now:
+        return [make("state-dir-recovered", directory, "state directory %s usable again"
+                     % directory, previous_error=before)]
+    return []
+
+
 def alerts_for_transition(previous, current):
     """[Alert] for what changed from ``previous`` (a status document or None) to ``current``."""
     found = _restart_alerts(previous, current)
+    found.extend(_state_dir_alerts(previous, current))
     found.extend(_drbd_alerts(previous, current))
     found.extend(_action_alerts(previous, current))
     found.extend(_blocked_alerts(previous, current))

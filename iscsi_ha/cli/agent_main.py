@@ -191,11 +191,14 @@ class DaemonServices(object):
 def run_once(agent, config, dry_run):
     """One pass; unless it is a dry run, under the pass lock (bounded), as the daemon's passes
     are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
-    from iscsi_ha.agent import PassLock, PassLockBusy
+    from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
     if dry_run:
         return agent.run_cycle("once")
+    path, fallback = lock_paths(config)
     try:
-        with PassLock(config.STATE_DIR.rstrip("/") + "/lock", timeout=config.PASS_BUDGET):
+        lock = PassLock(path, timeout=config.PASS_BUDGET, fallback=fallback)
+        with lock:
+            agent.lock_problem = lock.problem
             return agent.run_cycle("once")
     except PassLockBusy as exc:
         sys.stderr.write("iscsi-ha: not run: %s\n" % exc)

@@ -46,8 +46,19 @@ def read_status(config, now=None):
         with open(config.STATUS_FILE) as handle:
             document = json.load(handle)
     except (OSError, IOError, ValueError) as exc:
-        return {"health": "unknown", "agent_running": False, "stale": True,
-                "problems": ["no readable status at %s: %s" % (config.STATUS_FILE, exc)]}
+        document = {"health": "unknown", "agent_running": False, "stale": True,
+                    "problems": ["no readable status at %s: %s" % (config.STATUS_FILE, exc)]}
+    # An agent that cannot write STATE_DIR publishes a copy in LOCK_FALLBACK_DIR: the newer
+    # of the two is the truth.
+    try:
+        with open(os.path.join(config.LOCK_FALLBACK_DIR, "status")) as handle:
+            copy = json.load(handle)
+        if float(copy.get("updated", 0)) > float(document.get("updated", 0) or 0):
+            document = copy
+    except (OSError, IOError, ValueError, TypeError, AttributeError):
+        pass
+    if "updated" not in document:
+        return document
     age = now - float(document.get("updated", 0))
     document["age_s"] = round(age, 3)
     document["stale"] = age > stale_after(config)
