@@ -168,6 +168,11 @@ class DaemonServices(object):
         # Its own XAPI client: a hung PBD.plug must not delay the alerts' XAPI messages.
         self.replugger = PbdReplugger(lambda: XapiClient.from_config(config), self.dispatcher,
                                       config.PBD_REPLUG_INTERVAL, enabled=config.PBD_REPLUG)
+        from iscsi_ha.cli.context import HostContext
+        from iscsi_ha.cli.pool_manual import RecordSync
+        # A manual-mode change made while XAPI was unreachable reaches the pool record later.
+        self.record_sync = RecordSync(lambda: HostContext(config, say=lambda text: None))
+        self.record_sync.start()
 
     def attach(self, agent, loop):
         from iscsi_ha.alerts import StatusAlerts, events, load_previous
@@ -183,6 +188,7 @@ class DaemonServices(object):
             self.replugger.observe(record.observation)
 
     def close(self):
+        self.record_sync.close(timeout=2)
         self.replugger.close(timeout=2)
         self.dispatcher.close(5)
         self.client.close()
