@@ -13,6 +13,7 @@ import psutil
 
 from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
 from iscsi_ha.faults import Faults
+from iscsi_ha.files import SMALL_LIMIT, read_text
 
 log = logging.getLogger("iscsi-ha")
 RETRY_DELAY = 1.0
@@ -20,8 +21,7 @@ RETRY_DELAY = 1.0
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(4096)
+        return read_text(path, SMALL_LIMIT)
     except (OSError, IOError) as exc:
         return "<%s>" % exc.__class__.__name__
 

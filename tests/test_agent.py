@@ -42,8 +42,18 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def adapters(mocker):
-    a = mocker.Mock()
+def adapters():
+    """The three adapters as autospec mocks: a call the real adapters do not have, or with
+    arguments they would not take, fails the test."""
+    from unittest import mock
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.target import TargetAdapter
+    from iscsi_ha.adapters.vip import VipAdapter
+    from iscsi_ha.wiring import Adapters
+    a = Adapters(mock.create_autospec(DrbdAdapter, instance=True),
+                 mock.create_autospec(TargetAdapter, instance=True),
+                 mock.create_autospec(VipAdapter, instance=True))
+    a.drbd.resources = ("iscsi1",)
     a.drbd.observe.return_value = {"iscsi1": state("Secondary")}
     a.drbd.fingerprint.return_value = "fp"
     a.target.observe.return_value = FakeTarget()
@@ -266,22 +276,24 @@ def test_hung_pass_alert_hook_gets_the_killed_processes_and_the_real_alert_build
 
 def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, adapters,
                                                                      mocker):
-    """Issue 10 (2): STATE_DIR cannot hold the pass lock or the status (here it lies under a
-    regular file, which even root cannot write into): the lock falls back to
-    LOCK_FALLBACK_DIR, passes still run and act, health is failed, the status copy lands in the
-    fallback directory, and the alert path gets a state-dir-failed alert naming the directory
-    and the error."""
+    """Issue 10 (2): STATE_DIR stops holding the pass lock or the status while the agent runs
+    (here the directory is replaced by a regular file, which even root cannot write into; the
+    lab scenario uses a real read-only mount): the lock falls back to LOCK_FALLBACK_DIR, passes
+    still run and act, health is failed, the status copy lands in the fallback directory, and
+    the alert path gets one state-dir-failed alert naming the directory and the error."""
     from iscsi_ha.alerts import StatusAlerts
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("")
+    blocker = tmp_path / "state"
+    blocker.mkdir()
     pool = tmp_path / "pool.conf"
     pool.write_text("master")
     config = config_mod.loads("\n".join([
-        "POOL_CONF=%s" % pool, "STATE_DIR=%s" % (blocker / "state"),
+        "POOL_CONF=%s" % pool, "STATE_DIR=%s" % blocker,
         "LOCK_FALLBACK_DIR=%s" % (tmp_path / "run"), "MANUAL_FILE=%s" % (tmp_path / "manual"),
         "MONITOR_DELAY=0.2",
         "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3", "DRBD_TIMEOUT=0.2",
         "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2", "SYSLOG_SOCKET=", ""]))
+    blocker.rmdir()
+    blocker.write_text("")
     agent = Agent(config, adapters)
     dispatcher = mocker.Mock()
     agent.alerts = StatusAlerts(dispatcher)
@@ -292,11 +304,11 @@ def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, a
     with open(str(tmp_path / "run" / "status")) as handle:
         document = json.load(handle)
     assert document["health"] == "failed"
-    assert str(blocker / "state") in document["state_dir"]["error"]
-    assert "Not a directory" in document["state_dir"]["error"]
+    assert str(blocker) in document["state_dir"]["error"]
+    assert "File exists" in document["state_dir"]["error"]
     assert os.path.exists(str(tmp_path / "run" / "lock"))
     kinds = [call.args[0].kind for call in dispatcher.submit.call_args_list]
     assert kinds.count("state-dir-failed") == 1                  # once, not every pass
     alert = [c.args[0] for c in dispatcher.submit.call_args_list
              if c.args[0].kind == "state-dir-failed"][0]
-    assert alert.resource == str(blocker / "state") and "Not a directory" in alert.summary
+    assert alert.resource == str(blocker) and "File exists" in alert.summary
