@@ -55,7 +55,7 @@ class Agent(object):
             drbd=drbd,
             drbd_error=drbd_error,
             target=observe_target(self.adapters.target),
-            vip=observe_vip(self.adapters.vip),
+            vip=observe_vip(self.adapters.vip, config.VIP_CHECK_INTERVAL),
             split_brain=self._split_brain_flags(),
             witness=None,
             resources=tuple(config.DRBD_RESOURCES),

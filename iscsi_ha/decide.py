@@ -200,13 +200,35 @@ def _plan_primary(obs, why):
     if obs.vip is None or not obs.vip.local:
         actions.extend([AddFloatingIp(), AnnounceFloatingIp()])
     if not actions:
-        return Decision((), "no action: primary as expected (%s), target serving, floating IP "
-                        "local" % why, model.PRIMARY, verdict=Verdict.OK)
+        return _vip_health(obs, why) or Decision(
+            (), "no action: primary as expected (%s), target serving, floating IP local" % why,
+            model.PRIMARY, verdict=Verdict.OK)
     first = actions[0]
     verb = ("promoting" if isinstance(first, PromoteDrbd) else
             "starting target" if isinstance(first, StartTarget) else "taking floating IP")
     return Decision(tuple(actions), "%s: %s" % (verb, why), model.PRIMARY, healthy=False,
                     verdict=Verdict.ACTING)
+
+
+def _vip_health(obs, why):
+    """The holder's floating IP cannot reach clients: its interface is down or without carrier
+    (a wait: a cable or switch may come back; alerted after SERVICE_BLOCKED_AFTER), or another
+    MAC answers for it (a refusal: alerted at once). The agent keeps what it holds and acts on
+    nothing: the storage follows the pool master, so handing it to the peer would leave the
+    master without it, and a gratuitous-ARP fight with an unknown machine can only make clients
+    flip between the two. An admin fixes the link or removes the impostor."""
+    vip = obs.vip
+    if vip.conflict:
+        blocker = Blocker(BlockerKind.FLOATING_IP_CONFLICT, "", "another host (%s) answers for "
+                          "the floating IP" % ", ".join(vip.conflict))
+        return Decision((), "refusing: %s, but %s" % (why, blocker.detail), model.PRIMARY,
+                        healthy=False, verdict=Verdict.BLOCKED, blockers=(blocker,))
+    if vip.trouble:
+        blocker = Blocker(BlockerKind.FLOATING_IP_DOWN, "", "the floating IP's %s"
+                          % vip.trouble)
+        return Decision((), "waiting: %s, but %s" % (why, blocker.detail), model.PRIMARY,
+                        healthy=False, verdict=Verdict.WAITING, blockers=(blocker,))
+    return None
 
 
 def _plan_secondary(obs, why):

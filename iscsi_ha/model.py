@@ -47,6 +47,18 @@ class VipObservation:
     interface_exists: bool = True
     interface_up: bool = True
     error: str = ""
+    carrier: bool = True                  # the interface has a link (no NO-CARRIER)
+    conflict: Tuple[str, ...] = ()        # MACs of other hosts answering for the floating IP
+    conflict_error: str = ""              # the conflict probe could not run
+
+    @property
+    def trouble(self):
+        """Why clients cannot reach the floating IP held here, or '' (only when local)."""
+        if not self.local:
+            return ""
+        if not self.interface_up or not self.carrier:
+            return "interface %s" % ("down" if not self.interface_up else "without carrier")
+        return ""
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,7 @@ class BlockerKind(str, enum.Enum):
 # Blockers that may clear without an admin: an alert only after SERVICE_BLOCKED_AFTER seconds.
 WAIT_BLOCKERS = frozenset([BlockerKind.PEER_PRIMARY, BlockerKind.MANUAL_HOLD,
                            BlockerKind.PINNED_SECONDARY, BlockerKind.POOL_ROLE_UNKNOWN,
-                           BlockerKind.NOT_SERVING])
+                           BlockerKind.NOT_SERVING, BlockerKind.FLOATING_IP_DOWN])
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ def problems_of(observation, decision, results, service=None):
     if service and service.get("blocked"):
         found.append("this host should serve the storage and does not: %s" % "; ".join(
             b["detail"] or b["kind"] for b in service.get("blockers") or []))
+    vip = observation.vip
+    if vip is not None and vip.conflict_error:
+        found.append("floating IP conflict check failed: %s" % vip.conflict_error)
     for name, state in sorted(observation.drbd.items()):
         if not state.is_connected:
             found.append("%s: replication link down (%s)" % (name, state.connection))
@@ -98,7 +101,11 @@ def build(record, config, number, started_at, trigger, last_actions):
         "floating_ip": {"address": "%s/%s" % (config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK),
                         "interface": config.DRBD_INTERFACE,
                         "local": None if obs.vip is None else obs.vip.local,
-                        "error": "" if obs.vip is None else obs.vip.error},
+                        "error": "" if obs.vip is None else obs.vip.error,
+                        "interface_up": None if obs.vip is None else obs.vip.interface_up,
+                        "carrier": None if obs.vip is None else obs.vip.carrier,
+                        "conflict": [] if obs.vip is None else list(obs.vip.conflict),
+                        "conflict_error": "" if obs.vip is None else obs.vip.conflict_error},
         "decision": {"reason": decision.reason, "healthy": decision.healthy,
                      "actions": [a.describe() for a in decision.actions],
                      "verdict": decision.verdict.value, "must_serve": decision.must_serve,

@@ -292,7 +292,28 @@ VERDICT_ROWS = [
      [B.POOL_ROLE_UNKNOWN], False),
     ("master, peer Primary and link down", obs(PEER_PRI_ALONE), Verdict.WAITING,
      [B.PEER_PRIMARY], True),
+    # Issue 10 (5): floating-IP trouble on the holder: hold what is held, act on nothing.
+    ("holder, interface down", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, interface_up=False)), Verdict.WAITING, [B.FLOATING_IP_DOWN], True),
+    ("holder, no carrier", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, carrier=False)), Verdict.WAITING, [B.FLOATING_IP_DOWN], True),
+    ("holder, another MAC answers", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, conflict=("02:00:00:00:00:0B",))), Verdict.BLOCKED,
+     [B.FLOATING_IP_CONFLICT], True),
+    ("holder, conflict probe failed: only a problem", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, conflict_error="ARP frame not sent")), Verdict.OK, [], True),
 ]
+
+
+@pytest.mark.parametrize("vip", [VipObservation(local=True, interface_up=False),
+                                 VipObservation(local=True, carrier=False),
+                                 VipObservation(local=True, conflict=("02:00:00:00:00:0B",))])
+def test_floating_ip_trouble_on_the_holder_holds_and_acts_on_nothing(vip):
+    """The decision-table row of issue 10 (5): no hand-over (the storage follows the pool
+    master), no re-announce (no ARP fight), no demote: nothing, with a blocker for the alert."""
+    decision = decide(obs(PRI, target=SERVING, vip=vip))
+    assert decision.actions == () and decision.desired == model.PRIMARY
+    assert decision.unserved and not decision.healthy
 
 
 @pytest.mark.parametrize("name,observation,verdict,kinds,serve", VERDICT_ROWS,

@@ -40,6 +40,9 @@ TARGETS = [None, TargetObservation(running=False, serving=False),
            TargetObservation(running=True, serving=True)]
 VIPS = [None, VipObservation(local=False), VipObservation(local=True),
         VipObservation(local=True, interface_up=False),
+        VipObservation(local=True, carrier=False),
+        VipObservation(local=True, conflict=("02:00:00:00:00:0B",)),
+        VipObservation(local=True, conflict_error="ARP frame not sent"),
         VipObservation(local=False, interface_exists=False, error="no interface")]
 # Target x floating-IP pairs for the full DRBD product: unknown, all down, half up, all up.
 SERVICE_PAIRS = [(TARGETS[0], VIPS[0]), (TARGETS[1], VIPS[1]), (TARGETS[2], VIPS[2]),
@@ -131,6 +134,9 @@ def _verdict_violations(obs, plan, kinds):
                 all(s.role == "Primary" for s in obs.drbd.values()) and obs.target.serving
                 and obs.vip.local):
             found.append("ok for a host that must serve and does not")
+        if obs.vip is not None and obs.vip.local and (obs.vip.trouble or obs.vip.conflict) \
+                and plan.desired == model.PRIMARY:
+            found.append("ok while the held floating IP cannot reach clients")
     elif verdict == Verdict.ACTING:
         if not kinds or blockers:
             found.append("acting without steps or with blockers")
@@ -204,7 +210,7 @@ ERRORS = ["", "drbdadm timed out"]
 
 
 def test_every_service_split_brain_witness_and_error_state_gives_a_safe_plan(capsys):
-    """pool x manual x 10 representative DRBD states x 4 targets x 5 floating-IP states x split
+    """pool x manual x 10 representative DRBD states x 4 targets x 8 floating-IP states x split
     brain x witness x DRBD unreadable."""
     def rows():
         for pool, manual, state, target, vip, split, witness, error in itertools.product(
@@ -214,7 +220,7 @@ def test_every_service_split_brain_witness_and_error_state_gives_a_safe_plan(cap
     count, bad = _check(rows())
     with capsys.disabled():
         print("\n[rows] decide() property, service/split brain/witness/errors: %d rows" % count)
-    assert count == 5 * 5 * 10 * 4 * 5 * 2 * 3 * 2
+    assert count == 5 * 5 * 10 * 4 * len(VIPS) * 2 * 3 * 2
     assert not bad, bad
 
 
