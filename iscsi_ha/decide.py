@@ -18,7 +18,9 @@ def decide(obs):
     """Return the :class:`Decision` (the plan, with its verdict and blockers) for one
     observation."""
     plan = _decide(obs)
-    return _with_must_serve(plan, must_serve(obs))
+    serving = (not obs.drbd_error and all(r in obs.drbd for r in obs.resources)
+               and _serving_here(obs) and not obs.vip.trouble and not obs.vip.conflict)
+    return _with_must_serve(plan, must_serve(obs), serving)
 
 
 def _decide(obs):
@@ -33,9 +35,9 @@ def _decide(obs):
     return _plan_secondary(obs, why)
 
 
-def _with_must_serve(plan, value):
+def _with_must_serve(plan, value, serving=False):
     return Decision(plan.actions, plan.reason, plan.desired, plan.healthy, plan.verdict,
-                    plan.blockers, value)
+                    plan.blockers, value, serving)
 
 
 def must_serve(obs):

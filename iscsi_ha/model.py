@@ -208,11 +208,12 @@ class Decision:
     verdict: Verdict = Verdict.OK
     blockers: Tuple[Blocker, ...] = ()
     must_serve: bool = False       # this host should be serving (master, or manual primary)
+    serving: bool = False          # it serves now: all Primary, target serving, IP reachable
 
     @property
     def unserved(self):
         """This host should serve and does not (a hold with no blocker is someone's choice)."""
-        if not self.must_serve or self.verdict == Verdict.OK:
+        if not self.must_serve or self.verdict == Verdict.OK or self.serving:
             return False
         return self.verdict != Verdict.HOLDING or bool(self.blockers)
 

@@ -323,8 +323,17 @@ def test_verdict_table(name, observation, verdict, kinds, serve):
     assert decision.verdict == verdict
     assert [b.kind for b in decision.blockers] == kinds
     assert decision.must_serve is serve
-    assert decision.unserved is (serve and verdict != Verdict.OK and (
+    assert decision.unserved is (serve and verdict != Verdict.OK and not decision.serving and (
         verdict != Verdict.HOLDING or bool(kinds)))
+
+
+def test_a_host_serving_while_blocked_is_not_unserved():
+    """A serving primary whose manual file turns unreadable: blocked (health failed), but it
+    serves, so no service-blocked."""
+    plan = decide(model.Observation(
+        pool=MASTER, manual=model.MANUAL_HOLD, drbd={"iscsi1": PRI}, target=SERVING, vip=LOCAL,
+        resources=("iscsi1",), manual_error="manual mode file /x holds 'junk'"))
+    assert plan.verdict == Verdict.BLOCKED and plan.serving and not plan.unserved
 
 
 def test_promote_order_is_drbd_then_target_then_ip():
