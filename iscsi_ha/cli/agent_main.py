@@ -74,6 +74,8 @@ def cmd_run(path, once, dry_run, as_json):
         else:
             sys.stdout.write("observed: %s\n" % describe_observation(record.observation))
             sys.stdout.write("decision: %s\n" % record.decision.reason)
+            sys.stdout.write("verdict: %s%s\n" % (record.decision.verdict.value, "".join(
+                "; blocked by %s" % b.describe() for b in record.decision.blockers)))
             for number, action in enumerate(record.decision.actions, 1):
                 sys.stdout.write("  %d. %s\n" % (number, action.describe()))
         agent.adapters.close()

@@ -123,7 +123,8 @@ def tgtd_killed(lab, run):
 
 def alerts_of(lab, kind, since):
     """(emails, XAPI messages) of alert ``kind`` since ``since`` (wall clock)."""
-    mail = [m for m in lab.mail() if m["time"] >= since and m["alert"].startswith(kind + ";")]
+    mail = [m for m in lab.mail() if m["time"] >= since
+            and m["alert"].strip().startswith(kind + ";")]     # the header may be folded
     name = "ISCSI_HA_" + kind.upper().replace("-", "_")
     messages = [m for m in lab.xapi.pool.messages(name)
                 if _epoch(m.get("timestamp")) >= since - 1]
