@@ -26,7 +26,10 @@ def ctx_in_a(two_hosts, tmp_path, mocker):
     path = tmp_path / "iscsi-ha.conf"
     path.write_text("DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=%s\nDRBD_VIRTUAL_MASK=24\n"
                     "DRBD_INTERFACE=eth0\nDRBD_VERSION=8.4\nSTATE_DIR=%s\n"
+                    # arping in A's namespace: the raw-socket method would probe from this
+                    # (the root) namespace, outside the test's network
                     "IP_COMMAND='ip netns exec %s ip'\nARPING='ip netns exec %s arping'\n"
+                    "ARP_METHOD=arping\n"
                     "XAPI_URL=unix://%s/none.sock\nXAPI_TIMEOUT=1\n"
                     % (VIP, tmp_path / "state", ns_a, ns_a, tmp_path))
     config = config_mod.load(str(path))
