@@ -55,7 +55,7 @@ REPLICATION_ALERTS_FROM = choice('primary', 'both', default='primary')
 DRBD_VERSION = choice('auto', '8.4', '9', default='auto')
 DRBD_ADM = command(default='drbdadm')
 DRBD_SETUP = command(default='drbdsetup')
-DRBD_PROC = path(default='/proc/drbd')
+DRBD_PROC = proc_file(default='/proc/drbd')
 DRBD_TIMEOUT = seconds(min=0.1, max=300, default=10)
 DRBD_POLL_INTERVAL = seconds(min=0.02, max=60, default=0.2)
 ISCSI_TARGET_IQN = iqn(default='')
@@ -75,7 +75,7 @@ ARP_INTERVAL = seconds(min=0.01, max=10, default=0.2)
 NET_TIMEOUT = seconds(min=0.1, max=60, default=5)
 POOL_CONF = file_path(default='/etc/xensource/pool.conf')
 POOL_POLL_INTERVAL = seconds(min=0.02, max=10, default=0.1)
-XAPI_URL = string(default='unix:///var/lib/xcp/xapi')
+XAPI_URL = xapi_url(default='unix:///var/lib/xcp/xapi')
 XAPI_USER = string(default='root')
 XAPI_PASSWORD = string(default='')
 XAPI_TIMEOUT = seconds(min=0.1, max=120, default=5)
@@ -85,8 +85,8 @@ INVENTORY_FILE = path(default='/etc/xensource-inventory')
 PBD_REPLUG = flag(default='1')
 PBD_REPLUG_INTERVAL = seconds(min=5, max=86400, default=60)
 STATE_DIR = dir_path(default='/etc/iscsi-ha/state')
-STATUS_FILE = file_path(default='')
-MANUAL_FILE = file_path(default='')
+STATUS_FILE = file_path(writable=True, default='')
+MANUAL_FILE = file_path(writable=True, default='')
 LOG_FILE = log_file(default='')
 WATCH_INTERVAL = seconds(min=0.05, max=3600, default=5)
 WATCH_MARGIN = seconds(min=0.05, max=3600, default=5)
@@ -116,7 +116,9 @@ _SERVICE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,254}\Z")
 _IQN_RE = re.compile(r"(iqn\.[0-9]{4}(-[0-9]{2})?\.[!-~]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)\Z")
 _INT_RE = re.compile(r"-?[0-9]+\Z")
 _SECONDS_RE = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# C0 but TAB, DEL, C1 (U+0080-U+009F: U+0085 is a line break to some tools), and the
+# surrogates Python uses for bytes that are not UTF-8 (a command-line argument such as $'\xff').
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\udc80-\udcff]")
 
 
 class ValidateError(ValueError):
@@ -260,6 +262,56 @@ def _exists_as(path):
         return None
 
 
+# Kernel file systems: their files are not the agent's to write (or to keep its state in).
+PSEUDO_FS = frozenset((
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+    "securityfs", "configfs", "pstore", "bpf", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc",
+    "autofs", "efivarfs", "selinuxfs", "nsfs", "rpc_pipefs"))
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _unescape_mount(text):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mount_of(path):
+    """``(mount point, fs type, mount options)`` of the file system holding ``path`` (or its
+    nearest existing parent), from /proc/self/mountinfo; None when that cannot be read."""
+    existing = path
+    while existing not in ("", "/") and _exists_as(existing) is None:
+        existing = os.path.dirname(existing.rstrip("/")) or "/"
+    existing = os.path.realpath(existing or "/")
+    try:
+        text = files.read_text(MOUNTINFO, 8 * files.PROC_LIMIT)
+    except (OSError, IOError):
+        return None
+    best = None
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:] or len(fields) < 10:
+            continue
+        dash = fields.index("-", 6)
+        point = _unescape_mount(fields[4])
+        inside = existing == point or existing.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[dash + 1], fields[5].split(","))
+    return best
+
+
+def _fs_problem(path, writable):
+    """Why the file system of ``path`` cannot hold the agent's files, or None."""
+    mount = mount_of(path)
+    if mount is None:
+        return None
+    point, fstype, options = mount
+    if fstype in PSEUDO_FS:
+        return ("%s is on the %s kernel file system (mounted on %s), which cannot hold the "
+                "agent's files; choose a path on a disk file system" % (path, fstype, point))
+    if writable and "ro" in options:
+        return "%s is on a file system mounted read-only (%s)" % (path, point)
+    return None
+
+
 def _creatable_dir(path):
     """None when ``path`` is a directory or could be created, else why not."""
     mode = _exists_as(path)
@@ -276,10 +328,15 @@ def _creatable_dir(path):
     return None
 
 
-def _file_path(value):
-    """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory)."""
+def _file_path(value, writable=False):
+    """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory),
+    not on a kernel file system (/proc/version is a regular file); ``writable``: the agent
+    writes it, so not on a read-only mount either."""
     _path(value)
     if value:
+        why = _fs_problem(value, writable)
+        if why:
+            raise ValidateError(why)
         mode = _exists_as(value)
         if mode is not None and not stat.S_ISREG(mode):
             raise ValidateError("%s is %s; expected a regular file (or none yet)"
@@ -292,6 +349,12 @@ def _file_path(value):
 
 def _dir_path(value):
     _check(value.startswith("/"), value, "an absolute path of a directory")
+    if os.path.realpath(value) == "/":
+        raise ValidateError("the root directory itself cannot be the agent's state directory; "
+                            "expected a directory of its own such as /etc/iscsi-ha/state")
+    why = _fs_problem(value, True)
+    if why:
+        raise ValidateError(why)
     why = _creatable_dir(value)
     if why:
         raise ValidateError("expected a directory (or a path where one can be created): %s"
@@ -300,9 +363,13 @@ def _dir_path(value):
 
 
 def _log_file(value):
-    """Empty, or a regular file (or none yet) in an existing directory."""
+    """Empty, or a regular file (or none yet) in an existing directory, on a writable disk
+    file system."""
     _path(value)
     if value:
+        why = _fs_problem(value, True)
+        if why:
+            raise ValidateError(why)
         mode = _exists_as(value)
         if mode is not None and not stat.S_ISREG(mode):
             raise ValidateError("%s is %s; expected a regular file to append to"
@@ -322,6 +389,27 @@ def _socket_path(value):
         if mode is not None and not stat.S_ISSOCK(mode):
             raise ValidateError("%s is %s; expected the syslog socket (or empty: no syslog)"
                                 % (value, files.kind_of(mode) or "a regular file"))
+    return value
+
+
+def _xapi_url(value):
+    """The URL the XAPI client connects to, checked by the code that builds its proxy."""
+    from iscsi_ha.adapters import xapi
+    try:
+        xapi.make_proxy(value, 1.0)
+    except xapi.XapiUrlError as exc:
+        raise ValidateError(str(exc))
+    return value
+
+
+def _proc_file(value):
+    """A kernel status file such as /proc/drbd: absent (module not loaded) or a regular file;
+    never a FIFO (it would block the reader), a device (/dev/zero never ends) or a directory."""
+    _check(value.startswith("/"), value, "an absolute path such as /proc/drbd")
+    mode = _exists_as(value)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValidateError("%s is %s; expected a regular file such as /proc/drbd"
+                            % (value, files.kind_of(mode)))
     return value
 
 
@@ -366,6 +454,8 @@ VALIDATOR_FUNCTIONS = {
     "socket_path": _socket_path,
     "choice": _choice,
     "command": _command,
+    "xapi_url": _xapi_url,
+    "proc_file": _proc_file,
     "string": lambda value: value,
 }
 
@@ -421,7 +511,18 @@ def _control_problem(value):
     if match.group(0) == "\r":
         return ("ends in a carriage return: the file has Windows (CRLF) line endings and bash "
                 "keeps the \\r in the value; convert the file with dos2unix")
-    return "holds the control character %r; bash would keep it in the value" % match.group(0)
+    char = match.group(0)
+    if "\udc80" <= char <= "\udcff":
+        return ("holds the byte 0x%02x, which is not UTF-8; write the value in UTF-8 (or ASCII)"
+                % (ord(char) - 0xdc00))
+    return ("holds the control character U+%04X (%r); bash would keep it in the value, and it "
+            "would garble mails and logs: remove it" % (ord(char), char))
+
+
+def value_problem(value):
+    """Why ``value`` cannot be any key's value (a control character, a byte that is not
+    UTF-8), or None: the same words for ``check`` and ``iscsi-cfg set``."""
+    return _control_problem(value)
 
 
 def _validate(raw, lines, hostname):
@@ -470,7 +571,7 @@ def _cross_checks(values, lines):
     for key, name in (("STATUS_FILE", "status"), ("MANUAL_FILE", "manual")):
         if not values[key]:
             try:
-                _file_path(os.path.join(state, name))
+                _file_path(os.path.join(state, name), writable=True)
             except ValidateError as exc:
                 problems.append((key, lines.get("STATE_DIR", 0), os.path.join(state, name),
                                  "(derived from STATE_DIR) %s" % exc))

@@ -111,6 +111,24 @@ AGREE = [
     ("value-is-dash", "A=-n\nB=--\n"),
     ("percent-and-at", "A=user@host%x\n"),
     ("quoted-newline-comment", "A='x\n# not a comment'\n"),
+    # bash removes backslash-newline before it reads words (review of issue 11, defect 3)
+    ("continuation-dollar-name", "A=$\\\nHOSTNAME\n"),
+    ("continuation-inside-name", "A=$HOST\\\nNAME\n"),
+    ("continuation-inside-braces", "A=${HOST\\\nNAME}x\n"),
+    ("continuation-dq-name", "A=\"$HOST\\\nNAME x\"\n"),
+    ("continuation-key-name", "AB\\\nC=1\n"),
+    ("continuation-before-equals", "A\\\n=1\n"),
+    ("continuation-before-append", "A=1\nA\\\n+=2\n"),
+    ("continuation-then-hash", "A=ab\\\n#cd\n"),
+    ("continuation-blank-then-hash", "A=ab \\\n#cd \\\nB=2\n"),
+    ("continuation-escaped-backslash", "A=a\\\\\nB=2\n"),
+    ("continuation-twice", "A=a\\\n\\\nb\n"),
+    ("continuation-in-export", "exp\\\nort A=1\n"),
+    ("continuation-sq-in-dq", "A=\"it's \\\nx\"\n"),
+    ("continuation-earlier-name", "AB=1\nX=$A\\\nB\n"),
+    # review of issue 11, defect 7: HOSTNAME is bash's own until assigned; += appends to it
+    ("hostname-append", "HOSTNAME+=x\nA=$HOSTNAME\n"),
+    ("hostname-append-twice", "HOSTNAME+=x\nHOSTNAME+=y\n"),
     ("halizard-like", "DRBD_RESOURCES=iscsi1\nISCSI_TARGET_SERVICE=tgtd\nDRBD_VIRTUAL_IP=10.10.10.3\n"
                       "MAIL_FROM=\"root@localhost\"\nSMTP_USER=\"\"\nSMTP_PASS=\"\"\n"),
 ]
@@ -165,8 +183,51 @@ REFUSE = [
     ("u2028-line", "A=1\n\u2028\n"),
     ("assignment-then-command", "A=1 B=2 touch X\n"),
     ("array-element", "A[0]=1\n"),
-    ("dollar-backslash", "A=$\\\nHOSTNAME\n"),
     ("triple-with-space", 'A="""a b""" c\n'),
+    # review of issue 11, defect 3: continuation joins a name to what follows, bash reads an
+    # unset name ('' from the environment), we refuse it
+    ("continuation-hostname-suffix", "STATE_DIR=/tmp/fz/sd/$HOSTNAME\\\n_sb\n"),
+    ("continuation-hostname-dq", "MAIL_SUBJECT=\"$HOSTNAME\\\nx\"\n"),
+    ("continuation-earlier-suffix", "A=1\nX=$A\\\nB\n"),
+    ("continuation-tilde", "X=\\\n~/x\n"),
+    ("continuation-tilde-after-colon", "X=/a:\\\n~/x\n"),
+    # review of issue 11, defect 7: bash's own variables as keys or references
+    ("bash-var-uid", "UID=1\n"),
+    ("bash-var-euid", "EUID=1\n"),
+    ("bash-var-ppid", "PPID=1\n"),
+    ("bash-var-random", "RANDOM=1\nA=$RANDOM\n"),
+    ("bash-var-lineno", "LINENO=7\n"),
+    ("bash-var-seconds", "SECONDS=100\n"),
+    ("bash-var-groups", "GROUPS=5\n"),
+    ("bash-var-epochseconds", "EPOCHSECONDS=5\n"),
+    ("bash-var-underscore", "_=x\n"),
+    ("bash-var-funcname", "FUNCNAME=x\n"),
+    ("bash-var-shellopts", "SHELLOPTS=x\n"),
+    ("bash-var-bashopts", "BASHOPTS=x\n"),
+    ("bash-var-bash-versinfo", "BASH_VERSINFO=x\n"),
+    ("bash-var-path", "PATH=/nowhere\n"),
+    ("bash-var-ifs", "IFS=x\n"),
+    ("bash-ref-uid", "A=$UID\n"),
+    ("bash-ref-random", "A=${RANDOM}\n"),
+    ("bash-ref-lineno", "A=\"$LINENO\"\n"),
+    ("bash-ref-underscore", "A=$_\n"),
+    ("bash-ref-ppid", "A=$PPID\n"),
+    ("continuation-dollar-paren", "A=$\\\n(touch X)\n"),
+]
+
+# (name, text, key, what a reader that joins lines after reading words would give): bash gives
+# something else (the test shows it), and our reader refuses the file.
+# (name, key): bash refuses the assignment or does not keep the value ("zz1" is assigned).
+BASH_OWN = ["UID", "EUID", "PPID", "RANDOM", "SRANDOM", "LINENO", "SECONDS", "GROUPS",
+            "EPOCHSECONDS", "EPOCHREALTIME", "FUNCNAME", "SHELLOPTS", "BASHOPTS", "BASHPID",
+            "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_ARGC", "BASH_COMMAND", "HISTCMD", "_",
+            "DIRSTACK", "BASH_LINENO", "BASH_SOURCE"]
+
+CONTINUATION_DIFFERS = [
+    ("continuation-hostname-suffix", "STATE_DIR", "/tmp/fz/sd/" + HOSTNAME + "_sb"),
+    ("continuation-hostname-dq", "MAIL_SUBJECT", HOSTNAME + "x"),
+    ("continuation-earlier-suffix", "X", "1B"),
+    ("continuation-tilde", "X", "~/x"),
 ]
 
 

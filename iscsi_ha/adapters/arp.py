@@ -18,6 +18,8 @@ import socket
 import struct
 import time
 
+from iscsi_ha import files
+
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 BROADCAST = b"\xff" * 6
@@ -83,8 +85,8 @@ def claims(packet, address, own_mac):
 
 def interface_mac(interface, sys_class_net="/sys/class/net"):
     try:
-        with open(os.path.join(sys_class_net, interface, "address")) as handle:
-            return mac_bytes(handle.read())
+        return mac_bytes(files.read_text(os.path.join(sys_class_net, interface, "address"),
+                                         files.SMALL_LIMIT))
     except (OSError, IOError, ValueError) as exc:
         raise ArpError("cannot read the MAC address of %s: %s" % (interface, exc))
 

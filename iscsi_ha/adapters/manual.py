@@ -53,8 +53,7 @@ def read_change(path):
     """The change record of the manual file ``path`` (a dict), or None when there is none or
     it no longer describes the file (an older tool changed the file without it)."""
     try:
-        with open(change_path(path)) as handle:
-            record = json.load(handle)
+        record = json.loads(read_text(change_path(path), SMALL_LIMIT))
         mode, at = record["mode"], float(record["at"])
     except (OSError, IOError, ValueError, KeyError, TypeError):
         return None

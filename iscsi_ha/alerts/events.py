@@ -39,6 +39,7 @@ KINDS = {
     "resync-finished": SERVICE_RECOVERED,
     "split-brain": DATA_LOSS_IMMINENT,
     "agent-restarted": SERVICE_DEGRADED,
+    "agent-restart-backoff": SERVICE_LOSS_IMMINENT,
     "pass-hung": SERVICE_LOSS_IMMINENT,
     "state-dir-failed": SERVICE_LOSS_IMMINENT,
     "state-dir-recovered": SERVICE_RECOVERED,

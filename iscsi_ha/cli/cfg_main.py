@@ -85,8 +85,8 @@ def _show(value):
 
 def cmd_get(ctx, args):
     config = ctx.config
-    if args.key:
-        if not hasattr(config, args.key) or not args.key.isupper():
+    if args.key is not None:
+        if not args.key or not hasattr(config, args.key) or not args.key.isupper():
             raise CliError("unknown key %s" % args.key, 2)
         ctx.say(_show(getattr(config, args.key)))
         return ExitCode.OK
@@ -226,9 +226,32 @@ def main(argv=None):
     return errors.guard("iscsi-cfg", _main, argv)
 
 
+def _parse(argv):
+    """argparse drops every "--" among positional values (``set KEY -- --`` gave VALUE []):
+    the words after the first "--" are handed to it as placeholders and put back after."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv:
+        return cfg_args.build().parse_args(argv)
+    cut = argv.index("--") + 1
+    words = dict(("\0%d" % n, word) for n, word in enumerate(argv[cut:]))
+    try:
+        args = cfg_args.build().parse_args(argv[:cut] + sorted(words, key=lambda w: int(w[1:])))
+    except cfg_args.UsageError as exc:
+        text = str(exc)
+        for placeholder, word in words.items():
+            text = text.replace(placeholder, word)
+        raise cfg_args.UsageError(text)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value in words:
+            setattr(args, name, words[value])
+        elif isinstance(value, list):
+            setattr(args, name, [words.get(v, v) if isinstance(v, str) else v for v in value])
+    return args
+
+
 def _main(argv):
     try:
-        args = cfg_args.build().parse_args(argv)
+        args = _parse(argv)
     except cfg_args.UsageError as exc:
         sys.stderr.write("%s%s\n" % (exc, _dash_hint(argv)))
         return ExitCode.ERROR
@@ -245,6 +268,8 @@ def _main(argv):
     except EXPECTED as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.FAILED
+    except BrokenPipeError:                    # `iscsi-cfg log | head`: the reader is gone
+        raise                                  # errors.guard ends quietly
     except (OSError, IOError) as exc:          # e.g. the state directory is not writable
         sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.DEGRADED

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from iscsi_ha import model
+from iscsi_ha import files, model
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.xapi import XapiError
 
@@ -98,8 +98,7 @@ def pool_entry(other_config, uuid):
 def read_inventory_uuid(path):
     """INSTALLATION_UUID from an xensource-inventory file (``KEY='value'`` lines), or None."""
     try:
-        with open(path) as handle:
-            lines = handle.read(65536).splitlines()
+        lines = files.read_text(path, files.SMALL_LIMIT).splitlines()
     except (OSError, IOError):
         return None
     for line in lines:

@@ -500,3 +500,220 @@ def test_d7_set_can_repair_an_invalid_state_dir_when_no_agent_runs(tmp_path, cap
                          str(tmp_path / "st"))
     assert code == 0, err
     assert config_mod.load(str(path)).STATE_DIR == str(tmp_path / "st")
+
+
+# -- review of issues 9/11: XAPI_URL and DRBD_PROC ---------------------------------------------
+@pytest.mark.parametrize("url,words", [
+    ("garbage", "neither"), ("", "empty"), ("http://[::1", "cannot be parsed"),
+    ("ftp://h/", "neither"), ("http://h:0/", "port 0"), ("http://h:99999/", "cannot be parsed"),
+    ("http:///x", "neither"), ("unix://", "no socket path"), ("http://h x/", "blank")])
+def test_review1_xapi_url_is_validated_by_check(url, words):
+    refused("XAPI_URL='%s'\n" % url, "XAPI_URL", words)
+
+
+@pytest.mark.parametrize("url", ["unix:///var/lib/xcp/xapi", "http://192.0.2.1/",
+                                 "https://[2001:db8::1]:8443/", "http://h:80"])
+def test_review1_good_xapi_urls_pass(url):
+    assert config_mod.loads("XAPI_URL='%s'\n" % url).XAPI_URL == url
+
+
+def test_review1_a_bad_url_reaching_the_client_is_an_expected_error(tmp_path, capsys):
+    from iscsi_ha.adapters.xapi import XapiClient, XapiError
+    with pytest.raises(XapiError) as bad:
+        XapiClient("http://[::1", "root", "", 1.0)
+    assert "cannot be parsed" in str(bad.value)
+    path = tmp_path / "c.conf"
+    path.write_text("XAPI_URL=garbage\nSTATE_DIR=%s/state\n" % tmp_path)
+    for verb in (["check"], ["split-brain"], ["test-alert", "--xapi"]):
+        code, out, err = run(capsys, verb[0], "--config", str(path), *verb[1:])
+        assert code == 2 and "XAPI_URL (line 1)" in err and "Traceback" not in err, (verb, err)
+
+
+def test_review2_drbd_proc_is_read_bounded_and_never_blocks(fifo, tmp_path):
+    from iscsi_ha.adapters.drbd import DrbdAdapter, detect_version
+    from iscsi_ha.drbd import DrbdUnavailable
+    for path, words in (("/dev/zero", "character device"), (fifo, "FIFO"),
+                        (str(tmp_path), "directory")):
+        adapter = DrbdAdapter("r0", proc_drbd=path)
+        error = _bounded(adapter._read_proc).get("error")
+        assert isinstance(error, DrbdUnavailable) and words in str(error), (path, error)
+        assert _bounded(lambda: detect_version(path))["value"] is None
+    big = tmp_path / "drbd"
+    with open(str(big), "w") as handle:
+        handle.write("version: 8.4.11\n")
+        handle.truncate(files.PROC_LIMIT + 1)
+    error = _bounded(DrbdAdapter("r0", proc_drbd=str(big))._read_proc).get("error")
+    assert isinstance(error, DrbdUnavailable) and "more than" in str(error)
+    # /proc files say st_size 0: they are read up to the cap, not refused or read as empty
+    assert "\n" in files.read_text("/proc/self/status", files.PROC_LIMIT)
+
+
+def test_review2_check_refuses_a_drbd_proc_that_is_not_a_file(fifo, tmp_path):
+    refused("DRBD_PROC=/dev/zero\n", "DRBD_PROC", "character device")
+    refused("DRBD_PROC=%s\n" % fifo, "DRBD_PROC", "FIFO")
+    refused("DRBD_PROC=%s\n" % tmp_path, "DRBD_PROC", "directory")
+    assert config_mod.loads("DRBD_PROC=%s/none\n" % tmp_path).DRBD_PROC
+
+
+# -- review of issues 9/11: set with "--" values, non-UTF-8 and control characters ---------------
+@pytest.mark.parametrize("argv", [["--", "MAIL_SUBJECT", "--"], ["MAIL_SUBJECT", "--", "--"]])
+def test_review5_set_a_value_of_double_dash(argv, tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), *argv)
+    assert code == 0 and err == "", err
+    assert config_mod.load(str(path)).MAIL_SUBJECT == "--"
+
+
+def test_review5_extra_words_after_double_dash_are_one_usage_line(tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), "--", "MAIL_SUBJECT", "a", "--")
+    assert code == 2 and "unrecognized arguments: --" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value,words", [
+    ("\udcff", "byte 0xff, which is not UTF-8"), ("a\u0085b", "U+0085"), ("a\x7f", "U+007F"),
+    ("a\x1bb", "U+001B"), ("a\x9b", "U+009B")])
+def test_review6_set_refuses_non_utf8_and_control_characters(value, words, tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), "MAIL_SUBJECT", value)
+    assert code == 2 and words in err and len(err.splitlines()) == 1, err
+    assert path.read_bytes() == b"MAIL_SUBJECT=x\n"
+
+
+@pytest.mark.parametrize("value", ["a\u0085b", "a\x9bb", "a\x7f"])
+def test_review6_check_refuses_c1_and_del(value):
+    refused("MAIL_SUBJECT='%s'\n" % value, "MAIL_SUBJECT", "control character")
+    assert config_mod.loads("MAIL_SUBJECT='a\tb \u00e9'\n").MAIL_SUBJECT == "a\tb \u00e9"
+
+
+# -- review of issues 9/11, defect 4: kernel and read-only file systems ------------------------
+@pytest.fixture
+def mounts(tmp_path, monkeypatch):
+    """A mountinfo of our own: tmp_path/kern is a proc mount, tmp_path/ro is read-only."""
+    for name in ("kern", "ro", "disk"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "kern" / "version").write_text("Linux\n")
+    info = tmp_path / "mountinfo"
+    info.write_text("1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                    "2 1 0:5 / %s rw,relatime - proc proc rw\n"
+                    "3 1 8:2 / %s ro,relatime shared:1 - ext4 /dev/sdb1 ro\n"
+                    % (tmp_path / "kern", tmp_path / "ro"))
+    monkeypatch.setattr(config_mod, "MOUNTINFO", str(info))
+    return tmp_path
+
+
+@pytest.mark.parametrize("key,where,words", [
+    ("STATE_DIR", "kern", "proc kernel file system"),
+    ("STATE_DIR", "kern/sub/dir", "proc kernel file system"),
+    ("STATE_DIR", "ro/state", "read-only"),
+    ("LOG_FILE", "kern/version", "proc kernel file system"),
+    ("LOG_FILE", "ro/agent.log", "read-only"),
+    ("STATUS_FILE", "kern/version", "proc kernel file system"),
+    ("MANUAL_FILE", "ro/manual", "read-only")])
+def test_review4_agent_files_on_kernel_or_read_only_file_systems(key, where, words, mounts):
+    refused("%s=%s\n" % (key, mounts / where), key, words)
+    assert config_mod.loads("%s=%s\n" % (key, mounts / "disk" / "x")) is not None
+
+
+def test_review4_the_root_directory_is_not_a_state_dir(mounts):
+    refused("STATE_DIR=/\n", "STATE_DIR", "root directory")
+    refused("STATE_DIR=/..//\n", "STATE_DIR", "root directory")
+
+
+def test_review4_set_refuses_the_same_values(mounts, capsys):
+    path = mounts / "disk" / "c.conf"
+    path.write_text("MAIL_TO=a\n")
+    for key, value, words in (("LOG_FILE", mounts / "kern" / "version", "kernel file system"),
+                              ("DRBD_PROC", "/dev/zero", "character device"),
+                              ("STATE_DIR", mounts / "kern", "kernel file system")):
+        code, out, err = run(capsys, "set", "--config", str(path), key, str(value))
+        assert code == 2 and words in err and "Traceback" not in err, err
+    assert path.read_text() == "MAIL_TO=a\n"
+
+
+def test_review4_proc_files_of_this_host_are_refused(tmp_path):
+    refused("LOG_FILE=/proc/version\n", "LOG_FILE", "kernel file system")
+    refused("STATE_DIR=/proc\n", "STATE_DIR", "kernel file system")
+
+
+# -- review of issues 9/11, defect 8: the plugin run by hand, strict booleans ------------------
+@pytest.mark.parametrize("argv,code", [(["nope"], 2), (["--help"], 0), ([], 2),
+                                       (["<?xml version='1.0'?><methodCall/>"], 2)])
+def test_review8_plugin_by_hand_is_one_line_never_a_traceback(argv, code):
+    done = subprocess.run([sys.executable, os.path.join(REPO, "plugins", "iscsi-ha")] + argv,
+                          env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) <= 1
+
+
+@pytest.mark.parametrize("args,words", [
+    ({"force": "maybe"}, "not a boolean"), ({"force": "yes"}, "not a boolean"),
+    ({"force": "true"}, "not offered"), ({"timeout": "5", "bogus": "1"}, "unknown argument")])
+def test_review8_become_primary_arguments_are_strict(args, words, mocker):
+    context = mocker.patch.object(plugin, "_context")
+    answer = json.loads(plugin.FUNCTIONS["become_primary"](None, args))
+    assert answer["code"] == 2 and words in answer["lines"][0]
+    assert not context.called                     # refused before anything is read or written
+
+
+# -- review of issues 9/11, defect 11: messages ------------------------------------------------
+def test_review11_missing_proc_drbd_says_it_does_not_exist(tmp_path):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.drbd import DrbdUnavailable
+    with pytest.raises(DrbdUnavailable) as bad:
+        DrbdAdapter("r0", version="auto", proc_drbd=str(tmp_path / "drbd")).version
+    assert "does not exist" in str(bad.value) and "module is not loaded" in str(bad.value)
+    (tmp_path / "drbd").write_text("no version here\n")
+    with pytest.raises(DrbdUnavailable) as bad:
+        DrbdAdapter("r0", version="auto", proc_drbd=str(tmp_path / "drbd")).version
+    assert "has no version line" in str(bad.value)
+
+
+def _small_config(tmp_path, extra=""):
+    path = tmp_path / "c.conf"
+    path.write_text("STATE_DIR=%s/state\nPOOL_CONF=%s/pool.conf\n%s" % (tmp_path, tmp_path, extra))
+    return str(path)
+
+
+def test_review11_timeout_zero_names_the_real_range(tmp_path, capsys):
+    code, out, err = run(capsys, "become-primary", "--config", _small_config(tmp_path),
+                         "--timeout", "0")
+    assert code == 2 and "more than 0 and at most 3600" in err and "between 0" not in err
+
+
+def test_review11_status_without_a_status_file_is_not_inf_seconds_old(tmp_path, capsys):
+    code, out, err = run(capsys, "status", "--config", _small_config(tmp_path))
+    assert code == 2 and "inf" not in out + err and "published no readable status" in out
+
+
+def test_review11_get_of_an_empty_key_is_unknown(tmp_path, capsys):
+    code, out, err = run(capsys, "get", "--config", _small_config(tmp_path), "")
+    assert code == 2 and "unknown key" in err and out == ""
+
+
+def test_review11_a_closed_pipe_ends_quietly_without_a_trace(tmp_path):
+    log = tmp_path / "agent.log"
+    log.write_text("".join("line %d %s\n" % (i, "x" * 60) for i in range(100000)))
+    config = _small_config(tmp_path, "LOG_FILE=%s\n" % log)
+    env = dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-m", "iscsi_ha.cli.cfg_main", "log", "--config",
+                              config, "-n", "100000"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.readline()
+    child.stdout.close()                              # as `| head -1` does
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141 and stderr == "", stderr
+    assert not os.path.exists(str(tmp_path / "state" / "traces"))
+
+
+# -- review of issues 9/11, defect 13: the log never drives the terminal ------------------------
+def test_review13_log_escapes_control_characters_but_tab(tmp_path, capsys):
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"a\x1b[2Jb\tc\x00d\x7fe\xc2\x85f\rg\n")
+    code, out, err = run(capsys, "log", "--config", _small_config(tmp_path,
+                                                                 "LOG_FILE=%s\n" % log))
+    assert code == 0 and out == "a\\x1b[2Jb\tc\\x00d\\x7fe\\x85f\\x0dg\n", repr(out)
