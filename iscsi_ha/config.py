@@ -92,6 +92,12 @@ WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = path(default='/dev/log')
+FENCE_PEER_HANDLER = path(default='/usr/libexec/iscsi-ha/drbd-fence-peer')
+UNFENCE_PEER_HANDLER = path(default='/usr/libexec/iscsi-ha/drbd-unfence-peer')
+FENCE_PEER_TIMEOUT = seconds(min=1, max=300, default=8)
+SELF_FENCE_AFTER = seconds(min=1, max=3600, default=30)
+ALLOW_UNFENCED_FAILOVER = flag(default='0')
+FENCING_RECHECK = seconds(min=10, max=86400, default=600)
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.

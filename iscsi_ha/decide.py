@@ -4,7 +4,7 @@ Promote order: DRBD Primary -> target serving -> floating IP (after duplicate-ad
 done by the action) -> gratuitous ARP. Demote order is the reverse. A reason is one sentence in
 the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
-from iscsi_ha import model
+from iscsi_ha import fencing_policy, model
 from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Decision, DemoteDrbd, PromoteDrbd,
                             RemoveFloatingIp, StartTarget, StopTarget)
@@ -19,11 +19,30 @@ def decide(obs):
     if problem:
         return _hold_unreadable(obs, problem)
     desired, why = desired_role(obs)
+    fenced = _fencing_freeze(obs, desired)
+    if fenced is not None:
+        return fenced
     if desired is None:
         return _hold(obs, why)
     if desired == model.PRIMARY:
         return _plan_primary(obs, why)
     return _plan_secondary(obs, why)
+
+
+def _fencing_freeze(obs, desired):
+    """A Primary whose I/O DRBD froze for fencing: self-fence once it lasted too long
+    (:mod:`iscsi_ha.fencing_policy`), else hold: the target is frozen, not broken."""
+    due = fencing_policy.self_fence_due(obs)
+    if due:
+        actions = list(_cleanup(obs))
+        actions.extend(DemoteDrbd(name) for name, state in _states(obs)
+                       if state.role == PRIMARY_WORD)
+        return Decision(tuple(actions), fencing_policy.self_fence_reason(obs, due),
+                        desired or "", healthy=False)
+    frozen = fencing_policy.frozen_reason(obs)
+    if frozen and desired != model.SECONDARY:
+        return Decision((), "holding: " + frozen, desired or "", healthy=False)
+    return None
 
 
 def desired_role(obs):
@@ -117,6 +136,8 @@ def _promote_blocker(name, state, obs):
     if not link_up and obs.witness is not None and not obs.witness.granted:
         return "%s: peer unreachable and the witness refused (%s)" % (
             name, obs.witness.reason or "no grant")
+    if not link_up:
+        return fencing_policy.unfenced_promotion(name, state, obs)[0]
     return ""
 
 
@@ -135,6 +156,10 @@ def _plan_primary(obs, why):
         return Decision(_serving_risk(obs), "%s: %s, but %s" % (verb, why, "; ".join(blockers)),
                         model.PRIMARY, healthy=False)
     actions = list(to_promote)
+    risks = [fencing_policy.unfenced_promotion(a.resource, obs.drbd[a.resource], obs)[1]
+             for a in to_promote if obs.drbd[a.resource].connection not in LINK_UP_STATES]
+    if any(risks):
+        why = "%s; WARNING: %s" % (why, "; ".join(r for r in risks if r))
     if obs.target is None or not obs.target.serving:
         actions.append(StartTarget())
     if obs.vip is None or not obs.vip.local:

@@ -67,6 +67,7 @@ class Observation:
     witness: Optional[WitnessGrant] = None
     resources: Tuple[str, ...] = ()           # configured resource names, in order
     manual_error: str = ""                    # manual-mode file unreadable: hold, unhealthy
+    fencing: Optional[object] = None          # iscsi_ha.fencing_policy.FencingObservation
 
 
 # Actions. Each is idempotent when applied; ``resource`` is None for host-wide actions.
