@@ -29,6 +29,7 @@ class FencingObservation:
     frozen_s: Mapping[str, float] = field(default_factory=dict)  # resource -> seconds frozen
     self_fence_after: float = 30.0        # SELF_FENCE_AFTER
     self_fenced: Tuple[str, ...] = ()     # resources this host self-fenced (until reconnected)
+    records: Mapping[str, Mapping] = field(default_factory=dict)  # last fence-peer run, per res
 
 
 def unfenced_promotion(name, state, obs):

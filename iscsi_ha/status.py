@@ -25,7 +25,20 @@ def _drbd_dict(state):
     return {
         "role": state.role, "peer_role": state.peer_role, "connection": state.connection,
         "disk": state.disk, "peer_disk": state.peer_disk, "sync_percent": state.sync_percent,
+        "suspended": getattr(state, "suspended", False),
     }
+
+
+def fencing_dict(obs):
+    """The fencing part of the status: proof, frozen I/O, self-fence, last handler runs."""
+    fencing = getattr(obs, "fencing", None)
+    if fencing is None:
+        return None
+    return {"proven": dict(fencing.proven), "unproven": dict(fencing.unproven),
+            "allow_unfenced_failover": fencing.allow_unfenced,
+            "frozen_s": dict(fencing.frozen_s), "self_fence_after_s": fencing.self_fence_after,
+            "self_fenced": list(fencing.self_fenced),
+            "fence_peer": dict((k, dict(v)) for k, v in fencing.records.items())}
 
 
 def _iso(epoch):
@@ -57,7 +70,8 @@ def health_of(decision, results, problems):
     if any(not r.ok and not r.skipped for r in results):
         return "failed"
     if decision.reason.startswith(("refusing", "holding: cannot", "holding: DRBD",
-                                   "holding: split")):
+                                   "holding: split", "holding: I/O on",
+                                   "stopping service: self-fencing")):
         return "failed"
     return "degraded" if problems or not decision.healthy else "ok"
 
@@ -92,6 +106,7 @@ def build(record, config, number, started_at, trigger, last_actions):
         "decision": {"reason": decision.reason, "healthy": decision.healthy,
                      "actions": [a.describe() for a in decision.actions]},
         "last_actions": last_actions,
+        "fencing": fencing_dict(obs),
         "health": health_of(decision, record.results, problems),
         "problems": problems,
     }

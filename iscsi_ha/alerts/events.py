@@ -44,6 +44,10 @@ KINDS = {
     "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
+    "fence-peer": SERVICE_DEGRADED,
+    "fence-peer-failed": DATA_LOSS_IMMINENT,
+    "self-fenced": DATA_LOSS_IMMINENT,
+    "unfenced-failover": DATA_LOSS_IMMINENT,
     "test": INFORMATIONAL,
 }
 
@@ -119,7 +123,7 @@ def manual_test(hostname):
 
 # -- comparing two status documents -------------------------------------------------------------
 _SPLIT_BRAIN_RE = re.compile(r"split brain on ([^:]+):")
-_BLOCKED_PREFIXES = ("refusing", "holding: cannot", "holding: DRBD")
+_BLOCKED_PREFIXES = ("refusing", "holding: cannot", "holding: DRBD", "holding: I/O on")
 _BAD_LOCAL_DISKS = ("Diskless", "Failed", "Detaching")
 
 
@@ -304,9 +308,41 @@ def _restart_alerts(previous, current):
                  previous_health=previous.get("health"))]
 
 
+def _fencing_alerts(previous, current):
+    """One alert per fence-peer handler run, per self-fence, per unfenced promotion."""
+    now = current.get("fencing") or {}
+    before = (previous or {}).get("fencing") or {}
+    found = []
+    for name, entry in sorted((now.get("fence_peer") or {}).items()):
+        old = (before.get("fence_peer") or {}).get(name) or {}
+        if previous is None or old.get("time") == entry.get("time") or \
+                entry.get("event") != "fence-peer":
+            continue
+        ok = entry.get("exit") in (3, 4, 7)
+        found.append(make("fence-peer" if ok else "fence-peer-failed", name,
+                          "DRBD fence-peer handler on %s: exit %s: %s" % (
+                              name, entry.get("exit"), entry.get("outcome")),
+                          took_s=entry.get("duration_s"), peer=entry.get("peer")))
+    fenced = set(now.get("self_fenced") or [])
+    new = sorted(fenced - set(before.get("self_fenced") or []))
+    if new and previous is not None:
+        found.append(make("self-fenced", ", ".join(new),
+                          "this host stopped serving %s: its I/O stayed frozen because the "
+                          "peer could not be outdated; see iscsi-cfg status" % ", ".join(new),
+                          reason=(current.get("decision") or {}).get("reason")))
+    reason = (current.get("decision") or {}).get("reason", "")
+    promoting = any(a.startswith("promote ") for a in
+                    (current.get("decision") or {}).get("actions") or [])
+    if promoting and "ALLOW_UNFENCED_FAILOVER" in reason:
+        found.append(make("unfenced-failover", "", "promoting WITHOUT proof that the data is "
+                          "current: %s" % reason.split("WARNING: ", 1)[-1], reason=reason))
+    return found
+
+
 def alerts_for_transition(previous, current):
     """[Alert] for what changed from ``previous`` (a status document or None) to ``current``."""
     found = _restart_alerts(previous, current)
+    found.extend(_fencing_alerts(previous, current))
     found.extend(_drbd_alerts(previous, current))
     found.extend(_action_alerts(previous, current))
     found.extend(_blocked_alerts(previous, current))

@@ -85,6 +85,7 @@ def test_check_with_the_peer_through_xapi(host, pool, mocker):
     host.config.ISCSI_LUNS = {10: "/tmp/ihv/lun1.img"}
     fake.register_plugin(ref, "iscsi-ha", "identity", lambda args: json.dumps(
         side("iqn.2015.com.halizard:noSAN", [10])))
+    _fenced_both(host, fake, ref, mocker)
     assert check_cmd.check(host.ctx) == 0, host.text()
     text = host.text()
     assert "ok       peer test-b answers through the XAPI plugin" in text
@@ -99,11 +100,26 @@ def test_check_with_the_peer_through_xapi(host, pool, mocker):
     assert host.text().splitlines()[-1] == "check: 1 problem(s)"
 
 
+def _fenced_both(host, fake, ref, mocker):
+    """drbdadm dump here and the peer's plugin say resource-and-stonith with our handler."""
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=lambda name: FENCED_84.replace(
+        "iscsi1", name))
+    if fake is not None:
+        fake.register_plugin(ref, "iscsi-ha", "fencing", lambda args: json.dumps(
+            {"host": "test-b", "resources": dict(
+                (n, {"fencing": "resource-and-stonith", "problems": [],
+                     "handlers": {"fence-peer": "/usr/libexec/iscsi-ha/drbd-fence-peer",
+                                  "after-resync-target": "x"}}) for n in ("iscsi1", "iscsi2"))}))
+
+
 def test_check_reports_an_unreachable_peer_and_exits_1(host, mocker):
     serving(mocker, "target_lun10_acl_all.txt")
     mocker.patch("shutil.which", return_value="/usr/bin/x")
+    _fenced_both(host, None, None, mocker)
     assert check_cmd.check(host.ctx) == 1
     assert "PROBLEM  peer: cannot reach the peer through XAPI" in host.text()
+    assert "PROBLEM  DRBD fencing on the peer: cannot ask it" in host.text()
     assert check_cmd.check(host.ctx, with_peer=False) == 0
 
 
@@ -169,24 +185,56 @@ def test_plugin_module_and_script_run_without_xenapiplugin(host):
 
 FENCED_84 = """resource iscsi1 {
     disk {
-        fencing          resource-only;
+        fencing          resource-and-stonith;
     }
     handlers {
-        fence-peer       "/usr/lib/drbd/crm-fence-peer.sh";
+        fence-peer       "/usr/libexec/iscsi-ha/drbd-fence-peer";
+        after-resync-target "/usr/libexec/iscsi-ha/drbd-unfence-peer";
     }
 }
 """
 
 
-def test_fencing_findings(host, mocker):
+def _dump_of(name):
+    return FENCED_84.replace("iscsi1", name)
+
+
+def test_fencing_findings_name_every_difference(host, mocker):
     from iscsi_ha.adapters.drbd import DrbdAdapter
     from iscsi_ha.adapters.run import CommandError
-    dump = mocker.patch.object(DrbdAdapter, "dump", return_value=FENCED_84)
-    found = check_cmd.fencing_findings(host.ctx)
-    assert [k for k, _ in found] == ["ok", "ok"] and "resource-only" in found[0][1]
-    dump.return_value = FENCED_84.replace("fencing          resource-only;", "")
-    found = check_cmd.fencing_findings(host.ctx)
-    assert found[0][0] == "PROBLEM" and "stale data" in found[0][1]
+    dump = mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert [k for k, _ in found] == ["ok", "ok"] and "resource-and-stonith" in found[0][1]
+    dump.side_effect = lambda name: _dump_of(name).replace(
+        "resource-and-stonith", "resource-only").replace(
+        "/usr/libexec/iscsi-ha/drbd-fence-peer", "/usr/lib/drbd/crm-fence-peer.sh")
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "fencing is resource-only, needs resource-and-stonith" \
+        in found[0][1] and "crm-fence-peer.sh" in found[0][1] and "drbd-config" in found[0][1]
     dump.side_effect = CommandError("drbd: drbdadm dump iscsi1: exit 1")
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "drbdadm dump failed" in found[0][1]
+
+
+def test_fencing_findings_ask_the_peer(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    theirs = {"host": "lab-b", "resources": {"iscsi2": {"fencing": "resource-and-stonith",
+                                                        "handlers": {}, "problems": []},
+                                             "iscsi1": {
+        "fencing": "dont-care", "handlers": {}, "problems": ["fencing is dont-care, needs "
+                                                             "resource-and-stonith"]}}}
+    mocker.patch.object(check_cmd.peer_mod, "call", return_value=theirs)
     found = check_cmd.fencing_findings(host.ctx)
-    assert found[0][0] == "info" and "cannot read its configuration" in found[0][1]
+    kinds = [k for k, _ in found]
+    assert kinds[:2] == ["ok", "ok"] and "PROBLEM" in kinds
+    assert any("iscsi1 fencing on peer lab-b: fencing is dont-care" in text
+               for kind, text in found if kind == "PROBLEM")
+
+
+def test_allow_unfenced_failover_is_a_loud_problem(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    host.ctx.config.ALLOW_UNFENCED_FAILOVER = True
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "ALLOW_UNFENCED_FAILOVER=1" in found[0][1]
