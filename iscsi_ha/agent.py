@@ -67,7 +67,9 @@ class Agent(object):
             manual=manual,
             drbd=drbd,
             drbd_error=drbd_error,
-            target=observe_target(self.adapters.target),
+            # DRBD froze I/O: tgtd is blocked on the device, its tgtadm would only time out.
+            target=(None if any(getattr(st, "suspended", False) for st in drbd.values())
+                    else observe_target(self.adapters.target)),
             vip=observe_vip(self.adapters.vip),
             split_brain=self._split_brain_flags(),
             witness=None,

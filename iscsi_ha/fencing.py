@@ -226,8 +226,8 @@ class FencingTracker(object):
 
     # -- the proof ---------------------------------------------------------------------------
     def _proof(self, drbd, adapter):
-        """The remembered proof, refreshed while connected when it is missing, failed, older
-        than FENCING_RECHECK, or when this host's own fencing changed."""
+        """The remembered proof, refreshed while connected when it is missing or failed
+        (every 30 s at most) or older than FENCING_RECHECK."""
         proof = _read_json(self._proof_path, {})
         if not isinstance(proof, dict):
             proof = {}

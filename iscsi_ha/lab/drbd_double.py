@@ -585,6 +585,12 @@ class World(object):
         disks[target]["disk"] = disks[source]["disk"]
         link["sync"] = None
         self.log(st, None, "resync-finished", 0, "%s: %s -> %s" % (res, source, target))
+        # 8.4: after-resync-target on the SyncTarget; 9: unfence-peer on the node whose peer
+        # is UpToDate again (drbd_state.c drbd_should_unfence())
+        if st["version"] == "8.4":
+            self._run_handler(st, target, "after-resync-target", res)
+        else:
+            self._run_handler(st, source, "unfence-peer", res)
 
     # -- operations (the CLI calls these inside a transaction; they return an outcome) -----
     def promote(self, st, host, res, force=False, fenced=None):
@@ -769,13 +775,18 @@ class World(object):
             st.setdefault("handlers", {}).setdefault(host, {})[name] = {
                 "argv": list(argv), "env": dict(env or {})}
 
+    def remove_handler(self, host, name):
+        with self.transaction() as st:
+            self._check_host(st, host)
+            st.setdefault("handlers", {}).setdefault(host, {}).pop(name, None)
+
     def _run_handler(self, st, host, name, res):
         handler = st.get("handlers", {}).get(host, {}).get(name)
         if handler is None:
             return
         env = dict(os.environ, **handler["env"])
-        env.update(DRBD_RESOURCE=res, DRBD_MINOR=str(st["resources"][res]["minor"]),
-                   DRBD_PEER_NODE_ID=str(st["hosts"][self._peer(st, host)]["node_id"]))
+        env.update(self.handler_env(st, host, res))
+        env.update(DRBD_PEER_NODE_ID=str(st["hosts"][self._peer(st, host)]["node_id"]))
         try:
             done = subprocess.run(handler["argv"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=HANDLER_TIMEOUT)

@@ -27,6 +27,7 @@ class Checker(object):
         self.allow_two_primaries = False     # only the split-brain scenario sets it
         self._stop = threading.Event()
         self._thread = None
+        self._last_export = {}
 
     def start(self):
         self._stop.clear()
@@ -59,10 +60,18 @@ class Checker(object):
         return holders
 
     def _exporting(self):
-        """Hosts whose tgtd exports the lab's LUN right now."""
+        """Hosts whose tgtd exports the lab's LUN right now. A tgtd that DRBD's frozen I/O
+        stopped (the double stops the device's openers) cannot answer tgtadm: it still exports
+        what it exported when it was last seen."""
         found = set()
         for host in self.lab.hosts:
-            if host.tgtd_pid() is None:
+            pid = host.tgtd_pid()
+            if pid is None:
+                self._last_export.pop(host.name, None)
+                continue
+            if _stopped(pid):
+                if self._last_export.get(host.name) == pid:
+                    found.add(host.name)
                 continue
             proc = netns.exec_in(host.ns, ["tgtadm", "-C", str(host.ctl), "--lld", "iscsi",
                                            "--op", "show", "--mode", "target"], timeout=5)
@@ -72,6 +81,9 @@ class Checker(object):
             info = targets.get(self.lab.iqn)
             if info is not None and self.lab.lun in info.luns:
                 found.add(host.name)
+                self._last_export[host.name] = pid
+            else:
+                self._last_export.pop(host.name, None)
         return found
 
     def tick(self):
@@ -97,3 +109,12 @@ class Checker(object):
                 self.violations.append("%.3f host %s serves the LUN from a %s" % (
                     now, name, views[name]["role"]))
         return snap
+
+
+def _stopped(pid):
+    """The process is stopped (SIGSTOP), as the DRBD double's frozen I/O leaves it."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IOError, IndexError):
+        return False

@@ -66,8 +66,10 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
 
 
 class Lab(object):
-    def __init__(self, directory=DEFAULT_DIR, drbd_version="8.4", monitor_delay=2):
+    def __init__(self, directory=DEFAULT_DIR, drbd_version="8.4", monitor_delay=2,
+                 fencing=True):
         self.directory = os.path.abspath(directory)
+        self.fencing = fencing      # both hosts: resource-and-stonith with our handlers
         self.drbd_version = drbd_version
         self.monitor_delay = monitor_delay
         self.bridge = PREFIX + "br"
@@ -139,6 +141,8 @@ class Lab(object):
             host.write_files(self.world, self.drbd_version, self.monitor_delay)
             self.world.set_handler(host.name, "split-brain", [SPLIT_BRAIN_HANDLER],
                                    {"ISCSI_HA_CONFIG": host.config_path})
+            if self.fencing:
+                host.install_fencing(self.world)
         self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])
