@@ -9,7 +9,9 @@ Faults (HOST is a or b; "-" where none is needed):
                                           HOST's eth0 (management and storage network: clients
                                           and the floating IP too) and its XAPI calls to and
                                           from the other host
-    isolate HOST / rejoin HOST            both of the above
+    isolate HOST / rejoin HOST            both of the above, and the pool loses sight of HOST
+                                          (its xapi is gone for the others) / it returns as
+                                          the current master's slave
     crash HOST / power-on HOST            power loss (agent, tgtd, DRBD down, off the network,
                                           XAPI sees it dead) / boot as the pool's slave
     hang-tgtd HOST / resume-tgtd HOST     SIGSTOP / SIGCONT of HOST's tgtd
@@ -60,11 +62,15 @@ def apply_fault(lab, name, host_name=None):
         _management(lab, host, name == "heal-management")
     elif name == "isolate":
         _management(lab, host, False)
+        lab.xapi.pool.host_dies(lab.xapi.refs[host.name])     # the pool loses sight of it
         for each in lab.hosts:
             if lab.host_is_up(each):
                 netns.set_link(each.ns, "rep0", False)
         lab.world.set_link(False)
     elif name == "rejoin":
+        endpoint = lab.xapi.pool.endpoint(lab.xapi.refs[host.name])
+        if not endpoint.serving:       # as after a crash: back as the new master's slave
+            lab.xapi.host_returns(host, lab.peer(host))
         _management(lab, host, True)
         lab.restore_replication()
     elif name == "crash":
