@@ -23,7 +23,7 @@ def tgtadm_targets(name):
 
 def serving(mocker, fixture):
     targets = tgtadm_targets(fixture)
-    mocker.patch.object(TargetAdapter, "observe", return_value=TargetState(
+    mocker.patch.object(TargetAdapter, "observe", autospec=True, return_value=TargetState(
         True, True, targets, [], 0, "ready", [1], ""))
     return targets
 
@@ -162,7 +162,12 @@ def test_plugin_manual_mode_and_roles(in_plugin):
     assert answer["ok"] and answer["elapsed_s"] >= 0 and host.manual() == \
         model.MANUAL_SECONDARY
     assert any("secondary reached" in line for line in answer["lines"])
+    # (a timeout that is not a number used to fall back to the default; it is refused now,
+    # before anything is written: tests/test_bad_inputs.py covers nan/inf/negative)
     answer = json.loads(plugin.become_primary(None, {"timeout": "bogus"}))
+    assert answer["code"] == 2 and host.manual() == model.MANUAL_SECONDARY
+    assert "not a number of seconds" in answer["lines"][0]
+    answer = json.loads(plugin.become_primary(None, {}))
     assert answer["ok"] and host.manual() == model.MANUAL_PRIMARY
     answer = json.loads(plugin.manual_mode(None, {"mode": "maybe"}))
     assert answer["code"] == 2 and "mode=enable or mode=disable" in answer["lines"][0]
@@ -238,3 +243,48 @@ def test_allow_unfenced_failover_is_a_loud_problem(host, mocker):
     host.ctx.config.ALLOW_UNFENCED_FAILOVER = True
     found = check_cmd.fencing_findings(host.ctx, with_peer=False)
     assert found[0][0] == "PROBLEM" and "ALLOW_UNFENCED_FAILOVER=1" in found[0][1]
+
+
+DRBD_CONF = """resource iscsi1 {
+  protocol C;
+  %(section)s { %(fencing)s }
+  handlers { %(handler)s }
+  on %(me)s { device minor 1; disk /dev/loop101; address 192.0.2.11:7789; meta-disk internal; }
+  on peerhost { device minor 1; disk /dev/loop101; address 192.0.2.12:7789; meta-disk internal; }
+}
+"""
+
+
+@pytest.mark.parametrize("version, section", [("8.4.11", "disk"), ("9.2.0", "net")])
+def test_fencing_findings_from_the_real_drbdadm_dump(tmp_path, monkeypatch, real_tool, version,
+                                                     section):
+    """The real drbdadm parses a drbd.conf this test writes (it reads only the file; the kernel
+    version is given by DRBD_DRIVER_VERSION_OVERRIDE, as drbd-utils' own tests do, since no DRBD
+    module is loaded here: without it drbdadm assumes 9 and refuses 8.4's disk { fencing })."""
+    import types
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    drbdadm = real_tool("drbdadm")
+    monkeypatch.setenv("DRBD_DRIVER_VERSION_OVERRIDE", version)
+    monkeypatch.setenv("PATH", os.path.dirname(drbdadm) + os.pathsep + os.environ["PATH"])
+    ours = 'fence-peer "/usr/libexec/iscsi-ha/drbd-fence-peer"; %s "/usr/libexec/iscsi-ha/' \
+        'drbd-unfence-peer";' % ("after-resync-target" if section == "disk" else "unfence-peer")
+    cases = [("fencing resource-and-stonith;", ours, "ok"),
+             ("fencing resource-only;", ours, "PROBLEM"),
+             ("fencing resource-and-stonith;",
+              'fence-peer "/usr/lib/drbd/crm-fence-peer.sh"; ' + ours.split("; ", 1)[1],
+              "PROBLEM"),
+             ("", ours, "PROBLEM")]
+    for number, (fencing, handler, expected) in enumerate(cases):
+        conf = tmp_path / ("drbd%d.conf" % number)
+        conf.write_text(DRBD_CONF % dict(section=section if fencing else "disk", fencing=fencing,
+                                         handler=handler, me=os.uname()[1]))
+        adapter = DrbdAdapter(["iscsi1"], drbdadm="%s -c %s" % (drbdadm, conf), timeout=10)
+        text = adapter.dump("iscsi1")
+        assert "resource iscsi1 {" in text
+        config = types.SimpleNamespace(
+            DRBD_RESOURCES=("iscsi1",), ALLOW_UNFENCED_FAILOVER=False, FENCE_PEER_TIMEOUT=8,
+            DRBD_TIMEOUT=10, FENCE_PEER_HANDLER="/usr/libexec/iscsi-ha/drbd-fence-peer",
+            UNFENCE_PEER_HANDLER="/usr/libexec/iscsi-ha/drbd-unfence-peer")
+        ctx = types.SimpleNamespace(config=config, adapters=types.SimpleNamespace(drbd=adapter))
+        found = check_cmd.fencing_findings(ctx, with_peer=False)
+        assert [kind for kind, _ in found] == [expected], (conf.read_text(), text, found)
