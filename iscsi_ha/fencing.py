@@ -33,7 +33,8 @@ GRANT_TTL = 120.0
 
 _RESOURCE_RE = re.compile(r"^resource\s+(\S+)\s*\{", re.M)
 _FENCING_RE = re.compile(r"^\s*fencing\s+([A-Za-z-]+)\s*;", re.M)
-_HANDLER_RE = re.compile(r'^\s*([a-z-]+)\s+"([^"]*)"\s*;', re.M)
+# drbdadm dump quotes a handler only when it has spaces: fence-peer /usr/libexec/x;
+_HANDLER_RE = re.compile(r'^\s*([a-z-]+)\s+(?:"([^"]*)"|([^\s";]+))\s*;', re.M)
 HANDLER_NAMES = ("fence-peer", "unfence-peer", "after-resync-target", "split-brain")
 
 
@@ -46,8 +47,8 @@ def parse_dump(text):
         end = starts[index + 1][0] if index + 1 < len(starts) else len(text)
         block = text[start:end]
         policy = _FENCING_RE.search(block)
-        handlers = dict((m.group(1), m.group(2)) for m in _HANDLER_RE.finditer(block)
-                        if m.group(1) in HANDLER_NAMES)
+        handlers = dict((m.group(1), m.group(2) if m.group(2) is not None else m.group(3))
+                        for m in _HANDLER_RE.finditer(block) if m.group(1) in HANDLER_NAMES)
         found[name] = {"fencing": policy.group(1) if policy else "dont-care",
                        "handlers": handlers}
     return found

@@ -22,7 +22,7 @@ resource iscsi1 {
         fencing          resource-and-stonith;
     }
     handlers {
-        fence-peer       "/usr/libexec/iscsi-ha/drbd-fence-peer";
+        fence-peer       /usr/libexec/iscsi-ha/drbd-fence-peer;
         split-brain      "/usr/libexec/iscsi-ha/drbd-split-brain-handler";
     }
 }

@@ -49,7 +49,10 @@ def _dump(st, host, res):
     if handlers:
         sections += "    handlers {\n"
         for name in sorted(handlers):
-            sections += "        %-16s \"%s\";\n" % (name, " ".join(handlers[name]["argv"]))
+            command = " ".join(handlers[name]["argv"])      # quoted only with spaces, as
+            if " " in command:                               # drbdadm dump does
+                command = '"%s"' % command
+            sections += "        %-16s %s;\n" % (name, command)
         sections += "    }\n"
     return "# resource %s on %s: not ignored, not stacked\nresource %s {\n%s%s}\n\n" % (
         res, host, res, "".join(hosts), sections)

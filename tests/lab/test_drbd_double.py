@@ -591,7 +591,7 @@ def test_dump_shows_the_fencing_the_world_models(tmp_path):
         rc, out, _ = invoke(world, "a", "drbdadm", ["dump", "iscsi1"])
         assert rc == 0 and "fencing          resource-and-stonith;" in out
         assert section + " {" in out
-        assert 'fence-peer       "/usr/libexec/iscsi-ha/drbd-fence-peer";' in out
+        assert 'fence-peer       /usr/libexec/iscsi-ha/drbd-fence-peer;' in out
         rc, out, _ = invoke(world, "b", "drbdadm", ["dump", "iscsi1"])
         assert "fence-peer" not in out                  # b's own drbd.conf has no handler
         unfenced = World.create(str(tmp_path / (version + "u")), version=version, fencing=False)
