@@ -4,7 +4,11 @@ This machine has no DRBD kernel module, so the lab's ``drbdadm`` / ``drbdsetup``
 scripts (see :func:`install_wrappers`) that run this module. The whole replicated system lives in
 a world directory shared by both simulated hosts::
 
-    <world>/world.json            the state (roles, disk states, generations, link, resync)
+    <world>/world.json            the link: cables, connection and resync per resource, the
+                                  resources' sizes; nothing a host knows about itself
+    <world>/<host>/state.json     what one host's kernel holds: its disks (role, disk state,
+                                  generations, its belief about the peer's disk, frozen I/O),
+                                  its drbd.conf (fencing policy, handlers)
     <world>/world.lock            fcntl.flock lock: every invocation is one serialised transaction
     <world>/events.jsonl          world events (link cut, crash, split brain, resync done)
     <world>/<host>/drbd<minor>    the host's DRBD device (a plain file; tgtd exports this path)
@@ -76,6 +80,12 @@ The model, in DRBD's own words:
 - Simplifications: one volume per resource; no Diskless state; two hosts only; a promotion
   calls the fence-peer handler at most once (the kernel may retry it).
 
+Per-host state is shared only through the link: the functions that read or change both hosts'
+records are the link's own (``_settle``, ``_handshake``, ``_lose_connection``, ``replicate``,
+``_finish_sync``, ``_graceful`` while connected) and ``view()``, which shows the peer only while
+connected. A host's drbdadm command changes only its own record; the fence-peer handler reaches
+the peer through the peer's own drbdadm (in the lab: over XAPI), never through the files.
+
 The world changes only inside a transaction: a drbdadm/drbdsetup invocation or any World method
 (``settle()`` is the lab's "kernel tick": it applies resync progress and link changes now). A host
 that ``crash()``-ed runs no commands until ``boot()``.
@@ -98,6 +108,7 @@ from iscsi_ha.lab.drbd_double_render import render_proc_drbd
 
 DEFAULT_RESYNC_RATE = 128 * 1024 * 1024     # bytes per second: the default 64 MB syncs in 0.5 s
 STATE_FILE = "world.json"
+HOST_FILE = "state.json"
 LOCK_FILE = "world.lock"
 EVENTS_FILE = "events.jsonl"
 LOCK_TIMEOUT = 30.0
@@ -113,6 +124,12 @@ P_INCONSISTENT, P_OUTDATED, P_DOWN, P_PRIMARY, P_FENCING = 3, 4, 5, 6, 7
 
 class DoubleError(Exception):
     """Misuse of the double itself (unknown host, bad world directory, lock timeout)."""
+
+
+def _write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.rename(path + ".tmp", path)
 
 
 def _lock(fd, timeout):
@@ -228,8 +245,9 @@ class World(object):
             for host in hosts:
                 with open(os.path.join(directory, host, "drbd%d" % spec["minor"]), "wb") as f:
                     f.truncate(spec["size_mb"] * 1024 * 1024)
-        with open(os.path.join(directory, STATE_FILE), "w") as f:
-            json.dump(state, f)
+        world = cls.__new__(cls)
+        world.directory, world.clock = directory, clock
+        world._write_state(state)
         world = cls(directory, clock=clock)
         world.settle()
         return world
@@ -248,8 +266,27 @@ class World(object):
 
     # -- transactions ----------------------------------------------------------------------
     def _read(self):
+        """The link's file and each host's own file, as one dict for the transaction."""
         with open(os.path.join(self.directory, STATE_FILE)) as f:
-            return json.load(f)
+            st = json.load(f)
+        st["hosts"], st["disks"], st["handlers"] = {}, dict((r, {}) for r in st["resources"]), {}
+        for host in st.pop("host_names"):
+            with open(os.path.join(self.directory, host, HOST_FILE)) as f:
+                mine = json.load(f)
+            st["hosts"][host] = mine["host"]
+            st["handlers"][host] = mine["handlers"]
+            for res, disk in mine["disks"].items():
+                st["disks"][res][host] = disk
+        return st
+
+    def _write_state(self, st):
+        shared = dict((k, v) for k, v in st.items() if k not in ("hosts", "disks", "handlers"))
+        shared["host_names"] = sorted(st["hosts"])
+        for host in st["hosts"]:
+            mine = {"host": st["hosts"][host], "handlers": st.get("handlers", {}).get(host, {}),
+                    "disks": dict((res, st["disks"][res][host]) for res in st["disks"])}
+            _write_json(os.path.join(self.directory, host, HOST_FILE), mine)
+        _write_json(os.path.join(self.directory, STATE_FILE), shared)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -266,10 +303,7 @@ class World(object):
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _save(self, st):
-        path = os.path.join(self.directory, STATE_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(st, f, indent=1, sort_keys=True)
-        os.rename(path + ".tmp", path)
+        self._write_state(st)
         for host in st["hosts"]:
             text = render_proc_drbd(self, st, host)
             tmp = self.proc_drbd_path(host) + ".tmp"
