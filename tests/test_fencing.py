@@ -201,3 +201,15 @@ def test_alerts_for_fencing():
     alerts = alerts_for_transition(before, risky)
     assert [a.kind for a in alerts] == ["unfenced-failover"]
     assert "ALLOW_UNFENCED_FAILOVER" in alerts[0].summary
+
+
+def test_status_view_says_what_to_do_after_a_self_fence():
+    from iscsi_ha.cli.status_view import fencing_advice
+    lines = fencing_advice({"fencing": {"self_fenced": ["iscsi1"], "frozen_s": {},
+                                        "unproven": {}, "fence_peer": {"iscsi1": {
+                                            "event": "fence-peer", "exit": 1, "time": 0,
+                                            "outcome": "the peer could not be outdated"}}}})
+    text = "\n".join(lines)
+    assert "SELF-FENCED" in text and "iscsi-cfg become-primary --force" in text
+    assert "exit 1: the peer could not be outdated" in text
+    assert fencing_advice({}) == []
