@@ -130,7 +130,8 @@ def _promote_blocker(name, state, obs):
         return "%s: StandAlone (split brain or disconnected by hand); connect or recover it " \
             "first" % name
     link_up = state.connection in LINK_UP_STATES
-    if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE):
+    if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE) and \
+            not (not link_up and fencing_policy.consistent_is_current(name, state, obs)):
         return "%s: no UpToDate data here (disk %s, peer disk %s)" % (
             name, state.disk, state.peer_disk)
     if not link_up and obs.witness is not None and not obs.witness.granted:

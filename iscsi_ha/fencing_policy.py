@@ -55,6 +55,16 @@ def unfenced_promotion(name, state, obs):
             "prove its data is current (%s); %s" % (name, why, FORCE_HINT)), ""
 
 
+def consistent_is_current(name, state, obs):
+    """A disk that came back ``Consistent`` after a restart without its peer holds current data
+    when fencing is proven on both hosts: a peer that acknowledged writes after losing this host
+    had first outdated it (its meta-data would say Outdated). DRBD still runs the fence-peer
+    handler before it promotes such a disk."""
+    fencing = obs.fencing
+    return (state.disk == "Consistent" and fencing is not None and name in fencing.proven
+            and name not in fencing.self_fenced)
+
+
 def frozen_resources(obs):
     """[(resource, seconds)] whose I/O DRBD froze for fencing (suspended), longest first."""
     fencing = obs.fencing

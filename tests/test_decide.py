@@ -81,6 +81,14 @@ ROWS = [
      (), "refusing: %s, but iscsi1: automatic failover is off: the peer is unreachable and "
      "this host cannot prove its data is current (peer runs fencing dont-care); %s"
      % (P, FORCE_HINT)),
+    ("master: Consistent after a restart, fencing proven",
+     obs(st("Secondary", "Unknown", "WFConnection", "Consistent", "DUnknown")),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: Consistent after a restart, fencing not proven",
+     obs(st("Secondary", "Unknown", "WFConnection", "Consistent", "DUnknown"),
+         fencing=UNPROVEN), (),
+     "refusing: %s, but iscsi1: no UpToDate data here (disk Consistent, peer disk DUnknown)"
+     % P),
     ("master: peer gone, no fencing observation at all", obs(SEC_ALONE, fencing=None),
      (), "refusing: %s, but iscsi1: automatic failover is off: the peer is unreachable and "
      "this host cannot prove its data is current (fencing was never verified on both "

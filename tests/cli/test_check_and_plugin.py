@@ -288,3 +288,24 @@ def test_fencing_findings_from_the_real_drbdadm_dump(tmp_path, monkeypatch, real
         ctx = types.SimpleNamespace(config=config, adapters=types.SimpleNamespace(drbd=adapter))
         found = check_cmd.fencing_findings(ctx, with_peer=False)
         assert [kind for kind, _ in found] == [expected], (conf.read_text(), text, found)
+
+
+@pytest.mark.parametrize("rc,stderr,outcome", [
+    (0, "", "outdated"), (17, "1: State change failed: (-2) Need access to UpToDate data", "primary"),
+    (5, "", "inconsistent"), (20, "(-6) Refusing to be Outdated while Connected", "connected"),
+    (10, "", "failed")])
+def test_plugin_outdate_runs_drbdadm_outdate_here(in_plugin, mocker, rc, stderr, outcome):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.run import CommandResult
+    calls = []
+
+    def outdate(self, resource):
+        calls.append(resource)
+        return CommandResult(["drbdadm", "outdate", resource], rc, "", stderr, 0.01)
+    mocker.patch.object(DrbdAdapter, "outdate", outdate)
+    answer = json.loads(plugin.FUNCTIONS["outdate"](None, {"resource": "iscsi1"}))
+    assert calls == ["iscsi1"] and answer["outcome"] == outcome
+    assert answer["ok"] is (outcome == "outdated")
+    refused = json.loads(plugin.FUNCTIONS["outdate"](None, {"resource": "other"}))
+    assert refused["ok"] is False and "not one of DRBD_RESOURCES" in refused["detail"]
+    assert calls == ["iscsi1"]
