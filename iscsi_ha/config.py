@@ -102,6 +102,10 @@ FENCE_PEER_TIMEOUT = seconds(min=1, max=300, default=8)
 SELF_FENCE_AFTER = seconds(min=1, max=3600, default=30)
 ALLOW_UNFENCED_FAILOVER = flag(default='0')
 FENCING_RECHECK = seconds(min=10, max=86400, default=600)
+SERVICE_BLOCKED_AFTER = seconds(min=0, max=86400, default=30)
+LOCK_FALLBACK_DIR = path(default='/run/iscsi-ha')
+ARP_METHOD = choice('packet', 'arping', default='packet')
+VIP_CHECK_INTERVAL = seconds(min=0.5, max=3600, default=10)
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.

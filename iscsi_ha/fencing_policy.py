@@ -65,6 +65,10 @@ def consistent_is_current(name, state, obs):
             and name not in fencing.self_fenced)
 
 
+def self_fenced(name, obs):
+    return obs.fencing is not None and name in obs.fencing.self_fenced
+
+
 def frozen_resources(obs):
     """[(resource, seconds)] whose I/O DRBD froze for fencing (suspended), longest first."""
     fencing = obs.fencing

@@ -27,7 +27,6 @@ class Checker(object):
         self.allow_two_primaries = False     # only the split-brain scenario sets it
         self._stop = threading.Event()
         self._thread = None
-        self._last_export = {}
 
     def start(self):
         self._stop.clear()
@@ -60,19 +59,13 @@ class Checker(object):
         return holders
 
     def _exporting(self):
-        """Hosts whose tgtd exports the lab's LUN right now. A tgtd that DRBD's frozen I/O
-        stopped (the double stops the device's openers) cannot answer tgtadm: it still exports
-        what it exported when it was last seen."""
+        """Hosts whose tgtd exports the lab's LUN right now (a tgtd stopped by a fault or by
+        the DRBD double's frozen I/O answers nobody)."""
         found = set()
         for host in self.lab.hosts:
             pid = host.tgtd_pid()
-            if pid is None:
-                self._last_export.pop(host.name, None)
-                continue
-            if _stopped(pid):
-                if self._last_export.get(host.name) == pid:
-                    found.add(host.name)
-                continue
+            if pid is None or _stopped(pid):
+                continue          # a stopped (SIGSTOP) tgtd answers nobody: it serves nothing
             proc = netns.exec_in(host.ns, ["tgtadm", "-C", str(host.ctl), "--lld", "iscsi",
                                            "--op", "show", "--mode", "target"], timeout=5)
             if proc.returncode != 0:
@@ -81,9 +74,6 @@ class Checker(object):
             info = targets.get(self.lab.iqn)
             if info is not None and self.lab.lun in info.luns:
                 found.add(host.name)
-                self._last_export[host.name] = pid
-            else:
-                self._last_export.pop(host.name, None)
         return found
 
     def tick(self):
@@ -112,9 +102,9 @@ class Checker(object):
 
 
 def _stopped(pid):
-    """The process is stopped (SIGSTOP), as the DRBD double's frozen I/O leaves it."""
+    """The process is stopped by a signal (state T in /proc/PID/stat)."""
     try:
         with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
     except (OSError, IOError, IndexError):
         return False
