@@ -213,3 +213,17 @@ def test_status_view_says_what_to_do_after_a_self_fence():
     assert "SELF-FENCED" in text and "iscsi-cfg become-primary --force" in text
     assert "exit 1: the peer could not be outdated" in text
     assert fencing_advice({}) == []
+
+
+def test_a_fencing_refusal_is_one_failover_refused_alert():
+    before = doc()
+    refusing = doc()
+    refusing["service"] = {"blocked": True}
+    refusing["decision"] = {"reason": "refusing: x", "actions": [], "verdict": "blocked",
+                            "blockers": [{"kind": "fencing-unproven", "resource": "iscsi1",
+                                          "detail": "iscsi1: automatic failover is off: ...; "
+                                                    "iscsi-cfg become-primary --force"}]}
+    alerts = alerts_for_transition(before, refusing)
+    assert [a.kind for a in alerts] == ["failover-refused"]
+    assert "become-primary --force" in alerts[0].summary
+    assert alerts_for_transition(refusing, refusing) == []

@@ -46,6 +46,7 @@ KINDS = {
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
     "fence-peer": SERVICE_DEGRADED,
+    "failover-refused": DATA_LOSS_IMMINENT,
     "fence-peer-failed": DATA_LOSS_IMMINENT,
     "self-fenced": DATA_LOSS_IMMINENT,
     "unfenced-failover": DATA_LOSS_IMMINENT,
@@ -313,8 +314,8 @@ def _blocked_alerts(previous, current):
     """One service-blocked alert when this host should serve and is blocked (at once for a
     refusal, after SERVICE_BLOCKED_AFTER for a wait), and again only when the blockers
     change."""
-    if not service_blocked(current):
-        return []
+    if not service_blocked(current) or _fencing_refusal(current):
+        return []            # a fencing refusal has its own alert: failover-refused
     if (previous is not None and service_blocked(previous)
             and _blocker_key(previous) == _blocker_key(current)):
         return []
@@ -341,11 +342,23 @@ def _restart_alerts(previous, current):
                  previous_health=previous.get("health"))]
 
 
+def _fencing_refusal(document):
+    """The fencing-unproven blockers of a document (automatic failover refused)."""
+    return [b for b in _blockers(document) if b.get("kind") == "fencing-unproven"]
+
+
 def _fencing_alerts(previous, current):
-    """One alert per fence-peer handler run, per self-fence, per unfenced promotion."""
+    """One alert per fence-peer handler run, per self-fence, per unfenced promotion, and one
+    when automatic failover is refused for want of proven fencing."""
     now = current.get("fencing") or {}
     before = (previous or {}).get("fencing") or {}
     found = []
+    refused = _fencing_refusal(current)
+    if refused and not (previous is not None and _fencing_refusal(previous)):
+        found.append(make("failover-refused", ", ".join(sorted(set(
+            b.get("resource", "") for b in refused))), "automatic failover is OFF: %s" % "; ".join(
+            b.get("detail", "") for b in refused), reason=(current.get("decision") or {}).get(
+            "reason", "")))
     for name, entry in sorted((now.get("fence_peer") or {}).items()):
         old = (before.get("fence_peer") or {}).get(name) or {}
         if previous is None or old.get("time") == entry.get("time") or \

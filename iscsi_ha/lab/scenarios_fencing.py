@@ -169,8 +169,8 @@ def fence_not_configured(lab, run):
                  "%s to refuse: fencing not proven" % new.name)
         _hold(lab, PASSES)
         run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
-        mail = run.wait(lambda: alerts_of(lab, "service-blocked", since)[0], 20,
-                        "the refusal's alert") or []
+        mail = run.wait(lambda: alerts_of(lab, "failover-refused", since)[0], 20,
+                        "the failover-refused alert") or []
         run.check(any("become-primary --force" in json.dumps(m) for m in mail),
                   "the alert does not say how to accept the risk")
         run.note("refusal: %s" % _reason(lab, new))
