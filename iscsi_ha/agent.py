@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from iscsi_ha import model, status
+from iscsi_ha import fencing, fencing_policy, model, status
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
@@ -39,6 +39,15 @@ class Agent(object):
         self.unserved_since = None    # (wall, monotonic) when this host began not to serve
         self.lock_problem = ""        # the pass lock had to leave STATE_DIR (set by the loop)
         self.state_problem = ""       # what the last pass could not write, for the log
+        self.fencing = fencing.FencingTracker(config, peer_fencing=self._peer_fencing)
+        self._observation = None
+        self._reason = ""
+
+    def _peer_fencing(self):
+        """The peer's fencing (its plugin runs drbdadm dump there), bounded by XAPI_TIMEOUT."""
+        from iscsi_ha.cli import peer as peer_mod
+        from iscsi_ha.fence_peer import _Peer
+        return peer_mod.call(_Peer(self.config), "fencing", {})
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -49,12 +58,24 @@ class Agent(object):
         except manual_adapter.ManualModeError as exc:
             manual, manual_error = model.MANUAL_HOLD, str(exc)
         drbd, drbd_error = observe_drbd(self.adapters.drbd)
+        try:
+            fenced = self.fencing.observe(drbd, self.adapters.drbd)
+        except Exception as exc:  # never lose a pass over it: unproven, nothing frozen known
+            log.error("fencing: cannot observe: %s", exc)
+            fenced = fencing_policy.FencingObservation(
+                unproven=dict((n, "cannot observe fencing: %s" % exc)
+                              for n in config.DRBD_RESOURCES),
+                allow_unfenced=bool(config.ALLOW_UNFENCED_FAILOVER),
+                self_fence_after=float(config.SELF_FENCE_AFTER))
         return model.Observation(
+            fencing=fenced,
             pool=read_pool_role(config.POOL_CONF),
             manual=manual,
             drbd=drbd,
             drbd_error=drbd_error,
-            target=observe_target(self.adapters.target),
+            # DRBD froze I/O: tgtd is blocked on the device, its tgtadm would only time out.
+            target=(None if any(getattr(st, "suspended", False) for st in drbd.values())
+                    else observe_target(self.adapters.target)),
             vip=observe_vip(self.adapters.vip, config.VIP_CHECK_INTERVAL),
             split_brain=self._split_brain_flags(),
             witness=None,
@@ -74,7 +95,7 @@ class Agent(object):
     def _perform(self, action):
         a = self.adapters
         if isinstance(action, PromoteDrbd):
-            return a.drbd.promote(action.resource)
+            return self._promote(action.resource)
         if isinstance(action, DemoteDrbd):
             return a.drbd.demote(action.resource)
         if isinstance(action, StartTarget):
@@ -88,6 +109,23 @@ class Agent(object):
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
         raise ValueError("unknown action %r" % (action,))
+
+    def _promote(self, resource):
+        """Promote; while disconnected, first leave the grant that tells our fence-peer handler
+        (which DRBD runs during this promotion) that decide() proved it safe."""
+        obs = self._observation
+        state = obs.drbd.get(resource) if obs is not None else None
+        granted = state is not None and not state.is_connected
+        if granted:
+            try:
+                fencing.write_grant(self.config.STATE_DIR, resource, self._reason)
+            except (OSError, IOError) as exc:
+                log.error("cannot write the promotion grant for %s: %s", resource, exc)
+        try:
+            return self.adapters.drbd.promote(resource)
+        finally:
+            if granted:
+                fencing.clear_grant(self.config.STATE_DIR, resource)
 
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""
@@ -116,7 +154,11 @@ class Agent(object):
         started, clock = time.time(), time.monotonic()
         observation = self.observe()
         decision = decide(observation)
+        self._observation, self._reason = observation, decision.reason
         results = self.apply(decision.actions)
+        due = fencing_policy.self_fence_due(observation)
+        if due and not self.dry_run:
+            self.fencing.mark_self_fenced(due)
         self.faults.guard("reap", self.adapters.reap)
         record = PassRecord(started, observation, decision, results,
                             time.monotonic() - clock)

@@ -4,7 +4,7 @@ Promote order: DRBD Primary -> target serving -> floating IP (after duplicate-ad
 done by the action) -> gratuitous ARP. Demote order is the reverse. A reason is one sentence in
 the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
-from iscsi_ha import model
+from iscsi_ha import fencing_policy, model
 from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Blocker, BlockerKind, Decision,
                             DemoteDrbd, PromoteDrbd, RemoveFloatingIp, StartTarget, StopTarget,
@@ -28,11 +28,35 @@ def _decide(obs):
     if blockers:
         return _hold_unreadable(obs, blockers)
     desired, why = desired_role(obs)
+    fenced = _fencing_freeze(obs, desired)
+    if fenced is not None:
+        return fenced
     if desired is None:
         return _hold(obs, why)
     if desired == model.PRIMARY:
         return _plan_primary(obs, why)
     return _plan_secondary(obs, why)
+
+
+def _fencing_freeze(obs, desired):
+    """A Primary whose I/O DRBD froze for fencing: self-fence once it lasted too long
+    (:mod:`iscsi_ha.fencing_policy`), else wait: the target is frozen, not broken."""
+    due = fencing_policy.self_fence_due(obs)
+    if due:
+        actions = list(_cleanup(obs))
+        actions.extend(DemoteDrbd(name) for name, state in _states(obs)
+                       if state.role == PRIMARY_WORD)
+        reason = fencing_policy.self_fence_reason(obs, due)
+        return Decision(tuple(actions), reason, desired or "", healthy=False,
+                        verdict=Verdict.BLOCKED, blockers=tuple(
+                            Blocker(BlockerKind.SELF_FENCED, name, reason) for name in due))
+    frozen = fencing_policy.frozen_reason(obs)
+    if frozen and desired != model.SECONDARY:
+        return Decision((), "holding: " + frozen, desired or "", healthy=False,
+                        verdict=Verdict.WAITING, blockers=tuple(
+                            Blocker(BlockerKind.IO_FROZEN, name, frozen)
+                            for name, _ in fencing_policy.frozen_resources(obs)))
+    return None
 
 
 def _with_must_serve(plan, value, serving=False):
@@ -171,12 +195,19 @@ def _promote_blocker(name, state, obs):
         return Blocker(BlockerKind.STANDALONE, name, "%s: StandAlone (split brain or "
                        "disconnected by hand); connect or recover it first" % name)
     link_up = state.connection in LINK_UP_STATES
-    if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE):
+    if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE) and \
+            not (not link_up and fencing_policy.consistent_is_current(name, state, obs)):
         return Blocker(BlockerKind.NO_UPTODATE_DATA, name, "%s: no UpToDate data here (disk "
                        "%s, peer disk %s)" % (name, state.disk, state.peer_disk))
     if not link_up and obs.witness is not None and not obs.witness.granted:
         return Blocker(BlockerKind.WITNESS_REFUSED, name, "%s: peer unreachable and the "
                        "witness refused (%s)" % (name, obs.witness.reason or "no grant"))
+    if not link_up:
+        refusal = fencing_policy.unfenced_promotion(name, state, obs)[0]
+        if refusal:
+            kind = (BlockerKind.SELF_FENCED if fencing_policy.self_fenced(name, obs)
+                    else BlockerKind.FENCING_UNPROVEN)
+            return Blocker(kind, name, refusal)
     return None
 
 
@@ -197,6 +228,10 @@ def _plan_primary(obs, why):
             verb, why, "; ".join(b.detail for b in blockers)), model.PRIMARY, healthy=False,
             verdict=Verdict.WAITING if waiting else Verdict.BLOCKED, blockers=tuple(blockers))
     actions = list(to_promote)
+    risks = [fencing_policy.unfenced_promotion(a.resource, obs.drbd[a.resource], obs)[1]
+             for a in to_promote if obs.drbd[a.resource].connection not in LINK_UP_STATES]
+    if any(risks):
+        why = "%s; WARNING: %s" % (why, "; ".join(r for r in risks if r))
     if obs.target is None or not obs.target.serving:
         actions.append(StartTarget())
     if obs.vip is None or not obs.vip.local:

@@ -63,19 +63,21 @@ def _word(value, vocabulary, what, where=""):
 
 
 _FIELDS = ("resource", "minor", "role", "peer_role", "connection", "disk", "peer_disk",
-           "sync_percent")
+           "sync_percent", "suspended")
 
 
 class DrbdState(namedtuple("DrbdState", _FIELDS)):
     """One resource (or 8.4 minor) as DRBD reports it, in DRBD's own words.
 
     ``resource``/``minor`` may be None (``/proc/drbd`` has no names). ``sync_percent`` is the
-    progress of a running resync or verify (0-100), None when none runs.
+    progress of a running resync or verify (0-100), None when none runs. ``suspended``: DRBD
+    froze the device's I/O (8.4: the ``s`` flag of ``drbd_seq_show()``; 9: ``suspended`` in
+    ``drbdsetup status --json``), e.g. while the fence-peer handler runs.
     """
     __slots__ = ()
 
     def __new__(cls, resource, minor, role, peer_role, connection, disk, peer_disk,
-                sync_percent=None):
+                sync_percent=None, suspended=False):
         _word(role, ROLES, "role")
         _word(peer_role, ROLES, "peer role")
         _word(connection, CONNECTION_WORDS, "connection state")
@@ -86,7 +88,7 @@ class DrbdState(namedtuple("DrbdState", _FIELDS)):
             if not 0.0 <= sync_percent <= 100.0:
                 raise DrbdParseError("sync percentage %r is outside 0-100" % sync_percent)
         return super(DrbdState, cls).__new__(cls, resource, minor, role, peer_role, connection,
-                                             disk, peer_disk, sync_percent)
+                                             disk, peer_disk, sync_percent, bool(suspended))
 
     @property
     def is_primary(self):
@@ -146,6 +148,7 @@ def _require_text(text, source):
 
 _MINOR_LINE = re.compile(r"^\s*([0-9]+): cs:(\S+)(.*)$")
 _ROLES_DISKS = re.compile(r"^ ro:([^/\s]+)/(\S+) ds:([^/\s]+)/(\S+)(?:\s|$)")
+_FLAGS = re.compile(r"\s[ABC ]\s([rs])[-a-z]{5}\s*$")
 _PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*([0-9]+(?:\.[0-9]+)?)%")
 _VERSION = re.compile(r"^version: (([0-9]+)\.[0-9]+\S*)")
 
@@ -206,7 +209,9 @@ def _proc_device(match, where):
     _word(peer_role, ROLES, "peer role", where)
     _word(disk, DISK_STATES, "disk state", where)
     _word(peer_disk, DISK_STATES, "peer disk state", where)
-    return DrbdState(None, minor, role, peer_role, cstate, disk, peer_disk)
+    flags = _FLAGS.search(rest)
+    return DrbdState(None, minor, role, peer_role, cstate, disk, peer_disk,
+                     suspended=bool(flags and flags.group(1) == "s"))
 
 
 def _proc_detail(states, current, line, where):
@@ -304,7 +309,7 @@ def _json_resource(item, where):
     peer_role, connection, peer_disk, progress = _json_peer(item, device.get("volume", 0), where)
     return DrbdState(resource=name, minor=minor, role=role, peer_role=peer_role,
                      connection=connection, disk=disk, peer_disk=peer_disk,
-                     sync_percent=progress)
+                     sync_percent=progress, suspended=item.get("suspended") is True)
 
 
 def _json_peer(item, volume, where):

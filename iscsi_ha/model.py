@@ -80,6 +80,7 @@ class Observation:
     witness: Optional[WitnessGrant] = None
     resources: Tuple[str, ...] = ()           # configured resource names, in order
     manual_error: str = ""                    # manual-mode file unreadable: hold, unhealthy
+    fencing: Optional[object] = None          # iscsi_ha.fencing_policy.FencingObservation
 
 
 class Verdict(str, enum.Enum):
@@ -110,6 +111,9 @@ class BlockerKind(str, enum.Enum):
     FLOATING_IP_DOWN = "floating-ip-down"      # the holder's interface is down / no carrier
     FLOATING_IP_CONFLICT = "floating-ip-conflict"  # another MAC answers for the floating IP
     NOT_SERVING = "not-serving"                # acting for longer than the bound (agent-made)
+    FENCING_UNPROVEN = "fencing-unproven"      # peer unreachable, fencing not proven on both
+    SELF_FENCED = "self-fenced"                # frozen too long: this host stopped serving
+    IO_FROZEN = "io-frozen"                    # DRBD froze I/O while fence-peer runs
 
     def __str__(self):
         return self.value
@@ -117,6 +121,7 @@ class BlockerKind(str, enum.Enum):
 
 # Blockers that may clear without an admin: an alert only after SERVICE_BLOCKED_AFTER seconds.
 WAIT_BLOCKERS = frozenset([BlockerKind.PEER_PRIMARY, BlockerKind.MANUAL_HOLD,
+                           BlockerKind.IO_FROZEN,
                            BlockerKind.PINNED_SECONDARY, BlockerKind.POOL_ROLE_UNKNOWN,
                            BlockerKind.NOT_SERVING, BlockerKind.FLOATING_IP_DOWN])
 

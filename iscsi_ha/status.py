@@ -31,7 +31,20 @@ def _drbd_dict(state):
     return {
         "role": state.role, "peer_role": state.peer_role, "connection": state.connection,
         "disk": state.disk, "peer_disk": state.peer_disk, "sync_percent": state.sync_percent,
+        "suspended": getattr(state, "suspended", False),
     }
+
+
+def fencing_dict(obs):
+    """The fencing part of the status: proof, frozen I/O, self-fence, last handler runs."""
+    fencing = getattr(obs, "fencing", None)
+    if fencing is None:
+        return None
+    return {"proven": dict(fencing.proven), "unproven": dict(fencing.unproven),
+            "allow_unfenced_failover": fencing.allow_unfenced,
+            "frozen_s": dict(fencing.frozen_s), "self_fence_after_s": fencing.self_fence_after,
+            "self_fenced": list(fencing.self_fenced),
+            "fence_peer": dict((k, dict(v)) for k, v in fencing.records.items())}
 
 
 def _iso(epoch):
@@ -114,6 +127,7 @@ def build(record, config, number, started_at, trigger, last_actions):
         "blockers": service.get("blockers", [b.to_dict() for b in decision.blockers]),
         "service": service,
         "last_actions": last_actions,
+        "fencing": fencing_dict(obs),
         "health": health_of(decision, record.results, problems, service),
         "problems": problems,
     }

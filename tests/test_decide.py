@@ -5,6 +5,7 @@ import pytest
 
 from iscsi_ha import model
 from iscsi_ha.decide import decide
+from iscsi_ha.fencing_policy import FORCE_HINT, FencingObservation
 from iscsi_ha.drbd import DrbdState
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, DemoteDrbd, PromoteDrbd,
                             RemoveFloatingIp, StartTarget, StopTarget, TargetObservation,
@@ -41,13 +42,17 @@ DRBD9_SEC = st("Secondary", "Secondary", "Established", "UpToDate", "UpToDate")
 CONSISTENT = st("Secondary", "Secondary", "Connected", "Consistent", "Outdated")
 
 
+PROVEN = FencingObservation(proven={"iscsi1": "verified on both hosts"})
+UNPROVEN = FencingObservation(unproven={"iscsi1": "peer runs fencing dont-care"})
+
+
 def obs(drbd, pool=MASTER, target=STOPPED, vip=AWAY, manual=model.MANUAL_OFF, witness=None,
-        split_brain=(), drbd_error="", resources=None):
+        split_brain=(), drbd_error="", resources=None, fencing=PROVEN):
     if not isinstance(drbd, dict):
         drbd = {"iscsi1": drbd}
     return model.Observation(pool=pool, manual=manual, drbd=drbd, drbd_error=drbd_error,
                              target=target, vip=vip, split_brain=split_brain, witness=witness,
-                             resources=tuple(resources or sorted(drbd)))
+                             resources=tuple(resources or sorted(drbd)), fencing=fencing)
 
 
 P = "this host is pool master"
@@ -71,9 +76,46 @@ ROWS = [
      "waiting: %s, but iscsi1: peer is still Primary" % P),
     ("master: peer Primary and target here", obs(SEC_PEER_PRI, target=SERVING, vip=LOCAL),
      (RemoveFloatingIp(), StopTarget()), "waiting: %s, but iscsi1: peer is still Primary" % P),
-    ("master: peer gone, UpToDate here", obs(SEC_ALONE), (PromoteDrbd("iscsi1"),
-                                                          StartTarget()) + UP,
-     "promoting: " + P),
+    ("master: peer gone, UpToDate here, fencing proven", obs(SEC_ALONE),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: peer gone, UpToDate here, fencing not proven", obs(SEC_ALONE, fencing=UNPROVEN),
+     (), "refusing: %s, but iscsi1: automatic failover is off: the peer is unreachable and "
+     "this host cannot prove its data is current (peer runs fencing dont-care); %s"
+     % (P, FORCE_HINT)),
+    ("master: Consistent after a restart, fencing proven",
+     obs(st("Secondary", "Unknown", "WFConnection", "Consistent", "DUnknown")),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP, "promoting: " + P),
+    ("master: Consistent after a restart, fencing not proven",
+     obs(st("Secondary", "Unknown", "WFConnection", "Consistent", "DUnknown"),
+         fencing=UNPROVEN), (),
+     "refusing: %s, but iscsi1: no UpToDate data here (disk Consistent, peer disk DUnknown)"
+     % P),
+    ("master: peer gone, no fencing observation at all", obs(SEC_ALONE, fencing=None),
+     (), "refusing: %s, but iscsi1: automatic failover is off: the peer is unreachable and "
+     "this host cannot prove its data is current (fencing was never verified on both "
+     "hosts); %s" % (P, FORCE_HINT)),
+    ("master: peer gone, not proven, opt-in key", obs(SEC_ALONE, fencing=FencingObservation(
+        unproven={"iscsi1": "peer runs fencing dont-care"}, allow_unfenced=True)),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP,
+     "promoting: %s; WARNING: iscsi1 promoted without proof that its data is current (peer "
+     "runs fencing dont-care): ALLOW_UNFENCED_FAILOVER=1 accepts that writes the peer "
+     "acknowledged may be lost and a split brain may follow" % P),
+    ("master: self-fenced earlier, link still down", obs(SEC_ALONE, fencing=FencingObservation(
+        proven={"iscsi1": "x"}, self_fenced=("iscsi1",))), (),
+     "refusing: %s, but iscsi1: this host self-fenced (it could not outdate its peer); it is "
+     "not promoted again until the replication link is back, or: %s" % (P, FORCE_HINT)),
+    ("master: I/O frozen briefly: hold", obs(PRI_ALONE, target=SERVING, vip=LOCAL,
+                                             fencing=FencingObservation(frozen_s={"iscsi1": 3.2},
+                                                                        self_fence_after=30)),
+     (), "holding: I/O on iscsi1 frozen by DRBD fencing for 3 s while the fence-peer handler "
+     "tries to outdate the peer (self-fencing after 30 s)"),
+    ("master: I/O frozen too long: self-fence", obs(
+        PRI_ALONE, target=SERVING, vip=LOCAL,
+        fencing=FencingObservation(frozen_s={"iscsi1": 31.0}, self_fence_after=30)),
+     (RemoveFloatingIp(), StopTarget(), DemoteDrbd("iscsi1")),
+     "stopping service: self-fencing, I/O on iscsi1 stayed frozen for more than 30 s: the fence-peer handler "
+     "could not outdate the peer, so this host stops serving (floating IP, target, DRBD "
+     "Secondary) before the network heals; see iscsi-cfg status"),
     ("master: peer gone, Outdated here", obs(OUTDATED_ALONE), (),
      "refusing: %s, but iscsi1: no UpToDate data here (disk Outdated, peer disk DUnknown)" % P),
     ("master: StandAlone Inconsistent", obs(INCONSISTENT_ALONE), (),

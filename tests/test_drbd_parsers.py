@@ -348,3 +348,17 @@ def test_one_line_garbage(parser, text, message):
 ])
 def test_error_text_keeps_drbds_reason(stderr, expected):
     assert drbd_error_text(stderr) == expected
+
+
+def test_suspended_io_is_read_from_both_formats():
+    from iscsi_ha.drbd import parse_proc_drbd, parse_status_json
+    proc = ("version: 8.4.11 (api:1/proto:86-101)\n"
+            " 1: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C s-----\n"
+            "    ns:0 nr:0 dw:0 dr:0 al:0 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0\n")
+    assert parse_proc_drbd(proc)["1"].suspended is True
+    assert parse_proc_drbd(proc.replace(" s-----", " r-----"))["1"].suspended is False
+    doc = [{"name": "r", "role": "Primary", "suspended": True, "connections": [],
+            "devices": [{"volume": 0, "minor": 1, "disk-state": "UpToDate"}]}]
+    assert parse_status_json(json.dumps(doc))["r"].suspended is True
+    doc[0]["suspended"] = False
+    assert parse_status_json(json.dumps(doc))["r"].suspended is False

@@ -208,6 +208,15 @@ class DrbdAdapter(object):
             raise CommandError("drbd: %s" % result.describe(), result)
         return result.stdout
 
+    def outdate(self, resource):
+        """``drbdadm outdate RES`` (the peer's fence-peer handler asks for it); the
+        CommandResult, never raised: exit 0 outdated, 17 refused because Primary, 5 the disk
+        is Inconsistent or worse (``adm_outdate()`` in drbd-utils' drbdadm_main.c)."""
+        self._check_resource(resource)
+        argv = self.drbdadm + ["outdate", resource]
+        log.info("drbd: %s", _quote(argv))
+        return run(argv, self.timeout)
+
     def promote(self, resource):
         """``drbdadm primary RES``; returns the CommandResult, raises CommandError on failure."""
         return self._change(resource, self.drbdadm + ["primary", resource])

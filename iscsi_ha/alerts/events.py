@@ -46,6 +46,11 @@ KINDS = {
     "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
+    "fence-peer": SERVICE_DEGRADED,
+    "failover-refused": DATA_LOSS_IMMINENT,
+    "fence-peer-failed": DATA_LOSS_IMMINENT,
+    "self-fenced": DATA_LOSS_IMMINENT,
+    "unfenced-failover": DATA_LOSS_IMMINENT,
     "test": INFORMATIONAL,
 }
 
@@ -310,8 +315,8 @@ def _blocked_alerts(previous, current):
     """One service-blocked alert when this host should serve and is blocked (at once for a
     refusal, after SERVICE_BLOCKED_AFTER for a wait), and again only when the blockers
     change."""
-    if not service_blocked(current):
-        return []
+    if not service_blocked(current) or _fencing_refusal(current):
+        return []            # a fencing refusal has its own alert: failover-refused
     if (previous is not None and service_blocked(previous)
             and _blocker_key(previous) == _blocker_key(current)):
         return []
@@ -338,6 +343,49 @@ def _restart_alerts(previous, current):
                  previous_health=previous.get("health"))]
 
 
+def _fencing_refusal(document):
+    """The fencing-unproven blockers of a document (automatic failover refused)."""
+    return [b for b in _blockers(document) if b.get("kind") == "fencing-unproven"]
+
+
+def _fencing_alerts(previous, current):
+    """One alert per fence-peer handler run, per self-fence, per unfenced promotion, and one
+    when automatic failover is refused for want of proven fencing."""
+    now = current.get("fencing") or {}
+    before = (previous or {}).get("fencing") or {}
+    found = []
+    refused = _fencing_refusal(current)
+    if refused and not (previous is not None and _fencing_refusal(previous)):
+        found.append(make("failover-refused", ", ".join(sorted(set(
+            b.get("resource", "") for b in refused))), "automatic failover is OFF: %s" % "; ".join(
+            b.get("detail", "") for b in refused), reason=(current.get("decision") or {}).get(
+            "reason", "")))
+    for name, entry in sorted((now.get("fence_peer") or {}).items()):
+        old = (before.get("fence_peer") or {}).get(name) or {}
+        if previous is None or old.get("time") == entry.get("time") or \
+                entry.get("event") != "fence-peer":
+            continue
+        ok = entry.get("exit") in (3, 4, 7)
+        found.append(make("fence-peer" if ok else "fence-peer-failed", name,
+                          "DRBD fence-peer handler on %s: exit %s: %s" % (
+                              name, entry.get("exit"), entry.get("outcome")),
+                          took_s=entry.get("duration_s"), peer=entry.get("peer")))
+    fenced = set(now.get("self_fenced") or [])
+    new = sorted(fenced - set(before.get("self_fenced") or []))
+    if new and previous is not None:
+        found.append(make("self-fenced", ", ".join(new),
+                          "this host stopped serving %s: its I/O stayed frozen because the "
+                          "peer could not be outdated; see iscsi-cfg status" % ", ".join(new),
+                          reason=(current.get("decision") or {}).get("reason")))
+    reason = (current.get("decision") or {}).get("reason", "")
+    promoting = any(a.startswith("promote ") for a in
+                    (current.get("decision") or {}).get("actions") or [])
+    if promoting and "ALLOW_UNFENCED_FAILOVER" in reason:
+        found.append(make("unfenced-failover", "", "promoting WITHOUT proof that the data is "
+                          "current: %s" % reason.split("WARNING: ", 1)[-1], reason=reason))
+    return found
+
+
 def _state_error(document):
     return ((document or {}).get("state_dir") or {}).get("error", "")
 
@@ -360,6 +408,7 @@ def _state_dir_alerts(previous, current):
 def alerts_for_transition(previous, current):
     """[Alert] for what changed from ``previous`` (a status document or None) to ``current``."""
     found = _restart_alerts(previous, current)
+    found.extend(_fencing_alerts(previous, current))
     found.extend(_state_dir_alerts(previous, current))
     found.extend(_drbd_alerts(previous, current))
     found.extend(_action_alerts(previous, current))

@@ -61,6 +61,12 @@ def cmd_run(path, once, dry_run, as_json):
         return EXIT_USAGE
     errors.note_config(config)
     logsetup.setup(config, stderr=once or dry_run or sys.stderr.isatty())
+    if config.ALLOW_UNFENCED_FAILOVER:
+        logging.getLogger("iscsi-ha").warning(
+            "ALLOW_UNFENCED_FAILOVER=1: a Secondary whose peer is unreachable is promoted "
+            "WITHOUT proof that its data is current; writes the peer acknowledged may be lost "
+            "(HA-Lizard's old behaviour). Set it to 0 and configure DRBD fencing "
+            "(iscsi-cfg drbd-config) to be safe.")
     from iscsi_ha.agent import Agent, describe_observation
     from iscsi_ha.loop import Loop
     agent = Agent(config, dry_run=dry_run)

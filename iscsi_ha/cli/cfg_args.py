@@ -4,7 +4,8 @@ import argparse
 from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
-         "become-primary", "become-secondary", "switchover", "split-brain", "test-alert",
+         "become-primary", "become-secondary", "switchover", "split-brain", "drbd-config",
+         "test-alert",
          "version")
 
 
@@ -130,6 +131,13 @@ def build():
     p.add_argument("--clear", action="store_true",
                    help="remove stale split-brain flags of a resource that is connected and "
                         "UpToDate on both sides")
+    p = _add(sub, common, "drbd-config", "print the DRBD fencing configuration to use",
+             "Print the net/disk/handlers settings (fencing resource-and-stonith, the "
+             "installed fence-peer, unfence and split-brain handlers) for the configured "
+             "resources, to merge into drbd.conf on both hosts; `check` compares them with "
+             "drbdadm dump on both hosts.")
+    p.add_argument("--drbd-version", choices=("8.4", "9"), default=None,
+                   help="DRBD syntax to print (default: DRBD_VERSION, or the loaded module)")
     p = _add(sub, common, "test-alert", "send a test alert by email and as a XAPI message",
              "Send one test alert through each alert path and print what happened: every "
              "answer of the SMTP server (or why it could not be reached) and the reference of "

@@ -176,12 +176,18 @@ def cmd_split_brain(ctx, args):
                                       force=args.force, clear_flags=args.clear)
 
 
+def cmd_drbd_config(ctx, args):
+    from iscsi_ha.cli import drbd_config_cmd
+    return drbd_config_cmd.drbd_config(ctx, args.drbd_version)
+
+
 def cmd_test_alert(ctx, args):
     from iscsi_ha.cli import testalert_cmd
     return testalert_cmd.test_alert(ctx, want_email=args.email, want_xapi=args.xapi)
 
 
-VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
+VERBS = {"drbd-config": cmd_drbd_config, "get": cmd_get, "status": cmd_status, "log": cmd_log,
+         "check": cmd_check,
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
          "switchover": cmd_switchover, "split-brain": cmd_split_brain,

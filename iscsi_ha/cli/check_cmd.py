@@ -7,10 +7,9 @@ gives SCSI ID ``IET     0001000a`` and SCSI SN ``beaf110`` (real tgtadm output i
 tests/fixtures/tgtadm/target_lun10_acl_all.txt). A host that does not export the target now
 would export it under the lowest free tid of its tgtd, so that is the identity it is held to.
 """
-import re
 import shutil
 
-from iscsi_ha.adapters.run import CommandError, split_command
+from iscsi_ha.adapters.run import split_command
 from iscsi_ha.adapters.xapi import XapiError
 from iscsi_ha.cli import peer as peer_mod
 
@@ -52,35 +51,10 @@ def drbd_findings(ctx):
             for name in ctx.config.DRBD_RESOURCES]
 
 
-FENCING_RE = re.compile(r"\bfencing\s+(resource-only|resource-and-stonith)\s*;")
-FENCE_PEER_RE = re.compile(r"\bfence-peer\s+\S")
-STALE_RISK = ("without it, after a replication-link failure the Secondary still says UpToDate "
-              "and a failover may promote stale data")
-
-
-def fencing_findings(ctx):
-    """DRBD's fencing (``fencing resource-only`` + a fence-peer handler) is what outdates the
-    Secondary when the link fails while the Primary writes on: the agent's "UpToDate" rule
-    relies on it. Unreadable configuration is information, missing fencing a problem."""
-    found = []
-    for name in ctx.config.DRBD_RESOURCES:
-        try:
-            text = ctx.adapters.drbd.dump(name)
-        except (CommandError, OSError) as exc:
-            found.append((INFO, "DRBD %s fencing: cannot read its configuration (%s); it needs "
-                                "`fencing resource-only` and a fence-peer handler: %s" % (
-                                    name, exc, STALE_RISK)))
-            continue
-        policy, handler = FENCING_RE.search(text), FENCE_PEER_RE.search(text)
-        if policy and handler:
-            found.append((OK, "DRBD %s fencing: %s with a fence-peer handler" % (
-                name, policy.group(1))))
-        else:
-            found.append((PROBLEM, "DRBD %s fencing: %s: set `fencing resource-only;` and a "
-                                   "fence-peer handler in drbd.conf; %s" % (
-                                       name, "no fence-peer handler" if policy else
-                                       "no fencing policy", STALE_RISK)))
-    return found
+def fencing_findings(ctx, with_peer=True):
+    """DRBD fencing on both hosts, compared with `iscsi-cfg drbd-config`."""
+    from iscsi_ha.cli import drbd_config_cmd
+    return drbd_config_cmd.fencing_findings(ctx, with_peer=with_peer)
 
 
 def local_identity(ctx):
@@ -204,8 +178,8 @@ def check(ctx, with_peer=True):
     ctx.say("config %s: valid" % config.path)
     for warning in config.warnings:
         ctx.say("  warning: %s" % warning)
-    findings = tool_findings(config) + drbd_findings(ctx) + fencing_findings(ctx) + \
-        agent_findings(ctx)
+    findings = tool_findings(config) + drbd_findings(ctx) + \
+        fencing_findings(ctx, with_peer=with_peer) + agent_findings(ctx)
     if with_peer:
         findings += peer_findings(ctx) + sr_findings(ctx)
     for kind, sentence in findings:

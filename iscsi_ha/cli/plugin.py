@@ -11,6 +11,8 @@ JSON string):
   (a switchover starts the promotion while the old primary demotes).
 - ``manual_mode`` {mode: enable|disable} -> {ok, code, lines, host}.
 - ``identity`` {} -> this host's target IQN, LUNs and SCSI identities (``iscsi-cfg check``).
+- ``outdate`` {resource} -> runs ``drbdadm outdate RES`` here for the peer's fence-peer handler
+  (refused by DRBD on a Primary); ``fencing`` {} -> this host's fencing per ``drbdadm dump``.
 
 Every function answers JSON, never an exception: an expected error (invalid configuration, a
 refusal, a tool or XAPI that failed) is ``{ok: false, code, lines: [one line]}``; anything else
@@ -195,10 +197,51 @@ def split_brain(session, args):
         ctx.close()
 
 
+def outdate(session, args):
+    """``outdate`` {resource}: ``drbdadm outdate RES`` here, for the peer's fence-peer handler
+    (DRBD itself refuses it while this host is Primary). -> {ok, outcome, rc, detail, host}:
+    outcome outdated | inconsistent | primary | connected | failed."""
+    from iscsi_ha import fencing
+    answer = {"host": socket.gethostname(), "ok": False}
+    try:
+        config = config_mod.load(config_mod.default_path())
+    except config_mod.ConfigError as exc:
+        answer.update(outcome="failed", rc=None, detail="invalid configuration %s" % exc)
+        return json.dumps(answer, sort_keys=True)
+    resource = args.get("resource", "")
+    if resource not in config.DRBD_RESOURCES:
+        answer.update(outcome="failed", rc=None,
+                      detail="resource %r is not one of DRBD_RESOURCES" % (resource,))
+        return json.dumps(answer, sort_keys=True)
+    ctx = HostContext(config, say=lambda line: None)
+    try:
+        result = ctx.adapters.drbd.outdate(resource)
+    finally:
+        ctx.close()
+    outcome = fencing.outdate_outcome(result.returncode, result.timed_out, result.stderr)
+    answer.update(ok=outcome == "outdated", outcome=outcome, rc=result.returncode,
+                  detail=result.describe())
+    return json.dumps(answer, sort_keys=True)
+
+
+def fencing_config(session, args):
+    """``fencing`` {}: this host's DRBD fencing (from ``drbdadm dump``) and its problems."""
+    from iscsi_ha import fencing
+    config = config_mod.load(config_mod.default_path())
+    ctx = HostContext(config, say=lambda line: None)
+    try:
+        resources = fencing.local_fencing(ctx.adapters.drbd, config)
+    finally:
+        ctx.close()
+    return json.dumps({"host": socket.gethostname(), "resources": resources,
+                       "handler": config.FENCE_PEER_HANDLER}, sort_keys=True)
+
+
 FUNCTIONS = dict((name, answers_json(function)) for name, function in (
     ("status", status), ("become_primary", become_primary),
     ("become_secondary", become_secondary), ("manual_mode", manual_mode),
-    ("identity", identity), ("split_brain", split_brain)))
+    ("identity", identity), ("split_brain", split_brain), ("outdate", outdate),
+    ("fencing", fencing_config)))
 
 
 USAGE = "usage: iscsi-ha-plugin {%s} [key=value ...]" % ",".join(sorted(FUNCTIONS))

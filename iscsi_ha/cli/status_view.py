@@ -208,7 +208,40 @@ def render(config, document, peer=None, now=None):
               _decision_panel(document, now)]
     if document.get("problems"):
         parts.append(Panel("\n".join(document["problems"]), title="problems", style="yellow"))
+    fencing = fencing_advice(document)
+    if fencing:
+        parts.append(Panel("\n".join(fencing), title="fencing", style="bold red"))
     return Group(*parts)
+
+
+def fencing_advice(document):
+    """What an admin should know and do about DRBD fencing, from the status document."""
+    fencing = document.get("fencing") or {}
+    lines = []
+    for name in fencing.get("self_fenced") or []:
+        lines += ["%s: this host SELF-FENCED: its I/O stayed frozen because the fence-peer "
+                  "handler could not outdate the peer (see the fence-peer record below)." % name,
+                  "  It serves nothing and is not promoted again until the replication link is "
+                  "back. If the peer is serving, leave it so; once the link returns, DRBD "
+                  "resyncs this host.",
+                  "  If the peer is really dead and its data lost, and you accept losing what it "
+                  "may have acknowledged: iscsi-cfg become-primary --force"]
+    for name, seconds in sorted((fencing.get("frozen_s") or {}).items()):
+        lines.append("%s: I/O frozen by DRBD fencing for %.0f s (self-fencing after %.0f s): "
+                     "the fence-peer handler is trying to outdate the peer over XAPI"
+                     % (name, seconds, fencing.get("self_fence_after_s") or 0))
+    for name, why in sorted((fencing.get("unproven") or {}).items()):
+        lines.append("%s: automatic failover is OFF: %s; run `iscsi-cfg drbd-config` and "
+                     "`iscsi-cfg check` on both hosts" % (name, why))
+    if fencing.get("allow_unfenced_failover"):
+        lines.append("ALLOW_UNFENCED_FAILOVER=1: a failover may lose acknowledged writes")
+    for name, record in sorted((fencing.get("fence_peer") or {}).items()):
+        if record.get("event") == "fence-peer":
+            lines.append("%s: last fence-peer run %s: exit %s: %s" % (
+                name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("time") or
+                                                                         0)),
+                record.get("exit"), record.get("outcome")))
+    return lines
 
 
 def show(config, document, once=False, console=None, refresh=2.0, watcher=None, peer=None):

@@ -4,7 +4,14 @@
     iscsi-ha-lab scenario NAME          up, one scenario, down
     iscsi-ha-lab up                     up, then hold the lab (fake XAPI, DRBD) until Ctrl+C
     iscsi-ha-lab exec HOST -- CMD...    run CMD in host a, b or c (client), with the host's config
-    iscsi-ha-lab status                 both hosts' status as their agents published it
+    iscsi-ha-lab status [--json]        both hosts' status as their agents published it;
+                                        --json: each host's DRBD view, the checker's
+                                        violations and the acknowledged client writes (needs a
+                                        running `up`)
+    iscsi-ha-lab fault NAME [HOST]      break or heal something in a running `up` lab (names:
+                                        iscsi_ha/lab/faults.py, `fault list`)
+    iscsi-ha-lab client write LBA TEXT  write one block through the floating IP
+    iscsi-ha-lab client read LBA        read one block through the floating IP
     iscsi-ha-lab down                   remove everything a lab (even a crashed one) left behind
 
 Options before the command: --dir DIR ($ISCSI_HA_LAB_DIR, default /run/iscsi-ha-lab) and
@@ -104,14 +111,21 @@ def cmd_up(args, console):
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     lab.refuse_foreign()       # before the try: a refusal must not take anything down
+    control = None
     try:
         lab.up()
+        from iscsi_ha.lab.faults import ControlServer
+        control = ControlServer(lab)
+        control.start()
         console.print("lab up in %s (prefix %s): host a is primary. Try: iscsi-ha-lab%s exec a "
-                      "-- iscsi-cfg status. Ctrl+C takes it down." % (
-                          lab.directory, lab.prefix, _naming(lab)))
+                      "-- iscsi-cfg status, iscsi-ha-lab%s fault cut-replication, "
+                      "iscsi-ha-lab%s client write 0 hello. Ctrl+C takes it down." % (
+                          lab.directory, lab.prefix, _naming(lab), _naming(lab), _naming(lab)))
         while not stop.wait(1.0):
             pass
     finally:
+        if control is not None:
+            control.stop()
         lab.down()
     return 0
 
@@ -136,7 +150,43 @@ def cmd_exec(args, console):
     return lab.exec(args.host, argv, timeout=24 * 3600).returncode
 
 
+def _request(args, payload):
+    from iscsi_ha.lab.faults import FaultError, request
+    try:
+        return request(args.dir, payload)
+    except FaultError as exc:
+        raise LabError(str(exc))
+
+
+def cmd_fault(args, console):
+    from iscsi_ha.lab.faults import FAULTS
+    if args.name == "list":
+        for name in sorted(FAULTS):
+            console.print("%s%s" % (name, " HOST" if FAULTS[name] else ""))
+        return 0
+    answer = _request(args, {"op": "fault", "name": args.name, "host": args.host})
+    if not answer.get("ok"):
+        raise LabError("fault %s: %s" % (args.name, answer.get("error")))
+    console.print(answer["result"])
+    return 0
+
+
+def cmd_client(args, console):
+    if args.io == "write" and args.text is None:
+        raise LabError("client write needs LBA and TEXT")
+    answer = _request(args, {"op": "client", "io": args.io, "lba": args.lba,
+                             "text": args.text})
+    print(json.dumps(answer, sort_keys=True))
+    return 0 if answer.get("ok") else 1
+
+
 def cmd_status(args, console):
+    if args.json:
+        answer = _request(args, {"op": "status"})
+        if not answer.get("ok"):
+            raise LabError("status: %s" % answer.get("error"))
+        print(json.dumps(answer["status"], indent=1, sort_keys=True))
+        return 0
     lab = _lab(args)
     table = Table(title="lab hosts")
     for column in ("host", "pool role", "DRBD", "target", "floating IP", "health", "decision"):
@@ -177,12 +227,21 @@ def _parser():
     ex = sub.add_parser("exec", help="run a command in a lab host")
     ex.add_argument("host", help="a, b or c (the client)")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    sub.add_parser("status", help="show both hosts' status")
+    st = sub.add_parser("status", help="show both hosts' status")
+    st.add_argument("--json", action="store_true",
+                    help="DRBD views, violations and acknowledged writes of a running lab")
+    fault = sub.add_parser("fault", help="break or heal something in a running lab")
+    fault.add_argument("name", help="fault name, or 'list'")
+    fault.add_argument("host", nargs="?", help="a or b")
+    client = sub.add_parser("client", help="one block of I/O through the floating IP")
+    client.add_argument("io", choices=("write", "read"))
+    client.add_argument("lba", type=int)
+    client.add_argument("text", nargs="?")
     return parser
 
 
 COMMANDS = {"demo": cmd_demo, "scenario": cmd_scenario, "up": cmd_up, "down": cmd_down,
-            "exec": cmd_exec, "status": cmd_status}
+            "exec": cmd_exec, "status": cmd_status, "fault": cmd_fault, "client": cmd_client}
 
 
 def main(argv=None):

@@ -27,7 +27,12 @@ from iscsi_ha.lab.drbd_double_render import (  # noqa: F401
 SETUP84 = "/lib/drbd/drbdsetup-84"
 STATE_ERRORS = {"two-primaries": (-1, "Multiple primaries not allowed by config", 11),
                 "no-uptodate": (-2, "Need access to UpToDate data", 17),
-                "in-use": (-12, "Device is held open by someone", 11)}
+                "in-use": (-12, "Device is held open by someone", 11),
+                # user/v84/linux/drbd.h and drbd_strings.c; exit codes: print_config_error()
+                "primary-nop": (-7, "Refusing to be Primary while peer is not outdated", 11),
+                "primary": (-2, "Need access to UpToDate data", 17),
+                "connected": (-6, "Refusing to be Outdated while Connected", 11),
+                "inconsistent": (-16, "Disk state is lower than outdated", 5)}
 BUILDTAG = ("DRBDADM_BUILDTAG=GIT-hash:\\ 409097fe02187f83790b88ac3e0d94f3c167adab\\ reproducible"
             "\\ build\\,\\ 2023-01-09\\ 14:51:18\n")     # Debian 12's drbd-utils 9.22.0
 VERSION_TEXT = {
@@ -38,7 +43,7 @@ VERSION_TEXT = {
                     "DRBDADM_VERSION=9.22.0\n",
 }
 ADM_COMMANDS = ("primary", "secondary", "connect", "disconnect", "up", "down", "role", "cstate",
-                "dstate", "status", "sh-minor", "dump")
+                "dstate", "status", "sh-minor", "dump", "outdate", "resume-io")
 ADM_OPTIONS = {"primary": ("--force",), "connect": ("--discard-my-data",)}
 
 
@@ -63,15 +68,44 @@ def split_invocation(argv):
     return argv[1], argv[3], argv[4], argv[5:]
 
 
+class FenceNeeded(Exception):
+    """``primary`` must run the fence-peer handler first (outside the world's lock)."""
+
+    def __init__(self, resource, cnt):
+        Exception.__init__(self, resource)
+        self.resource, self.cnt = resource, cnt
+
+
 def invoke(world, host, prog, args):
-    """Run one drbdadm/drbdsetup invocation on ``host``; return (rc, stdout, stderr)."""
+    """Run one drbdadm/drbdsetup invocation on ``host``; return (rc, stdout, stderr).
+
+    A promotion that needs the fence-peer handler (``drbd_set_role()``) leaves the
+    transaction, runs the handler with no lock held (it may reach the peer, whose drbdadm
+    needs the world), applies its exit code and runs the command again."""
+    fenced = {}
+    for _ in range(4):
+        try:
+            return _invoke_once(world, host, prog, args, fenced)
+        except FenceNeeded as need:
+            code = world.run_fence_handler(host, need.resource)
+            with world.transaction() as st:
+                fenced[need.resource] = world.apply_fence_result(
+                    st, host, need.resource, code, need.cnt)
+    raise DoubleError("promotion kept asking for the fence-peer handler")
+
+
+def _invoke_once(world, host, prog, args, fenced):
     with world.transaction() as st:
         if host not in st["hosts"]:
             raise DoubleError("unknown host %r" % host)
         if st["hosts"][host]["crashed"]:
             raise DoubleError("host %r is crashed; World.boot() it first" % host)
-        handler = drbdadm if prog == "drbdadm" else drbdsetup
-        reply = handler(world, st, host, list(args))
+        st["_fenced"] = fenced
+        try:
+            handler = drbdadm if prog == "drbdadm" else drbdsetup
+            reply = handler(world, st, host, list(args))
+        finally:
+            st.pop("_fenced", None)
         first = "".join(reply.err).strip().splitlines() or ["ok"]
         world.log(st, host, [prog] + list(args), reply.rc, first[0])
     return reply.rc, "".join(reply.out), "".join(reply.err)
@@ -136,12 +170,14 @@ def _setup_argv(st, host, command, res, options):
         here = "ipv4:%s:7789" % st["hosts"][host]["address"]
         there = "ipv4:%s:7789" % st["hosts"][_peer(st, host)]["address"]
         argv = {"primary": [minor], "secondary": [minor], "role": [minor], "cstate": [minor],
-                "dstate": [minor], "down": [res], "status": [res],
+                "dstate": [minor], "down": [res], "status": [res], "outdate": [minor],
+                "resume-io": [minor],
                 "connect": [res, here, there, "--protocol=C"], "disconnect": [here, there]}
         return [SETUP84, command] + argv[command] + options
     peer_id = str(st["hosts"][_peer(st, host)]["node_id"])
     argv = {"primary": [res], "secondary": [res], "role": [res], "cstate": [res, peer_id],
             "dstate": [minor], "down": [res], "status": [res], "connect": [res, peer_id],
+            "outdate": [minor], "resume-io": [minor],
             "disconnect": [res, peer_id]}
     return ["drbdsetup", command] + argv[command] + options
 
@@ -155,6 +191,8 @@ def _adm_one(world, st, host, command, options, res, reply):
         return
     if command == "up":
         return _adm_up(world, st, host, res, reply)
+    if command == "outdate":
+        return _adm_outdate(world, st, host, res, reply)
     argv = _setup_argv(st, host, command, res, options)
     sub = Reply()
     setup_command(world, st, host, command, res, "--force" in options,
@@ -166,6 +204,23 @@ def _adm_one(world, st, host, command, options, res, reply):
     reply.err.extend(sub.err)
     if sub.rc >= 10:
         reply.fail(sub.rc, "Command '%s' terminated with exit code %d\n" % (" ".join(argv), sub.rc))
+
+
+def _adm_outdate(world, st, host, res, reply):
+    """``adm_outdate()``: drbdsetup outdate; 17 (Primary) and 5 (Inconsistent) are passed on
+    as they are; on a resource that is down drbdmeta outdates the meta-data."""
+    minor = str(st["resources"][res]["minor"])
+    outcome = world.outdate(st, host, res)
+    if outcome == "ok":
+        return reply
+    code, text, rc = STATE_ERRORS[outcome]
+    reply.fail(rc, "%s: State change failed: (%d) %s\n" % (minor, code, text))
+    if outcome == "connected":      # adm_outdate() then tries drbdmeta, which refuses
+        meta = "v08" if st["version"] == "8.4" else "v09"
+        reply.fail(20, "Device '%s' is configured!\n" % minor)
+        reply.fail(20, "Command 'drbdmeta %s %s %s internal outdate' terminated with exit code"
+                   " 20\n" % (minor, meta, world.device_path(host, res)))
+    return reply
 
 
 def _adm_up(world, st, host, res, reply):
@@ -183,7 +238,8 @@ def setup_command(world, st, host, command, res, force, discard, reply):
     """One drbdsetup command on an existing resource name; results appended to ``reply``."""
     v84 = st["version"] == "8.4"
     minor = str(st["resources"][res]["minor"])
-    obj = minor if v84 and command in ("primary", "secondary", "role", "cstate", "dstate") else res
+    obj = minor if v84 and command in ("primary", "secondary", "role", "cstate", "dstate",
+                                       "resume-io") else res
     if command == "dstate":
         obj = minor
     view = world.view(st, host, res)
@@ -192,12 +248,16 @@ def setup_command(world, st, host, command, res, force, discard, reply):
             return _not_up(st, command, obj, reply)
         reply.out.append(render_query(st, command, res, view, _peer(st, host)))
         return reply
-    operation = {"primary": lambda: world.promote(st, host, res, force),
+    fenced = st.get("_fenced", {})
+    operation = {"primary": lambda: world.promote(st, host, res, force, fenced.get(res)),
+                 "resume-io": lambda: world.resume_io(st, host, res),
                  "secondary": lambda: world.demote(st, host, res, force),
                  "connect": lambda: world.connect(st, host, res, discard),
                  "disconnect": lambda: world.disconnect(st, host, res),
                  "down": lambda: world.down(st, host, res)}[command]
     outcome = operation()
+    if outcome == "fence-needed":
+        raise FenceNeeded(res, st["links"][res]["connect_cnt"])
     if outcome == "not-up":
         return _not_up(st, command, obj, reply)
     if outcome == "net-configured":

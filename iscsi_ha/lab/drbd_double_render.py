@@ -28,9 +28,10 @@ def _peer(st, host):
 
 
 def _dump(st, host, res):
-    """``drbdadm dump RES``: the resource as drbdadm prints its parsed configuration (layout
-    of drbd-utils' dump; the fencing policy sits in ``disk`` on 8.4 and ``net`` on 9). The
-    fence-peer handler is the double's own outdating of the peer (World ``fencing``)."""
+    """``drbdadm dump RES``: the resource as drbdadm prints ``host``'s parsed configuration
+    (layout of drbd-utils' dump; the fencing policy sits in ``disk`` on 8.4 and ``net`` on 9;
+    handlers as configured with ``World.set_handler``). dont-care is DRBD's default and is not
+    printed."""
     minor = st["resources"][res]["minor"]
     hosts = []
     for name in sorted(st["hosts"]):
@@ -39,20 +40,28 @@ def _dump(st, host, res):
                      "        meta-disk        internal;\n"
                      "        address          ipv4 %s:7789;\n    }\n"
                      % (name, minor, name, minor, st["hosts"][name]["address"]))
-    fencing = ""
-    if st["fencing"]:
-        fencing = "    %s {\n        fencing          resource-only;\n    }\n" % (
-            "disk" if st["version"] == "8.4" else "net")
-        fencing += "    handlers {\n        fence-peer       \"(the lab's DRBD double outdates " \
-                   "the peer)\";\n    }\n"
+    policy = st["hosts"][host]["fencing"]
+    sections = ""
+    if policy != "dont-care":
+        sections = "    %s {\n        fencing          %s;\n    }\n" % (
+            "disk" if st["version"] == "8.4" else "net", policy)
+    handlers = st.get("handlers", {}).get(host, {})
+    if handlers:
+        sections += "    handlers {\n"
+        for name in sorted(handlers):
+            command = " ".join(handlers[name]["argv"])      # quoted only with spaces, as
+            if " " in command:                               # drbdadm dump does
+                command = '"%s"' % command
+            sections += "        %-16s %s;\n" % (name, command)
+        sections += "    }\n"
     return "# resource %s on %s: not ignored, not stacked\nresource %s {\n%s%s}\n\n" % (
-        res, host, res, "".join(hosts), fencing)
+        res, host, res, "".join(hosts), sections)
 
 
 def _meta_dstate(disk):
     """drbdmeta's dstate of a resource that is down (from its meta-data flags)."""
     if disk["disk"] == "UpToDate":
-        return "UpToDate\n" if disk["peer_outdated"] else "Consistent\n"
+        return "UpToDate\n" if disk["pdsk"] == "Outdated" else "Consistent\n"
     return disk["disk"] + "\n"
 
 
@@ -112,11 +121,12 @@ def _json_peer_device(view):
 def _json_resource(world, st, host, res):
     view = world.view(st, host, res)
     peer = _peer(st, host)
-    head = ('{\n  "name": "%s",\n  "node-id": %d,\n  "role": "%s",\n  "suspended": false,\n'
+    frozen = "true" if view["suspended"] else "false"     # susp-fen is the only suspension
+    head = ('{\n  "name": "%s",\n  "node-id": %d,\n  "role": "%s",\n  "suspended": %s,\n'
             '  "suspended-user": false,\n  "suspended-no-data": false,\n'
-            '  "suspended-fencing": false,\n  "suspended-quorum": false,\n'
+            '  "suspended-fencing": %s,\n  "suspended-quorum": false,\n'
             '  "force-io-failures": false,\n  "write-ordering": "flush",\n  "devices": [\n'
-            % (res, st["hosts"][host]["node_id"], view["role"]))
+            % (res, st["hosts"][host]["node_id"], view["role"], frozen, frozen))
     device = ('    {\n      "volume": 0,\n      "minor": %d,\n      "disk-state": "%s",\n'
               '      "client": false,\n      "quorum": true,\n      "size": %d,\n'
               '      "read": 0,\n      "written": 0,\n      "al-writes": 0,\n'
@@ -171,10 +181,12 @@ def render_proc_drbd(world, st, host):
         previous = view["minor"]
         left_kb = (view["sync"][1] - view["sync"][0]) // 1024 if view["sync"] else 0
         protocol = " " if view["cstate"] == "StandAlone" else "C"
-        text += ("%2d: cs:%s ro:%s/%s ds:%s/%s %s r-----\n"
+        # the first flag is 's' while I/O is suspended (drbd_proc.c drbd_seq_show())
+        text += ("%2d: cs:%s ro:%s/%s ds:%s/%s %s %s-----\n"
                  "    ns:0 nr:0 dw:0 dr:0 al:0 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:%d\n"
                  % (view["minor"], view["cstate"], view["role"], view["peer_role"],
-                    view["disk"], view["peer_disk"], protocol, left_kb))
+                    view["disk"], view["peer_disk"], protocol,
+                    "s" if view["suspended"] else "r", left_kb))
         if view["sync"]:
             text += _progress_lines(view)
     return text

@@ -43,6 +43,7 @@ class FakePool(PoolRoles):
         self.pool_ref = self.db.create("pool", name_label=name_label, master=NULL_REF)
         self.endpoints = collections.OrderedDict()
         self._plugins = {}
+        self.cut_off = set()        # hosts whose management network is cut (lab faults)
         self._pbd_handlers = {}
 
     # -- building ---------------------------------------------------------------------------------
@@ -187,8 +188,21 @@ class FakePool(PoolRoles):
             handler(pbd, record, attached)
         self.db.update("PBD", pbd, currently_attached=attached)
 
-    def call_plugin(self, host, plugin, fn, args):
-        """host.call_plugin, with XenAPIPlugin's failure shapes."""
+    def set_management_link(self, host, up):
+        """Cut (``up=False``) or restore ``host``'s management network: calls from it to
+        another host, or from another host to it, fail as unreachable (HOST_OFFLINE)."""
+        ref = self.host_ref(host)
+        if up:
+            self.cut_off.discard(ref)
+        else:
+            self.cut_off.add(ref)
+
+    def call_plugin(self, host, plugin, fn, args, caller=None):
+        """host.call_plugin, with XenAPIPlugin's failure shapes; ``caller`` is the host whose
+        xapi received the call."""
+        if caller is not None and caller != host and (caller in self.cut_off or
+                                                      host in self.cut_off):
+            raise XapiError("HOST_OFFLINE", host)
         self._assert_reachable(host)
         functions = self._plugins.get((host, plugin))
         if functions is None:

@@ -117,7 +117,8 @@ def _recover_slaves(ctx):
 def _call_plugin(ctx, host, plugin, fn, args):
     if not isinstance(args, dict):
         raise XapiError("FIELD_TYPE_ERROR", "args")
-    return ctx.pool.call_plugin(_host_arg(ctx, host), _text(plugin), _text(fn), args)
+    return ctx.pool.call_plugin(_host_arg(ctx, host), _text(plugin), _text(fn), args,
+                                caller=ctx.endpoint.host_ref)
 
 
 def _is_in_emergency_mode(ctx):

@@ -112,10 +112,24 @@ AGENT_PID_FILE={root}/run/agent.pid
 WATCHDOG_PID_FILE={root}/run/watchdog.pid
 AGENT_START_COMMAND='{bin}/iscsi-ha-service start'
 AGENT_START_TIMEOUT=20
+FENCE_PEER_HANDLER={bin}/drbd-fence-peer
+UNFENCE_PEER_HANDLER={bin}/drbd-unfence-peer
+FENCE_PEER_TIMEOUT=3
+SELF_FENCE_AFTER=10
+FENCING_RECHECK=10
 LOCK_FALLBACK_DIR={root}/run
 SERVICE_BLOCKED_AFTER=5
 VIP_CHECK_INTERVAL=2
 """
+
+HANDLER = """#!/bin/sh
+# {name} of lab host {host}: the project's own handler with this host's configuration.
+ISCSI_HA_CONFIG={root}/iscsi-ha.conf
+PYTHONPATH={package}${{PYTHONPATH:+:$PYTHONPATH}}
+export ISCSI_HA_CONFIG PYTHONPATH
+exec {python} {package}/scripts/{name} "$@"
+"""
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 INIT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "init")
@@ -145,6 +159,12 @@ class LabHost(object):
                                              run=os.path.join(self.root, "run"),
                                              log=os.path.join(self.root, "tgtd.log")))
         os.chmod(script, 0o755)
+        for name in ("drbd-fence-peer", "drbd-unfence-peer"):
+            path = os.path.join(self.bin, name)
+            with open(path, "w") as handle:
+                handle.write(HANDLER.format(name=name, host=self.name, root=self.root,
+                                            package=PACKAGE_ROOT, python=sys.executable))
+            os.chmod(path, 0o755)
         for name, init in (("iscsi-ha-service", "iscsi-ha"),
                            ("iscsi-ha-watchdog-service", "iscsi-ha-watchdog")):
             path = os.path.join(self.bin, name)
@@ -161,6 +181,23 @@ class LabHost(object):
             ctl=self.ctl, root=self.root, monitor_delay=monitor_delay,
             smtp_host=self.lab.smtp_address, smtp_port=self.lab.smtp_port))
         open(os.path.join(self.root, "xapi_init_complete.cookie"), "w").close()
+
+    def install_fencing(self, world, policy="resource-and-stonith"):
+        """This host's drbd.conf as `iscsi-cfg drbd-config` prints it: the policy and our
+        handlers; the double runs them inside this host's namespace, with its hostname."""
+        world.set_fencing(self.name, policy)
+        world.set_exec_prefix(self.name, ["ip", "netns", "exec", self.ns] + self.as_host([]))
+        env = {"PATH": self.env()["PATH"], "ISCSI_HA_CONFIG": self.config_path}
+        world.set_handler(self.name, "fence-peer", [os.path.join(self.bin, "drbd-fence-peer")],
+                          env)
+        world.set_handler(self.name, "after-resync-target" if world.snapshot()["version"] ==
+                          "8.4" else "unfence-peer",
+                          [os.path.join(self.bin, "drbd-unfence-peer")], env)
+
+    def remove_fencing(self, world):
+        """dont-care and no fence-peer handler (the "fencing not configured" case)."""
+        world.set_fencing(self.name, "dont-care")
+        world.remove_handler(self.name, "fence-peer")
 
     def write_config(self, text):
         with open(self.config_path, "w") as handle:

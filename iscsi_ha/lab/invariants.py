@@ -59,7 +59,8 @@ class Checker(object):
         return holders
 
     def _exporting(self):
-        """Hosts whose tgtd exports the lab's LUN right now."""
+        """Hosts whose tgtd exports the lab's LUN right now (a tgtd stopped by a fault or by
+        the DRBD double's frozen I/O answers nobody)."""
         found = set()
         for host in self.lab.hosts:
             pid = host.tgtd_pid()

@@ -118,9 +118,11 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
 
 
 class Lab(object):
-    def __init__(self, directory=None, drbd_version="8.4", monitor_delay=2, prefix=None):
+    def __init__(self, directory=None, drbd_version="8.4", monitor_delay=2, prefix=None,
+                 fencing=True):
         self.directory = os.path.abspath(directory or default_dir())
         self.prefix = check_prefix(prefix or default_prefix())
+        self.fencing = fencing      # both hosts: resource-and-stonith with our handlers
         self.drbd_version = drbd_version
         self.monitor_delay = monitor_delay
         self.bridge = self.prefix + "br"
@@ -251,6 +253,8 @@ class Lab(object):
             host.write_files(self.world, self.drbd_version, self.monitor_delay)
             self.world.set_handler(host.name, "split-brain", [SPLIT_BRAIN_HANDLER],
                                    {"ISCSI_HA_CONFIG": host.config_path})
+            if self.fencing:
+                host.install_fencing(self.world)
         self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])

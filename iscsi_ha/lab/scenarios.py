@@ -261,6 +261,7 @@ def run_scenario(lab, name, settle_timeout=90):
 
 def all_scenarios():
     """Every scenario: the modules of the other issues register theirs when imported."""
-    from iscsi_ha.lab import (scenarios_manual, scenarios_resilience,  # noqa: F401
+    from iscsi_ha.lab import (scenarios_fencing, scenarios_manual,  # noqa: F401
+                              scenarios_resilience,
                               scenarios_service, scenarios_splitbrain)
     return SCENARIOS

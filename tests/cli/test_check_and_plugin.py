@@ -85,6 +85,7 @@ def test_check_with_the_peer_through_xapi(host, pool, mocker):
     host.config.ISCSI_LUNS = {10: "/tmp/ihv/lun1.img"}
     fake.register_plugin(ref, "iscsi-ha", "identity", lambda args: json.dumps(
         side("iqn.2015.com.halizard:noSAN", [10])))
+    _fenced_both(host, fake, ref, mocker)
     assert check_cmd.check(host.ctx) == 0, host.text()
     text = host.text()
     assert "ok       peer test-b answers through the XAPI plugin" in text
@@ -99,11 +100,26 @@ def test_check_with_the_peer_through_xapi(host, pool, mocker):
     assert host.text().splitlines()[-1] == "check: 1 problem(s)"
 
 
+def _fenced_both(host, fake, ref, mocker):
+    """drbdadm dump here and the peer's plugin say resource-and-stonith with our handler."""
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=lambda name: FENCED_84.replace(
+        "iscsi1", name))
+    if fake is not None:
+        fake.register_plugin(ref, "iscsi-ha", "fencing", lambda args: json.dumps(
+            {"host": "test-b", "resources": dict(
+                (n, {"fencing": "resource-and-stonith", "problems": [],
+                     "handlers": {"fence-peer": "/usr/libexec/iscsi-ha/drbd-fence-peer",
+                                  "after-resync-target": "x"}}) for n in ("iscsi1", "iscsi2"))}))
+
+
 def test_check_reports_an_unreachable_peer_and_exits_1(host, mocker):
     serving(mocker, "target_lun10_acl_all.txt")
     mocker.patch("shutil.which", return_value="/usr/bin/x")
+    _fenced_both(host, None, None, mocker)
     assert check_cmd.check(host.ctx) == 1
     assert "PROBLEM  peer: cannot reach the peer through XAPI" in host.text()
+    assert "PROBLEM  DRBD fencing on the peer: cannot ask it" in host.text()
     assert check_cmd.check(host.ctx, with_peer=False) == 0
 
 
@@ -174,25 +190,59 @@ def test_plugin_module_and_script_run_without_xenapiplugin(host):
 
 FENCED_84 = """resource iscsi1 {
     disk {
-        fencing          resource-only;
+        fencing          resource-and-stonith;
     }
     handlers {
-        fence-peer       "/usr/lib/drbd/crm-fence-peer.sh";
+        fence-peer       "/usr/libexec/iscsi-ha/drbd-fence-peer";
+        after-resync-target "/usr/libexec/iscsi-ha/drbd-unfence-peer";
     }
 }
 """
 
 
-def test_fencing_findings(host):
-    host.dumps = {"iscsi1": FENCED_84, "iscsi2": FENCED_84.replace("iscsi1", "iscsi2")}
+def _dump_of(name):
+    return FENCED_84.replace("iscsi1", name)
+
+
+def test_fencing_findings_name_every_difference(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.run import CommandError
+    dump = mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert [k for k, _ in found] == ["ok", "ok"] and "resource-and-stonith" in found[0][1]
+    dump.side_effect = lambda name: _dump_of(name).replace(
+        "resource-and-stonith", "resource-only").replace(
+        "/usr/libexec/iscsi-ha/drbd-fence-peer", "/usr/lib/drbd/crm-fence-peer.sh")
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "fencing is resource-only, needs resource-and-stonith" \
+        in found[0][1] and "crm-fence-peer.sh" in found[0][1] and "drbd-config" in found[0][1]
+    dump.side_effect = CommandError("drbd: drbdadm dump iscsi1: exit 1")
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "drbdadm dump failed" in found[0][1]
+
+
+def test_fencing_findings_ask_the_peer(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    theirs = {"host": "lab-b", "resources": {"iscsi2": {"fencing": "resource-and-stonith",
+                                                        "handlers": {}, "problems": []},
+                                             "iscsi1": {
+        "fencing": "dont-care", "handlers": {}, "problems": ["fencing is dont-care, needs "
+                                                             "resource-and-stonith"]}}}
+    mocker.patch.object(check_cmd.peer_mod, "call", return_value=theirs)
     found = check_cmd.fencing_findings(host.ctx)
-    assert [k for k, _ in found] == ["ok", "ok"] and "resource-only" in found[0][1]
-    host.dumps["iscsi1"] = FENCED_84.replace("fencing          resource-only;", "")
-    found = check_cmd.fencing_findings(host.ctx)
-    assert found[0][0] == "PROBLEM" and "stale data" in found[0][1]
-    del host.dumps["iscsi1"]                    # drbdadm dump fails
-    found = check_cmd.fencing_findings(host.ctx)
-    assert found[0][0] == "info" and "cannot read its configuration" in found[0][1]
+    kinds = [k for k, _ in found]
+    assert kinds[:2] == ["ok", "ok"] and "PROBLEM" in kinds
+    assert any("iscsi1 fencing on peer lab-b: fencing is dont-care" in text
+               for kind, text in found if kind == "PROBLEM")
+
+
+def test_allow_unfenced_failover_is_a_loud_problem(host, mocker):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    mocker.patch.object(DrbdAdapter, "dump", side_effect=_dump_of)
+    host.ctx.config.ALLOW_UNFENCED_FAILOVER = True
+    found = check_cmd.fencing_findings(host.ctx, with_peer=False)
+    assert found[0][0] == "PROBLEM" and "ALLOW_UNFENCED_FAILOVER=1" in found[0][1]
 
 
 DRBD_CONF = """resource iscsi1 {
@@ -216,9 +266,14 @@ def test_fencing_findings_from_the_real_drbdadm_dump(tmp_path, monkeypatch, real
     drbdadm = real_tool("drbdadm")
     monkeypatch.setenv("DRBD_DRIVER_VERSION_OVERRIDE", version)
     monkeypatch.setenv("PATH", os.path.dirname(drbdadm) + os.pathsep + os.environ["PATH"])
-    cases = [("fencing resource-only;", 'fence-peer "/usr/lib/drbd/crm-fence-peer.sh";', "ok"),
-             ("fencing resource-only;", "", "PROBLEM"),
-             ("", 'fence-peer "/usr/lib/drbd/crm-fence-peer.sh";', "PROBLEM")]
+    ours = 'fence-peer "/usr/libexec/iscsi-ha/drbd-fence-peer"; %s "/usr/libexec/iscsi-ha/' \
+        'drbd-unfence-peer";' % ("after-resync-target" if section == "disk" else "unfence-peer")
+    cases = [("fencing resource-and-stonith;", ours, "ok"),
+             ("fencing resource-only;", ours, "PROBLEM"),
+             ("fencing resource-and-stonith;",
+              'fence-peer "/usr/lib/drbd/crm-fence-peer.sh"; ' + ours.split("; ", 1)[1],
+              "PROBLEM"),
+             ("", ours, "PROBLEM")]
     for number, (fencing, handler, expected) in enumerate(cases):
         conf = tmp_path / ("drbd%d.conf" % number)
         conf.write_text(DRBD_CONF % dict(section=section if fencing else "disk", fencing=fencing,
@@ -226,7 +281,31 @@ def test_fencing_findings_from_the_real_drbdadm_dump(tmp_path, monkeypatch, real
         adapter = DrbdAdapter(["iscsi1"], drbdadm="%s -c %s" % (drbdadm, conf), timeout=10)
         text = adapter.dump("iscsi1")
         assert "resource iscsi1 {" in text
-        ctx = types.SimpleNamespace(config=types.SimpleNamespace(DRBD_RESOURCES=("iscsi1",)),
-                                    adapters=types.SimpleNamespace(drbd=adapter))
-        found = check_cmd.fencing_findings(ctx)
+        config = types.SimpleNamespace(
+            DRBD_RESOURCES=("iscsi1",), ALLOW_UNFENCED_FAILOVER=False, FENCE_PEER_TIMEOUT=8,
+            DRBD_TIMEOUT=10, FENCE_PEER_HANDLER="/usr/libexec/iscsi-ha/drbd-fence-peer",
+            UNFENCE_PEER_HANDLER="/usr/libexec/iscsi-ha/drbd-unfence-peer")
+        ctx = types.SimpleNamespace(config=config, adapters=types.SimpleNamespace(drbd=adapter))
+        found = check_cmd.fencing_findings(ctx, with_peer=False)
         assert [kind for kind, _ in found] == [expected], (conf.read_text(), text, found)
+
+
+@pytest.mark.parametrize("rc,stderr,outcome", [
+    (0, "", "outdated"), (17, "1: State change failed: (-2) Need access to UpToDate data", "primary"),
+    (5, "", "inconsistent"), (20, "(-6) Refusing to be Outdated while Connected", "connected"),
+    (10, "", "failed")])
+def test_plugin_outdate_runs_drbdadm_outdate_here(in_plugin, mocker, rc, stderr, outcome):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.run import CommandResult
+    calls = []
+
+    def outdate(self, resource):
+        calls.append(resource)
+        return CommandResult(["drbdadm", "outdate", resource], rc, "", stderr, 0.01)
+    mocker.patch.object(DrbdAdapter, "outdate", outdate)
+    answer = json.loads(plugin.FUNCTIONS["outdate"](None, {"resource": "iscsi1"}))
+    assert calls == ["iscsi1"] and answer["outcome"] == outcome
+    assert answer["ok"] is (outcome == "outdated")
+    refused = json.loads(plugin.FUNCTIONS["outdate"](None, {"resource": "other"}))
+    assert refused["ok"] is False and "not one of DRBD_RESOURCES" in refused["detail"]
+    assert calls == ["iscsi1"]

@@ -26,6 +26,7 @@ INVOCATIONS = [
     ["split-brain"], ["split-brain", "iscsi1"], ["split-brain", "--keep", "peer", "--yes"],
     ["split-brain", "iscsi1", "--clear"],
     ["test-alert"], ["test-alert", "--email"], ["test-alert", "--xapi"],
+    ["drbd-config"], ["drbd-config", "--drbd-version", "9"],
 ]
 
 

@@ -173,23 +173,15 @@ def test_second_primary_while_connected_is_refused(world):
     assert world.snapshot()["primaries_while_connected"] == []
 
 
-def test_fenced_peer_is_outdated_and_needs_force(world):
+def test_a_link_cut_outdates_nobody_by_itself(world):
     adm(world, "a", "primary", "iscsi1")
     world.set_link(False)
     b = view(world, "b")
     assert (b["disk"], b["connected"], b["peer_role"], b["peer_disk"]) == (
-        "Outdated", False, "Unknown", "DUnknown")
-    a = view(world, "a")
-    assert a["peer_disk"] == "Outdated"            # the fence-peer handler outdated b
+        "UpToDate", False, "Unknown", "DUnknown")
+    assert view(world, "a")["peer_disk"] == "DUnknown"
     expected = "WFConnection" if version(world) == "8.4" else "Connecting"
     assert adm(world, "b", "cstate", "iscsi1")[1] == expected + "\n"
-    rc, _, err = adm(world, "b", "primary", "iscsi1")
-    assert rc == 17
-    assert err == state_error(world, -2, "Need access to UpToDate data", 17, promote_argv(world))
-    generations = world.snapshot()["disks"]["iscsi1"]["b"]["generations"]
-    assert adm(world, "b", "primary", "--force", "iscsi1") == (0, "", "")
-    snap = world.snapshot()["disks"]["iscsi1"]["b"]
-    assert snap["disk"] == "UpToDate" and len(snap["generations"]) == len(generations) + 1
 
 
 def test_without_fencing_the_secondary_stays_uptodate(tmp_path, clock):
@@ -438,10 +430,9 @@ def test_a_primary_cannot_be_the_victim(world):
     assert [snap["views"]["iscsi1"][h]["cstate"] for h in "ab"] == ["StandAlone"] * 2
 
 
-def test_crashed_secondary_is_fenced_and_resynced_at_boot(world):
+def test_crashed_secondary_is_resynced_at_boot(world):
     adm(world, "a", "primary", "iscsi1")
     world.crash("b")
-    assert world.snapshot()["disks"]["iscsi1"]["b"]["disk"] == "Outdated"
     assert view(world, "a")["cstate"] == "WFConnection"
     write(world, "a", b"while-b-was-off")
     world.boot("b")
@@ -496,7 +487,8 @@ def test_outputs_parse_with_the_agents_parsers(world):
         "Primary", "Secondary", "UpToDate", "UpToDate", True, False, False)
     world.set_link(False)
     assert _fields(_parsed(world, "b")) == (
-        "Secondary", "Unknown", "Outdated", "DUnknown", False, False, False)
+        "Secondary", "Unknown", "UpToDate", "DUnknown", False, False, False)
+    write(world, "a", b"after-the-cut")        # b is behind: it resyncs once connected
     adm(world, "b", "disconnect", "iscsi1")
     assert _parsed(world, "b").is_standalone
     adm(world, "b", "connect", "iscsi1")
@@ -593,10 +585,15 @@ def test_split_invocation():
 def test_dump_shows_the_fencing_the_world_models(tmp_path):
     from iscsi_ha.lab.drbd_double_cli import invoke
     for version, section in (("8.4", "disk"), ("9", "net")):
-        world = World.create(str(tmp_path / version), version=version)
+        world = World.create(str(tmp_path / version), version=version,
+                             fencing="resource-and-stonith")
+        world.set_handler("a", "fence-peer", ["/usr/libexec/iscsi-ha/drbd-fence-peer"])
         rc, out, _ = invoke(world, "a", "drbdadm", ["dump", "iscsi1"])
-        assert rc == 0 and "fencing          resource-only;" in out and section + " {" in out
-        assert "fence-peer" in out
+        assert rc == 0 and "fencing          resource-and-stonith;" in out
+        assert section + " {" in out
+        assert 'fence-peer       /usr/libexec/iscsi-ha/drbd-fence-peer;' in out
+        rc, out, _ = invoke(world, "b", "drbdadm", ["dump", "iscsi1"])
+        assert "fence-peer" not in out                  # b's own drbd.conf has no handler
         unfenced = World.create(str(tmp_path / (version + "u")), version=version, fencing=False)
         rc, out, _ = invoke(unfenced, "a", "drbdadm", ["dump", "iscsi1"])
         assert rc == 0 and "fencing" not in out

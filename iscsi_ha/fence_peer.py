@@ -1,0 +1,160 @@
+"""DRBD's fence-peer (and unfence) handler for iscsi-ha: ``scripts/drbd-fence-peer``, installed
+as /usr/libexec/iscsi-ha/drbd-fence-peer (and drbd-unfence-peer), for DRBD 8.4 and 9::
+
+    # 8.4                                           # 9
+    disk { fencing resource-and-stonith; }          net { fencing resource-and-stonith; }
+    handlers {                                      handlers {
+      fence-peer "/usr/libexec/iscsi-ha/drbd-fence-peer";          (same)
+      after-resync-target                             unfence-peer
+        "/usr/libexec/iscsi-ha/drbd-unfence-peer";      "/usr/libexec/iscsi-ha/drbd-unfence-peer";
+    }                                               }
+
+DRBD freezes the Primary's I/O when it loses its peer and runs this handler (through drbdadm,
+with DRBD_RESOURCE etc. in the environment). The handler outdates the peer over a path that
+does not use the replication link: the pool's management network, through the iscsi-ha XAPI
+plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit codes, as DRBD's
+``conn_try_outdate_peer()`` (drbd_nl.c) reads them:
+
+- 4: the peer is now Outdated: DRBD resumes I/O here.
+- 3: the peer's disk is Inconsistent or worse (its drbdadm outdate exited 5).
+- 6: the peer is Primary (its drbdadm outdate exited 17): DRBD outdates this host instead.
+- 7: only while the agent promotes this host after decide() proved it safe (a fresh promotion
+  grant in STATE_DIR, see :mod:`iscsi_ha.fencing`) and the peer is unreachable: the peer runs
+  resource-and-stonith with this handler, so it holds no write this host lacks and stays frozen.
+- 1: anything else (peer unreachable, plugin error, bad input): DRBD keeps I/O frozen; the
+  agent self-fences after SELF_FENCE_AFTER. Never 5 ("unreachable, assumed dead"): DRBD would
+  then resume I/O as if the peer were outdated, the very stale-data hole fencing closes.
+
+Bounded by FENCE_PEER_TIMEOUT (attempts every 0.5 s until then). Every run is logged (syslog,
+LOG_FILE) and recorded in STATE_DIR/fence-peer-RES.json, which the agent alerts on.
+"""
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+
+PEER_OUTDATED, PEER_INCONSISTENT, PEER_PRIMARY, PEER_FENCED, FAILED = 4, 3, 6, 7, 1
+RETRY_PAUSE = 0.5
+_RESOURCE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
+
+log = logging.getLogger("iscsi-ha")
+
+
+class _Peer(object):
+    """Just what :func:`iscsi_ha.cli.peer.call` needs: an XAPI client with a timeout."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def xapi(self, timeout=None):
+        from iscsi_ha.adapters.xapi import XapiClient
+        config = self.config
+        return XapiClient(config.XAPI_URL, config.XAPI_USER, config.XAPI_PASSWORD,
+                          timeout or config.XAPI_TIMEOUT)
+
+
+def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
+                        call=None):
+    """(answer dict or None, last error) after trying until ``deadline`` (monotonic)."""
+    from iscsi_ha.cli import peer as peer_mod
+    call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
+                                                  {"resource": resource}, timeout=timeout))
+    error = "not tried"
+    for _ in range(1000):
+        left = deadline - clock()
+        if left <= 0.05:
+            break
+        try:
+            answer = call(max(0.1, min(config.XAPI_TIMEOUT, left)))
+            if answer.get("outcome") in ("outdated", "inconsistent", "primary"):
+                return answer, ""
+            error = "the peer answered %s: %s" % (answer.get("outcome"), answer.get("detail"))
+        except Exception as exc:  # PeerError, XAPI error, socket timeout: try again in time
+            error = str(exc) or type(exc).__name__
+        if deadline - clock() > RETRY_PAUSE:
+            sleep(RETRY_PAUSE)
+    return None, error
+
+
+def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
+    """(exit code, outcome sentence, peer answer)."""
+    from iscsi_ha import fencing
+    deadline = clock() + config.FENCE_PEER_TIMEOUT
+    answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, call=call)
+    if answer is not None:
+        outcome = answer["outcome"]
+        if outcome == "outdated":
+            return PEER_OUTDATED, "the peer %s outdated its disk" % answer.get("host"), answer
+        if outcome == "inconsistent":
+            return PEER_INCONSISTENT, "the peer %s is Inconsistent or worse" % (
+                answer.get("host"),), answer
+        return PEER_PRIMARY, ("the peer %s is Primary: DRBD outdates this host"
+                              % answer.get("host")), answer
+    grant = fencing.read_grant(config.STATE_DIR, resource, now=now(),
+                               ttl=max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2)
+    if grant is not None:
+        return PEER_FENCED, ("the peer is unreachable (%s); this host is being promoted by the "
+                             "agent after proof that its data is current (%s)"
+                             % (error, grant.get("reason"))), None
+    return FAILED, ("the peer could not be outdated within %.0f s (%s): DRBD keeps I/O frozen"
+                    % (config.FENCE_PEER_TIMEOUT, error)), None
+
+
+def record(config, resource, event, code, outcome, started, answer=None):
+    from iscsi_ha import fencing
+    entry = {"resource": resource, "event": event, "exit": code, "outcome": outcome,
+             "time": time.time(), "duration_s": round(time.monotonic() - started, 3),
+             "host": socket.gethostname(), "peer": (answer or {}).get("host"),
+             "drbd_peer_address": os.environ.get("DRBD_PEER_ADDRESS", "")}
+    try:
+        fencing._write_json(os.path.join(config.STATE_DIR, fencing.RECORD_PREFIX + resource +
+                                         ".json"), entry)
+    except (OSError, IOError) as exc:
+        log.error("drbd-%s: cannot write the record: %s", event, exc)
+    return entry
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    event = "unfence-peer" if ("unfence" in os.path.basename(argv[0]) or
+                               "--unfence" in argv[1:]) else "fence-peer"
+    started = time.monotonic()
+    resource = os.environ.get("DRBD_RESOURCE", "")
+    if not _RESOURCE_OK.match(resource):
+        sys.stderr.write("drbd-%s: DRBD_RESOURCE %r is missing or not a resource name\n"
+                         % (event, resource))
+        return FAILED
+    from iscsi_ha import config as config_mod, logsetup
+    try:
+        config = config_mod.load(config_mod.default_path())
+    except config_mod.ConfigError as exc:
+        sys.stderr.write("drbd-%s: invalid configuration %s\n" % (event, exc))
+        return FAILED
+    try:
+        logsetup.setup(config, stderr=True)
+    except Exception as exc:  # logging must not stop fencing
+        sys.stderr.write("drbd-%s: logging unavailable: %s\n" % (event, exc))
+    if resource not in config.DRBD_RESOURCES:
+        log.error("drbd-%s %s: not one of DRBD_RESOURCES; nothing done", event, resource)
+        record(config, resource, event, FAILED, "not one of DRBD_RESOURCES", started)
+        return FAILED
+    if event == "unfence-peer":
+        log.info("drbd-unfence-peer %s: the peer is back in sync; nothing to undo (its outdate "
+                 "was cleared by the resync)", resource)
+        record(config, resource, event, 0, "peer back in sync", started)
+        return 0
+    log.warning("drbd-fence-peer %s: DRBD lost the peer (%s); asking it to outdate itself "
+                "over XAPI (at most %.0f s)", resource,
+                os.environ.get("DRBD_PEER_ADDRESS", "?"), config.FENCE_PEER_TIMEOUT)
+    code, outcome, answer = fence(config, resource)
+    (log.warning if code in (PEER_OUTDATED, PEER_INCONSISTENT) else log.error)(
+        "drbd-fence-peer %s: exit %d: %s", resource, code, outcome)
+    record(config, resource, event, code, outcome, started, answer)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

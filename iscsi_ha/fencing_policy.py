@@ -1,0 +1,104 @@
+"""The fencing rules of the policy, as pure functions that :func:`iscsi_ha.decide.decide` calls.
+
+Why a disconnected Secondary may be promoted at all: with ``fencing resource-and-stonith`` and
+our fence-peer handler on BOTH hosts, a Primary that loses its peer freezes its I/O and
+acknowledges no write until the handler has outdated the peer (DRBD's ``susp_fen``). So while
+this host's disk is still UpToDate, the peer cannot hold an acknowledged write that this host
+lacks: promoting here loses nothing. That is only true when it was verified on both hosts
+(``drbdadm dump`` while connected, remembered with its time), or when a witness grants it. Any
+other case is refused, unless the admin opted into HA-Lizard's old behaviour
+(``ALLOW_UNFENCED_FAILOVER=1``), which may lose acknowledged writes.
+
+Self-fencing: a Primary whose I/O stays frozen longer than ``SELF_FENCE_AFTER`` could not fence
+its peer (unreachable, or the handler failed). It drops the floating IP, stops the target and
+demotes, so that when the network heals clients cannot be served by two sides; then it holds
+(no automatic promotion) until the replication link is back or an admin decides.
+"""
+from dataclasses import dataclass, field
+from typing import Mapping, Tuple
+
+FORCE_HINT = "to accept the risk of losing acknowledged writes: iscsi-cfg become-primary --force"
+
+
+@dataclass(frozen=True)
+class FencingObservation:
+    """What the agent knows about fencing on this host (built by :mod:`iscsi_ha.fencing`)."""
+    proven: Mapping[str, str] = field(default_factory=dict)     # resource -> how it was proven
+    unproven: Mapping[str, str] = field(default_factory=dict)   # resource -> why it is not
+    allow_unfenced: bool = False          # ALLOW_UNFENCED_FAILOVER=1
+    frozen_s: Mapping[str, float] = field(default_factory=dict)  # resource -> seconds frozen
+    self_fence_after: float = 30.0        # SELF_FENCE_AFTER
+    self_fenced: Tuple[str, ...] = ()     # resources this host self-fenced (until reconnected)
+    records: Mapping[str, Mapping] = field(default_factory=dict)  # last fence-peer run, per res
+
+
+def unfenced_promotion(name, state, obs):
+    """(blocker, risk) for promoting resource ``name`` whose link is down.
+
+    ``blocker`` is '' when it may be promoted; ``risk`` is '' unless the promotion is allowed
+    only by ALLOW_UNFENCED_FAILOVER (the sentence names the risk)."""
+    if obs.witness is not None and obs.witness.granted:
+        return "", ""
+    fencing = obs.fencing
+    if fencing is not None and name in fencing.self_fenced:
+        return ("%s: this host self-fenced (it could not outdate its peer); it is not promoted "
+                "again until the replication link is back, or: %s" % (name, FORCE_HINT)), ""
+    if fencing is not None and name in fencing.proven:
+        return "", ""
+    why = (fencing.unproven.get(name) if fencing is not None else "") or \
+        "fencing was never verified on both hosts"
+    if fencing is not None and fencing.allow_unfenced:
+        return "", ("%s promoted without proof that its data is current (%s): "
+                    "ALLOW_UNFENCED_FAILOVER=1 accepts that writes the peer acknowledged "
+                    "may be lost and a split brain may follow" % (name, why))
+    return ("%s: automatic failover is off: the peer is unreachable and this host cannot "
+            "prove its data is current (%s); %s" % (name, why, FORCE_HINT)), ""
+
+
+def consistent_is_current(name, state, obs):
+    """A disk that came back ``Consistent`` after a restart without its peer holds current data
+    when fencing is proven on both hosts: a peer that acknowledged writes after losing this host
+    had first outdated it (its meta-data would say Outdated). DRBD still runs the fence-peer
+    handler before it promotes such a disk."""
+    fencing = obs.fencing
+    return (state.disk == "Consistent" and fencing is not None and name in fencing.proven
+            and name not in fencing.self_fenced)
+
+
+def self_fenced(name, obs):
+    return obs.fencing is not None and name in obs.fencing.self_fenced
+
+
+def frozen_resources(obs):
+    """[(resource, seconds)] whose I/O DRBD froze for fencing (suspended), longest first."""
+    fencing = obs.fencing
+    if fencing is None:
+        return []
+    return sorted(fencing.frozen_s.items(), key=lambda item: -item[1])
+
+
+def self_fence_due(obs):
+    """The resources frozen for longer than SELF_FENCE_AFTER ([] when none)."""
+    fencing = obs.fencing
+    if fencing is None:
+        return []
+    return [name for name, seconds in frozen_resources(obs)
+            if seconds >= fencing.self_fence_after]
+
+
+def frozen_reason(obs):
+    """'' or the sentence for a Primary whose I/O is frozen but not yet for too long."""
+    frozen = frozen_resources(obs)
+    if not frozen:
+        return ""
+    name, seconds = frozen[0]
+    return ("I/O on %s frozen by DRBD fencing for %.0f s while the fence-peer handler tries "
+            "to outdate the peer (self-fencing after %.0f s)"
+            % (name, seconds, obs.fencing.self_fence_after))
+
+
+def self_fence_reason(obs, names):
+    return ("stopping service: self-fencing, I/O on %s stayed frozen for more than %.0f s: the fence-peer handler "
+            "could not outdate the peer, so this host stops serving (floating IP, target, DRBD "
+            "Secondary) before the network heals; see iscsi-cfg status"
+            % (", ".join(names), obs.fencing.self_fence_after))

@@ -1,0 +1,229 @@
+"""Fencing, the agent's side: drbdadm dump parsing, the proof, frozen I/O tracking, the handler's
+exit codes (never 5), the drbd-config stanza and the alerts."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from iscsi_ha import config as config_mod, fence_peer, fencing
+from iscsi_ha.alerts.events import alerts_for_transition
+from iscsi_ha.cli import drbd_config_cmd
+from iscsi_ha.drbd import DrbdState
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DUMP_84 = """# resource iscsi1 on a: not ignored, not stacked
+resource iscsi1 {
+    on a {
+        device           minor 1;
+    }
+    disk {
+        fencing          resource-and-stonith;
+    }
+    handlers {
+        fence-peer       /usr/libexec/iscsi-ha/drbd-fence-peer;
+        split-brain      "/usr/libexec/iscsi-ha/drbd-split-brain-handler";
+    }
+}
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    text = ("DRBD_RESOURCES=iscsi1\nSTATE_DIR=%s\nFENCE_PEER_TIMEOUT=2\nDRBD_TIMEOUT=5\n"
+            "XAPI_TIMEOUT=1\nMONITOR_SCANRATE=5\n" % (tmp_path / "state"))
+    path = tmp_path / "iscsi-ha.conf"
+    path.write_text(text)
+    return config_mod.load(str(path))
+
+
+def test_parse_dump_and_problems(config):
+    parsed = fencing.parse_dump(DUMP_84)
+    assert parsed["iscsi1"]["fencing"] == "resource-and-stonith"
+    assert parsed["iscsi1"]["handlers"]["fence-peer"] == "/usr/libexec/iscsi-ha/drbd-fence-peer"
+    assert fencing.problems_of(parsed["iscsi1"], config) == []
+    plain = fencing.parse_dump(DUMP_84.replace("fencing          resource-and-stonith;", ""))
+    assert fencing.problems_of(plain["iscsi1"], config) == [
+        "fencing is dont-care, needs resource-and-stonith"]
+    assert fencing.problems_of(None, config) == ["not in drbdadm dump"]
+
+
+@pytest.mark.parametrize("rc,outcome", [(0, "outdated"), (17, "primary"), (5, "inconsistent"),
+                                        (20, "failed"), (11, "failed")])
+def test_outdate_outcome(rc, outcome):
+    assert fencing.outdate_outcome(rc) == outcome
+
+
+class Clock(object):
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def answer(outcome):
+    return lambda timeout: {"outcome": outcome, "host": "lab-b", "detail": "x"}
+
+
+@pytest.mark.parametrize("outcome,code", [("outdated", 4), ("inconsistent", 3), ("primary", 6)])
+def test_handler_maps_the_peers_answer(config, outcome, code):
+    assert fence_peer.fence(config, "iscsi1", call=answer(outcome))[0] == code
+
+
+def test_handler_keeps_io_frozen_when_the_peer_cannot_be_reached(config):
+    clock, calls = Clock(), []
+
+    def unreachable(timeout):
+        calls.append(timeout)
+        clock.now += 0.6
+        raise RuntimeError("HOST_OFFLINE")
+    code, outcome, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable)
+    assert code == 1 and code != 5 and "HOST_OFFLINE" in outcome
+    assert 2 <= len(calls) <= 5 and all(t <= config.XAPI_TIMEOUT for t in calls)
+
+
+def test_handler_reports_fenced_only_with_a_fresh_promotion_grant(config):
+    clock = Clock()
+
+    def unreachable(timeout):
+        clock.now += 1.0
+        raise RuntimeError("HOST_OFFLINE")
+    fencing.write_grant(config.STATE_DIR, "iscsi1", "promoting: proven", now=1000.0)
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable,
+                                  now=lambda: 1001.0)
+    assert code == 7
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable,
+                                  now=lambda: 5000.0)
+    assert code == 1
+
+
+def test_handler_script_refuses_bad_input_with_a_failure_code(tmp_path, config):
+    env = dict(os.environ, PYTHONPATH=REPO, ISCSI_HA_CONFIG=config.path, DRBD_RESOURCE="")
+    script = os.path.join(REPO, "scripts", "drbd-fence-peer")
+    done = subprocess.run([sys.executable, script], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == 1 and "DRBD_RESOURCE" in done.stderr
+    env["DRBD_RESOURCE"] = "iscsi1"
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "drbd-unfence-peer")],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+    assert done.returncode == 0
+    record = json.load(open(os.path.join(config.STATE_DIR, "fence-peer-iscsi1.json")))
+    assert record["event"] == "unfence-peer"
+
+
+def state(connection="Connected", suspended=False, role="Primary"):
+    return DrbdState("iscsi1", "1", role, "Secondary" if connection == "Connected" else
+                     "Unknown", connection, "UpToDate",
+                     "UpToDate" if connection == "Connected" else "DUnknown",
+                     suspended=suspended)
+
+
+class Adapter(object):
+    def __init__(self, text=DUMP_84):
+        self.text, self.calls = text, 0
+
+    def dump(self, name):
+        self.calls += 1
+        return self.text
+
+
+def test_tracker_proves_fencing_while_connected_and_remembers_it(config):
+    clock = Clock()
+    peer = {"host": "b", "resources": {"iscsi1": {"problems": []}}}
+    tracker = fencing.FencingTracker(config, peer_fencing=lambda: peer, clock=clock,
+                                     wall=lambda: 5000.0)
+    adapter = Adapter()
+    obs = tracker.observe({"iscsi1": state()}, adapter)
+    assert "iscsi1" in obs.proven and adapter.calls == 1
+    obs = tracker.observe({"iscsi1": state("WFConnection")}, adapter)
+    assert "iscsi1" in obs.proven and adapter.calls == 1         # remembered, not re-read
+    again = fencing.FencingTracker(config, peer_fencing=None, clock=clock)
+    assert "iscsi1" in again.observe({"iscsi1": state("WFConnection")}, adapter).proven
+    peer["resources"]["iscsi1"]["problems"] = ["fencing is dont-care, needs "
+                                               "resource-and-stonith"]
+    os.unlink(os.path.join(config.STATE_DIR, fencing.PROOF_FILE))
+    obs = fencing.FencingTracker(config, peer_fencing=lambda: peer, clock=clock).observe(
+        {"iscsi1": state()}, adapter)
+    assert obs.unproven["iscsi1"] == "peer: fencing is dont-care, needs resource-and-stonith"
+
+
+def test_tracker_measures_frozen_io_and_self_fenced_marks(config):
+    clock = Clock()
+    tracker = fencing.FencingTracker(config, clock=clock)
+    adapter = Adapter()
+    assert tracker.observe({"iscsi1": state("WFConnection", True)}, adapter).frozen_s == {
+        "iscsi1": 0.0}
+    clock.now += 12.5
+    assert tracker.observe({"iscsi1": state("WFConnection", True)}, adapter).frozen_s == {
+        "iscsi1": 12.5}
+    tracker.mark_self_fenced(["iscsi1"])
+    obs = tracker.observe({"iscsi1": state("WFConnection", False, "Secondary")}, adapter)
+    assert obs.frozen_s == {} and obs.self_fenced == ("iscsi1",)
+    assert tracker.observe({"iscsi1": state()}, adapter).self_fenced == ()   # reconnected
+
+
+def test_drbd_config_prints_each_versions_syntax(config):
+    text84 = drbd_config_cmd.stanza(config, "8.4")
+    assert "    disk {\n        fencing resource-and-stonith;\n    }" in text84
+    assert 'after-resync-target "/usr/libexec/iscsi-ha/drbd-unfence-peer";' in text84
+    text9 = drbd_config_cmd.stanza(config, "9")
+    assert "        fencing resource-and-stonith;" in text9.split("net {")[1].split("}")[0]
+    assert 'unfence-peer "/usr/libexec/iscsi-ha/drbd-unfence-peer";' in text9
+    for text in (text84, text9):
+        assert 'fence-peer "/usr/libexec/iscsi-ha/drbd-fence-peer";' in text
+        assert "resource iscsi1 {" in text and "protocol C;" in text
+
+
+def doc(**fencing_part):
+    base = {"agent": {"pid": 1, "started": 1}, "drbd": {}, "decision": {"reason": "x",
+                                                                         "actions": []},
+            "fencing": {"fence_peer": {}, "self_fenced": []}}
+    base["fencing"].update(fencing_part)
+    return base
+
+
+def test_alerts_for_fencing():
+    before = doc()
+    ran = doc(fence_peer={"iscsi1": {"event": "fence-peer", "exit": 1, "time": 5,
+                                     "outcome": "could not"}})
+    kinds = [a.kind for a in alerts_for_transition(before, ran)]
+    assert kinds == ["fence-peer-failed"]
+    assert alerts_for_transition(ran, ran) == []
+    fenced = doc(self_fenced=["iscsi1"])
+    assert [a.kind for a in alerts_for_transition(before, fenced)] == ["self-fenced"]
+    risky = doc()
+    risky["decision"] = {"reason": "promoting: x; WARNING: iscsi1 promoted without proof "
+                                   "(y): ALLOW_UNFENCED_FAILOVER=1 accepts ...",
+                         "actions": ["promote iscsi1"]}
+    alerts = alerts_for_transition(before, risky)
+    assert [a.kind for a in alerts] == ["unfenced-failover"]
+    assert "ALLOW_UNFENCED_FAILOVER" in alerts[0].summary
+
+
+def test_status_view_says_what_to_do_after_a_self_fence():
+    from iscsi_ha.cli.status_view import fencing_advice
+    lines = fencing_advice({"fencing": {"self_fenced": ["iscsi1"], "frozen_s": {},
+                                        "unproven": {}, "fence_peer": {"iscsi1": {
+                                            "event": "fence-peer", "exit": 1, "time": 0,
+                                            "outcome": "the peer could not be outdated"}}}})
+    text = "\n".join(lines)
+    assert "SELF-FENCED" in text and "iscsi-cfg become-primary --force" in text
+    assert "exit 1: the peer could not be outdated" in text
+    assert fencing_advice({}) == []
+
+
+def test_a_fencing_refusal_is_one_failover_refused_alert():
+    before = doc()
+    refusing = doc()
+    refusing["service"] = {"blocked": True}
+    refusing["decision"] = {"reason": "refusing: x", "actions": [], "verdict": "blocked",
+                            "blockers": [{"kind": "fencing-unproven", "resource": "iscsi1",
+                                          "detail": "iscsi1: automatic failover is off: ...; "
+                                                    "iscsi-cfg become-primary --force"}]}
+    alerts = alerts_for_transition(before, refusing)
+    assert [a.kind for a in alerts] == ["failover-refused"]
+    assert "become-primary --force" in alerts[0].summary
+    assert alerts_for_transition(refusing, refusing) == []
