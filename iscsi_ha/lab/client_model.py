@@ -142,28 +142,50 @@ def _patient_view(outage, patient):
         else "reset"
 
 
-def _retransmit_detection(outage):
-    """When the new holder (or the restarted target) would reset a connection that keeps
-    retransmitting: the first retransmission at or after the address answers again."""
-    send = outage.first_send if outage.first_send is not None else outage.last_good
+def _retransmit_detection(outage, send):
+    """When a segment sent at ``send`` and retransmitted (RTO 0.2 s, doubling) first reaches a
+    host holding the address (which resets it): None when that is not within 15 retries."""
     answered, rto, t = outage.answered_from(), 0.2, send
+    if send >= answered:
+        return send
     for _ in range(15):
         t += rto
         if t >= answered:
             return t
         rto = min(rto * 2, 120.0)
-    return t
+    return None
+
+
+def _detection(outage, settings):
+    """(when, how) open-iscsi learns that its connection is gone.
+
+    The patient probe is the witness: when its connection was reset, so was the initiator's at
+    the same moment. When it only timed out, nothing was in flight at the TCP level (the old
+    target had acknowledged the command, then stopped answering): nothing is retransmitted, and
+    only NOP-Out finds it -- the NOP-Out itself is retransmitted until the new holder resets it
+    or noop_out_timeout ends it. Without a patient probe, the fast probe's first failed command
+    is taken as the unacknowledged segment."""
+    if outage.conn_death == "reset" and outage.conn_dead_at is not None:
+        found = (outage.conn_dead_at, "connection reset")
+    elif outage.conn_death is None:
+        send = outage.first_send if outage.first_send is not None else outage.last_good
+        when = _retransmit_detection(outage, send)
+        found = (when, "retransmission reset") if when is not None else (None, None)
+    else:
+        found = (None, None)
+    nop_sent = outage.last_good + settings.noop_interval
+    nop_reset = _retransmit_detection(outage, nop_sent)
+    nop = (nop_reset, "NOP-Out reset") if nop_reset is not None and \
+        nop_reset < nop_sent + settings.noop_timeout else \
+        (nop_sent + settings.noop_timeout, "NOP-Out timeout")
+    if found[0] is None or nop[0] < found[0]:
+        return nop
+    return found
 
 
 def replay(outage, settings):
     """What open-iscsi with ``settings`` sees: a dict with detection, reconnect and pause."""
-    nop_fail = outage.last_good + settings.noop_interval + settings.noop_timeout
-    if outage.conn_death == "reset" and outage.conn_dead_at is not None:
-        detected, how = outage.conn_dead_at, "connection reset"
-    else:
-        detected, how = _retransmit_detection(outage), "retransmission reset"
-    if nop_fail < detected:
-        detected, how = nop_fail, "NOP-Out timeout"
+    detected, how = _detection(outage, settings)
     t = detected + max(settings.time2wait, settings.target_time2wait)
     attempts, restored = 0, None
     while attempts < 200 and t - detected < 3600:

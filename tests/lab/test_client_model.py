@@ -74,13 +74,24 @@ def test_refused_reconnect_costs_three_seconds():
 
 
 def test_silent_drop_is_found_by_a_retransmission_reaching_the_new_holder():
-    # the patient connection never saw a reset: retransmissions at +0.2, +0.6, +1.4 s after
+    # no patient probe: the command in flight is retransmitted at +0.2, +0.6, +1.4 s after
     # the send at 10.0; the address answers again from 10.5, so the one at 10.6 is reset
+    fast = fast_records(10.5, 10.5, 10.5)
+    result = cm.replay(cm.outage_from(fast), cm.ADVISED)
+    assert result["detected_by"] == "retransmission reset"
+    assert abs(result["detected_after_s"] - 0.6) < 1e-6
+
+
+def test_acknowledged_command_without_answer_waits_for_nop_out():
+    # the patient connection only timed out: nothing was left to retransmit, so even though
+    # the new holder answers from 10.5, only the NOP-Out 1 s after the last answer is reset
     fast = fast_records(10.5, 10.5, 10.5)
     patient = [_start(30.0), _io(10.0, 40.0, SILENT.replace("login to", "write"))]
     result = cm.replay(cm.outage_from(fast, patient), cm.ADVISED)
-    assert result["detected_by"] == "retransmission reset"
-    assert abs(result["detected_after_s"] - 0.6) < 1e-6
+    assert result["detected_by"] == "NOP-Out reset"
+    assert abs(result["detected_after_s"] - 1.0) < 1e-6
+    default = cm.replay(cm.outage_from(fast, patient), cm.XCPNG_DEFAULT)
+    assert abs(default["pause_s"] - (5 + 2 + cm.LOGIN_TIME)) < 1e-6
 
 
 def test_nop_out_finds_a_long_silence():
