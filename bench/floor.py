@@ -37,9 +37,12 @@ from iscsi_ha.lab.probe_control import ProbeRun  # noqa: E402
 from iscsi_ha.lab.scenarios import pool_conf_changed_at, settled  # noqa: E402
 
 MOVES = ("switchover", "handover", "crash")
-FAST = dict(io_timeout=0.1, connect_timeout=0.05, retry_sleep=0.002, lba_offset=0, blocks=2048)
+# A write every ~2 ms (fast) and ~10 ms (patient): fine enough, and light enough that two
+# probes do not starve the agents of a 2-core machine.
+FAST = dict(io_timeout=0.1, connect_timeout=0.05, retry_sleep=0.002, lba_offset=0, blocks=2048,
+            pace=0.002)
 PATIENT = dict(io_timeout=30.0, connect_timeout=0.3, retry_sleep=0.002, lba_offset=4096,
-               blocks=2048)
+               blocks=2048, pace=0.01)
 
 DEMOTE = """set -e
 ip addr del {vip}/24 dev eth0

@@ -103,7 +103,8 @@ class Probe(object):
 
     def __init__(self, portal, iqn, lun, record_path, block_size=512, blocks=1024,
                  initiator_name=DEFAULT_INITIATOR, io_timeout=2.0, connect_timeout=1.0,
-                 retry_sleep=0.02, verify_every=16, fua=False, lba_offset=0):
+                 retry_sleep=0.02, verify_every=16, fua=False, lba_offset=0,
+                 pace=0.0):
         if block_size < MIN_BLOCK or blocks < 1:
             raise ValueError("need block_size >= %d and blocks >= 1" % MIN_BLOCK)
         self.portal, self.iqn, self.lun, self.record_path = portal, iqn, lun, record_path
@@ -111,6 +112,7 @@ class Probe(object):
         self.io_timeout, self.connect_timeout = io_timeout, connect_timeout
         self.retry_sleep, self.verify_every, self.fua = retry_sleep, max(1, verify_every), fua
         self.lba_offset = lba_offset  # two probes on one LUN write disjoint ranges
+        self.pace = pace              # least seconds between two writes (0: back to back)
         self.run_id = struct.unpack(">Q", os.urandom(8))[0]
         self._ini, self._connected, self._rec = None, False, None
         self._seq, self._ops, self._attempts = 0, 0, 0
@@ -156,6 +158,8 @@ class Probe(object):
                 if not self._connected:
                     signals.sleep(self.retry_sleep)
                 continue
+            if self.pace:
+                signals.sleep(self.pace)
             self._write_next()
             if self._connected and self._seq % self.verify_every == 0 and self._recent:
                 self._verify(self._recent[0])
@@ -378,6 +382,7 @@ def _parse(argv):
     p.add_argument("--retry-sleep", type=float, default=0.02,
                    help="pause between two failed connect attempts (s)")
     p.add_argument("--lba-offset", type=int, default=0, help="first block this probe writes")
+    p.add_argument("--pace", type=float, default=0.0, help="sleep before each write (s)")
     p.add_argument("--verify-every", type=int, default=16)
     p.add_argument("--fua", action="store_true", help="set FUA on every write")
     return "run", p.parse_args(argv)
@@ -398,7 +403,7 @@ def main(argv=None):
     probe = Probe(args.portal, args.iqn, args.lun, args.record, args.block_size, args.blocks,
                   args.initiator_name, args.io_timeout, args.connect_timeout,
                   retry_sleep=args.retry_sleep, verify_every=args.verify_every, fua=args.fua,
-                  lba_offset=args.lba_offset)
+                  lba_offset=args.lba_offset, pace=args.pace)
     try:
         probe.run(args.duration, args.max_ops, args.stop_file)
     except ProbeError as exc:

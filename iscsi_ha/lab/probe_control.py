@@ -30,10 +30,11 @@ class ProbeRun(object):
     when the network says so, as an open-iscsi connection would) on a disjoint block range."""
 
     def __init__(self, lab, name, io_timeout=IO_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
-                 retry_sleep=0.02, lba_offset=0, blocks=2048):
+                 retry_sleep=0.02, lba_offset=0, blocks=2048, pace=0.0):
         self.lab = lab
         self.io_timeout, self.connect_timeout = io_timeout, connect_timeout
         self.retry_sleep, self.lba_offset, self.blocks = retry_sleep, lba_offset, blocks
+        self.pace = pace
         base = os.path.join(lab.directory, "probe")
         os.makedirs(base, exist_ok=True)
         self.record = os.path.join(base, name + ".jsonl")
@@ -53,7 +54,8 @@ class ProbeRun(object):
                  "--duration", str(MAX_DURATION), "--stop-file", self.stop_file,
                  "--blocks", str(self.blocks), "--io-timeout", str(self.io_timeout),
                  "--connect-timeout", str(self.connect_timeout),
-                 "--retry-sleep", str(self.retry_sleep), "--lba-offset", str(self.lba_offset)],
+                 "--retry-sleep", str(self.retry_sleep), "--lba-offset", str(self.lba_offset),
+                 "--pace", str(self.pace)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def _records(self):
