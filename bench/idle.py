@@ -7,7 +7,7 @@ Run as root, under the lab lock:  flock /work/lab.lock .venv/bin/python bench/id
 The lab runs both agents with the production defaults (MONITOR_DELAY 10 s and every poll
 interval at its default); once the pool is settled, each agent process is sampled for
 ``--seconds``: CPU share of one core (its own user+system time, and separately the time of the
-commands it ran and reaped), wake-ups (voluntary context switches) and RSS (largest sample).
+commands it ran, reaped or still runs), wake-ups (voluntary context switches) and RSS (largest sample).
 The lab's DRBD commands are a Python double, so the children's share is far above what C
 drbdsetup costs on a real dom0: the figure to compare with the 0.2 % goal is the agent's own.
 For scale, the same run measures an idle ``sleep`` process (the floor).
@@ -35,11 +35,24 @@ def _times(proc):
     return t.user + t.system, t.children_user + t.children_system
 
 
+def _live_children(proc):
+    """{pid: cpu seconds} of the children still running (e.g. a DRBD event stream)."""
+    out = {}
+    for child in proc.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            out[child.pid] = t.user + t.system
+        except psutil.Error:
+            continue
+    return out
+
+
 def sample(procs, seconds):
     """{label: figures} for psutil processes sampled over ``seconds``."""
-    first, rss, ctx = {}, dict((k, 0) for k in procs), {}
+    first, rss, ctx, live = {}, dict((k, 0) for k in procs), {}, {}
     for label, proc in procs.items():
         first[label] = _times(proc)
+        live[label] = _live_children(proc)
         ctx[label] = proc.num_ctx_switches().voluntary
     start = time.monotonic()
     while time.monotonic() - start < seconds:
@@ -50,6 +63,8 @@ def sample(procs, seconds):
     out = {}
     for label, proc in procs.items():
         own, children = _times(proc)
+        now_live = _live_children(proc)
+        children += sum(t - live[label].get(pid, 0.0) for pid, t in now_live.items())
         out[label] = {
             "cpu_own_pct": round(100.0 * (own - first[label][0]) / elapsed, 3),
             "cpu_children_pct": round(100.0 * (children - first[label][1]) / elapsed, 3),

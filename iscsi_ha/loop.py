@@ -28,8 +28,9 @@ def _read(path):
 class Watcher(object):
     """Tells the loop whether anything it reacts to has changed since the last pass."""
 
-    def __init__(self, agent, clock=time.monotonic):
+    def __init__(self, agent, clock=time.monotonic, wakeups=None):
         self.agent = agent
+        self.wakeups = wakeups       # iscsi_ha.wakeups.Wakeups: read only what an event named
         self.config = agent.config
         self.clock = clock
         self.files_seen = None
@@ -65,15 +66,19 @@ class Watcher(object):
 
     def changed(self):
         """Why a pass is due ('pool.conf/manual', 'drbd', 'target process gone'), else None."""
-        if self._files() != self.files_seen:
+        wakeups = self.wakeups
+        if (wakeups is None or wakeups.files_changed()) and self._files() != self.files_seen:
             return "pool.conf/manual"
         now = self.clock()
-        if now - self.drbd_checked >= self.config.DRBD_POLL_INTERVAL:
+        poll_due = now - self.drbd_checked >= self.config.DRBD_POLL_INTERVAL
+        if poll_due:
             self.drbd_checked = now
-            if self._drbd() != self.drbd_seen:
-                return "drbd"
-            if self._target() != self.target_seen:
-                return "target process gone"
+        streaming = wakeups is not None and wakeups.drbd_event_driven
+        if (poll_due or streaming) and (wakeups is None or wakeups.drbd_changed()) \
+                and self._drbd() != self.drbd_seen:
+            return "drbd"
+        if poll_due and self._target() != self.target_seen:
+            return "target process gone"
         return None
 
 
@@ -88,6 +93,18 @@ class Loop(object):
         self.on_pass = None          # callback(record), e.g. the systemd watchdog ping
         self.on_hung = None          # callback(seconds, killed), e.g. an alert
         self.on_idle = None          # callback(), between passes (never while a pass runs)
+        self.wakeups = None          # iscsi_ha.wakeups.Wakeups (set_wakeups), else polling
+
+    def set_wakeups(self, wakeups):
+        self.wakeups = self.watcher.wakeups = wakeups
+
+    def _idle_wait(self, poll, due):
+        if self.wakeups is None:
+            self.stop.wait(poll)
+            return
+        if self.wakeups.files_event_driven:
+            poll = self.config.DRBD_POLL_INTERVAL   # target liveness (and DRBD 8.4) only
+        self.wakeups.wait(min(poll, max(0.0, due - time.monotonic())))
 
     def _pass(self, trigger, box):
         try:
@@ -163,7 +180,7 @@ class Loop(object):
                 trigger = None
                 continue
             self._call(self.on_idle)
-            self.stop.wait(poll)
+            self._idle_wait(poll, due)
 
     def _call(self, hook, *args):
         """Run a hook (systemd ping, replugger, alerts); its failure is logged, never fatal."""
