@@ -21,6 +21,17 @@ from iscsi_ha.wiring import Adapters, observe_drbd, observe_target, observe_vip
 log = logging.getLogger("iscsi-ha")
 
 
+def peer_released_address(observation):
+    """True when every resource is Connected with the peer Secondary: the peer's agent demotes
+    in the order floating IP off, target stop, DRBD Secondary, so a connected Secondary peer has
+    released the address (a planned switchover or handover). A crash or a cut link never
+    qualifies (the connection is down), and then the full duplicate-address window applies."""
+    states = [observation.drbd.get(name) for name in observation.resources]
+    return bool(states) and all(
+        s is not None and s.connection == "Connected" and s.peer_role == "Secondary"
+        for s in states)
+
+
 class Agent(object):
     """Observe, decide, act and publish, once per :meth:`run_cycle`."""
 
@@ -76,12 +87,21 @@ class Agent(object):
         if isinstance(action, StopTarget):
             return a.target.stop()
         if isinstance(action, AddFloatingIp):
-            return a.vip.add()
+            released = self._released_timeout()
+            return a.vip.add() if released is None else a.vip.add(released_timeout=released)
         if isinstance(action, RemoveFloatingIp):
             return a.vip.remove()
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
         raise ValueError("unknown action %r" % (action,))
+
+    def _released_timeout(self):
+        """The short DAD window when the peer released the address in an orderly demote (see
+        :func:`peer_released_address`), else None (the full DAD)."""
+        observation = getattr(self, "_observation", None)
+        if observation is None or not peer_released_address(observation):
+            return None
+        return getattr(self.config, "ARP_DAD_RELEASED_TIMEOUT", None)
 
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""
@@ -108,7 +128,7 @@ class Agent(object):
     # -- one pass --------------------------------------------------------------------------
     def run_cycle(self, trigger="timer"):
         started, clock = time.time(), time.monotonic()
-        observation = self.observe()
+        observation = self._observation = self.observe()
         decision = decide(observation)
         results = self.apply(decision.actions)
         self.adapters.reap()

@@ -55,11 +55,13 @@ def test_promote_pass_runs_every_step_in_order(config, adapters):
     for name in ("promote", "demote"):
         getattr(adapters.drbd, name).side_effect = lambda r, n=name: calls.append((n, r))
     adapters.target.start.side_effect = lambda: calls.append(("target", "start"))
-    adapters.vip.add.side_effect = lambda: calls.append(("vip", "add"))
+    adapters.vip.add.side_effect = lambda **kw: calls.append(("vip", "add"))
     adapters.vip.announce.side_effect = lambda: calls.append(("vip", "announce"))
     record = Agent(config, adapters).run_cycle()
     assert calls == [("promote", "iscsi1"), ("target", "start"), ("vip", "add"),
                      ("vip", "announce")]
+    # the peer is a connected Secondary: it released the address, so DAD is the short one
+    adapters.vip.add.assert_called_once_with(released_timeout=config.ARP_DAD_RELEASED_TIMEOUT)
     assert all(r.ok for r in record.results)
 
 

@@ -233,7 +233,7 @@ class VipAdapter(object):
                 if a.address == self.address and a.ifname != self.interface]
 
     # -- duplicate address detection ---------------------------------------------------------
-    def is_free(self):
+    def is_free(self, count=None, timeout=None):
         """True when nobody answers ARP probes for the address within ``dad_timeout``; False
         when someone does (``last_responders`` names them); VipError when arping fails.
 
@@ -242,25 +242,26 @@ class VipAdapter(object):
         the first answer (exit 1 with a reply line), so a child still waiting at the deadline
         has heard nothing and is killed. A free address costs ``dad_timeout``, not 1 s or more.
         """
+        count = self.dad_count if count is None else count
+        timeout = self.dad_timeout if timeout is None else timeout
         argv = self.arping_argv + ["-D", "-I", self.interface, "-c", "1", "-w",
-                                   str(int(math.ceil(self.dad_timeout)) + 1), self.address]
-        log.debug("floating IP: DAD %s x%d within %.2f s", _quote(argv), self.dad_count,
-                  self.dad_timeout)
+                                   str(int(math.ceil(timeout)) + 1), self.address]
+        log.debug("floating IP: DAD %s x%d within %.2f s", _quote(argv), count, timeout)
         children = []
         try:
-            outcome = self._probe(argv, children)
+            outcome = self._probe(argv, children, count, timeout)
         finally:
             for child in children:
                 _stop_child(child)
         return outcome
 
-    def _probe(self, argv, children):
+    def _probe(self, argv, children, count, timeout):
         start = time.monotonic()
-        deadline = start + self.dad_timeout
-        spacing = min(DAD_SPACING, self.dad_timeout / (self.dad_count + 1))
+        deadline = start + timeout
+        spacing = min(DAD_SPACING, timeout / (count + 1))
         while True:
             now = time.monotonic()
-            if len(children) < self.dad_count and now >= start + spacing * len(children):
+            if len(children) < count and now >= start + spacing * len(children):
                 children.append(self._spawn(argv))
             for child in children:
                 if child.poll() is not None:
@@ -290,15 +291,23 @@ class VipAdapter(object):
             _quote(argv), child.returncode, (out + err).strip()))
 
     # -- change ------------------------------------------------------------------------------
-    def add(self):
+    def add(self, released_timeout=None):
         """Add the address after DAD; raise :class:`VipTaken` if another host holds it.
-        Idempotent: an address already local is left alone."""
+        Idempotent: an address already local is left alone. ``released_timeout`` (the peer
+        released the address in an orderly demote) makes DAD one probe within that many
+        seconds; 0 skips it."""
         state = self.observe()
         if state.local:
             return "floating IP %s already local" % self.address
         if not state.interface_exists:
             raise VipError("interface %s does not exist" % self.interface)
-        if not self.is_free():
+        if released_timeout is None:
+            free = self.is_free()
+        elif released_timeout > 0:
+            free = self.is_free(count=1, timeout=released_timeout)
+        else:
+            free = True
+        if not free:
             raise VipTaken(self.address, self.last_responders)
         res = self._ip(["addr", "add", self.cidr, "dev", self.interface], change=True)
         if not res.ok and "already assigned" not in res.stderr:
