@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from iscsi_ha import model, status
+from iscsi_ha import model, status, tickle
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
@@ -90,7 +90,7 @@ class Agent(object):
             released = self._released_timeout()
             return a.vip.add() if released is None else a.vip.add(released_timeout=released)
         if isinstance(action, RemoveFloatingIp):
-            return a.vip.remove()
+            return tickle.remove_with_tickle(self.config, a.vip.remove)
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
         raise ValueError("unknown action %r" % (action,))
