@@ -135,7 +135,8 @@ class TargetAdapter(object):
     delete_attempts = 3
 
     def __init__(self, iqn, luns, service, status_cmd, start_cmd, stop_cmd, tgtadm="tgtadm",
-                 timeout=10.0, stop_timeout=5.0, ready_timeout=5.0, lun_params=None):
+                 timeout=10.0, stop_timeout=5.0, ready_timeout=5.0, lun_params=None,
+                 target_params=None):
         self.iqn = iqn or None
         self.luns = dict((int(k), str(v)) for k, v in dict(luns or {}).items())
         if 0 in self.luns:
@@ -143,6 +144,7 @@ class TargetAdapter(object):
         if self.luns and not self.iqn:
             raise ValueError("LUNs %s need a target IQN" % sorted(self.luns))
         self.lun_params = _check_params(lun_params)
+        self.target_params = dict(target_params or {})   # iSCSI session keys, set at creation
         self.service = service
         self.status_argv = split_command(status_cmd)
         self.start_argv = split_command(start_cmd)
@@ -281,6 +283,10 @@ class TargetAdapter(object):
             self._tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", tid,
                           "-T", self.iqn])
             changes.append("created target %s (tid %d)" % (self.iqn, tid))
+            for name, value in sorted(self.target_params.items()):
+                self._tgtadm(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid",
+                              tid, "--name", name, "--value", value])
+                changes.append("%s=%s" % (name, value))
             info = TargetInfo(tid, self.iqn, "iscsi", "ready", [], {}, [], [])
         for number, path in sorted(self.luns.items()):
             lun = info.luns.get(number)
