@@ -16,7 +16,7 @@ Bare demote: floating IP off, target stop, DRBD Secondary. Bare promote: DRBD Pr
 with its LUN, floating IP, one gratuitous ARP (not waited for).
 
 Two probes run in the client namespace for every move: a fast one (command deadline 0.1 s,
-2 ms between connect attempts: the server-side pause to the millisecond) and a patient one
+connect 0.02 s, 2 ms between attempts: the server-side pause to the millisecond) and a patient one
 (command deadline 30 s: its connection dies only when the network ends it, as an open-iscsi
 connection would). The open-iscsi model (:mod:`iscsi_ha.lab.client_model`) replays each
 outage for an XCP-ng host with default and with advised initiator settings.
@@ -39,7 +39,7 @@ from iscsi_ha.lab.scenarios import pool_conf_changed_at, settled  # noqa: E402
 MOVES = ("switchover", "handover", "crash")
 # A write every ~2 ms (fast) and ~10 ms (patient): fine enough, and light enough that two
 # probes do not starve the agents of a 2-core machine.
-FAST = dict(io_timeout=0.1, connect_timeout=0.05, retry_sleep=0.002, lba_offset=0, blocks=2048,
+FAST = dict(io_timeout=0.1, connect_timeout=0.02, retry_sleep=0.002, lba_offset=0, blocks=2048,
             pace=0.002)
 PATIENT = dict(io_timeout=30.0, connect_timeout=0.3, retry_sleep=0.002, lba_offset=4096,
                blocks=2048, pace=0.01)

@@ -15,6 +15,10 @@ from iscsi_ha.agent import PassLock, PassLockBusy
 
 log = logging.getLogger("iscsi-ha")
 RETRY_DELAY = 1.0
+# After pool.conf or the manual file changed (a move begins), DRBD and the target are looked at
+# every FAST_POLL s for FAST_WINDOW s, so the peer's demote is seen at once (DRBD 8.4 has no
+# event stream); the rest of the time, every DRBD_POLL_INTERVAL.
+FAST_POLL, FAST_WINDOW = 0.02, 5.0
 
 
 def _read(path):
@@ -37,6 +41,7 @@ class Watcher(object):
         self.drbd_seen = None
         self.target_seen = None
         self.drbd_checked = float("-inf")
+        self.fast_until = float("-inf")
 
     def _files(self):
         return (_read(self.config.POOL_CONF), _read(self.config.MANUAL_FILE))
@@ -64,13 +69,19 @@ class Watcher(object):
         """After a pass: the target daemon's processes that pass saw (and which live now)."""
         self.target_seen = self._target()
 
+    def poll_interval(self, now=None):
+        now = self.clock() if now is None else now
+        if now < self.fast_until:
+            return min(FAST_POLL, self.config.DRBD_POLL_INTERVAL)
+        return self.config.DRBD_POLL_INTERVAL
+
     def changed(self):
         """Why a pass is due ('pool.conf/manual', 'drbd', 'target process gone'), else None."""
         wakeups = self.wakeups
         if (wakeups is None or wakeups.files_changed()) and self._files() != self.files_seen:
             return "pool.conf/manual"
         now = self.clock()
-        poll_due = now - self.drbd_checked >= self.config.DRBD_POLL_INTERVAL
+        poll_due = now - self.drbd_checked >= self.poll_interval(now)
         if poll_due:
             self.drbd_checked = now
         streaming = wakeups is not None and wakeups.drbd_event_driven
@@ -103,7 +114,9 @@ class Loop(object):
             self.stop.wait(poll)
             return
         if self.wakeups.files_event_driven:
-            poll = self.config.DRBD_POLL_INTERVAL   # target liveness (and DRBD 8.4) only
+            poll = self.watcher.poll_interval()     # target liveness (and DRBD 8.4) only
+        else:
+            poll = min(poll, self.watcher.poll_interval())
         self.wakeups.wait(min(poll, max(0.0, due - time.monotonic())))
 
     def _pass(self, trigger, box):
@@ -167,6 +180,8 @@ class Loop(object):
                 # Remember what the pass is about to see *before* it runs: a change that lands
                 # while it runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
                 self.watcher.remember()
+                if trigger in ("start", "pool.conf/manual"):
+                    self.watcher.fast_until = self.watcher.clock() + FAST_WINDOW
                 record = self.run_pass(trigger)
                 self.watcher.remember_target()
                 count += 1

@@ -37,6 +37,7 @@ from iscsi_ha.lab.probe import GOOD
 SILENT, REFUSED, REJECTED, SERVING = "silent", "refused", "rejected", "serving"
 REOPEN_DELAY_AFTER_CONNECT_ERROR = 3.0   # open-iscsi ISCSI_CONN_ERR_REOPEN_DELAY
 SYN_RTO = 1.0                            # Linux TCP_TIMEOUT_INIT
+WITNESS_MARGIN = 0.05                    # see _reset_witness
 LOGIN_TIME = 0.005                       # one login on a LAN, as the lab measures it
 
 Settings = collections.namedtuple(
@@ -118,12 +119,30 @@ def outage_from(fast, patient=None):
             if state == SERVING:
                 served = r["t_start"]
                 break
-            # a silent attempt says nothing for its start: the state is known when it ended
-            states.append((r["t_end"] if state == SILENT else r["t_start"], state))
+            # a silent attempt: its SYN, sent at the start, went unanswered
+            states.append((r["t_start"], state))
     outage = Outage(before, served, states)
     if patient:
         _patient_view(outage, patient)
+        _reset_witness(outage)
     return outage
+
+
+def _reset_witness(outage):
+    """A reset of the patient connection after a silent spell came from a host holding the
+    address: from then on the portal was not silent, even if the fast probe's last silent
+    attempt (a SYN a few ms earlier) could not show it yet."""
+    at = outage.conn_dead_at
+    if outage.conn_death != "reset" or at is None or at >= outage.served:
+        return
+    silent_since = next((t for t, w in outage.states if w == SILENT), None)
+    # a reset within WITNESS_MARGIN of the silence starting is the old target's own close,
+    # read late by the probe (the lab's crash kills tgtd a moment before the address goes)
+    if outage.state_at(at) != SILENT or silent_since is None or \
+            at - silent_since < WITNESS_MARGIN:
+        return
+    after = next((w for t, w in outage.states if t > at and w != SILENT), SERVING)
+    outage.states = sorted(outage.states + [(at, after)])
 
 
 def _patient_view(outage, patient):

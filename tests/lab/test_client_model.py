@@ -109,3 +109,15 @@ def test_replacement_timeout_flags_io_errors():
     result = cm.replay(cm.outage_from(fast), cm.XCPNG_MULTIPATH)
     assert result["io_errors_to_vm"] is True
     assert cm.replay(cm.outage_from(fast), cm.XCPNG_DEFAULT)["io_errors_to_vm"] is False
+
+
+def test_a_reset_after_silence_proves_the_address_was_held():
+    # silent SYNs every 50 ms until the new holder serves at 10.6; the tickle reset the patient
+    # connection at 10.58, between the last silent SYN (10.55) and the fast probe's login
+    fast = fast_records(10.6, 10.6, 10.6)
+    patient = [_start(30.0), _io(10.0, 10.58, "write: connection reset")]
+    outage = cm.outage_from(fast, patient)
+    assert outage.state_at(10.57) == cm.SILENT and outage.state_at(10.59) == cm.SERVING
+    advised = cm.replay(outage, cm.ADVISED)
+    assert advised["detected_by"] == "connection reset"
+    assert abs(advised["pause_s"] - (0.58 + cm.LOGIN_TIME)) < 1e-6
