@@ -68,15 +68,27 @@ def service_pids(name):
     """PIDs of live (not zombie) processes called ``name`` in this process's network namespace.
 
     In the lab several tgtd run on one machine, one per namespace: only ours are returned.
+    Candidates are found by ``/proc/PID/comm`` (one small read each, the kernel's 15-character
+    name) before psutil looks closer, so a pass scans the process table cheaply.
     """
-    mine, pids = _netns_id(), []
-    for proc in psutil.process_iter():
+    mine, pids, want = _netns_id(), [], name[:15].encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
         try:
+            with open("/proc/%s/comm" % entry, "rb") as handle:
+                if handle.read().rstrip(b"\n") != want:
+                    continue
+            proc = psutil.Process(int(entry))
             if proc.name() != name or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             if _netns_id(proc.pid) == mine:
                 pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (OSError, IOError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(pids)
 
