@@ -259,6 +259,17 @@ def table(summary):
     return "\n".join(lines)
 
 
+def override(lab, assignments):
+    """Append KEY=VALUE lines to both agents' configs (the last assignment wins) and restart
+    the agents."""
+    for host in lab.hosts:
+        host.write_config(host.read_config() + "".join(a + "\n" for a in assignments))
+        host.stop_agent()
+        host.start_agent()
+    wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None), 60,
+               what="a settled pool after the config override")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -267,6 +278,8 @@ def main():
     parser.add_argument("--moves", default=",".join(MOVES))
     parser.add_argument("--only", choices=("floor", "agent"), help="run one side only")
     parser.add_argument("--dir", help="lab directory (default: a fresh temporary one)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an agent config key (what-if runs), repeatable")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-floor needs root (network namespaces, tgtd)")
@@ -290,6 +303,8 @@ def main():
                 lab.down()
             if args.only != "floor":
                 lab.up()
+                if args.set:
+                    override(lab, args.set)
                 rows += run_phase(lab, "agent", [m for m in moves if m == "switchover"],
                                   args.rounds, agent_move, lab.serving,
                                   lambda h: settled(lab, h), log)
@@ -311,6 +326,7 @@ def main():
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"drbd_version": args.drbd_version, "rounds": args.rounds,
+                       "overrides": args.set,
                        "summary": summary, "moves": rows}, handle, indent=1)
     return 0
 
