@@ -309,6 +309,11 @@ def main():
                                   args.rounds, agent_move, lab.serving,
                                   lambda h: settled(lab, h), log)
                 if "switchover" in moves:   # back to the native roles: manual mode off
+                    current = lab.primary()
+                    if current is not lab.hosts[0]:          # an odd number of switchovers
+                        _cfg(current, "switchover")
+                        wait_until(lambda: settled(lab, lab.hosts[0]), 60,
+                                   what="the storage back on the pool master")
                     for host in lab.hosts:
                         _cfg(host, "manual-mode-disable")
                 rows += run_phase(lab, "agent", [m for m in moves if m != "switchover"],
