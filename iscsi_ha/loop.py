@@ -62,7 +62,9 @@ class Watcher(object):
         """Record the state a pass is about to observe (so that a change while it runs wakes
         the next pass)."""
         self.files_seen = self._files()
-        self.drbd_seen = self._drbd()
+        # With DRBD's event stream up, its lines are the wake-up: no fingerprint command.
+        streaming = self.wakeups is not None and self.wakeups.drbd_event_driven
+        self.drbd_seen = None if streaming else self._drbd()
         self.drbd_checked = self.clock()
 
     def remember_target(self):
@@ -84,8 +86,10 @@ class Watcher(object):
         poll_due = now - self.drbd_checked >= self.poll_interval(now)
         if poll_due:
             self.drbd_checked = now
-        streaming = wakeups is not None and wakeups.drbd_event_driven
-        if (poll_due or streaming) and (wakeups is None or wakeups.drbd_changed()) \
+        if wakeups is not None and wakeups.drbd_event_driven:
+            if wakeups.drbd_changed():       # a line of drbdsetup events2: DRBD changed
+                return "drbd"
+        elif poll_due and (wakeups is None or wakeups.drbd_changed()) \
                 and self._drbd() != self.drbd_seen:
             return "drbd"
         if poll_due and self._target() != self.target_seen:

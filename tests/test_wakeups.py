@@ -144,3 +144,66 @@ def test_unknown_drbd_version_polls(tmp_path):
         assert not w.drbd_event_driven
     finally:
         w.close()
+
+
+class _FakeWakeups(object):
+    files_event_driven = True
+
+    def __init__(self, streaming):
+        self.drbd_event_driven = streaming
+        self.pending = False
+
+    def files_changed(self):
+        return False
+
+    def drbd_changed(self):
+        pending, self.pending = self.pending, False
+        return pending
+
+
+def _watcher(wakeups, fingerprints):
+    from iscsi_ha.loop import Watcher
+
+    class Drbd(object):
+        def fingerprint(self):
+            fingerprints.append(1)
+            return "same"
+
+    class Target(object):
+        def liveness(self):
+            return ()
+
+    class Agent(object):
+        pass
+    agent = Agent()
+    agent.config = type("C", (), {"POOL_CONF": "/nonexistent/pool.conf",
+                                  "MANUAL_FILE": "/nonexistent/manual",
+                                  "DRBD_POLL_INTERVAL": 0.2})
+    agent.adapters = Agent()
+    agent.adapters.drbd, agent.adapters.target = Drbd(), Target()
+    return Watcher(agent, wakeups=wakeups)
+
+
+def test_event_stream_wakes_without_a_fingerprint_command():
+    fingerprints = []
+    fake = _FakeWakeups(streaming=True)
+    watcher = _watcher(fake, fingerprints)
+    watcher.remember()
+    watcher.remember_target()
+    assert watcher.changed() is None
+    fake.pending = True
+    assert watcher.changed() == "drbd"
+    assert watcher.changed() is None
+    assert fingerprints == []            # no `drbdsetup status` forked for a wake-up
+
+
+def test_without_a_stream_the_fingerprint_decides():
+    fingerprints = []
+    fake = _FakeWakeups(streaming=False)
+    watcher = _watcher(fake, fingerprints)
+    watcher.remember()
+    watcher.remember_target()
+    fake.pending = True                  # the state words moved, the fingerprint did not
+    watcher.drbd_checked = float("-inf")
+    assert watcher.changed() is None
+    assert len(fingerprints) == 2        # remember() and the check
