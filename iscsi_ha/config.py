@@ -139,7 +139,7 @@ class ConfigError(Exception):
 def format_problem(problem):
     key, line, value, message = problem
     where = "line %d" % line if line else "default"
-    return "  %s (%s): %r: %s" % (key, where, value, message)
+    return "  - %s (%s): %r: %s" % (key, where, value, message)
 
 
 def _check(pattern_ok, value, expected):
