@@ -278,6 +278,7 @@ def main():
     parser.add_argument("--moves", default=",".join(MOVES))
     parser.add_argument("--only", choices=("floor", "agent"), help="run one side only")
     parser.add_argument("--dir", help="lab directory (default: a fresh temporary one)")
+    parser.add_argument("--prefix", default="ihbf-", help="the lab's name prefix (%(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an agent config key (what-if runs), repeatable")
     args = parser.parse_args()
@@ -292,7 +293,7 @@ def main():
         print(line, flush=True)
     rows, started = [], time.monotonic()
     with tempfile.TemporaryDirectory(prefix="iscsi-ha-floor.") as tmp:
-        lab = Lab(args.dir or tmp, drbd_version=args.drbd_version)
+        lab = Lab(args.dir or tmp, drbd_version=args.drbd_version, prefix=args.prefix)
         try:
             if args.only != "agent":
                 lab.up(start_agents=False)

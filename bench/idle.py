@@ -74,9 +74,9 @@ def sample(procs, seconds):
     return out
 
 
-def measure(version, seconds, base, log):
+def measure(version, seconds, base, log, prefix):
     lab = Lab(os.path.join(base, "drbd" + version), drbd_version=version,
-              monitor_delay=PRODUCTION_MONITOR_DELAY)
+              monitor_delay=PRODUCTION_MONITOR_DELAY, prefix=prefix)
     try:
         lab.up()
         primary = wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None), 90,
@@ -107,6 +107,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--versions", default="8.4,9")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--prefix", default="ihbi-", help="the lab's name prefix (%(default)s)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-idle needs root (network namespaces, tgtd)")
@@ -117,7 +118,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="iscsi-ha-idle.") as tmp:
         try:
             for version in [v for v in args.versions.split(",") if v]:
-                results[version] = measure(version, args.seconds, tmp, log)
+                results[version] = measure(version, args.seconds, tmp, log, args.prefix)
         except LabError as exc:
             log("bench-idle: %s" % exc)
             return 1
