@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from iscsi_ha import model, status, tickle
+from iscsi_ha import early_dad, model, status, tickle
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
@@ -88,7 +88,9 @@ class Agent(object):
             return a.target.stop()
         if isinstance(action, AddFloatingIp):
             released = self._released_timeout()
-            return a.vip.add() if released is None else a.vip.add(released_timeout=released)
+            if released is not None:
+                return a.vip.add(released_timeout=released)
+            return self._add_after_early_dad(a.vip)
         if isinstance(action, RemoveFloatingIp):
             return tickle.remove_with_tickle(self.config, a.vip.remove)
         if isinstance(action, AnnounceFloatingIp):
@@ -103,9 +105,30 @@ class Agent(object):
             return None
         return getattr(self.config, "ARP_DAD_RELEASED_TIMEOUT", None)
 
+    def _add_after_early_dad(self, vip):
+        """The address step of a promote pass whose DAD ran beside the promotion."""
+        early, self._early_dad = getattr(self, "_early_dad", None), None
+        free = early.verdict(self.config.NET_TIMEOUT) if early is not None else None
+        if free is None:
+            return vip.add()
+        if not free:
+            from iscsi_ha.adapters.vip import VipTaken
+            raise VipTaken(self.config.DRBD_VIRTUAL_IP, early.responders)
+        return vip.add(released_timeout=0)
+
+    def _start_early_dad(self, actions):
+        """Start DAD with the pass when the address comes after other steps and needs the full
+        window (see :mod:`iscsi_ha.early_dad`)."""
+        self._early_dad = None
+        if self.dry_run or self._released_timeout() is not None:
+            return
+        if any(isinstance(a, AddFloatingIp) for a in actions[1:]):
+            self._early_dad = early_dad.start(self.adapters.vip)
+
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""
         results, failed = [], False
+        self._start_early_dad(actions)
         for action in actions:
             if failed or self.dry_run:
                 results.append(ActionResult(action, ok=not failed, duration=0.0,
@@ -123,6 +146,9 @@ class Agent(object):
                 failed = True
                 log.error("%s failed: %s", action.describe(), detail)
             results.append(ActionResult(action, ok, time.monotonic() - start, detail))
+        leftover, self._early_dad = getattr(self, "_early_dad", None), None
+        if leftover is not None:             # the address step was skipped: reap the probe
+            leftover.join(self.config.NET_TIMEOUT)
         return tuple(results)
 
     # -- one pass --------------------------------------------------------------------------
