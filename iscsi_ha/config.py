@@ -101,6 +101,10 @@ WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = socket_path(default='/dev/log')
+SERVICE_BLOCKED_AFTER = seconds(min=0, max=86400, default=30)
+LOCK_FALLBACK_DIR = path(default='/run/iscsi-ha')
+ARP_METHOD = choice('packet', 'arping', default='packet')
+VIP_CHECK_INTERVAL = seconds(min=0.5, max=3600, default=10)
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.
