@@ -2,7 +2,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench clean rpm rpm-check
+.PHONY: setup demo test unit lint bench bench-floor bench-idle clean rpm rpm-check
+# Lab benchmarks take the lab lock (one lab at a time on this machine); ARGS='--json FILE' etc.
+LAB_LOCK ?= $(if $(wildcard /work),/work/lab.lock,/tmp/iscsi-ha-lab.lock)
 
 setup:
 	./scripts/install-deps
@@ -28,6 +30,12 @@ rpm-check: setup
 
 bench: setup
 	$(PY) bench/pass_time.py
+
+bench-floor: setup
+	flock $(LAB_LOCK) $(PY) bench/floor.py $(ARGS)
+
+bench-idle: setup
+	flock $(LAB_LOCK) $(PY) bench/idle.py $(ARGS)
 
 clean:
 	$(VENV)/bin/iscsi-ha-lab down 2>/dev/null || true

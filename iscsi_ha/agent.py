@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from iscsi_ha import fencing, fencing_policy, model, status
+from iscsi_ha import early_dad, fencing, fencing_policy, model, status, tickle
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
@@ -20,6 +20,17 @@ from iscsi_ha.model import (ActionResult, AddFloatingIp, AnnounceFloatingIp, Dem
 from iscsi_ha.wiring import Adapters, observe_drbd, observe_target, observe_vip
 
 log = logging.getLogger("iscsi-ha")
+
+
+def peer_released_address(observation):
+    """True when every resource is Connected with the peer Secondary: the peer's agent demotes
+    in the order floating IP off, target stop, DRBD Secondary, so a connected Secondary peer has
+    released the address (a planned switchover or handover). A crash or a cut link never
+    qualifies (the connection is down), and then the full duplicate-address window applies."""
+    states = [observation.drbd.get(name) for name in observation.resources]
+    return bool(states) and all(
+        s is not None and s.connection == "Connected" and s.peer_role == "Secondary"
+        for s in states)
 
 
 class Agent(object):
@@ -103,9 +114,12 @@ class Agent(object):
         if isinstance(action, StopTarget):
             return a.target.stop()
         if isinstance(action, AddFloatingIp):
-            return a.vip.add()
+            released = self._released_timeout()
+            if released is not None:
+                return a.vip.add(released_timeout=released)
+            return self._add_after_early_dad(a.vip)
         if isinstance(action, RemoveFloatingIp):
-            return a.vip.remove()
+            return tickle.remove_with_tickle(self.config, a.vip.remove)
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
         raise ValueError("unknown action %r" % (action,))
@@ -127,9 +141,38 @@ class Agent(object):
             if granted:
                 fencing.clear_grant(self.config.STATE_DIR, resource)
 
+    def _released_timeout(self):
+        """The short DAD window when the peer released the address in an orderly demote (see
+        :func:`peer_released_address`), else None (the full DAD)."""
+        observation = getattr(self, "_observation", None)
+        if observation is None or not peer_released_address(observation):
+            return None
+        return getattr(self.config, "ARP_DAD_RELEASED_TIMEOUT", None)
+
+    def _add_after_early_dad(self, vip):
+        """The address step of a promote pass whose DAD ran beside the promotion."""
+        early, self._early_dad = getattr(self, "_early_dad", None), None
+        free = early.verdict(self.config.NET_TIMEOUT) if early is not None else None
+        if free is None:
+            return vip.add()
+        if not free:
+            from iscsi_ha.adapters.vip import VipTaken
+            raise VipTaken(self.config.DRBD_VIRTUAL_IP, early.responders)
+        return vip.add(released_timeout=0)
+
+    def _start_early_dad(self, actions):
+        """Start DAD with the pass when the address comes after other steps and needs the full
+        window (see :mod:`iscsi_ha.early_dad`)."""
+        self._early_dad = None
+        if self.dry_run or self._released_timeout() is not None:
+            return
+        if any(isinstance(a, AddFloatingIp) for a in actions[1:]):
+            self._early_dad = early_dad.start(self.adapters.vip)
+
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""
         results, failed = [], False
+        self._start_early_dad(actions)
         for action in actions:
             if failed or self.dry_run:
                 results.append(ActionResult(action, ok=not failed, duration=0.0,
@@ -147,12 +190,15 @@ class Agent(object):
                 failed = True
                 log.error("%s failed: %s", action.describe(), detail)
             results.append(ActionResult(action, ok, time.monotonic() - start, detail))
+        leftover, self._early_dad = getattr(self, "_early_dad", None), None
+        if leftover is not None:             # the address step was skipped: reap the probe
+            leftover.join(self.config.NET_TIMEOUT)
         return tuple(results)
 
     # -- one pass --------------------------------------------------------------------------
     def run_cycle(self, trigger="timer"):
         started, clock = time.time(), time.monotonic()
-        observation = self.observe()
+        observation = self._observation = self.observe()
         decision = decide(observation)
         self._observation, self._reason = observation, decision.reason
         results = self.apply(decision.actions)

@@ -70,6 +70,11 @@ IP_COMMAND = command(default='ip')
 ARPING = command(default='/sbin/arping')
 ARP_DAD_COUNT = integer(min=1, max=20, default=2)
 ARP_DAD_TIMEOUT = seconds(min=0.05, max=30, default=0.3)
+ARP_DAD_RELEASED_TIMEOUT = seconds(min=0, max=30, default=0.05)
+TICKLE_WAIT = seconds(min=0, max=600, default=30)
+ISCSI_PORT = integer(min=1, max=65535, default=3260)
+ISCSI_TARGET_PARAMS = target_params(default='DefaultTime2Wait=0')
+ISCSID_CONF = path(default='/etc/iscsi/iscsid.conf')
 ARP_COUNT = integer(min=0, max=100, default=5)
 ARP_INTERVAL = seconds(min=0.01, max=10, default=0.2)
 NET_TIMEOUT = seconds(min=0.1, max=60, default=5)
@@ -442,7 +447,27 @@ def _iqn(value):
     return _check(value == "" or _IQN_RE.match(value), value, "an iSCSI name (iqn.YYYY-MM.x:y)")
 
 
+# iSCSI session keys tgtd lets `tgtadm --op update --mode target --name K --value V` set
+# (fujita/tgt usr/iscsi/param.c session_keys; numeric ones only).
+TARGET_PARAM_KEYS = ("DefaultTime2Wait", "DefaultTime2Retain", "MaxRecvDataSegmentLength",
+                     "MaxXmitDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+                     "MaxOutstandingR2T", "MaxConnections")
+
+
+def _target_params(value):
+    """``Key=number,Key=number`` -> {key: value text}; empty: tgtd's own defaults."""
+    params = {}
+    for item in [i.strip() for i in value.split(",") if i.strip()]:
+        key, _, number = item.partition("=")
+        _check(key.strip() in TARGET_PARAM_KEYS and number.strip().isdigit(), value,
+               "Key=number items separated by commas, keys among %s" % ", ".join(
+                   TARGET_PARAM_KEYS))
+        params[key.strip()] = number.strip()
+    return params
+
+
 VALIDATOR_FUNCTIONS = {
+    "target_params": _target_params,
     "integer": _integer,
     "seconds": _seconds,
     "flag": _flag,

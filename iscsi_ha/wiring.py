@@ -35,7 +35,8 @@ class Adapters(object):
                                start_cmd=config.TARGET_START_COMMAND,
                                stop_cmd=config.TARGET_STOP_COMMAND,
                                tgtadm=config.TGTADM, timeout=config.TARGET_TIMEOUT,
-                               stop_timeout=config.TARGET_STOP_TIMEOUT)
+                               stop_timeout=config.TARGET_STOP_TIMEOUT,
+                               target_params=getattr(config, "ISCSI_TARGET_PARAMS", None))
         vip = VipAdapter(config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK, config.DRBD_INTERFACE,
                          ip=config.IP_COMMAND, arping=config.ARPING, timeout=config.NET_TIMEOUT,
                          dad_count=config.ARP_DAD_COUNT, dad_timeout=config.ARP_DAD_TIMEOUT,

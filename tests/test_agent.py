@@ -66,11 +66,13 @@ def test_promote_pass_runs_every_step_in_order(config, adapters):
     for name in ("promote", "demote"):
         getattr(adapters.drbd, name).side_effect = lambda r, n=name: calls.append((n, r))
     adapters.target.start.side_effect = lambda: calls.append(("target", "start"))
-    adapters.vip.add.side_effect = lambda: calls.append(("vip", "add"))
+    adapters.vip.add.side_effect = lambda **kw: calls.append(("vip", "add"))
     adapters.vip.announce.side_effect = lambda: calls.append(("vip", "announce"))
     record = Agent(config, adapters).run_cycle()
     assert calls == [("promote", "iscsi1"), ("target", "start"), ("vip", "add"),
                      ("vip", "announce")]
+    # the peer is a connected Secondary: it released the address, so DAD is the short one
+    adapters.vip.add.assert_called_once_with(released_timeout=config.ARP_DAD_RELEASED_TIMEOUT)
     assert all(r.ok for r in record.results)
 
 
@@ -217,6 +219,64 @@ def test_watcher_wakes_when_a_target_process_the_last_pass_saw_is_gone(config, a
     adapters.target.liveness.return_value = ()          # tgtd was killed
     clock[0] += 1.0
     assert watcher.changed() == "target process gone"
+
+
+def _crashed_peer(adapters):
+    """The peer is gone (a crash): the full duplicate-address window applies."""
+    adapters.drbd.observe.return_value = {
+        "iscsi1": state("Secondary", peer="Unknown", conn="WFConnection", peer_disk="DUnknown")}
+
+
+def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
+    _crashed_peer(adapters)
+    events = []
+    dad_started = threading.Event()
+
+    def is_free():
+        events.append("dad start")
+        dad_started.set()
+        time.sleep(0.1)
+        events.append("dad end")
+        return True
+
+    def promote(resource):
+        assert dad_started.wait(2), "DAD did not start with the pass"
+        events.append("promote")
+    adapters.vip.is_free.side_effect = is_free
+    adapters.drbd.promote.side_effect = promote
+    adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
+    record = Agent(config, adapters).run_cycle()
+    assert all(r.ok for r in record.results)
+    assert events.index("dad start") < events.index("promote") < events.index("dad end")
+    assert events[-1] == ("add", {"released_timeout": 0})     # DAD done: not run again
+
+
+def test_early_dad_that_hears_the_address_refuses_it(config, adapters):
+    from iscsi_ha.adapters.vip import VipTaken
+    _crashed_peer(adapters)
+
+    def taken():
+        adapters.vip.last_responders = ["02:00:00:00:00:0B (192.0.2.100)"]
+        return False
+    adapters.vip.is_free.side_effect = taken
+    record = Agent(config, adapters).run_cycle()
+    outcome = dict((r.action.describe(), (r.ok, r.detail)) for r in record.results)
+    assert outcome["add floating IP"][0] is False
+    assert "02:00:00:00:00:0B" in outcome["add floating IP"][1]
+    adapters.vip.add.assert_not_called()
+    assert VipTaken
+
+
+def test_early_dad_is_reaped_when_an_earlier_step_fails(config, adapters):
+    _crashed_peer(adapters)
+    adapters.target.start.side_effect = RuntimeError("tgtd did not answer")
+    adapters.vip.is_free.return_value = True
+    agent = Agent(config, adapters)
+    record = agent.run_cycle()
+    assert [r.skipped for r in record.results] == [False, False, True, True]
+    adapters.vip.add.assert_not_called()
+    assert agent._early_dad is None
+    assert not any(t.name == "early-dad" and t.is_alive() for t in threading.enumerate())
 
 
 def test_failing_hooks_alerts_and_status_writes_never_end_the_loop(config, adapters, caplog,

@@ -167,3 +167,13 @@ def test_check_command_exit_codes(tmp_path):
     assert result.returncode == 2
     assert "DRBD_VIRTUAL_IP (line 1)" in result.stderr
     assert "FOO (line 2): unknown key" in result.stderr
+
+
+def test_target_params_are_parsed_and_checked():
+    from iscsi_ha import config as cfg
+    assert cfg._target_params("DefaultTime2Wait=0, DefaultTime2Retain=0") == {
+        "DefaultTime2Wait": "0", "DefaultTime2Retain": "0"}
+    assert cfg._target_params("") == {}
+    for bad in ("DefaultTime2Wait", "Time2Wait=0", "DefaultTime2Wait=-1"):
+        with pytest.raises(Exception, match="Key=number"):
+            cfg._target_params(bad)

@@ -68,15 +68,27 @@ def service_pids(name):
     """PIDs of live (not zombie) processes called ``name`` in this process's network namespace.
 
     In the lab several tgtd run on one machine, one per namespace: only ours are returned.
+    Candidates are found by ``/proc/PID/comm`` (one small read each, the kernel's 15-character
+    name) before psutil looks closer, so a pass scans the process table cheaply.
     """
-    mine, pids = _netns_id(), []
-    for proc in psutil.process_iter():
+    mine, pids, want = _netns_id(), [], name[:15].encode()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
         try:
+            with open("/proc/%s/comm" % entry, "rb") as handle:
+                if handle.read().rstrip(b"\n") != want:
+                    continue
+            proc = psutil.Process(int(entry))
             if proc.name() != name or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             if _netns_id(proc.pid) == mine:
                 pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (OSError, IOError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(pids)
 
@@ -135,7 +147,8 @@ class TargetAdapter(object):
     delete_attempts = 3
 
     def __init__(self, iqn, luns, service, status_cmd, start_cmd, stop_cmd, tgtadm="tgtadm",
-                 timeout=10.0, stop_timeout=5.0, ready_timeout=5.0, lun_params=None):
+                 timeout=10.0, stop_timeout=5.0, ready_timeout=5.0, lun_params=None,
+                 target_params=None):
         self.iqn = iqn or None
         self.luns = dict((int(k), str(v)) for k, v in dict(luns or {}).items())
         if 0 in self.luns:
@@ -143,6 +156,7 @@ class TargetAdapter(object):
         if self.luns and not self.iqn:
             raise ValueError("LUNs %s need a target IQN" % sorted(self.luns))
         self.lun_params = _check_params(lun_params)
+        self.target_params = dict(target_params or {})   # iSCSI session keys, set at creation
         self.service = service
         self.status_argv = split_command(status_cmd)
         self.start_argv = split_command(start_cmd)
@@ -281,6 +295,10 @@ class TargetAdapter(object):
             self._tgtadm(["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", tid,
                           "-T", self.iqn])
             changes.append("created target %s (tid %d)" % (self.iqn, tid))
+            for name, value in sorted(self.target_params.items()):
+                self._tgtadm(["--lld", "iscsi", "--op", "update", "--mode", "target", "--tid",
+                              tid, "--name", name, "--value", value])
+                changes.append("%s=%s" % (name, value))
             info = TargetInfo(tid, self.iqn, "iscsi", "ready", [], {}, [], [])
         for number, path in sorted(self.luns.items()):
             lun = info.luns.get(number)

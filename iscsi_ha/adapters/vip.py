@@ -270,7 +270,7 @@ class VipAdapter(object):
                 if a.address == self.address and a.ifname != self.interface]
 
     # -- duplicate address detection ---------------------------------------------------------
-    def is_free(self):
+    def is_free(self, count=None, timeout=None):
         """True when nobody answers ARP probes for the address within ``dad_timeout``; False
         when someone does (``last_responders`` names them); VipError when the check did not
         run: a probe that was never sent proves nothing, so silence is "free" only when every
@@ -280,27 +280,34 @@ class VipAdapter(object):
         (:mod:`iscsi_ha.adapters.arp`), ``send`` confirms each one. ``arping``: ``dad_count``
         one-probe ``arping -D`` children started ``DAD_SPACING`` apart, each run to its own
         end (``-w``, whole seconds) so that its "Sent N probes" line says the probe went out;
-        the first answer ends the check at once.
+        the first answer ends the check at once. ``count``/``timeout`` override the configured
+        probes for this check (the short check after an orderly release).
         """
+        count = self.dad_count if count is None else count
+        timeout = self.dad_timeout if timeout is None else timeout
         if self.method == "packet":
             try:
-                sent, macs = arp_mod.probe(self.interface, self.address, self.dad_count,
-                                           self.dad_timeout)
+                sent, macs = arp_mod.probe(self.interface, self.address, count, timeout)
             except arp_mod.ArpError as exc:
                 raise VipError("duplicate address detection failed: %s" % exc)
             self.last_responders = ["%s (%s)" % (mac, self.address) for mac in macs]
             log.debug("floating IP: DAD sent %d probe(s), %d answer(s)", sent, len(macs))
             return not macs
-        argv = self.arping_argv + ["-D", "-I", self.interface, "-c", "1", "-w",
-                                   str(int(math.ceil(self.dad_timeout)) + 1), self.address]
-        log.debug("floating IP: DAD %s x%d", _quote(argv), self.dad_count)
-        children = []
+        saved = self.dad_count, self.dad_timeout
+        self.dad_count, self.dad_timeout = count, timeout
         try:
-            outcome = self._probe(argv, children)
+            argv = self.arping_argv + ["-D", "-I", self.interface, "-c", "1", "-w",
+                                       str(int(math.ceil(self.dad_timeout)) + 1), self.address]
+            log.debug("floating IP: DAD %s x%d", _quote(argv), self.dad_count)
+            children = []
+            try:
+                outcome = self._probe(argv, children)
+            finally:
+                for child in children:
+                    _stop_child(child)
+            return outcome
         finally:
-            for child in children:
-                _stop_child(child)
-        return outcome
+            self.dad_count, self.dad_timeout = saved
 
     def conflict(self):
         """On the holder: MACs of other hosts answering for the floating IP (one probe, heard
@@ -364,7 +371,7 @@ class VipAdapter(object):
             _quote(argv), child.returncode, (out + err).strip()))
 
     # -- change ------------------------------------------------------------------------------
-    def add(self):
+    def add(self, released_timeout=None):
         """Add the address after DAD; raise :class:`VipTaken` if another host holds it.
         Idempotent: an address already local is left alone."""
         state = self.observe()
@@ -372,7 +379,15 @@ class VipAdapter(object):
             return "floating IP %s already local" % self.address
         if not state.interface_exists:
             raise VipError("interface %s does not exist" % self.interface)
-        if not self.is_free():
+        # ``released_timeout`` (the peer released the address in an orderly demote, or the
+        # check already ran beside the promotion): one probe within that many seconds; 0: none.
+        if released_timeout is None:
+            free = self.is_free()
+        elif released_timeout > 0:
+            free = self.is_free(count=1, timeout=released_timeout)
+        else:
+            free = True
+        if not free:
             raise VipTaken(self.address, self.last_responders)
         res = self._ip(["addr", "add", self.cidr, "dev", self.interface], change=True)
         if not res.ok and "already assigned" not in res.stderr:

@@ -101,6 +101,10 @@ def cmd_run(path, once, dry_run, as_json):
     wait_for_xapi(config, stop, notifier)
     restore_manual_mode(config)
     loop = Loop(agent, stop)
+    from iscsi_ha import wakeups as wakeups_mod
+    wakeups = wakeups_mod.for_agent(config, agent.adapters.drbd)
+    wakeups.install_signal_wakeup()
+    loop.set_wakeups(wakeups)
     services = DaemonServices(config)
     services.attach(agent, loop)
     def on_pass(record):
@@ -111,6 +115,7 @@ def cmd_run(path, once, dry_run, as_json):
     try:
         loop.run()
     finally:
+        wakeups.close()
         services.close()
         agent.adapters.close()
     return EXIT_OK

@@ -172,6 +172,15 @@ def _target_words(target):
         target.get("running") else "stopped"
 
 
+def initiator_findings(config):
+    """What this dom0's open-iscsi settings cost in a failover, and the advised values."""
+    from iscsi_ha import initiator
+    params = getattr(config, "ISCSI_TARGET_PARAMS", None) or {}
+    target_t2w = int(params.get("DefaultTime2Wait", 2))       # tgtd's default is 2
+    return initiator.findings(getattr(config, "ISCSID_CONF", "/etc/iscsi/iscsid.conf"),
+                              target_t2w)
+
+
 def check(ctx, with_peer=True):
     """Print every finding; 0 when there is no problem, 1 otherwise."""
     config = ctx.config
@@ -179,7 +188,8 @@ def check(ctx, with_peer=True):
     for warning in config.warnings:
         ctx.say("  warning: %s" % warning)
     findings = tool_findings(config) + drbd_findings(ctx) + \
-        fencing_findings(ctx, with_peer=with_peer) + agent_findings(ctx)
+        fencing_findings(ctx, with_peer=with_peer) + agent_findings(ctx) + \
+        initiator_findings(config)
     if with_peer:
         findings += peer_findings(ctx) + sr_findings(ctx)
     for kind, sentence in findings:

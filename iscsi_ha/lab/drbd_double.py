@@ -949,7 +949,11 @@ def main(argv=None):
         return 0
     try:
         world_dir, host, prog, args = drbd_double_cli.split_invocation(argv)
-        rc, out, err = drbd_double_cli.invoke(World(world_dir), host, prog, args)
+        world = World(world_dir)
+        if prog == "drbdsetup" and args[:1] == ["events2"] and world._read()["version"] == "9":
+            from iscsi_ha.lab.drbd_double_events import stream
+            return stream(world, host, args[1:])
+        rc, out, err = drbd_double_cli.invoke(world, host, prog, args)
     except DoubleError as exc:
         rc, out, err = 20, "", "drbd double: %s\n" % exc
     sys.stdout.write(out)

@@ -103,13 +103,16 @@ class Probe(object):
 
     def __init__(self, portal, iqn, lun, record_path, block_size=512, blocks=1024,
                  initiator_name=DEFAULT_INITIATOR, io_timeout=2.0, connect_timeout=1.0,
-                 retry_sleep=0.02, verify_every=16, fua=False):
+                 retry_sleep=0.02, verify_every=16, fua=False, lba_offset=0,
+                 pace=0.0):
         if block_size < MIN_BLOCK or blocks < 1:
             raise ValueError("need block_size >= %d and blocks >= 1" % MIN_BLOCK)
         self.portal, self.iqn, self.lun, self.record_path = portal, iqn, lun, record_path
         self.block_size, self.blocks, self.initiator_name = block_size, blocks, initiator_name
         self.io_timeout, self.connect_timeout = io_timeout, connect_timeout
         self.retry_sleep, self.verify_every, self.fua = retry_sleep, max(1, verify_every), fua
+        self.lba_offset = lba_offset  # two probes on one LUN write disjoint ranges
+        self.pace = pace              # least seconds between two writes (0: back to back)
         self.run_id = struct.unpack(">Q", os.urandom(8))[0]
         self._ini, self._connected, self._rec = None, False, None
         self._seq, self._ops, self._attempts = 0, 0, 0
@@ -125,7 +128,8 @@ class Probe(object):
             self._rec = rec
             self._record(kind="start", run_id="%016x" % self.run_id, portal=self.portal,
                          iqn=self.iqn, lun=self.lun, block_size=self.block_size,
-                         blocks=self.blocks, t=time.monotonic(), wall=time.time(),
+                         blocks=self.blocks, lba_offset=self.lba_offset,
+                         io_timeout=self.io_timeout, t=time.monotonic(), wall=time.time(),
                          pid=os.getpid())
             try:
                 reason = self._loop(deadline, max_ops, stop_file, signals)
@@ -154,6 +158,8 @@ class Probe(object):
                 if not self._connected:
                     signals.sleep(self.retry_sleep)
                 continue
+            if self.pace:
+                signals.sleep(self.pace)
             self._write_next()
             if self._connected and self._seq % self.verify_every == 0 and self._recent:
                 self._verify(self._recent[0])
@@ -175,9 +181,10 @@ class Probe(object):
                      status)
             self._ini.close()
             return
-        if block_len != self.block_size or blocks < self.blocks:
+        if block_len != self.block_size or blocks < self.lba_offset + self.blocks:
             raise ProbeError("LUN %d has %d blocks of %d bytes; the probe needs %d of %d"
-                             % (self.lun, blocks, block_len, self.blocks, self.block_size))
+                             % (self.lun, blocks, block_len, self.lba_offset + self.blocks,
+                                self.block_size))
         log.info("probe: connected to %s (attempt %d)", self.portal, self._attempts)
         self._connected = True
 
@@ -189,7 +196,7 @@ class Probe(object):
     def _write_next(self):
         self._ops += 1
         self._seq += 1
-        seq, lba = self._seq, (self._seq - 1) % self.blocks
+        seq, lba = self._seq, self.lba_offset + (self._seq - 1) % self.blocks
         block = make_block(self.run_id, seq, lba, self.block_size)
         t0 = time.monotonic()
         try:
@@ -304,6 +311,7 @@ def _check_blocks(records, read_block):
     """Compare every block's final stamp with the last acknowledged write to it."""
     start = records[0]
     run_id, blocks = int(start["run_id"], 16), start["blocks"]
+    offset = start.get("lba_offset", 0)
     acked, tried = {}, {}
     writes = [r for r in records if r["kind"] == "write"]
     for r in writes:
@@ -313,9 +321,9 @@ def _check_blocks(records, read_block):
             tried.setdefault(r["lba"], set()).add(r["seq"])
     if not any(r["kind"] == "stop" for r in records) and writes:
         in_flight = max(r["seq"] for r in writes) + 1  # killed while this write was out
-        tried.setdefault((in_flight - 1) % blocks, set()).add(in_flight)
+        tried.setdefault(offset + (in_flight - 1) % blocks, set()).add(in_flight)
     lost, unexplained = [], []
-    for lba in range(blocks):
+    for lba in range(offset, offset + blocks):
         stamp = read_stamp(read_block(lba))
         found = stamp.seq if stamp and stamp.run_id == run_id and stamp.lba == lba else None
         last = acked.get(lba)
@@ -371,6 +379,10 @@ def _parse(argv):
     p.add_argument("--initiator-name", default=DEFAULT_INITIATOR)
     p.add_argument("--io-timeout", type=float, default=2.0)
     p.add_argument("--connect-timeout", type=float, default=1.0)
+    p.add_argument("--retry-sleep", type=float, default=0.02,
+                   help="pause between two failed connect attempts (s)")
+    p.add_argument("--lba-offset", type=int, default=0, help="first block this probe writes")
+    p.add_argument("--pace", type=float, default=0.0, help="sleep before each write (s)")
     p.add_argument("--verify-every", type=int, default=16)
     p.add_argument("--fua", action="store_true", help="set FUA on every write")
     return "run", p.parse_args(argv)
@@ -390,7 +402,8 @@ def main(argv=None):
         return 0
     probe = Probe(args.portal, args.iqn, args.lun, args.record, args.block_size, args.blocks,
                   args.initiator_name, args.io_timeout, args.connect_timeout,
-                  verify_every=args.verify_every, fua=args.fua)
+                  retry_sleep=args.retry_sleep, verify_every=args.verify_every, fua=args.fua,
+                  lba_offset=args.lba_offset, pace=args.pace)
     try:
         probe.run(args.duration, args.max_ops, args.stop_file)
     except ProbeError as exc:

@@ -24,8 +24,17 @@ def read_records(path):
 
 
 class ProbeRun(object):
-    def __init__(self, lab, name):
+    """One probe process in the client namespace. The defaults suit the scenarios; the
+    benchmarks run a fast probe (``io_timeout`` 0.1 s, ``retry_sleep`` 2 ms: the server side to
+    the millisecond) next to a patient one (a long ``io_timeout``: its TCP connection dies only
+    when the network says so, as an open-iscsi connection would) on a disjoint block range."""
+
+    def __init__(self, lab, name, io_timeout=IO_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
+                 retry_sleep=0.02, lba_offset=0, blocks=2048, pace=0.0):
         self.lab = lab
+        self.io_timeout, self.connect_timeout = io_timeout, connect_timeout
+        self.retry_sleep, self.lba_offset, self.blocks = retry_sleep, lba_offset, blocks
+        self.pace = pace
         base = os.path.join(lab.directory, "probe")
         os.makedirs(base, exist_ok=True)
         self.record = os.path.join(base, name + ".jsonl")
@@ -43,8 +52,10 @@ class ProbeRun(object):
                 [sys.executable, "-m", "iscsi_ha.lab.probe", "--portal", self.lab.vip + ":3260",
                  "--iqn", self.lab.iqn, "--lun", str(self.lab.lun), "--record", self.record,
                  "--duration", str(MAX_DURATION), "--stop-file", self.stop_file,
-                 "--blocks", "2048", "--io-timeout", str(IO_TIMEOUT),
-                 "--connect-timeout", str(CONNECT_TIMEOUT)],
+                 "--blocks", str(self.blocks), "--io-timeout", str(self.io_timeout),
+                 "--connect-timeout", str(self.connect_timeout),
+                 "--retry-sleep", str(self.retry_sleep), "--lba-offset", str(self.lba_offset),
+                 "--pace", str(self.pace)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def _records(self):

@@ -152,6 +152,7 @@ def _kind(argv):
                       ("--op new --mode target", "new-target"),
                       ("--op new --mode logicalunit", "new-lun"),
                       ("--op update --mode logicalunit", "lun-params"),
+                      ("--op update --mode target --tid 1 --name Default", "target-params"),
                       ("--op bind", "bind"), ("--op delete --mode target", "delete-target"),
                       ("--op delete --mode system", "delete-system")):
         if key in words:
@@ -379,6 +380,17 @@ def test_start_applies_configured_lun_params(host):
     adapter(lun_params={10: {"scsi_sn": "beaf110"}}).start()
     params = [argv for kind, argv in host.calls if kind == "lun-params"][0]
     assert params[-2:] == ["--params", "scsi_sn=beaf110"]
+
+
+def test_start_sets_configured_target_params_when_it_creates_the_target(host):
+    host.answers["status"] = [(3, "", ""), (0, "", "")]
+    host.answers["show"] = [(107, "", NOT_CONNECTED)] + shows("empty.txt",
+                                                              "target_lun10_acl_all.txt")
+    result = adapter(target_params={"DefaultTime2Wait": "0"}).start()
+    params = [argv for kind, argv in host.calls if kind == "target-params"]
+    assert [p[-4:] for p in params] == [["--name", "DefaultTime2Wait", "--value", "0"]]
+    assert host.kinds().index("target-params") == host.kinds().index("new-target") + 1
+    assert "DefaultTime2Wait=0" in result.changes
 
 
 def test_start_fails_when_tgtadm_never_answers(host):

@@ -438,6 +438,23 @@ def test_real_gratuitous_arp_updates_the_neighbour(two_hosts_arping):
     assert a.reap() == 0
 
 
+def test_add_after_an_orderly_release_makes_one_short_probe(net):
+    assert "added" in adapter().add(released_timeout=0.05)
+    assert net.kinds() == ["link", "addrs", "dad", "add"]
+
+
+def test_add_after_an_orderly_release_still_refuses_a_taken_address(net):
+    net.answers["dad"] = (1, fixture("arping_dad_taken.out"), "")
+    with pytest.raises(VipTaken):
+        adapter().add(released_timeout=0.05)
+    assert "add" not in net.kinds()
+
+
+def test_add_with_a_zero_release_window_skips_dad(net):
+    assert "added" in adapter().add(released_timeout=0)
+    assert net.kinds() == ["link", "addrs", "add"]
+
+
 # -- ARP on a raw socket (issue 10: probes that know they went out) -----------------------------
 
 def test_arp_frames_round_trip():

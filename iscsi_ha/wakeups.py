@@ -1,0 +1,321 @@
+"""Event-driven wake-ups for the idle loop, so an idle agent costs (almost) nothing.
+
+- pool.conf and the manual-mode file: inotify (through ctypes; Python 3.6 has no binding) on
+  their directories, since both files are replaced by rename. The loop re-reads them only after
+  an event names one of them (or the watch was lost: then it reads on every wake-up).
+- DRBD 9: one persistent ``drbdsetup events2 all`` child; any line it prints means "look
+  again". If it cannot start or ends, the loop polls as before and the stream is restarted
+  after EVENTS_RETRY seconds.
+- DRBD 8.4: /proc/drbd stays polled, but through a kept-open descriptor and a byte-level key
+  of its state words (``cs: ro: ds:``), so an idle poll parses nothing.
+- a signal wakes the select at once (``signal.set_wakeup_fd``), so SIGTERM stops the agent
+  without waiting for the next poll.
+
+Nothing here can end the daemon: every failure turns the source back into polling.
+"""
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import time
+
+log = logging.getLogger("iscsi-ha")
+
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED, IN_Q_OVERFLOW = 0x400, 0x800, 0x8000, 0x4000
+IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+              | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+_EVENT = struct.Struct("iIII")
+EVENTS_RETRY = 5.0
+_STATE_WORDS = re.compile(rb"(?:cs|ro|ds):\S+")
+
+
+class Inotify(object):
+    """Watches the directories of ``paths``; :meth:`take` says whether one of them changed."""
+
+    def __init__(self, paths, libc=None):
+        self.paths = [os.path.abspath(p) for p in paths if p]
+        self.fd, self.watches, self.dirty = None, {}, True
+        try:
+            self._libc = libc or ctypes.CDLL(ctypes.util.find_library("c") or None,
+                                             use_errno=True)
+            fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1")
+            self.fd = fd
+            self._add_watches()
+        except (OSError, AttributeError) as exc:
+            log.info("wake-ups: no inotify (%s); pool.conf and the manual file are polled", exc)
+            self.close()
+
+    def _add_watches(self):
+        self.watches = {}
+        for directory in sorted(set(os.path.dirname(p) for p in self.paths)):
+            wd = self._libc.inotify_add_watch(self.fd, directory.encode(), WATCH_MASK)
+            if wd < 0:
+                log.info("wake-ups: cannot watch %s (%s); polling it", directory,
+                         os.strerror(ctypes.get_errno()))
+                continue
+            self.watches[wd] = directory
+
+    @property
+    def complete(self):
+        """Every path's directory is watched: reading the files can wait for an event."""
+        if self.fd is None:
+            return False
+        watched = set(self.watches.values())
+        return all(os.path.dirname(p) in watched for p in self.paths)
+
+    def drain(self):
+        """Read pending events; mark dirty when one names a watched file (or a watch broke)."""
+        if self.fd is None:
+            return
+        names = set(os.path.basename(p) for p in self.paths)
+        rebuild = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    self.dirty = True
+                break
+            if not data:
+                break
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].split(
+                    b"\0", 1)[0].decode("utf-8", "replace")
+                offset += _EVENT.size + length
+                if mask & (IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                    self.dirty, rebuild = True, True
+                elif name in names:
+                    self.dirty = True
+        if rebuild:
+            for wd in list(self.watches):
+                self._libc.inotify_rm_watch(self.fd, wd)
+            self._add_watches()
+
+    def take(self):
+        """True when the files must be read again (an event, or no complete watch)."""
+        self.drain()
+        dirty, self.dirty = self.dirty or not self.complete, False
+        return dirty
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd, self.watches = None, {}
+
+
+class DrbdEvents(object):
+    """A persistent ``drbdsetup events2 all``: its output means DRBD changed (DRBD 9)."""
+
+    def __init__(self, drbdsetup_argv, clock=time.monotonic):
+        self.argv = list(drbdsetup_argv) + ["events2", "all"]
+        self.clock = clock
+        self.proc, self.dirty, self.retry_at, self.failures = None, True, 0.0, 0
+
+    @property
+    def fd(self):
+        return self.proc.stdout.fileno() if self.proc is not None else None
+
+    @property
+    def streaming(self):
+        return self.proc is not None
+
+    def ensure(self):
+        """Start the stream when it is not running and its retry time came."""
+        if self.proc is not None or self.clock() < self.retry_at:
+            return
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         close_fds=True)
+        except OSError as exc:
+            self._failed("cannot start %s: %s" % (" ".join(self.argv), exc))
+            return
+        flags = fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self.dirty = True
+
+    def _failed(self, why):
+        self.failures += 1
+        self.retry_at = self.clock() + EVENTS_RETRY
+        self.dirty = True
+        if self.failures == 1 or self.failures % 100 == 0:
+            log.info("wake-ups: DRBD events stream unavailable (%s); polling DRBD", why)
+
+    def drain(self):
+        if self.proc is None:
+            return
+        while True:
+            try:
+                data = os.read(self.proc.stdout.fileno(), 65536)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    return
+                data = b""
+            if not data:
+                code = self._stop()
+                self._failed("%s ended (exit %s)" % (" ".join(self.argv), code))
+                return
+            self.dirty = True
+
+    def take(self):
+        """True when DRBD must be looked at: a line arrived, or there is no stream (poll)."""
+        self.drain()
+        dirty, self.dirty = self.dirty, False
+        return dirty or self.proc is None
+
+    def _stop(self):
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            proc.stdout.close()
+        return proc.returncode
+
+    def close(self):
+        self._stop()
+
+
+class ProcDrbdKey(object):
+    """DRBD 8.4: the state words of /proc/drbd, read through a kept-open descriptor."""
+
+    def __init__(self, path):
+        self.path, self.fd, self.last = path, None, None
+
+    def changed(self):
+        """True when the state words differ from the last call (or cannot be read)."""
+        try:
+            if self.fd is not None and os.fstat(self.fd).st_nlink == 0:
+                self.close()                  # a regular file replaced by rename (the lab)
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            key = b" ".join(_STATE_WORDS.findall(os.read(self.fd, 65536)))
+        except OSError:
+            self.close()
+            key = None
+        changed, self.last = key is None or key != self.last, key
+        return changed
+
+    def close(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = None
+
+
+def for_agent(config, drbd_adapter):
+    """The daemon's :class:`Wakeups` (DRBD version resolved by the adapter, if it can)."""
+    try:
+        version = drbd_adapter.version
+    except Exception:  # DRBD_VERSION=auto with DRBD not loaded yet: poll DRBD
+        version = None
+    return Wakeups(config, version, getattr(drbd_adapter, "drbdsetup", ["drbdsetup"]))
+
+
+class Wakeups(object):
+    """What the idle loop waits on. ``files_changed()`` / ``drbd_changed()`` say whether the
+    watcher must look again; :meth:`wait` sleeps until an event, a signal or ``timeout``."""
+
+    def __init__(self, config, drbd_version, drbdsetup_argv):
+        self.inotify = Inotify([config.POOL_CONF, config.MANUAL_FILE])
+        self.events = DrbdEvents(drbdsetup_argv) if drbd_version == "9" else None
+        self.proc_key = ProcDrbdKey(config.DRBD_PROC) if drbd_version == "8.4" else None
+        self._pipe = os.pipe()
+        for fd in self._pipe:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        self._old_wakeup_fd = None
+
+    @property
+    def files_event_driven(self):
+        return self.inotify.complete
+
+    @property
+    def drbd_event_driven(self):
+        return self.events is not None and self.events.streaming
+
+    def install_signal_wakeup(self):
+        """Signals wake :meth:`wait` at once (main thread only; harmless to skip)."""
+        try:
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._pipe[1])
+        except (ValueError, OSError) as exc:
+            log.debug("wake-ups: no signal wake-up fd: %s", exc)
+
+    def wake(self):
+        try:
+            os.write(self._pipe[1], b"\0")
+        except OSError:
+            pass
+
+    def files_changed(self):
+        return self.inotify.take()
+
+    def drbd_changed(self):
+        """DRBD 9 streaming: whether an event arrived. 8.4: whether the state words changed.
+        Otherwise (stream down, version unknown): True, so the caller polls as before."""
+        if self.events is not None:
+            self.events.ensure()
+            if self.events.streaming:
+                return self.events.take()
+            return True
+        if self.proc_key is not None:
+            return self.proc_key.changed()
+        return True
+
+    def wait(self, timeout):
+        fds = [self._pipe[0]]
+        if self.inotify.fd is not None:
+            fds.append(self.inotify.fd)
+        if self.events is not None and self.events.fd is not None:
+            fds.append(self.events.fd)
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            time.sleep(min(max(0.0, timeout), 0.1))
+            return
+        if self._pipe[0] in ready:
+            try:
+                while os.read(self._pipe[0], 4096):
+                    pass
+            except OSError:
+                pass
+
+    def close(self):
+        if self._old_wakeup_fd is not None:
+            try:
+                signal.set_wakeup_fd(self._old_wakeup_fd)
+            except (ValueError, OSError):
+                pass
+            self._old_wakeup_fd = None
+        self.inotify.close()
+        if self.events is not None:
+            self.events.close()
+        if self.proc_key is not None:
+            self.proc_key.close()
+        for fd in self._pipe:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,77 @@
+"""``drbdsetup events2 all`` of the DRBD double (DRBD 9): the exists dump, then a change line
+when another command changes the state; the agent's DrbdEvents wakes on it."""
+import os
+import subprocess
+import time
+
+from iscsi_ha import wakeups
+from iscsi_ha.lab.drbd_double import World, install_wrappers
+
+
+def _world(tmp_path, version):
+    world = World.create(str(tmp_path / "world"), hosts=("a", "b"),
+                         resources={"iscsi1": {"minor": 1, "size_mb": 8}}, version=version)
+    paths = install_wrappers(str(tmp_path / "bin"), world.directory, "a")
+    return world, dict(zip(("drbdadm", "drbdsetup"), paths))
+
+
+def _read_until(proc, needle, timeout=10.0):
+    """Lines of ``proc`` until one contains ``needle`` (bounded)."""
+    lines, deadline = [], time.monotonic() + timeout
+    os.set_blocking(proc.stdout.fileno(), False)
+    buffer = b""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buffer += chunk
+            lines = buffer.decode().splitlines()
+            if any(needle in line for line in lines):
+                return lines
+        time.sleep(0.02)
+    raise AssertionError("no %r within %.0f s; got %r" % (needle, timeout, lines))
+
+
+def test_events2_dumps_then_streams_changes(tmp_path):
+    world, tools = _world(tmp_path, "9")
+    proc = subprocess.Popen([tools["drbdsetup"], "events2", "all"], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    try:
+        lines = _read_until(proc, "exists -")
+        assert lines[0] == "exists resource name:iscsi1 role:Secondary suspended:no"
+        assert [line.split()[1] for line in lines[:4]] == ["resource", "connection", "device",
+                                                           "peer-device"]
+        subprocess.run([tools["drbdadm"], "primary", "iscsi1"], check=True, timeout=30)
+        lines = _read_until(proc, "change resource name:iscsi1 role:Primary")
+        assert proc.poll() is None            # the stream goes on
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_events2_is_refused_on_84(tmp_path):
+    world, tools = _world(tmp_path, "8.4")
+    proc = subprocess.run([tools["drbdsetup"], "events2", "all"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+    assert proc.returncode != 0
+
+
+def test_agent_stream_wakes_on_a_role_change(tmp_path):
+    world, tools = _world(tmp_path, "9")
+    events = wakeups.DrbdEvents([tools["drbdsetup"]])
+    events.ensure()
+    try:
+        deadline = time.monotonic() + 10
+        while not events.take():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.5)
+        events.take()                          # the dump is consumed
+        assert events.take() is False          # nothing changes: no wake-up
+        subprocess.run([tools["drbdadm"], "primary", "iscsi1"], check=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while not events.take():
+            assert time.monotonic() < deadline, "the role change did not wake the agent"
+            time.sleep(0.02)
+        assert events.streaming
+    finally:
+        events.close()

@@ -1,0 +1,209 @@
+"""Event-driven wake-ups: inotify on the files' directories, the DRBD 9 event stream, the
+DRBD 8.4 state-word key, and the wait that a signal or an event ends early."""
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from iscsi_ha import wakeups
+
+
+def test_inotify_marks_a_rename_over_the_watched_file(tmp_path):
+    pool = tmp_path / "pool.conf"
+    pool.write_text("master")
+    watch = wakeups.Inotify([str(pool)])
+    assert watch.complete
+    assert watch.take() is True          # the first look always reads
+    assert watch.take() is False
+    (tmp_path / "other").write_text("x")  # another file in the directory: no reason to read
+    assert watch.take() is False
+    tmp = tmp_path / "pool.conf.tmp"
+    tmp.write_text("slave:192.0.2.11")
+    os.rename(str(tmp), str(pool))
+    assert watch.take() is True
+    assert watch.take() is False
+    watch.close()
+
+
+def test_inotify_without_a_directory_falls_back_to_reading(tmp_path):
+    watch = wakeups.Inotify([str(tmp_path / "missing" / "manual")])
+    assert not watch.complete
+    assert watch.take() is True and watch.take() is True
+    watch.close()
+
+
+def test_proc_drbd_key_ignores_counters_and_sees_state_words(tmp_path):
+    proc = tmp_path / "drbd"
+    proc.write_text(" 1: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r-----\n"
+                    "    ns:0 nr:0 dw:0\n")
+    key = wakeups.ProcDrbdKey(str(proc))
+    assert key.changed() is True
+    proc.write_text(" 1: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r-----\n"
+                    "    ns:8 nr:0 dw:8\n")
+    assert key.changed() is False
+    new = tmp_path / "drbd.tmp"          # replaced by rename, as the lab's double does
+    new.write_text(" 1: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C r-----\n")
+    os.rename(str(new), str(proc))
+    assert key.changed() is True
+    key.close()
+
+
+STREAM = """import sys, time
+print("exists resource name:r0 role:Secondary", flush=True)
+print("exists -", flush=True)
+time.sleep(float(sys.argv[1]))
+print("change resource name:r0 role:Primary", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _stream(tmp_path, first, then):
+    script = tmp_path / "events.py"
+    script.write_text(STREAM)
+    return wakeups.DrbdEvents([sys.executable, str(script), str(first), str(then)])
+
+
+def test_drbd_events_stream_wakes_on_each_line(tmp_path):
+    events = _stream(tmp_path, 0.3, 5)
+    events.ensure()
+    try:
+        assert events.streaming
+        deadline = time.monotonic() + 5
+        while events.take() is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        events.take()                       # the exists lines are consumed
+        assert events.take() is False
+        deadline = time.monotonic() + 5
+        while not events.take():
+            assert time.monotonic() < deadline, "the change line never woke us"
+            time.sleep(0.02)
+    finally:
+        events.close()
+    assert not events.streaming
+
+
+def test_drbd_events_stream_that_ends_falls_back_to_polling(tmp_path):
+    events = _stream(tmp_path, 0, 0)
+    events.ensure()
+    deadline = time.monotonic() + 5
+    while events.streaming and time.monotonic() < deadline:
+        events.take()
+        time.sleep(0.02)
+    assert not events.streaming and events.failures == 1
+    assert events.take() is True            # polling: always look
+    events.ensure()                         # not restarted before EVENTS_RETRY
+    assert not events.streaming
+
+
+def test_drbd_events_that_cannot_start_poll(tmp_path):
+    events = wakeups.DrbdEvents([str(tmp_path / "no-such-drbdsetup")])
+    events.ensure()
+    assert not events.streaming and events.take() is True
+
+
+class _Config(object):
+    def __init__(self, tmp_path):
+        self.POOL_CONF = str(tmp_path / "pool.conf")
+        self.MANUAL_FILE = str(tmp_path / "manual")
+        self.DRBD_PROC = str(tmp_path / "proc_drbd")
+
+
+def test_wait_ends_early_on_a_file_event(tmp_path):
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    try:
+        w.files_changed()
+        timer = threading.Timer(0.2, lambda: (tmp_path / "pool.conf").write_text("master"))
+        timer.start()
+        started = time.monotonic()
+        w.wait(5.0)
+        assert time.monotonic() - started < 2.0
+        assert w.files_changed() is True
+        timer.join()
+    finally:
+        w.close()
+
+
+def test_wait_ends_early_on_wake(tmp_path):
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    try:
+        threading.Timer(0.1, w.wake).start()
+        started = time.monotonic()
+        w.wait(5.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        w.close()
+
+
+def test_unknown_drbd_version_polls(tmp_path):
+    w = wakeups.Wakeups(_Config(tmp_path), None, ["drbdsetup"])
+    try:
+        assert w.drbd_changed() is True and w.drbd_changed() is True
+        assert not w.drbd_event_driven
+    finally:
+        w.close()
+
+
+class _FakeWakeups(object):
+    files_event_driven = True
+
+    def __init__(self, streaming):
+        self.drbd_event_driven = streaming
+        self.pending = False
+
+    def files_changed(self):
+        return False
+
+    def drbd_changed(self):
+        pending, self.pending = self.pending, False
+        return pending
+
+
+def _watcher(wakeups, fingerprints):
+    from iscsi_ha.loop import Watcher
+
+    class Drbd(object):
+        def fingerprint(self):
+            fingerprints.append(1)
+            return "same"
+
+    class Target(object):
+        def liveness(self):
+            return ()
+
+    class Agent(object):
+        pass
+    agent = Agent()
+    agent.config = type("C", (), {"POOL_CONF": "/nonexistent/pool.conf",
+                                  "MANUAL_FILE": "/nonexistent/manual",
+                                  "DRBD_POLL_INTERVAL": 0.2})
+    agent.adapters = Agent()
+    agent.adapters.drbd, agent.adapters.target = Drbd(), Target()
+    return Watcher(agent, wakeups=wakeups)
+
+
+def test_event_stream_wakes_without_a_fingerprint_command():
+    fingerprints = []
+    fake = _FakeWakeups(streaming=True)
+    watcher = _watcher(fake, fingerprints)
+    watcher.remember()
+    watcher.remember_target()
+    assert watcher.changed() is None
+    fake.pending = True
+    assert watcher.changed() == "drbd"
+    assert watcher.changed() is None
+    assert fingerprints == []            # no `drbdsetup status` forked for a wake-up
+
+
+def test_without_a_stream_the_fingerprint_decides():
+    fingerprints = []
+    fake = _FakeWakeups(streaming=False)
+    watcher = _watcher(fake, fingerprints)
+    watcher.remember()
+    watcher.remember_target()
+    fake.pending = True                  # the state words moved, the fingerprint did not
+    watcher.drbd_checked = float("-inf")
+    assert watcher.changed() is None
+    assert len(fingerprints) == 2        # remember() and the check
