@@ -63,7 +63,9 @@ class MediatorClient(object):
         self.pool = pool
         self.node = node
         self.timeout = float(timeout)
+        self.files = (ca, cert, key)
         self.ctx = client_context(ca, cert, key)
+        self._stamp = self._files_stamp()
         self.index = 0
         self._sock = None
         self._buf = b""
@@ -88,7 +90,21 @@ class MediatorClient(object):
         self.close()
         self.index = (self.index + 1) % len(self.addresses)
 
+    def _files_stamp(self):
+        try:
+            return tuple(os.stat(p).st_mtime for p in self.files)
+        except OSError:
+            return None
+
     def _connect(self, deadline):
+        stamp = self._files_stamp()
+        if stamp is not None and stamp != self._stamp:
+            # credential re-enrolled (rotation): use the new one from this connection on
+            try:
+                self.ctx = client_context(*self.files)
+                self._stamp = stamp
+            except (ssl.SSLError, OSError, IOError):
+                pass   # half-written or bad: keep the old one, try again next time
         host, port = self.addresses[self.index]
         left = max(0.05, deadline - time.monotonic())
         raw = socket.create_connection((host, port), timeout=left)
@@ -284,7 +300,25 @@ class WitnessMonitor(object):
             self._stop.wait(max(0.05, self.interval - (self.clock() - started)))
 
     # -- one heartbeat ---------------------------------------------------------------------
+    def _reload_if_reset(self):
+        """``iscsi-cfg mediator reset`` rewrote the state file: take its baseline."""
+        try:
+            mtime = os.stat(self.state_file).st_mtime
+        except OSError:
+            return
+        if getattr(self, "_state_mtime", None) is None:
+            self._state_mtime = mtime
+            return
+        if mtime != self._state_mtime:
+            self._state_mtime = mtime
+            saved = read_json(self.state_file)
+            with self._lock:
+                if not saved.get("rolled_back") and self._rolled_back:
+                    self._rolled_back = ""
+                    self._max_gen = int(saved.get("max_gen") or 0)
+
     def beat(self):
+        self._reload_if_reset()
         try:
             drbd = self.report() or {}
         except Exception:
@@ -337,6 +371,7 @@ class WitnessMonitor(object):
         try:
             persist_json(self.state_file, {"max_gen": self._max_gen,
                                            "rolled_back": self._rolled_back})
+            self._state_mtime = os.stat(self.state_file).st_mtime
         except (OSError, IOError) as exc:
             with self._lock:
                 self._error = "cannot save %s: %s" % (self.state_file, exc)

@@ -4,7 +4,8 @@ import argparse
 from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
-         "become-primary", "become-secondary", "switchover", "split-brain", "version")
+         "become-primary", "become-secondary", "switchover", "split-brain", "mediator",
+         "version")
 
 
 class UsageError(Exception):
@@ -128,5 +129,17 @@ def build():
     p.add_argument("--clear", action="store_true",
                    help="remove stale split-brain flags of a resource that is connected and "
                         "UpToDate on both sides")
+    p = _add(sub, common, "mediator", "the third-site witness: enroll, status, test, reset",
+             "enroll BUNDLE installs this host's mediator credential and sets MEDIATOR, "
+             "MEDIATOR_POOL, MEDIATOR_NODE; status shows the agent's view of the witness; test "
+             "asks each mediator address live; reset accepts a rolled-back mediator's "
+             "generation after an admin check.")
+    p.add_argument("action", choices=["enroll", "status", "test", "reset"])
+    p.add_argument("bundle", nargs="?", metavar="BUNDLE", help="enroll: the credential file")
+    p.add_argument("--address", action="append", metavar="HOST[:PORT]",
+                   help="enroll: mediator address (repeat; default: the bundle's)")
+    p.add_argument("--no-test", action="store_true", help="enroll: do not contact the mediator")
+    p.add_argument("--json", action="store_true", help="status: the witness section as JSON")
+    p.add_argument("--yes", action="store_true", help="reset: confirm")
     _add(sub, common, "version", "print the version")
     return parser
