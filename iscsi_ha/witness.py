@@ -623,3 +623,38 @@ class BrokenWitness(object):
                             status={"configured": True, "reachable": False,
                                     "error": reason, "auto_failover": False,
                                     "auto_failover_reason": reason})
+
+
+def fence_peer_from_config(config):
+    """For the DRBD fence-peer handler (a separate process DRBD runs): ask the mediator to
+    outdate the peer. Returns (exit code, one-line reason): 4 peer outdated, 3 already outdated,
+    6 this host was deposed (outdate yourself; the agent demotes), 1 no usable answer (DRBD
+    keeps I/O frozen). None when no mediator is configured (MEDIATOR empty). Bounded by
+    MEDIATOR_TIMEOUT per address."""
+    if not config.MEDIATOR:
+        return None
+    try:
+        monitor = from_config(config)
+    except MediatorError as exc:
+        return 1, str(exc)
+    client = monitor.client
+    try:
+        for _ in range(len(client.addresses)):
+            try:
+                answer = client.call("fence-peer", gen=monitor.state().max_gen or None)
+            except MediatorError as exc:
+                reason = str(exc)
+                continue
+            code = answer.get("exit")
+            if code in (3, 4, 6):
+                gen = answer.get("gen")
+                if isinstance(gen, int) and gen > monitor.state().max_gen:
+                    monitor._max_gen = gen                  # remember the generation
+                    monitor._save()
+                return code, answer.get("reason") or answer.get("result") or ""
+            reason = "mediator answered %s: %s" % (answer.get("result"), answer.get("reason"))
+            if answer.get("result") == "observer":
+                return 1, reason
+        return 1, reason
+    finally:
+        client.close()

@@ -193,6 +193,10 @@ class Mediator(object):
         peers = self._peers(rec, node)
         peer = peers[0] if peers else None
         page = self._age(pool, peer, now) if peer else None
+        elsewhere = getattr(self.store, "heard_elsewhere", None)   # multi-instance backends
+        if peer and elsewhere is not None and (page is None or page >= lease) and \
+                elsewhere(pool, peer):
+            page = 0.0
         ok, reason = self.can_grant(rec)
         grace = max(0.0, self.started + lease + self.store.margin - now) \
             if hasattr(self.store, "margin") else 0.0

@@ -238,3 +238,35 @@ def test_from_config_missing_credential_one_line(tmp_path):
         from_config(cfg)
     assert "iscsi-cfg mediator enroll" in str(err.value) and "\n" not in str(err.value)
     assert from_config(config_mod.loads("SYSLOG_SOCKET=\n", "t.conf")) is None
+
+
+def test_fence_peer_handler_exit_codes(med, tmp_path):
+    from iscsi_ha.witness import fence_peer_from_config
+    med.admin(op="pool-add", pool="p1", nodes=["a", "b"])
+    creds = {n: med.enroll(tmp_path, "p1", n) for n in ("a", "b")}
+    a = med.client(creds["a"], "p1", "a")
+    b = med.client(creds["b"], "p1", "b")
+    gen = sync_pool(med, a, b)
+
+    def host_config(node, port):
+        d = tmp_path / ("host-" + node)
+        (d / "mediator").mkdir(parents=True, exist_ok=True)
+        for name in ("ca.pem", "cert.pem", "key.pem"):
+            shutil.copy(os.path.join(creds[node], name), str(d / "mediator" / name))
+        return config_mod.loads("MEDIATOR=127.0.0.1:%d\nMEDIATOR_POOL=p1\nMEDIATOR_NODE=%s\n"
+                                "STATE_DIR=%s\nSYSLOG_SOCKET=\nMEDIATOR_TIMEOUT=1\n"
+                                % (port, node, d), "t.conf")
+    assert fence_peer_from_config(config_mod.loads("SYSLOG_SOCKET=\n", "t.conf")) is None
+    code, _ = fence_peer_from_config(host_config("a", med.port))
+    assert code == 4 and med.server.store.read("p1")[0]["outdated"] == ["b"]
+    assert json.load(open(str(tmp_path / "host-a" / "mediator" / "state.json")))[
+        "max_gen"] == gen + 1
+    assert fence_peer_from_config(host_config("a", med.port))[0] == 3
+    code, reason = fence_peer_from_config(host_config("b", med.port))
+    assert code == 6 and "a is primary" in reason
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    code, reason = fence_peer_from_config(host_config("a", dead))
+    assert code == 1 and "refused" in reason.lower()
