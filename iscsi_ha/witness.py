@@ -587,11 +587,14 @@ class AgentWitness(WitnessMonitor):
                 reason = "no grant yet (asking the mediator)"
         deposed = bool(st.reachable and a.get("primary") and a.get("primary") !=
                        self.client.node and self.client.node in (a.get("outdated") or []))
+        peer = a.get("peer")
+        peer_outdated = bool(st.reachable and a.get("primary") == self.client.node and peer
+                             and peer in (a.get("outdated") or []))
         status = st.as_dict()
         status.update(granted=granted, reason=reason, node=self.client.node,
-                      pool=self.client.pool)
+                      pool=self.client.pool, peer_outdated=peer_outdated)
         return WitnessGrant(granted=granted, reason=reason, deposed=deposed,
-                            failover_allowed=ok, status=status)
+                            failover_allowed=ok, peer_outdated=peer_outdated, status=status)
 
 
 class BrokenWitness(object):

@@ -270,3 +270,49 @@ def test_fence_peer_handler_exit_codes(med, tmp_path):
         dead = s.getsockname()[1]
     code, reason = fence_peer_from_config(host_config("a", dead))
     assert code == 1 and "refused" in reason.lower()
+
+
+class StubWitness(object):
+    def __init__(self, grant):
+        self.grant = grant
+
+    def set_report(self, report):
+        self.report = report
+
+    def observation(self):
+        return self.grant
+
+    def want_promote(self):
+        pass
+
+
+def test_agent_heals_split_brain_as_victim_then_clears_flag(tmp_path, mocker):
+    from iscsi_ha.splitbrain_report import read_flag, write_flag
+    cfg = agent_config(tmp_path, "a")
+    os.makedirs(cfg.STATE_DIR, exist_ok=True)
+    write_flag(cfg.STATE_DIR, "iscsi1", reason="split brain detected by DRBD")
+    adapters = mocker.Mock()
+    standalone = DrbdState("iscsi1", "1", "Primary", "Unknown", "StandAlone", "UpToDate",
+                           "DUnknown")
+    adapters.drbd.observe.return_value = {"iscsi1": standalone}
+    adapters.drbd.generations.return_value = Gi(UUID, "0", ())
+    adapters.target.observe.return_value = FakeTarget()
+    adapters.vip.observe.return_value = FakeVip()
+    calls = []
+    adapters.drbd.disconnect.side_effect = lambda r: calls.append("disconnect")
+    adapters.drbd.demote.side_effect = lambda r: calls.append("demote")
+    adapters.drbd.connect.side_effect = lambda r, discard_my_data=False: calls.append(
+        "connect --discard-my-data" if discard_my_data else "connect")
+    w = StubWitness(model.WitnessGrant(False, "b is primary at generation 5", deposed=True))
+    agent = Agent(cfg, adapters, witness=w)
+    record = agent.run_cycle()
+    assert [r.action.describe() for r in record.results][-1] == \
+        "heal split brain of iscsi1 as victim"
+    assert all(r.ok for r in record.results), [r.detail for r in record.results]
+    assert calls == ["demote", "connect --discard-my-data"]
+    assert read_flag(cfg.STATE_DIR, "iscsi1") is not None      # held until in sync
+    adapters.drbd.observe.return_value = {"iscsi1": DrbdState(
+        "iscsi1", "1", "Secondary", "Primary", "Connected", "UpToDate", "UpToDate")}
+    record = agent.run_cycle()
+    assert [r.action.describe() for r in record.results] == ["clear split-brain flag of iscsi1"]
+    assert read_flag(cfg.STATE_DIR, "iscsi1") is None
