@@ -316,3 +316,32 @@ def test_agent_heals_split_brain_as_victim_then_clears_flag(tmp_path, mocker):
     record = agent.run_cycle()
     assert [r.action.describe() for r in record.results] == ["clear split-brain flag of iscsi1"]
     assert read_flag(cfg.STATE_DIR, "iscsi1") is None
+
+
+PY36 = "/root/.pyenv/versions/3.6.15/bin/python3.6"
+
+
+@pytest.mark.skipif(not os.path.exists(PY36), reason="needs Python 3.6 (dom0's version)")
+def test_client_runs_on_python_36(med, tmp_path):
+    """The agent-side client under dom0's Python 3.6 against the real mediator over TLS."""
+    import subprocess
+    med.admin(op="pool-add", pool="p1", nodes=["a", "b"])
+    cred = med.enroll(tmp_path, "p1", "a")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = (
+        "import json, sys\n"
+        "from iscsi_ha.witness import AgentWitness, MediatorClient\n"
+        "c = MediatorClient([('127.0.0.1', %d)], '%s/ca.pem', '%s/cert.pem', '%s/key.pem', "
+        "'p1', 'a', timeout=5)\n"
+        "w = AgentWitness(c, '%s/st.json', '%s/grant.json')\n"
+        "w.set_report({'role': 'Primary', 'disk': 'UpToDate'})\n"
+        "a = w.beat()\n"
+        "print(json.dumps({'gen': a['gen'], 'tls': c._sock.version(), "
+        "'fence': w.fence_peer()[0]}))\n" % (med.port, cred, cred, cred, tmp_path, tmp_path))
+    proc = subprocess.run([PY36, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60, cwd=root,
+                          env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["gen"] == 1 and out["tls"] in ("TLSv1.2", "TLSv1.3")
+    assert out["fence"] == 4      # no primary recorded yet: a (DRBD Primary) outdates b
