@@ -5,7 +5,7 @@ from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
          "become-primary", "become-secondary", "switchover", "split-brain", "test-alert",
-         "mediator",
+         "mediator", "support-bundle",
          "version")
 
 
@@ -149,5 +149,11 @@ def build():
     p.add_argument("--no-test", action="store_true", help="enroll: do not contact the mediator")
     p.add_argument("--json", action="store_true", help="status: the witness section as JSON")
     p.add_argument("--yes", action="store_true", help="reset: confirm")
+    p = _add(sub, common, "support-bundle", "collect config, status, logs and versions",
+             "Write one archive (mode 0600) with the configuration (secrets masked), the "
+             "agent's status (with the witness section), the end of its log file, the "
+             "mediator client's local state, and versions; never a private key.")
+    p.add_argument("-o", "--output", metavar="FILE", help="archive path (default: "
+                   "./iscsi-ha-support-HOST-TIME.tar.gz)")
     _add(sub, common, "version", "print the version")
     return parser

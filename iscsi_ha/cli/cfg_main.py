@@ -174,6 +174,11 @@ def cmd_test_alert(ctx, args):
     return testalert_cmd.test_alert(ctx, want_email=args.email, want_xapi=args.xapi)
 
 
+def cmd_support_bundle(ctx, args):
+    from iscsi_ha.cli import bundle_cmd
+    return bundle_cmd.support_bundle(ctx, args.output)
+
+
 def cmd_mediator(ctx, args):
     from iscsi_ha.cli import mediator_cmd
     if args.action == "enroll":
@@ -192,7 +197,8 @@ VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_chec
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
          "switchover": cmd_switchover, "split-brain": cmd_split_brain,
-         "test-alert": cmd_test_alert, "mediator": cmd_mediator}
+         "test-alert": cmd_test_alert, "mediator": cmd_mediator,
+         "support-bundle": cmd_support_bundle}
 
 
 def _say_stdout(text):

@@ -28,6 +28,7 @@ INVOCATIONS = [
     ["test-alert"], ["test-alert", "--email"], ["test-alert", "--xapi"],
     ["mediator", "status"], ["mediator", "test"], ["mediator", "reset"],
     ["mediator", "enroll"], ["mediator", "enroll", "/nonexistent/bundle.json"],
+    ["support-bundle", "-o", "/nonexistent/dir/x.tgz"],
 ]
 
 

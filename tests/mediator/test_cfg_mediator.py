@@ -85,3 +85,23 @@ def test_reset_after_rollback(med, tmp_path, host, capsys):
     code, out, _ = run(capsys, "mediator", "reset", "--yes", "--config", host)
     assert code == 0 and json.loads((d / "state.json").read_text()) == {
         "max_gen": 1, "rolled_back": ""}
+
+
+def test_support_bundle_masks_secrets_and_has_no_key(med, tmp_path, host, capsys):
+    import tarfile
+    med.admin(op="pool-add", pool="p1", nodes=["a", "b"])
+    assert run(capsys, "mediator", "enroll", bundle_file(med, tmp_path, "p1", "a"),
+               "--config", host)[0] == 0
+    with open(host, "a") as handle:
+        handle.write("SMTP_PASS=hunter2\nXAPI_PASSWORD=s3cret\n")
+    out = str(tmp_path / "b.tgz")
+    code, text, err = run(capsys, "support-bundle", "-o", out, "--config", host)
+    assert code == 0, err
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    with tarfile.open(out) as tar:
+        blobs = {os.path.basename(m.name): tar.extractfile(m).read() for m in tar.getmembers()}
+    assert b"SMTP_PASS=***" in blobs["iscsi-ha.conf"] and b"hunter2" not in blobs["iscsi-ha.conf"]
+    assert b"s3cret" not in b"".join(blobs.values())
+    assert b"PRIVATE KEY" not in b"".join(blobs.values())
+    assert b"BEGIN CERTIFICATE" in blobs["mediator-cert.pem"]
+    assert {"status.json", "versions.txt", "mediator-state.json"} <= set(blobs)
