@@ -227,7 +227,8 @@ class Mediator(object):
         if not self.store.available:
             answer["can_grant"], answer["cannot_grant_reason"] = self.can_grant(rec)[0], \
                 self.can_grant(rec)[1]
-        if rep is not None and rep.uuid is not None and rep.uuid == base[4]:
+        if rep is not None and rep.uuid is not None and rep.uuid == base[4] and \
+                (rep.role == "Primary") == (node == base[3]):
             return answer                   # settled: nothing the reports could change
         lock = self._locks.get(pool)
         if lock is None or not lock.locked():
@@ -289,9 +290,11 @@ class Mediator(object):
             uuid = next(iter(reps.values())).uuid
             primaries = [n for n, r in reps.items() if r.role == "Primary"]
             new = dict(rec)
-            if new.get("primary") is None and len(primaries) == 1:
+            if len(primaries) == 1:
+                # connected and in sync, one Primary: it serves current data (a planned
+                # switchover over the live link moves the role without asking the mediator)
                 new["primary"] = primaries[0]
-            if new.get("primary") is not None and new["primary"] not in primaries:
+            elif new.get("primary") is not None and new["primary"] not in primaries:
                 return None   # the recorded primary is not serving: no golden mark now
             new["eligible"] = sorted(nodes)
             new["outdated"] = []
