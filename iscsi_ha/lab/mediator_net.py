@@ -8,8 +8,9 @@ Topology (names start with the caller's prefix; only 198.51.100.64/27 is used)::
 
 so the path from each host to the mediator fails independently of the replication link and of
 the pool's management network. Fault verbs: ``cut(host)`` / ``restore(host)`` (the mediator's
-end of that host's link down/up), ``slow(host, ms)`` (netem delay on it), ``stop()`` /
-``start()`` the mediator process (same state: a restart).
+end of that host's link down/up), ``stall(seconds)`` (the mediator process stopped with SIGSTOP
+for that long: a slow or hung mediator), ``slow(host, ms)`` (netem delay on one path; needs the
+kernel's sch_netem), ``stop()`` / ``start()`` the mediator process (same state: a restart).
 
 ``python -m iscsi_ha.lab.mediator_net call CRED_DIR ADDR POOL NODE OP [JSON]`` is what a test
 runs inside a host namespace: one request with the agent's own client, the answer as JSON.
@@ -90,6 +91,7 @@ class MediatorNet(object):
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except OSError:
                 pass
@@ -135,6 +137,16 @@ class MediatorNet(object):
     def restore(self, host):
         netns.set_link(self.ns["m"], "host-" + host, True)
         self.unslow(host)
+
+    def stall(self, seconds):
+        """Freeze the mediator for ``seconds`` (SIGSTOP now, SIGCONT from a timer thread)."""
+        import threading
+        pgid = self.proc.pid
+        os.killpg(pgid, signal.SIGSTOP)
+        timer = threading.Timer(seconds, lambda: os.killpg(pgid, signal.SIGCONT))
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def slow(self, host, ms):
         """Delay everything the mediator sends to ``host`` by ``ms`` (netem)."""
