@@ -18,7 +18,6 @@ setup(
         "XenAPI",
         "psutil",
         "jinja2",
-        "configobj",
         "rich",
         'dataclasses; python_version < "3.7"',
     ],

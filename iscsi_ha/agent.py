@@ -14,6 +14,7 @@ from iscsi_ha import model, status
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
+from iscsi_ha.faults import Faults
 from iscsi_ha.model import (ActionResult, AddFloatingIp, AnnounceFloatingIp, DemoteDrbd,
                             HealSplitBrain, PassRecord, PromoteDrbd, RemoveFloatingIp,
                             StartTarget, StopTarget)
@@ -35,6 +36,11 @@ class Agent(object):
         self.last_actions = []
         self.last_reason = None
         self.alerts = None            # iscsi_ha.alerts.StatusAlerts, set by the daemon
+        self.faults = Faults()        # errors survived (hooks, alerts, status writes)
+        self.hung_passes = 0          # passes that outlived their budget (the loop counts)
+        self.unserved_since = None    # (wall, monotonic) when this host began not to serve
+        self.lock_problem = ""        # the pass lock had to leave STATE_DIR (set by the loop)
+        self.state_problem = ""       # what the last pass could not write, for the log
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self):
@@ -52,7 +58,7 @@ class Agent(object):
             drbd=drbd,
             drbd_error=drbd_error,
             target=observe_target(self.adapters.target),
-            vip=observe_vip(self.adapters.vip),
+            vip=observe_vip(self.adapters.vip, config.VIP_CHECK_INTERVAL),
             split_brain=self._split_brain_flags(),
             witness=witness,
             resources=tuple(config.DRBD_RESOURCES),
@@ -172,27 +178,81 @@ class Agent(object):
         decision = decide(observation)
         self._ask_witness(observation, decision)
         results = self.apply(decision.actions)
-        self.adapters.reap()
+        self.faults.guard("reap", self.adapters.reap)
         record = PassRecord(started, observation, decision, results,
                             time.monotonic() - clock)
+        record.service = self.service_state(decision, results)
         self.passes += 1
-        try:
-            self.publish(record, trigger)
-        except (IOError, OSError) as exc:    # disk full, read-only: the pass still counts
-            log.error("cannot publish the status to %s: %s", self.config.STATUS_FILE, exc)
-        self._log_sentence(record, trigger)
+        # Disk full, read-only, a broken alert rule: the pass still counts and the daemon lives.
+        self.faults.guard("status publish", self.publish, record, trigger)
+        self.faults.guard("pass log line", self._log_sentence, record, trigger)
         return record
+
+    def service_state(self, decision, results):
+        """Whether this host should serve and does not, and whether that is "blocked": at once
+        for a refusal, after SERVICE_BLOCKED_AFTER seconds for a wait or a plan that keeps
+        failing. The status's health, the service-blocked alert and the CLI read this."""
+        state = {"must_serve": decision.must_serve, "unserved": decision.unserved,
+                 "since": None, "for_s": 0.0, "blocked": False,
+                 "blockers": [b.to_dict() for b in decision.blockers]}
+        if not decision.unserved:
+            self.unserved_since = None
+            return state
+        if self.unserved_since is None:
+            self.unserved_since = (time.time(), time.monotonic())
+        elapsed = time.monotonic() - self.unserved_since[1]
+        late = elapsed >= self.config.SERVICE_BLOCKED_AFTER
+        state["since"] = self.unserved_since[0]
+        state["for_s"] = round(elapsed, 3)
+        state["blocked"] = decision.refused or late
+        if late and not decision.blockers:
+            failed = ["%s failed: %s" % (r.action.describe(), r.detail) for r in results
+                      if not r.ok and not r.skipped]
+            blocker = model.Blocker(model.BlockerKind.NOT_SERVING, "", "not serving after "
+                                    "%.0f s of %s%s" % (elapsed, decision.verdict.value,
+                                                        "; " + "; ".join(failed) if failed
+                                                        else ""))
+            state["blockers"] = [blocker.to_dict()]
+        return state
 
     def publish(self, record, trigger):
         if record.results and not self.dry_run:
             self.last_actions = status.results_to_list(record.results, record.started)
         document = status.build(record, self.config, self.passes, self.started, trigger,
                                 self.last_actions)
+        document["faults"] = self.faults.snapshot()
+        document["hung_passes"] = self.hung_passes
+        if self.lock_problem:
+            status.mark_state_problem(document, self.config.STATE_DIR, self.lock_problem)
         if not self.dry_run:
-            status.write(self.config.STATUS_FILE, document)
-            if self.alerts is not None:
-                self.alerts.observe(document)        # queues only: never blocks the pass
+            self._write_status(document)
+            if self.alerts is not None:      # queues only: never blocks the pass
+                self.faults.guard("alerts", self.alerts.observe, document)
         return document
+
+    def _write_status(self, document):
+        """Write the status; when that fails (read-only or full state directory) the document
+        says so (health failed, for the alerts), a copy goes to LOCK_FALLBACK_DIR, and the log
+        (syslog) says it once per new problem."""
+        path = self.config.STATUS_FILE
+        try:
+            status.write(path, document)
+        except Exception as exc:
+            self.faults.record("status write %s" % path, exc)
+            status.mark_state_problem(document, self.config.STATE_DIR, "cannot write the "
+                                      "status %s: %s" % (path, getattr(exc, "strerror", None)
+                                                         or exc))
+            fallback = os.path.join(self.config.LOCK_FALLBACK_DIR, "status")
+            if os.path.abspath(fallback) != os.path.abspath(path):
+                self.faults.guard("status write %s" % fallback, status.write, fallback,
+                                  document)
+        problem = (document.get("state_dir") or {}).get("error", "")
+        if problem and problem != self.state_problem:
+            log.error("state directory %s cannot be used: %s; passes go on, health is failed",
+                      self.config.STATE_DIR, problem)
+        elif self.state_problem and not problem:
+            log.warning("state directory %s usable again", self.config.STATE_DIR)
+        self.state_problem = problem
 
     def _log_sentence(self, record, trigger):
         sentence = "pass %d (%s, %.3f s): saw %s; %s%s" % (
@@ -240,22 +300,57 @@ class PassLockBusy(Exception):
     """Another process (an iscsi-cfg command, a second agent) holds the pass lock."""
 
 
+def lock_paths(config):
+    """(STATE_DIR/lock, LOCK_FALLBACK_DIR/lock): the pass lock and where it goes when the state
+    directory cannot hold it. The agent and iscsi-cfg choose between them the same way
+    (:func:`open_lock`), so they always lock the same file."""
+    return (os.path.join(config.STATE_DIR, "lock"),
+            os.path.join(config.LOCK_FALLBACK_DIR, "lock"))
+
+
+def _open_one(path):
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    try:
+        return open(path, "a")
+    except (IOError, OSError):
+        if os.path.isfile(path):     # read-only file system: flock works on a read-only handle
+            return open(path, "r")
+        raise
+
+
+def open_lock(path, fallback=None):
+    """(handle, path used, problem or ''): ``path`` if it can be opened, else ``fallback``; the
+    problem names the directory and the error, for the status and the alerts."""
+    try:
+        return _open_one(path), path, ""
+    except (IOError, OSError) as exc:
+        if not fallback:
+            raise
+        problem = "cannot use the pass lock %s: %s" % (path, exc.strerror or exc)
+    handle = _open_one(fallback)
+    return handle, fallback, problem + "; using %s" % fallback
+
+
 class PassLock(object):
     """An exclusive lock (STATE_DIR/lock) held for a whole pass; the CLI takes it to switch
     manual mode, so no pass can act on a role the admin has just changed. With ``timeout``
-    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time."""
+    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time. With
+    ``fallback``, a lock file that cannot be opened (read-only or full state directory) is
+    replaced by ``fallback``; ``problem`` then says why."""
 
-    def __init__(self, path, timeout=None, poll=0.05):
+    def __init__(self, path, timeout=None, poll=0.05, fallback=None):
         self.path = path
+        self.fallback = fallback
         self.timeout = timeout
         self.poll = poll
         self.handle = None
+        self.used = None
+        self.problem = ""
 
     def __enter__(self):
-        directory = os.path.dirname(self.path)
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        self.handle = open(self.path, "a")
+        self.handle, self.used, self.problem = open_lock(self.path, self.fallback)
         if self.timeout is None:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
             return self
@@ -268,7 +363,7 @@ class PassLock(object):
                 if time.monotonic() >= deadline:
                     self.handle.close()
                     self.handle = None
-                    raise PassLockBusy("%s is held by another process" % self.path)
+                    raise PassLockBusy("%s is held by another process" % self.used)
                 time.sleep(self.poll)
 
     def __exit__(self, *exc):

@@ -96,6 +96,10 @@ WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = socket_path(default='/dev/log')
+SERVICE_BLOCKED_AFTER = seconds(min=0, max=86400, default=30)
+LOCK_FALLBACK_DIR = path(default='/run/iscsi-ha')
+ARP_METHOD = choice('packet', 'arping', default='packet')
+VIP_CHECK_INTERVAL = seconds(min=0.5, max=3600, default=10)
 MEDIATOR = mediator_addresses(default='')
 MEDIATOR_POOL = mediator_name(default='')
 MEDIATOR_NODE = mediator_name(default='')
@@ -140,7 +144,7 @@ class ConfigError(Exception):
 def format_problem(problem):
     key, line, value, message = problem
     where = "line %d" % line if line else "default"
-    return "  %s (%s): %r: %s" % (key, where, value, message)
+    return "  - %s (%s): %r: %s" % (key, where, value, message)
 
 
 def _check(pattern_ok, value, expected):

@@ -6,28 +6,50 @@ the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
 from iscsi_ha import model
 from iscsi_ha.drbd import LINK_UP_STATES
-from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Decision, DemoteDrbd,
-                            HealSplitBrain, PromoteDrbd, RemoveFloatingIp, StartTarget,
-                            StopTarget)
+from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Blocker, BlockerKind, Decision,
+                            DemoteDrbd, HealSplitBrain, PromoteDrbd, RemoveFloatingIp,
+                            StartTarget, StopTarget, Verdict)
 
 PRIMARY_WORD = "Primary"
 UP_TO_DATE = "UpToDate"
 
 
 def decide(obs):
-    """Return the :class:`Decision` for one observation."""
+    """Return the :class:`Decision` (the plan, with its verdict and blockers) for one
+    observation."""
+    plan = _decide(obs)
+    serving = (not obs.drbd_error and all(r in obs.drbd for r in obs.resources)
+               and _serving_here(obs) and not obs.vip.trouble and not obs.vip.conflict)
+    return _with_must_serve(plan, must_serve(obs), serving)
+
+
+def _decide(obs):
     healing = _witness_heals(obs)
     if healing is not None:
         return healing
-    problem = _unreadable(obs)
-    if problem:
-        return _hold_unreadable(obs, problem)
+    blockers = _unreadable(obs)
+    if blockers:
+        return _hold_unreadable(obs, blockers)
     desired, why = desired_role(obs)
     if desired is None:
         return _hold(obs, why)
     if desired == model.PRIMARY:
         return _plan_primary(obs, why)
     return _plan_secondary(obs, why)
+
+
+def _with_must_serve(plan, value, serving=False):
+    return Decision(plan.actions, plan.reason, plan.desired, plan.healthy, plan.verdict,
+                    plan.blockers, value, serving)
+
+
+def must_serve(obs):
+    """Should this host be serving: it is pool master (whatever manual mode says, unless it
+    pins the host secondary while the peer serves: see the pinned-secondary blocker), or manual
+    mode chose primary."""
+    if obs.manual == model.MANUAL_PRIMARY and not obs.manual_error:
+        return True
+    return obs.pool.role == model.MASTER
 
 
 def desired_role(obs):
@@ -81,23 +103,33 @@ def _witness_heals(obs):
             return None
     if not actions:
         return Decision((), "waiting: split brain being healed as the witness decided "
-                        "(resync running)", healthy=False)
+                        "(resync running)", healthy=False, verdict=Verdict.WAITING)
     if any(a.role == "victim" for a in actions):
         actions = list(_cleanup(obs)) + actions     # stop serving before the demote
     return Decision(tuple(actions), "healing split brain: " + "; ".join(words),
-                    healthy=False)
+                    healthy=False, verdict=Verdict.ACTING)
 
 
-def _hold_unreadable(obs, problem):
+def _hold_unreadable(obs, blockers):
     """No DRBD action on a guess. A host that must be secondary anyway may still stop serving
     (floating IP off, target stopped: always safe there), unless DRBD itself is unreadable."""
+    problem = "; ".join(b.detail for b in blockers)
     desired, why = desired_role(obs)
     if desired == model.SECONDARY and not obs.drbd_error and not obs.manual_error:
         cleanup = _cleanup(obs)
         if cleanup:
             return Decision(cleanup, "stopping service: %s, and %s" % (why, problem),
-                            model.SECONDARY, healthy=False)
-    return Decision((), "holding: " + problem, healthy=False)
+                            model.SECONDARY, healthy=False, verdict=Verdict.BLOCKED,
+                            blockers=blockers)
+    readable = not obs.drbd_error and all(r in obs.drbd for r in obs.resources)
+    risk = _serving_risk(obs) if readable else ()
+    if risk:
+        # Whatever the role, a target or floating IP over a Secondary serves nothing safely.
+        return Decision(risk, "stopping service: %s, and the target must not serve from a "
+                        "Secondary" % problem, healthy=False, verdict=Verdict.BLOCKED,
+                        blockers=blockers)
+    return Decision((), "holding: " + problem, healthy=False, verdict=Verdict.BLOCKED,
+                    blockers=blockers)
 
 
 def _cleanup(obs):
@@ -110,57 +142,84 @@ def _cleanup(obs):
 
 
 def _unreadable(obs):
-    """Why no storage action may be taken at all, or ''."""
+    """Blockers that forbid any storage action at all (a tuple, empty when there are none)."""
     if obs.manual_error:
-        return obs.manual_error
+        return (Blocker(BlockerKind.MANUAL_UNREADABLE, "", obs.manual_error),)
     if obs.drbd_error:
-        return "cannot read DRBD state: %s" % obs.drbd_error
+        return (Blocker(BlockerKind.DRBD_UNREADABLE, "",
+                        "cannot read DRBD state: %s" % obs.drbd_error),)
     missing = [r for r in obs.resources if r not in obs.drbd]
     if missing:
-        return "DRBD resource %s not found" % ", ".join(missing)
+        return tuple(Blocker(BlockerKind.RESOURCE_MISSING, r, "DRBD resource %s not found" % r)
+                     for r in missing)
     if obs.split_brain:
-        return "split brain on %s: no automatic action until an admin recovers it" % (
-            ", ".join(obs.split_brain))
-    return ""
+        return tuple(Blocker(BlockerKind.SPLIT_BRAIN, r, "split brain on %s: no automatic "
+                             "action until an admin recovers it" % r) for r in obs.split_brain)
+    return ()
 
 
 def _states(obs):
     return [(name, obs.drbd[name]) for name in obs.resources]
 
 
+def _all_primary(obs):
+    return all(state.role == PRIMARY_WORD for _, state in _states(obs))
+
+
+def _peer_serves(obs):
+    """Every resource's peer is Primary (as this host's DRBD sees it): someone else serves."""
+    states = _states(obs)
+    return bool(states) and all(state.peer_role == PRIMARY_WORD for _, state in states)
+
+
+def _serving_here(obs):
+    return (_all_primary(obs) and obs.target is not None and obs.target.serving
+            and obs.vip is not None and obs.vip.local)
+
+
 def _serving_risk(obs):
     """Target or floating IP up while some resource is not Primary: clients would reach a
     Secondary. Returns the demote-side actions that remove the risk."""
-    if all(state.role == PRIMARY_WORD for _, state in _states(obs)):
+    if _all_primary(obs):
         return ()
     return _cleanup(obs)
 
 
 def _hold(obs, why):
+    blockers = ()
+    if obs.manual == model.MANUAL_HOLD:
+        if (obs.pool.role == model.MASTER and not _serving_here(obs)
+                and not _peer_serves(obs)):
+            blockers = (Blocker(BlockerKind.MANUAL_HOLD, "", "manual mode holds the pool "
+                                "master and no host serves the storage"),)
+    else:
+        blockers = (Blocker(BlockerKind.POOL_ROLE_UNKNOWN, "", why),)
     risk = _serving_risk(obs)
     if risk:
         return Decision(risk, "stopping service: %s, and the target must not serve from a "
-                        "Secondary" % why, healthy=False)
-    return Decision((), "holding: " + why, healthy=obs.manual == model.MANUAL_HOLD)
+                        "Secondary" % why, healthy=False, verdict=Verdict.HOLDING,
+                        blockers=blockers)
+    return Decision((), "holding: " + why, healthy=obs.manual == model.MANUAL_HOLD and
+                    not blockers, verdict=Verdict.HOLDING, blockers=blockers)
 
 
 def _promote_blocker(name, state, obs):
-    """Why resource ``name`` may not be promoted now, or '' when it may."""
+    """The :class:`Blocker` that forbids promoting resource ``name`` now, or None."""
     if state.peer_role == PRIMARY_WORD:
-        return "%s: peer is still Primary" % name
+        return Blocker(BlockerKind.PEER_PRIMARY, name, "%s: peer is still Primary" % name)
     if state.connection == "StandAlone":
         # Not looking for its peer: a split brain (DRBD dropped the connection) or an admin's
         # disconnect. Promoting could fork the data: an admin connects or recovers it first.
-        return "%s: StandAlone (split brain or disconnected by hand); connect or recover it " \
-            "first" % name
+        return Blocker(BlockerKind.STANDALONE, name, "%s: StandAlone (split brain or "
+                       "disconnected by hand); connect or recover it first" % name)
     link_up = state.connection in LINK_UP_STATES
     if state.disk != UP_TO_DATE and not (link_up and state.peer_disk == UP_TO_DATE):
-        return "%s: no UpToDate data here (disk %s, peer disk %s)" % (
-            name, state.disk, state.peer_disk)
+        return Blocker(BlockerKind.NO_UPTODATE_DATA, name, "%s: no UpToDate data here (disk "
+                       "%s, peer disk %s)" % (name, state.disk, state.peer_disk))
     if not link_up and obs.witness is not None and not obs.witness.granted:
-        return "%s: peer unreachable and the witness refused (%s)" % (
-            name, obs.witness.reason or "no grant")
-    return ""
+        return Blocker(BlockerKind.WITNESS_REFUSED, name, "%s: peer unreachable and the "
+                       "witness refused (%s)" % (name, obs.witness.reason or "no grant"))
+    return None
 
 
 def _plan_primary(obs, why):
@@ -172,40 +231,78 @@ def _plan_primary(obs, why):
         actions.extend(DemoteDrbd(name) for name, state in _states(obs)
                        if state.role == PRIMARY_WORD)
         return Decision(tuple(actions), "demoting: %s, but the witness deposed this host (%s)"
-                        % (why, obs.witness.reason), model.SECONDARY, healthy=False)
+                        % (why, obs.witness.reason), model.SECONDARY, healthy=False,
+                        verdict=Verdict.ACTING)
     to_promote, blockers = [], []
     for name, state in _states(obs):
         if state.role == PRIMARY_WORD:
             continue
         blocker = _promote_blocker(name, state, obs)
-        if blocker:
+        if blocker is not None:
             blockers.append(blocker)
         else:
             to_promote.append(PromoteDrbd(name))
     if blockers:
-        verb = "waiting" if all("still Primary" in b for b in blockers) else "refusing"
-        return Decision(_serving_risk(obs), "%s: %s, but %s" % (verb, why, "; ".join(blockers)),
-                        model.PRIMARY, healthy=False)
+        waiting = all(b.waits for b in blockers)
+        verb = "waiting" if waiting else "refusing"
+        return Decision(_serving_risk(obs), "%s: %s, but %s" % (
+            verb, why, "; ".join(b.detail for b in blockers)), model.PRIMARY, healthy=False,
+            verdict=Verdict.WAITING if waiting else Verdict.BLOCKED, blockers=tuple(blockers))
     actions = list(to_promote)
     if obs.target is None or not obs.target.serving:
         actions.append(StartTarget())
     if obs.vip is None or not obs.vip.local:
         actions.extend([AddFloatingIp(), AnnounceFloatingIp()])
     if not actions:
-        return Decision((), "no action: primary as expected (%s), target serving, floating IP "
-                        "local" % why, model.PRIMARY)
+        return _vip_health(obs, why) or Decision(
+            (), "no action: primary as expected (%s), target serving, floating IP local" % why,
+            model.PRIMARY, verdict=Verdict.OK)
     first = actions[0]
     verb = ("promoting" if isinstance(first, PromoteDrbd) else
             "starting target" if isinstance(first, StartTarget) else "taking floating IP")
-    return Decision(tuple(actions), "%s: %s" % (verb, why), model.PRIMARY, healthy=False)
+    return Decision(tuple(actions), "%s: %s" % (verb, why), model.PRIMARY, healthy=False,
+                    verdict=Verdict.ACTING)
+
+
+def _vip_health(obs, why):
+    """The holder's floating IP cannot reach clients: its interface is down or without carrier
+    (a wait: a cable or switch may come back; alerted after SERVICE_BLOCKED_AFTER), or another
+    MAC answers for it (a refusal: alerted at once). The agent keeps what it holds and acts on
+    nothing: the storage follows the pool master, so handing it to the peer would leave the
+    master without it, and a gratuitous-ARP fight with an unknown machine can only make clients
+    flip between the two. An admin fixes the link or removes the impostor."""
+    vip = obs.vip
+    if vip.conflict:
+        blocker = Blocker(BlockerKind.FLOATING_IP_CONFLICT, "", "another host (%s) answers for "
+                          "the floating IP" % ", ".join(vip.conflict))
+        return Decision((), "refusing: %s, but %s" % (why, blocker.detail), model.PRIMARY,
+                        healthy=False, verdict=Verdict.BLOCKED, blockers=(blocker,))
+    if vip.trouble:
+        blocker = Blocker(BlockerKind.FLOATING_IP_DOWN, "", "the floating IP's %s"
+                          % vip.trouble)
+        return Decision((), "waiting: %s, but %s" % (why, blocker.detail), model.PRIMARY,
+                        healthy=False, verdict=Verdict.WAITING, blockers=(blocker,))
+    return None
 
 
 def _plan_secondary(obs, why):
     actions = list(_cleanup(obs))      # an unreadable IP or target counts as maybe up
     actions.extend(DemoteDrbd(name) for name, state in _states(obs)
                    if state.role == PRIMARY_WORD)
+    if obs.pool.role == model.MASTER and not _peer_serves(obs):
+        # The admin pinned the pool master secondary and no peer serves: nobody does.
+        blocker = Blocker(BlockerKind.PINNED_SECONDARY, "", "manual mode pins the pool master "
+                          "secondary and the peer is not Primary")
+        verb = ("demoting" if any(isinstance(a, DemoteDrbd) for a in actions) else
+                "stopping service" if actions else "waiting")
+        reason = "%s: %s" % (verb, why) if actions else "%s: %s, but the peer does not " \
+            "serve" % (verb, why)
+        return Decision(tuple(actions), reason, model.SECONDARY, healthy=False,
+            verdict=Verdict.WAITING, blockers=(blocker,))
     if not actions:
-        return Decision((), "no action: secondary as expected (%s)" % why, model.SECONDARY)
+        return Decision((), "no action: secondary as expected (%s)" % why, model.SECONDARY,
+                        verdict=Verdict.OK)
     only_cleanup = not any(isinstance(a, DemoteDrbd) for a in actions)
     verb = "stopping service" if only_cleanup else "demoting"
-    return Decision(tuple(actions), "%s: %s" % (verb, why), model.SECONDARY, healthy=False)
+    return Decision(tuple(actions), "%s: %s" % (verb, why), model.SECONDARY, healthy=False,
+                    verdict=Verdict.ACTING)

@@ -11,7 +11,8 @@ import time
 
 import psutil
 
-from iscsi_ha.agent import PassLock, PassLockBusy
+from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
+from iscsi_ha.faults import Faults
 from iscsi_ha.files import SMALL_LIMIT, read_text
 
 log = logging.getLogger("iscsi-ha")
@@ -83,20 +84,28 @@ class Loop(object):
         self.config = agent.config
         self.stop = stop_event or threading.Event()
         self.watcher = Watcher(agent)
-        self.lock_path = self.config.STATE_DIR.rstrip("/") + "/lock"
-        self.hung_passes = 0
+        self.lock_path, self.lock_fallback = lock_paths(self.config)
+        faults = getattr(agent, "faults", None)
+        self.faults = faults if isinstance(faults, Faults) else Faults()
         self.on_pass = None          # callback(record), e.g. the systemd watchdog ping
-        self.on_hung = None          # callback(seconds, killed), e.g. an alert
+        self.on_hung = None          # callback(seconds, killed names), e.g. an alert
         self.on_idle = None          # callback(), between passes (never while a pass runs)
+
+    @property
+    def hung_passes(self):
+        return getattr(self.agent, "hung_passes", 0)
 
     def _pass(self, trigger, box):
         try:
-            with PassLock(self.lock_path, timeout=self.config.PASS_BUDGET / 2):
+            lock = PassLock(self.lock_path, timeout=self.config.PASS_BUDGET / 2,
+                            fallback=self.lock_fallback)
+            with lock:
+                self.agent.lock_problem = lock.problem
                 box.append(self.agent.run_cycle(trigger))
         except PassLockBusy as exc:
             log.warning("pass skipped: %s (an iscsi-cfg command at work?)", exc)
-        except Exception:
-            log.exception("pass failed with an unexpected error")
+        except Exception as exc:
+            self.faults.record("pass", exc)
 
     def run_pass(self, trigger):
         """Run one pass in a worker thread and wait for it, killing its children if it hangs."""
@@ -112,26 +121,35 @@ class Loop(object):
             scans += 1
             log.warning("pass still running after %.1f s", scans * self.config.MONITOR_SCANRATE)
             if scans >= self.config.MONITOR_MAX_STARTS:
-                self._hung(scans)
+                try:
+                    self._hung(scans, first=scans == self.config.MONITOR_MAX_STARTS)
+                except Exception as exc:  # the hung-pass handling must not end the daemon
+                    self.faults.record("hung-pass handling", exc)
         return box[0] if box else None
 
-    def _hung(self, scans):
-        self.hung_passes += 1
-        if self.on_hung is not None:
-            self.on_hung(scans * self.config.MONITOR_SCANRATE,
-                         bool(self.config.MONITOR_KILLALL))
-        if not self.config.MONITOR_KILLALL:
+    def _hung(self, scans, first=True):
+        """A pass outlived its budget: kill its child processes (MONITOR_KILLALL=1) at every
+        scan, and on the first such scan count it and call ``on_hung`` (seconds, names of the
+        killed processes, ``[]`` when none were killed)."""
+        killed = []
+        if self.config.MONITOR_KILLALL:
+            children = psutil.Process().children(recursive=True)
+            killed = ["%d %s" % (c.pid, _name(c)) for c in children]
+            log.error("pass hung for %d scans: killing %d child process(es): %s", scans,
+                      len(children), ", ".join(killed))
+            for child in children:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
+        else:
             log.error("pass hung for %d scans; MONITOR_KILLALL=0, so it is left to finish",
                       scans)
+        if not first:
             return
-        children = psutil.Process().children(recursive=True)
-        log.error("pass hung for %d scans: killing %d child process(es): %s", scans,
-                  len(children), ", ".join("%d %s" % (c.pid, _name(c)) for c in children))
-        for child in children:
-            try:
-                child.kill()
-            except psutil.Error:
-                pass
+        self.agent.hung_passes = self.hung_passes + 1
+        self._call(self.on_hung, scans * self.config.MONITOR_SCANRATE, killed,
+                   where="hook on_hung")
 
     def run(self, max_passes=None):
         """Run until ``stop`` is set (or ``max_passes`` passes ran)."""
@@ -143,36 +161,42 @@ class Loop(object):
                     trigger = "timer"
                 if trigger is None:
                     trigger = self.watcher.changed()
-            except Exception:  # a broken wake-up check must not end the agent: use the timer
-                log.exception("cannot check for changes; waiting for the timer")
+            except Exception as exc:  # a broken wake-up check must not end the agent
+                self.faults.record("change check", exc)
                 trigger = None
             if trigger is not None:
-                # Remember what the pass is about to see *before* it runs: a change that lands
-                # while it runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
-                self.watcher.remember()
-                record = self.run_pass(trigger)
-                self.watcher.remember_target()
+                try:
+                    record = self._one(trigger)
+                except Exception as exc:  # nothing around a pass may end the daemon
+                    self.faults.record("loop", exc)
+                    record = None
                 count += 1
                 settled = record is not None and record.decision.healthy and all(
                     r.ok for r in record.results) and not record.results
                 due = time.monotonic() + (self.config.MONITOR_DELAY if settled
                                           else min(RETRY_DELAY, self.config.MONITOR_DELAY))
-                self._call(self.on_pass, record)
+                self._call(self.on_pass, record, where="hook on_pass")
                 if max_passes is not None and count >= max_passes:
                     return
                 trigger = None
                 continue
-            self._call(self.on_idle)
+            self._call(self.on_idle, where="hook on_idle")
             self.stop.wait(poll)
 
-    def _call(self, hook, *args):
-        """Run a hook (systemd ping, replugger, alerts); its failure is logged, never fatal."""
+    def _one(self, trigger):
+        # Remember what the pass is about to see *before* it runs: a change that lands while it
+        # runs (pool.conf rewritten mid-pass) then wakes the next pass at once.
+        self.faults.guard("change check", self.watcher.remember)
+        record = self.run_pass(trigger)
+        self.faults.guard("change check", self.watcher.remember_target)
+        return record
+
+    def _call(self, hook, *args, **kwargs):
+        """Run a hook (systemd ping, replugger, alerts); its failure is logged once with its
+        trace and counted (status ``faults``), never fatal."""
         if hook is None:
             return
-        try:
-            hook(*args)
-        except Exception:
-            log.exception("a pass hook failed")
+        self.faults.guard(kwargs.get("where", "hook"), hook, *args)
 
 
 def _name(process):

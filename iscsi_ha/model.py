@@ -3,6 +3,7 @@
 Everything here is frozen data with no behaviour beyond small derived properties, so that the
 policy in :mod:`iscsi_ha.decide` stays a pure function of an :class:`Observation`.
 """
+import enum
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
@@ -46,6 +47,18 @@ class VipObservation:
     interface_exists: bool = True
     interface_up: bool = True
     error: str = ""
+    carrier: bool = True                  # the interface has a link (no NO-CARRIER)
+    conflict: Tuple[str, ...] = ()        # MACs of other hosts answering for the floating IP
+    conflict_error: str = ""              # the conflict probe could not run
+
+    @property
+    def trouble(self):
+        """Why clients cannot reach the floating IP held here, or '' (only when local)."""
+        if not self.local:
+            return ""
+        if not self.interface_up or not self.carrier:
+            return "interface %s" % ("down" if not self.interface_up else "without carrier")
+        return ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,64 @@ class Observation:
     witness: Optional[WitnessGrant] = None
     resources: Tuple[str, ...] = ()           # configured resource names, in order
     manual_error: str = ""                    # manual-mode file unreadable: hold, unhealthy
+
+
+class Verdict(str, enum.Enum):
+    """What a decision means, for health, alerts and the CLI (never parse ``reason``)."""
+    OK = "ok"                  # as it should be; no action
+    ACTING = "acting"          # the plan's actions bring the host to its role
+    WAITING = "waiting"        # a blocker that may clear by itself (peer still Primary...)
+    HOLDING = "holding"        # no role to reach (manual hold, pool role unknown): hold what is
+    BLOCKED = "blocked"        # the role cannot be reached without an admin (a refusal)
+
+    def __str__(self):
+        return self.value
+
+
+class BlockerKind(str, enum.Enum):
+    """Why this host cannot reach (or keep) the role it should have."""
+    PEER_PRIMARY = "peer-primary"              # the peer is still DRBD Primary
+    STANDALONE = "standalone"                  # DRBD StandAlone: split brain or disconnected
+    NO_UPTODATE_DATA = "no-uptodate-data"      # neither this disk nor a reachable peer UpToDate
+    WITNESS_REFUSED = "witness-refused"        # peer unreachable and the witness said no
+    SPLIT_BRAIN = "split-brain"                # flagged by DRBD's split-brain handler
+    DRBD_UNREADABLE = "drbd-unreadable"
+    RESOURCE_MISSING = "resource-missing"      # a configured resource DRBD does not know
+    MANUAL_UNREADABLE = "manual-unreadable"    # the manual-mode file holds no known word
+    MANUAL_HOLD = "manual-hold"                # pool master in manual hold, nobody serving
+    PINNED_SECONDARY = "pinned-secondary"      # pool master pinned secondary, peer not Primary
+    POOL_ROLE_UNKNOWN = "pool-role-unknown"    # pool.conf broken, missing or unrecognised
+    FLOATING_IP_DOWN = "floating-ip-down"      # the holder's interface is down / no carrier
+    FLOATING_IP_CONFLICT = "floating-ip-conflict"  # another MAC answers for the floating IP
+    NOT_SERVING = "not-serving"                # acting for longer than the bound (agent-made)
+
+    def __str__(self):
+        return self.value
+
+
+# Blockers that may clear without an admin: an alert only after SERVICE_BLOCKED_AFTER seconds.
+WAIT_BLOCKERS = frozenset([BlockerKind.PEER_PRIMARY, BlockerKind.MANUAL_HOLD,
+                           BlockerKind.PINNED_SECONDARY, BlockerKind.POOL_ROLE_UNKNOWN,
+                           BlockerKind.NOT_SERVING, BlockerKind.FLOATING_IP_DOWN])
+
+
+@dataclass(frozen=True)
+class Blocker:
+    kind: BlockerKind
+    resource: str = ""             # DRBD resource, or "" for the host
+    detail: str = ""               # one phrase, for people
+
+    @property
+    def waits(self):
+        return self.kind in WAIT_BLOCKERS
+
+    def describe(self):
+        return "%s%s%s" % (self.kind.value, " " + self.resource if self.resource else "",
+                           ": " + self.detail if self.detail else "")
+
+    def to_dict(self):
+        return {"kind": self.kind.value, "resource": self.resource, "detail": self.detail,
+                "waits": self.waits}
 
 
 # Actions. Each is idempotent when applied; ``resource`` is None for host-wide actions.
@@ -152,10 +223,31 @@ class AnnounceFloatingIp(Action):
 
 @dataclass(frozen=True)
 class Decision:
+    """The plan of one pass. ``verdict`` and ``blockers`` are what other code reads;
+    ``reason`` is for people only."""
     actions: Tuple[Action, ...]
     reason: str                    # "<verb-ing | no action | holding | refusing>: <why>"
     desired: str = ""              # PRIMARY, SECONDARY or "" when holding
     healthy: bool = True           # False when the host is not as it should be
+    verdict: Verdict = Verdict.OK
+    blockers: Tuple[Blocker, ...] = ()
+    must_serve: bool = False       # this host should be serving (master, or manual primary)
+    serving: bool = False          # it serves now: all Primary, target serving, IP reachable
+
+    @property
+    def unserved(self):
+        """This host should serve and does not (a hold with no blocker is someone's choice)."""
+        if not self.must_serve or self.verdict == Verdict.OK or self.serving:
+            return False
+        return self.verdict != Verdict.HOLDING or bool(self.blockers)
+
+    @property
+    def refused(self):
+        """A blocker that will not clear by itself."""
+        return any(not b.waits for b in self.blockers)
+
+
+Plan = Decision
 
 
 @dataclass(frozen=True)
@@ -175,3 +267,4 @@ class PassRecord:
     decision: Decision
     results: Tuple[ActionResult, ...] = field(default_factory=tuple)
     duration: float = 0.0
+    service: Optional[Mapping[str, object]] = None   # the agent's service-blocked state

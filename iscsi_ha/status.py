@@ -6,9 +6,14 @@ Keys (version 1) — ``iscsi-cfg status --json`` prints this document plus ``age
   pass {number, started, duration_s, trigger}, pool {role, master_address, detail},
   manual_mode, desired_role, drbd {resource: {role, peer_role, connection, disk, peer_disk,
   sync_percent}}, drbd_error, split_brain [resources], target {running, serving, missing, connections, error},
-  floating_ip {address, interface, local, error}, decision {reason, actions, healthy},
-  last_actions [{action, ok, duration_s, detail, skipped, at}], health ("ok" | "degraded" |
-  "failed"), problems [sentences].
+  floating_ip {address, interface, local, error}, decision {reason, actions, healthy, verdict,
+  blockers, must_serve}, verdict ("ok" | "acting" | "waiting" | "holding" | "blocked"),
+  blockers [{kind, resource, detail, waits}], service {must_serve, unserved, since, for_s,
+  blocked, blockers}, last_actions [{action, ok, duration_s, detail, skipped, at}], health
+  ("ok" | "degraded" | "failed"), problems [sentences], faults {place: {count, last_error,
+  last_at}}, hung_passes.
+
+Health, alerts and the CLI read ``verdict``, ``blockers`` and ``service``, never ``reason``.
 """
 import json
 import os
@@ -16,6 +21,7 @@ import socket
 import time
 
 from iscsi_ha import __version__
+from iscsi_ha.model import Verdict
 from iscsi_ha.files import atomic_write
 
 FORMAT_VERSION = 1
@@ -32,12 +38,18 @@ def _iso(epoch):
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(epoch))
 
 
-def problems_of(observation, decision, results):
+def problems_of(observation, decision, results, service=None):
     """Sentences an admin must read: failed actions, refusals, a degraded replication."""
     found = ["%s failed: %s" % (r.action.describe(), r.detail)
              for r in results if not r.ok and not r.skipped]
     if not decision.healthy and not decision.actions:
         found.append(decision.reason)
+    if service and service.get("blocked"):
+        found.append("this host should serve the storage and does not: %s" % "; ".join(
+            b["detail"] or b["kind"] for b in service.get("blockers") or []))
+    vip = observation.vip
+    if vip is not None and vip.conflict_error:
+        found.append("floating IP conflict check failed: %s" % vip.conflict_error)
     for name, state in sorted(observation.drbd.items()):
         if not state.is_connected:
             found.append("%s: replication link down (%s)" % (name, state.connection))
@@ -51,20 +63,21 @@ def problems_of(observation, decision, results):
     return found
 
 
-def health_of(decision, results, problems):
-    """"failed" when an action failed or the agent refuses/cannot act, "degraded" when
-    anything else is not as it should be, "ok" otherwise."""
+def health_of(decision, results, problems, service=None):
+    """"failed" when an action failed, the verdict is ``blocked`` (a refusal) or this host
+    should serve and is blocked from it (see ``service``); "degraded" when anything else is not
+    as it should be; "ok" otherwise. Reads the verdict, never the reason sentence."""
     if any(not r.ok and not r.skipped for r in results):
         return "failed"
-    if decision.reason.startswith(("refusing", "holding: cannot", "holding: DRBD",
-                                   "holding: split")):
+    if decision.verdict == Verdict.BLOCKED or (service and service.get("blocked")):
         return "failed"
     return "degraded" if problems or not decision.healthy else "ok"
 
 
 def build(record, config, number, started_at, trigger, last_actions):
     obs, decision = record.observation, record.decision
-    problems = problems_of(obs, decision, record.results)
+    service = record.service or {}
+    problems = problems_of(obs, decision, record.results, service)
     now = time.time()
     return {
         "version": FORMAT_VERSION,
@@ -88,17 +101,36 @@ def build(record, config, number, started_at, trigger, last_actions):
         "floating_ip": {"address": "%s/%s" % (config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK),
                         "interface": config.DRBD_INTERFACE,
                         "local": None if obs.vip is None else obs.vip.local,
-                        "error": "" if obs.vip is None else obs.vip.error},
+                        "error": "" if obs.vip is None else obs.vip.error,
+                        "interface_up": None if obs.vip is None else obs.vip.interface_up,
+                        "carrier": None if obs.vip is None else obs.vip.carrier,
+                        "conflict": [] if obs.vip is None else list(obs.vip.conflict),
+                        "conflict_error": "" if obs.vip is None else obs.vip.conflict_error},
         "decision": {"reason": decision.reason, "healthy": decision.healthy,
-                     "actions": [a.describe() for a in decision.actions]},
+                     "actions": [a.describe() for a in decision.actions],
+                     "verdict": decision.verdict.value, "must_serve": decision.must_serve,
+                     "blockers": [b.to_dict() for b in decision.blockers]},
+        "verdict": decision.verdict.value,
+        "blockers": service.get("blockers", [b.to_dict() for b in decision.blockers]),
+        "service": service,
         "last_actions": last_actions,
-        "health": health_of(decision, record.results, problems),
+        "health": health_of(decision, record.results, problems, service),
         "problems": problems,
         "witness": None if obs.witness is None else dict(obs.witness.status, **{
             "granted": obs.witness.granted, "reason": obs.witness.reason,
             "deposed": obs.witness.deposed,
             "failover_allowed": obs.witness.failover_allowed}),
     }
+
+
+def mark_state_problem(document, directory, problem):
+    """The state directory (pass lock, status) cannot be written: health "failed", the problem
+    listed, and ``state_dir`` {path, error} for the alerts."""
+    state = document.setdefault("state_dir", {"path": directory, "error": ""})
+    state["error"] = "; ".join(p for p in (state.get("error"), problem) if p)
+    document["health"] = "failed"
+    document.setdefault("problems", []).append("state directory %s: %s" % (directory, problem))
+    return document
 
 
 def results_to_list(results, at):

@@ -5,6 +5,7 @@ always completes and the policy decides what an unreadable state means (nothing 
 guess).
 """
 import logging
+import time
 
 from iscsi_ha import model
 from iscsi_ha.adapters.drbd import DrbdAdapter
@@ -38,7 +39,8 @@ class Adapters(object):
         vip = VipAdapter(config.DRBD_VIRTUAL_IP, config.DRBD_VIRTUAL_MASK, config.DRBD_INTERFACE,
                          ip=config.IP_COMMAND, arping=config.ARPING, timeout=config.NET_TIMEOUT,
                          dad_count=config.ARP_DAD_COUNT, dad_timeout=config.ARP_DAD_TIMEOUT,
-                         garp_count=config.ARP_COUNT, garp_interval=config.ARP_INTERVAL)
+                         garp_count=config.ARP_COUNT, garp_interval=config.ARP_INTERVAL,
+                         method=config.ARP_METHOD)
         return cls(drbd, target, vip)
 
     def reap(self):
@@ -70,12 +72,33 @@ def observe_target(adapter):
                                    connections=state.connections, error=state.error)
 
 
-def observe_vip(adapter):
+def observe_vip(adapter, check_interval=None, clock=time.monotonic):
+    """The floating IP as observed; on the holder, every ``check_interval`` seconds, also a
+    conflict probe (another MAC answering for the address). Its answer is kept until the next
+    probe, so a pass costs nothing between probes."""
     try:
         state = adapter.observe()
     except Exception as exc:
         log.error("floating IP: cannot observe: %s", exc)
         return None
     error = "" if state.interface_exists else "interface does not exist"
+    conflict, conflict_error = (), ""
+    if state.local and check_interval is not None:
+        cached = getattr(adapter, "conflict_seen", None)
+        now = clock()
+        if not isinstance(cached, tuple) or now - cached[0] >= check_interval:
+            try:
+                found = adapter.conflict()
+                cached = (now, tuple(found) if isinstance(found, (list, tuple)) else (), "")
+            except Exception as exc:  # the probe did not run: a failed check, not "no one"
+                cached = (now, (), str(exc) or type(exc).__name__)
+            adapter.conflict_seen = cached
+            if cached[1]:
+                log.error("floating IP: another host answers for it: %s", ", ".join(cached[1]))
+        conflict, conflict_error = cached[1], cached[2]
+    elif not state.local:
+        adapter.conflict_seen = None
     return model.VipObservation(local=state.local, interface_exists=state.interface_exists,
-                                interface_up=state.interface_up, error=error)
+                                interface_up=state.interface_up, error=error,
+                                carrier=bool(getattr(state, "carrier", state.interface_up)),
+                                conflict=conflict, conflict_error=conflict_error)

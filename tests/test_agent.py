@@ -1,5 +1,6 @@
 """One pass with the adapters mocked at their boundary: order, failure handling, status."""
 import json
+import os
 import threading
 import time
 
@@ -36,7 +37,7 @@ def config(tmp_path):
         "POOL_CONF=%s" % pool, "STATE_DIR=%s" % (tmp_path / "state"),
         "MONITOR_DELAY=0.2", "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3",
         "DRBD_TIMEOUT=0.2", "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2",
-        "SYSLOG_SOCKET=", ""])
+        "SYSLOG_SOCKET=", "LOCK_FALLBACK_DIR=%s" % (tmp_path / "run"), ""])
     return config_mod.loads(text, "test.conf")
 
 
@@ -216,3 +217,98 @@ def test_watcher_wakes_when_a_target_process_the_last_pass_saw_is_gone(config, a
     adapters.target.liveness.return_value = ()          # tgtd was killed
     clock[0] += 1.0
     assert watcher.changed() == "target process gone"
+
+
+def test_failing_hooks_alerts_and_status_writes_never_end_the_loop(config, adapters, caplog,
+                                                                   mocker):
+    """Issue 10: every hook, the alert path and the status write raise; the loop runs its
+    passes, logs each place's trace once, and counts every failure in the status."""
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    adapters.vip.observe.return_value = FakeVip(local=True)
+    agent = Agent(config, adapters)
+    agent.alerts = mocker.Mock()
+    agent.alerts.observe.side_effect = TypeError("alert rule broken")
+    loop = Loop(agent)
+
+    def boom(*args):
+        raise TypeError("hook broken")
+    loop.on_pass = loop.on_idle = loop.on_hung = boom
+    writes = []
+    real_write = __import__("iscsi_ha.status", fromlist=["write"]).write
+
+    def flaky_write(path, document):
+        if path == config.STATUS_FILE:
+            writes.append(document)
+            if len(writes) <= 2:
+                raise OSError(30, "Read-only file system")
+        real_write(path, document)
+    mocker.patch("iscsi_ha.status.write", side_effect=flaky_write)
+    with caplog.at_level("ERROR", logger="iscsi-ha"):
+        loop.run(max_passes=4)
+    assert agent.passes == 4
+    last = writes[-1]
+    assert last["faults"]["hook on_pass"]["count"] == 3        # the 4th runs after the write
+    assert last["faults"]["alerts"]["count"] == 3
+    assert last["faults"]["status write %s" % config.STATUS_FILE]["count"] == 2
+    traces = [r for r in caplog.records if r.exc_info]
+    assert last["health"] != "failed" and "state_dir" not in last    # writable again
+    assert sorted(set(r.getMessage().split(" failed")[0] for r in traces)) == [
+        "alerts", "hook on_idle", "hook on_pass", "status write %s" % config.STATUS_FILE]
+    assert len(traces) == 4                                    # each place's trace once
+    with open(config.STATUS_FILE) as handle:
+        assert json.load(handle)["faults"]["hook on_pass"]["last_error"].startswith("TypeError")
+
+
+def test_hung_pass_alert_hook_gets_the_killed_processes_and_the_real_alert_builds(
+        config, adapters):
+    import subprocess
+    from iscsi_ha.alerts import events
+    adapters.drbd.observe.side_effect = lambda: subprocess.run(["sleep", "30"]) and {}
+    agent = Agent(config, adapters)
+    loop = Loop(agent)
+    alerts = []
+    loop.on_hung = lambda seconds, killed: alerts.append(events.pass_hung(seconds, killed))
+    loop.run_pass("test")
+    assert agent.hung_passes == 1 and len(alerts) == 1          # once per hung pass
+    assert alerts[0].details["killed"].endswith(" sleep")
+
+
+def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, adapters,
+                                                                     mocker):
+    """Issue 10 (2): STATE_DIR stops holding the pass lock or the status while the agent runs
+    (here the directory is replaced by a regular file, which even root cannot write into; the
+    lab scenario uses a real read-only mount): the lock falls back to LOCK_FALLBACK_DIR, passes
+    still run and act, health is failed, the status copy lands in the fallback directory, and
+    the alert path gets one state-dir-failed alert naming the directory and the error."""
+    from iscsi_ha.alerts import StatusAlerts
+    blocker = tmp_path / "state"
+    blocker.mkdir()
+    pool = tmp_path / "pool.conf"
+    pool.write_text("master")
+    config = config_mod.loads("\n".join([
+        "POOL_CONF=%s" % pool, "STATE_DIR=%s" % blocker,
+        "LOCK_FALLBACK_DIR=%s" % (tmp_path / "run"), "MANUAL_FILE=%s" % (tmp_path / "manual"),
+        "MONITOR_DELAY=0.2",
+        "MONITOR_SCANRATE=0.1", "MONITOR_MAX_STARTS=3", "DRBD_TIMEOUT=0.2",
+        "TARGET_TIMEOUT=0.2", "NET_TIMEOUT=0.2", "XAPI_TIMEOUT=0.2", "SYSLOG_SOCKET=", ""]))
+    blocker.rmdir()
+    blocker.write_text("")
+    agent = Agent(config, adapters)
+    dispatcher = mocker.Mock()
+    agent.alerts = StatusAlerts(dispatcher)
+    loop = Loop(agent)
+    loop.run(max_passes=2)
+    assert agent.passes == 2
+    adapters.drbd.promote.assert_called_with("iscsi1")           # the passes acted
+    with open(str(tmp_path / "run" / "status")) as handle:
+        document = json.load(handle)
+    assert document["health"] == "failed"
+    assert str(blocker) in document["state_dir"]["error"]
+    assert "File exists" in document["state_dir"]["error"]
+    assert os.path.exists(str(tmp_path / "run" / "lock"))
+    kinds = [call.args[0].kind for call in dispatcher.submit.call_args_list]
+    assert kinds.count("state-dir-failed") == 1                  # once, not every pass
+    alert = [c.args[0] for c in dispatcher.submit.call_args_list
+             if c.args[0].kind == "state-dir-failed"][0]
+    assert alert.resource == str(blocker) and "File exists" in alert.summary

@@ -79,3 +79,93 @@ def test_daemon_notifies_systemd_and_stops_on_sigterm(ns_prefix, tmp_path):
         rig.host.stop_agent(signal.SIGKILL)
         rig.down()
         listener.close()
+
+
+HANG_WRAPPER = """#!/bin/sh
+# The target's status command, made to outlive the pass budget while {flag} exists.
+if [ -e {flag} ]; then sleep 60; fi
+exec {bin}/tgtd-service "$@"
+"""
+
+
+def _status(rig):
+    try:
+        import json
+        with open(rig.host.status_path) as handle:
+            return json.load(handle)
+    except (OSError, IOError, ValueError):
+        return {}
+
+
+def _until(predicate, seconds, what):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out after %.0f s waiting for %s" % (seconds, what))
+
+
+def _dead(agent, host):
+    if agent.poll() is None:
+        return None
+    with open(os.path.join(host.root, "agent.stderr")) as handle:
+        raise AssertionError("the agent exited %s: %s" % (agent.returncode, handle.read()[-2000:]))
+
+
+@pytest.mark.netns
+def test_real_daemon_survives_a_hung_pass_alerts_and_runs_the_next(ns_prefix, tmp_path):
+    """Issue 10 (1): the real ``iscsi-ha run`` whose target commands hang (as with a stopped
+    tgtd): each call stays within its own timeout (1.5 s, which the config requires to be
+    shorter than the pass budget) but together they outlive the pass budget
+    (MONITOR_MAX_STARTS x MONITOR_SCANRATE = 2 s). The daemon kills the pass's children, sends a
+    pass-hung alert (to the lab's fake XAPI over the config's Unix socket), stays up, and its
+    next passes run."""
+    from iscsi_ha.lab.fake_xapi import FakePool
+    rig = Rig(str(tmp_path), ns_prefix, ctl=45)
+    pool = None
+    try:
+        rig.up()
+        host = rig.host
+        pool = FakePool(str(tmp_path / "xapi"))
+        pool.add_host(host.hostname, host.address, host.pool_conf,
+                      uds_path=os.path.join(host.root, "xapi.sock"), tcp=False)
+        pool.start()
+        flag = os.path.join(host.root, "hang")
+        wrapper = os.path.join(host.bin, "hanging-status")
+        with open(wrapper, "w") as handle:
+            handle.write(HANG_WRAPPER.format(flag=flag, bin=host.bin))
+        os.chmod(wrapper, 0o755)
+        config = host.read_config().replace("%s/tgtd-service" % host.bin, wrapper)
+        assert config.count(wrapper) == 3
+        host.write_config(config + "MONITOR_SCANRATE=1\nMONITOR_MAX_STARTS=2\n"
+                          "MONITOR_DELAY=1\nMAIL_ON=0\nTARGET_TIMEOUT=1.5\n"
+                          "TARGET_STOP_TIMEOUT=1\nDRBD_TIMEOUT=1.5\nXAPI_TIMEOUT=1\n"
+                          "NET_TIMEOUT=1.5\n")
+        agent = host.start_agent()
+        first = _until(lambda: _status(rig).get("pass", {}).get("number") or _dead(agent, host),
+                       30, "a first pass")
+        open(flag, "w").close()
+        hung = _until(lambda: (_status(rig).get("hung_passes") or 0) >= 1 and _status(rig),
+                      30, "a pass counted as hung in the status")
+        assert hung["pass"]["number"] > first
+        assert agent.poll() is None, "the daemon died on a hung pass"
+        messages = _until(lambda: pool.messages("ISCSI_HA_PASS_HUNG"), 20,
+                          "the pass-hung alert as a XAPI message")
+        assert "killed" in messages[0]["body"]
+        os.unlink(flag)
+        after = hung["pass"]["number"]
+        later = _until(lambda: _status(rig).get("pass", {}).get("number", 0) > after + 1 and
+                       _status(rig), 30, "passes after the hang")
+        assert agent.poll() is None
+        assert later["target"] is not None          # the status command answered again
+        with open(os.path.join(host.root, "agent.log")) as handle:
+            log_text = handle.read()
+        assert "TypeError" not in log_text
+        assert "pass hung for 2 scans" in log_text
+    finally:
+        rig.host.stop_agent(signal.SIGKILL)
+        if pool is not None:
+            pool.stop()
+        rig.down()

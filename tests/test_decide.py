@@ -9,6 +9,7 @@ from iscsi_ha.drbd import DrbdState
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, DemoteDrbd, PromoteDrbd,
                             RemoveFloatingIp, StartTarget, StopTarget, TargetObservation,
                             VipObservation, WitnessGrant)
+from iscsi_ha.model import BlockerKind, Verdict
 
 MASTER = model.PoolRole(model.MASTER, detail="master")
 SLAVE = model.PoolRole(model.SLAVE, master_address="192.0.2.11", detail="slave:192.0.2.11")
@@ -173,7 +174,7 @@ ROWS = [
     ("manual hold keeps a primary", obs(PRI, target=SERVING, vip=LOCAL, pool=SLAVE,
                                         manual=model.MANUAL_HOLD), (),
      "holding: manual mode is on and no role was chosen"),
-    ("manual hold keeps a secondary", obs(SEC, manual=model.MANUAL_HOLD), (),
+    ("manual hold keeps a secondary", obs(SEC, pool=SLAVE, manual=model.MANUAL_HOLD), (),
      "holding: manual mode is on and no role was chosen"),
     ("manual hold, target on a Secondary", obs(SEC, target=SERVING, vip=LOCAL,
                                                manual=model.MANUAL_HOLD),
@@ -242,6 +243,97 @@ def test_healthy_only_when_settled_or_holding_by_choice(name, observation, actio
     decision = decide(observation)
     expected = reason.startswith("no action") or reason.startswith("holding: manual mode is on")
     assert decision.healthy is expected
+    assert (decision.verdict == Verdict.OK) is reason.startswith("no action")
+
+
+B = BlockerKind
+PEER_PRI_ALONE = st("Secondary", "Primary", "WFConnection", "UpToDate", "DUnknown")
+VERDICT_ROWS = [
+    # id, observation, verdict, blocker kinds, must_serve
+    ("master serving", obs(PRI, target=SERVING, vip=LOCAL), Verdict.OK, [], True),
+    ("master promoting", obs(SEC), Verdict.ACTING, [], True),
+    ("slave settled", obs(SEC, pool=SLAVE), Verdict.OK, [], False),
+    ("slave demoting", obs(PRI, pool=SLAVE), Verdict.ACTING, [], False),
+    ("master, peer still Primary", obs(SEC_PEER_PRI), Verdict.WAITING, [B.PEER_PRIMARY], True),
+    ("master, StandAlone", obs(INCONSISTENT_ALONE), Verdict.BLOCKED, [B.STANDALONE], True),
+    ("master, outdated alone", obs(OUTDATED_ALONE), Verdict.BLOCKED, [B.NO_UPTODATE_DATA], True),
+    ("master, witness refused", obs(SEC_ALONE, witness=WitnessGrant(False, "peer alive")),
+     Verdict.BLOCKED, [B.WITNESS_REFUSED], True),
+    ("master, split brain", obs(SEC, split_brain=("iscsi1",)), Verdict.BLOCKED,
+     [B.SPLIT_BRAIN], True),
+    ("slave, split brain", obs(SEC, pool=SLAVE, split_brain=("iscsi1",)), Verdict.BLOCKED,
+     [B.SPLIT_BRAIN], False),
+    ("DRBD unreadable", obs({}, drbd_error="boom", resources=("iscsi1",)), Verdict.BLOCKED,
+     [B.DRBD_UNREADABLE], True),
+    ("resource missing", obs({}, resources=("iscsi1",)), Verdict.BLOCKED,
+     [B.RESOURCE_MISSING], True),
+    # Situation 4 of issue 10: nobody serves, and the plan says so with a blocker.
+    ("master, manual file unknown word", model.Observation(
+        pool=MASTER, manual=model.MANUAL_HOLD, drbd={"iscsi1": SEC}, target=STOPPED, vip=AWAY,
+        resources=("iscsi1",), manual_error="manual mode file /x holds 'junk'"),
+     Verdict.BLOCKED, [B.MANUAL_UNREADABLE], True),
+    ("master in manual hold, nobody serves", obs(SEC_ALONE, manual=model.MANUAL_HOLD),
+     Verdict.HOLDING, [B.MANUAL_HOLD], True),
+    ("master in manual hold, peer serves", obs(SEC_PEER_PRI, manual=model.MANUAL_HOLD),
+     Verdict.HOLDING, [], True),
+    ("master in manual hold, serving", obs(PRI, target=SERVING, vip=LOCAL,
+                                           manual=model.MANUAL_HOLD), Verdict.HOLDING, [], True),
+    ("slave in manual hold", obs(SEC, pool=SLAVE, manual=model.MANUAL_HOLD), Verdict.HOLDING,
+     [], False),
+    ("master pinned secondary, nobody serves", obs(SEC_ALONE, manual=model.MANUAL_SECONDARY),
+     Verdict.WAITING, [B.PINNED_SECONDARY], True),
+    ("master pinned secondary, demoting", obs(PRI, manual=model.MANUAL_SECONDARY),
+     Verdict.WAITING, [B.PINNED_SECONDARY], True),
+    ("master pinned secondary, peer serves", obs(SEC_PEER_PRI, manual=model.MANUAL_SECONDARY),
+     Verdict.OK, [], True),
+    ("manual primary on a slave", obs(SEC, pool=SLAVE, manual=model.MANUAL_PRIMARY),
+     Verdict.ACTING, [], True),
+    ("pool broken", obs(SEC, pool=model.PoolRole(model.BROKEN)), Verdict.HOLDING,
+     [B.POOL_ROLE_UNKNOWN], False),
+    ("master, peer Primary and link down", obs(PEER_PRI_ALONE), Verdict.WAITING,
+     [B.PEER_PRIMARY], True),
+    # Issue 10 (5): floating-IP trouble on the holder: hold what is held, act on nothing.
+    ("holder, interface down", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, interface_up=False)), Verdict.WAITING, [B.FLOATING_IP_DOWN], True),
+    ("holder, no carrier", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, carrier=False)), Verdict.WAITING, [B.FLOATING_IP_DOWN], True),
+    ("holder, another MAC answers", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, conflict=("02:00:00:00:00:0B",))), Verdict.BLOCKED,
+     [B.FLOATING_IP_CONFLICT], True),
+    ("holder, conflict probe failed: only a problem", obs(PRI, target=SERVING, vip=VipObservation(
+        local=True, conflict_error="ARP frame not sent")), Verdict.OK, [], True),
+]
+
+
+@pytest.mark.parametrize("vip", [VipObservation(local=True, interface_up=False),
+                                 VipObservation(local=True, carrier=False),
+                                 VipObservation(local=True, conflict=("02:00:00:00:00:0B",))])
+def test_floating_ip_trouble_on_the_holder_holds_and_acts_on_nothing(vip):
+    """The decision-table row of issue 10 (5): no hand-over (the storage follows the pool
+    master), no re-announce (no ARP fight), no demote: nothing, with a blocker for the alert."""
+    decision = decide(obs(PRI, target=SERVING, vip=vip))
+    assert decision.actions == () and decision.desired == model.PRIMARY
+    assert decision.unserved and not decision.healthy
+
+
+@pytest.mark.parametrize("name,observation,verdict,kinds,serve", VERDICT_ROWS,
+                         ids=[r[0] for r in VERDICT_ROWS])
+def test_verdict_table(name, observation, verdict, kinds, serve):
+    decision = decide(observation)
+    assert decision.verdict == verdict
+    assert [b.kind for b in decision.blockers] == kinds
+    assert decision.must_serve is serve
+    assert decision.unserved is (serve and verdict != Verdict.OK and not decision.serving and (
+        verdict != Verdict.HOLDING or bool(kinds)))
+
+
+def test_a_host_serving_while_blocked_is_not_unserved():
+    """A serving primary whose manual file turns unreadable: blocked (health failed), but it
+    serves, so no service-blocked."""
+    plan = decide(model.Observation(
+        pool=MASTER, manual=model.MANUAL_HOLD, drbd={"iscsi1": PRI}, target=SERVING, vip=LOCAL,
+        resources=("iscsi1",), manual_error="manual mode file /x holds 'junk'"))
+    assert plan.verdict == Verdict.BLOCKED and plan.serving and not plan.unserved
 
 
 def test_promote_order_is_drbd_then_target_then_ip():

@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 
+from iscsi_ha.adapters import arp as arp_mod
 from iscsi_ha.adapters.run import run, split_command
 
 log = logging.getLogger("iscsi-ha")
@@ -49,14 +50,22 @@ class VipTaken(VipError):
 
 IpAddress = collections.namedtuple("IpAddress", "address prefixlen ifname flags family scope label")
 IpLink = collections.namedtuple("IpLink", "ifname flags state")
-VipState = collections.namedtuple("VipState",
-                                  "local interface_exists interface_up addresses elsewhere")
+_VipState = collections.namedtuple("VipState", "local interface_exists interface_up addresses "
+                                   "elsewhere carrier")
+
+
+def VipState(local, interface_exists, interface_up, addresses, elsewhere, carrier=None):
+    """What :meth:`VipAdapter.observe` saw; ``carrier`` defaults to ``interface_up``."""
+    return _VipState(local, interface_exists, interface_up, addresses, elsewhere,
+                     interface_up if carrier is None else carrier)
 
 _ADDR_RE = re.compile(r"^\d+:\s+(\S+)\s+(inet6?)\s+(\S+)/(\d+)(.*)$")
 _LINK_RE = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>(.*)$")
 _VALUE_WORDS = ("brd", "scope", "peer", "metric", "proto", "label")
 DAD_SPACING = 0.05   # seconds between the DAD probes
 _REPLY_RE = re.compile(r"reply from (\S+) \[([0-9A-Fa-f:]{17})\]")
+_SENT_RE = re.compile(r"^Sent (\d+) probe", re.M)
+METHODS = ("packet", "arping")
 
 
 def mask_to_prefix(mask):
@@ -175,6 +184,28 @@ class _Announcer(threading.Thread):
                 child.wait()
 
 
+class _PacketAnnouncer(threading.Thread):
+    """Gratuitous ARPs from a raw socket in a thread: no child process at all."""
+
+    def __init__(self, interface, address, count, interval):
+        threading.Thread.__init__(self, name="garp")
+        self.daemon = True
+        self.interface, self.address = interface, address
+        self.count, self.interval = count, interval
+        self.cancelled = threading.Event()
+        self.sent = 0
+
+    def cancel(self):
+        self.cancelled.set()
+
+    def run(self):
+        try:
+            self.sent = arp_mod.announce(self.interface, self.address, self.count,
+                                         self.interval, stop=self.cancelled)
+        except arp_mod.ArpError as exc:
+            log.error("floating IP: gratuitous ARP: %s", exc)
+
+
 class VipAdapter(object):
     """The floating IP ``address``/``prefixlen`` on ``interface``.
 
@@ -183,7 +214,8 @@ class VipAdapter(object):
     """
 
     def __init__(self, address, prefixlen, interface, ip="ip", arping="arping", timeout=5.0,
-                 dad_count=2, dad_timeout=1.0, garp_count=5, garp_interval=0.2):
+                 dad_count=2, dad_timeout=1.0, garp_count=5, garp_interval=0.2,
+                 method="arping"):
         self.address = str(ipaddress.IPv4Address(str(address).strip()))
         prefix = str(prefixlen).strip()
         self.prefixlen = int(prefix) if prefix.isdigit() else mask_to_prefix(prefix)
@@ -196,6 +228,9 @@ class VipAdapter(object):
         self.timeout = timeout
         self.dad_count, self.dad_timeout = int(dad_count), dad_timeout
         self.garp_count, self.garp_interval = int(garp_count), garp_interval
+        if method not in METHODS:
+            raise ValueError("ARP method %r is not one of %s" % (method, ", ".join(METHODS)))
+        self.method = method           # "packet": AF_PACKET (iscsi_ha.adapters.arp); "arping"
         self.last_responders = []
         self._announcers = []
 
@@ -220,13 +255,15 @@ class VipAdapter(object):
             return VipState(False, False, False, [], self._carriers([]))
         links = parse_ip_link(link.stdout)
         up = bool(links) and "UP" in links[0].flags
+        # ip prints NO-CARRIER (and no LOWER_UP) for an interface that is up without a link.
+        carrier = up and "NO-CARRIER" not in links[0].flags
         res = self._ip(["-o", "-4", "addr", "show"])
         if not res.ok:
             raise VipError(res.describe())
         every = parse_ip_addr(res.stdout)
         mine = [a for a in every if a.ifname == self.interface]
         local = any(a.address == self.address for a in mine)
-        return VipState(local, True, up, mine, self._carriers(every))
+        return VipState(local, True, up, mine, self._carriers(every), carrier)
 
     def _carriers(self, addresses):
         return [a for a in addresses
@@ -235,17 +272,28 @@ class VipAdapter(object):
     # -- duplicate address detection ---------------------------------------------------------
     def is_free(self):
         """True when nobody answers ARP probes for the address within ``dad_timeout``; False
-        when someone does (``last_responders`` names them); VipError when arping fails.
+        when someone does (``last_responders`` names them); VipError when the check did not
+        run: a probe that was never sent proves nothing, so silence is "free" only when every
+        probe is known to have gone out.
 
-        arping's own ``-w``/``-i`` take whole seconds only, so the deadline is ours: ``dad_count``
-        one-probe ``arping -D`` children are started ``DAD_SPACING`` apart; arping -D exits at
-        the first answer (exit 1 with a reply line), so a child still waiting at the deadline
-        has heard nothing and is killed. A free address costs ``dad_timeout``, not 1 s or more.
+        ``packet`` (default from the config): RFC 5227 probes on a raw socket
+        (:mod:`iscsi_ha.adapters.arp`), ``send`` confirms each one. ``arping``: ``dad_count``
+        one-probe ``arping -D`` children started ``DAD_SPACING`` apart, each run to its own
+        end (``-w``, whole seconds) so that its "Sent N probes" line says the probe went out;
+        the first answer ends the check at once.
         """
+        if self.method == "packet":
+            try:
+                sent, macs = arp_mod.probe(self.interface, self.address, self.dad_count,
+                                           self.dad_timeout)
+            except arp_mod.ArpError as exc:
+                raise VipError("duplicate address detection failed: %s" % exc)
+            self.last_responders = ["%s (%s)" % (mac, self.address) for mac in macs]
+            log.debug("floating IP: DAD sent %d probe(s), %d answer(s)", sent, len(macs))
+            return not macs
         argv = self.arping_argv + ["-D", "-I", self.interface, "-c", "1", "-w",
                                    str(int(math.ceil(self.dad_timeout)) + 1), self.address]
-        log.debug("floating IP: DAD %s x%d within %.2f s", _quote(argv), self.dad_count,
-                  self.dad_timeout)
+        log.debug("floating IP: DAD %s x%d", _quote(argv), self.dad_count)
         children = []
         try:
             outcome = self._probe(argv, children)
@@ -254,22 +302,46 @@ class VipAdapter(object):
                 _stop_child(child)
         return outcome
 
+    def conflict(self):
+        """On the holder: MACs of other hosts answering for the floating IP (one probe, heard
+        for ``dad_timeout``). VipError when the probe could not be sent."""
+        if self.method == "packet":
+            try:
+                _sent, macs = arp_mod.probe(self.interface, self.address, 1, self.dad_timeout)
+            except arp_mod.ArpError as exc:
+                raise VipError("floating IP conflict check failed: %s" % exc)
+            return macs
+        return [] if self.is_free() else list(self.last_responders)
+
     def _probe(self, argv, children):
         start = time.monotonic()
-        deadline = start + self.dad_timeout
         spacing = min(DAD_SPACING, self.dad_timeout / (self.dad_count + 1))
+        # arping ends by itself after -w seconds; past that (plus the command timeout) a child
+        # is stuck, and what it did not say cannot count as "nobody answered".
+        guard = start + int(math.ceil(self.dad_timeout)) + 1 + self.timeout
+        done, sent = set(), 0
         while True:
             now = time.monotonic()
             if len(children) < self.dad_count and now >= start + spacing * len(children):
                 children.append(self._spawn(argv))
-            for child in children:
-                if child.poll() is not None:
-                    verdict = self._verdict(argv, child)
-                    if verdict is not None:
-                        return verdict
-            if now >= deadline:
+            for index, child in enumerate(children):
+                if index in done or child.poll() is None:
+                    continue
+                done.add(index)
+                verdict, count = self._verdict(argv, child)
+                if verdict is False:
+                    return False
+                sent += count
+            if len(done) == self.dad_count:
+                if sent < 1:
+                    raise VipError("duplicate address detection failed: %s sent no probe"
+                                   % _quote(argv))
                 self.last_responders = []
                 return True
+            if now >= guard:
+                raise VipError("duplicate address detection failed: %s did not finish within "
+                               "%.1f s; its silence does not prove the address free"
+                               % (_quote(argv), guard - start))
             time.sleep(0.005)
 
     def _spawn(self, argv):
@@ -278,14 +350,16 @@ class VipAdapter(object):
                                 start_new_session=True)
 
     def _verdict(self, argv, child):
-        """False when this finished child heard an answer, None when it heard nothing."""
+        """(False, n) when this finished child heard an answer, (None, probes sent) when it
+        heard nothing."""
         out, err = child.communicate()
         responders = ["%s (%s)" % (mac.upper(), ip) for ip, mac in _REPLY_RE.findall(out)]
         if child.returncode == 1 and responders:
             self.last_responders = responders
-            return False
+            return False, 0
         if child.returncode == 0:
-            return None
+            counts = _SENT_RE.findall(out)
+            return None, int(counts[-1]) if counts else 0
         raise VipError("duplicate address detection failed: %s: exit %d\n%s" % (
             _quote(argv), child.returncode, (out + err).strip()))
 
@@ -326,6 +400,15 @@ class VipAdapter(object):
             old.cancel()
         if self.garp_count <= 0:
             return "gratuitous ARP disabled (count 0)"
+        if self.method == "packet":
+            log.info("floating IP: gratuitous ARP for %s on %s (%d times, %.2f s apart, raw "
+                     "socket, in the background)", self.address, self.interface,
+                     self.garp_count, self.garp_interval)
+            worker = _PacketAnnouncer(self.interface, self.address, self.garp_count,
+                                      self.garp_interval)
+            worker.start()
+            self._announcers.append(worker)
+            return "announcing %s on %s" % (self.address, self.interface)
         argv = self.arping_argv + ["-U", "-I", self.interface, "-c", "1", self.address]
         log.info("floating IP: %s (%d times, %.2f s apart, in the background)",
                  _quote(argv), self.garp_count, self.garp_interval)

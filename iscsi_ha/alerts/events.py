@@ -11,7 +11,6 @@ document the previous agent process left on disk as ``previous`` makes restarts 
 keeps a restart from repeating alerts about a state that did not change.
 """
 import collections
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -41,6 +40,8 @@ KINDS = {
     "split-brain": DATA_LOSS_IMMINENT,
     "agent-restarted": SERVICE_DEGRADED,
     "pass-hung": SERVICE_LOSS_IMMINENT,
+    "state-dir-failed": SERVICE_LOSS_IMMINENT,
+    "state-dir-recovered": SERVICE_RECOVERED,
     "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
@@ -97,8 +98,14 @@ def make(kind, resource="", summary="", severity=None, **details):
 
 # -- alerts raised outside the status comparison ----------------------------------------------
 def pass_hung(seconds, killed):
+    """``killed``: the "pid name" of each child process killed ([] when none was)."""
+    if isinstance(killed, (list, tuple)):
+        names = [str(k) for k in killed]
+    else:                           # never let a caller's wrong type end the daemon
+        names = []
     return make("pass-hung", "", "a pass hung for %.0f s; %d child process(es) killed"
-                % (seconds, len(killed)), seconds=round(seconds, 1), killed=", ".join(killed))
+                % (seconds, len(names)), seconds=round(float(seconds), 1),
+                killed=", ".join(names) or "none")
 
 
 def config_invalid(path, problems):
@@ -122,8 +129,6 @@ def manual_test(hostname):
 
 
 # -- comparing two status documents -------------------------------------------------------------
-_SPLIT_BRAIN_RE = re.compile(r"split brain on ([^:]+):")
-_BLOCKED_PREFIXES = ("refusing", "holding: cannot", "holding: DRBD")
 _BAD_LOCAL_DISKS = ("Diskless", "Failed", "Detaching")
 
 
@@ -187,14 +192,13 @@ def _resource_alerts(name, before, now):
 
 
 def split_brain_resources(document):
-    """Resources in split brain: the document's ``split_brain`` list if it has one, else the
-    names the decision's reason gives."""
+    """Resources in split brain: the document's ``split_brain`` list if it has one, else its
+    split-brain blockers."""
     if document is None:
         return set()
     if document.get("split_brain") is not None:
         return set(document["split_brain"])
-    match = _SPLIT_BRAIN_RE.search((document.get("decision") or {}).get("reason", ""))
-    return set(n.strip() for n in match.group(1).split(",")) if match else set()
+    return set(b.get("resource") for b in _blockers(document) if b.get("kind") == "split-brain")
 
 
 def _drbd_alerts(previous, current):
@@ -250,9 +254,25 @@ def _settled(document):
             and document.get("desired_role") in ("primary", "secondary"))
 
 
+def _blockers(document):
+    blockers = document.get("blockers")
+    if blockers is None:
+        blockers = (document.get("decision") or {}).get("blockers")
+    return [b for b in blockers or [] if isinstance(b, dict)]
+
+
+def _verdict(document):
+    return document.get("verdict") or (document.get("decision") or {}).get("verdict")
+
+
+def service_blocked(document):
+    """This host should serve and is blocked from it (the agent's ``service`` state)."""
+    return bool((document.get("service") or {}).get("blocked"))
+
+
 def _blocked(document):
-    reason = (document.get("decision") or {}).get("reason", "")
-    return reason.startswith(_BLOCKED_PREFIXES)
+    """Not serving what it should, or refusing: the state a recovery alert ends."""
+    return service_blocked(document) or _verdict(document) in ("blocked", "waiting")
 
 
 def _timings(document):
@@ -285,14 +305,27 @@ def _role_alerts(previous, current):
                  **details)]
 
 
+def _blocker_key(document):
+    return sorted((b.get("kind", ""), b.get("resource", "")) for b in _blockers(document))
+
+
 def _blocked_alerts(previous, current):
-    reason = (current.get("decision") or {}).get("reason", "")
-    if not _blocked(current) or split_brain_resources(current):
+    """One service-blocked alert when this host should serve and is blocked (at once for a
+    refusal, after SERVICE_BLOCKED_AFTER for a wait), and again only when the blockers
+    change."""
+    if not service_blocked(current):
         return []
-    if previous is not None and (previous.get("decision") or {}).get("reason") == reason:
+    if (previous is not None and service_blocked(previous)
+            and _blocker_key(previous) == _blocker_key(current)):
         return []
-    return [make("service-blocked", "", "the agent cannot bring this host to its role: %s"
-                 % reason, health=current.get("health"),
+    blockers = _blockers(current)
+    names = ", ".join(sorted(set(b.get("kind", "?") for b in blockers))) or "unknown"
+    words = "; ".join(b.get("detail") or b.get("kind", "?") for b in blockers)
+    since = (current.get("service") or {}).get("for_s")
+    return [make("service-blocked", "", "nobody serves the storage from this host, which "
+                 "should: %s (%s)" % (names, words), blockers=names, blocked_for_s=since,
+                 verdict=_verdict(current), health=current.get("health"),
+                 reason=(current.get("decision") or {}).get("reason", ""),
                  problems="; ".join(current.get("problems") or []))]
 
 
@@ -335,9 +368,29 @@ def _witness_alerts(previous, current):
     return found
 
 
+def _state_error(document):
+    return ((document or {}).get("state_dir") or {}).get("error", "")
+
+
+def _state_dir_alerts(previous, current):
+    """The state directory cannot be written (read-only, full): the status file may be out of
+    reach, so this alert goes by mail and XAPI message, naming the directory and the error."""
+    now, before = _state_error(current), _state_error(previous)
+    directory = (current.get("state_dir") or (previous or {}).get("state_dir") or {}).get(
+        "path", "")
+    if now and now != before:
+        return [make("state-dir-failed", directory, "state directory %s cannot be used: %s; "
+                     "passes go on" % (directory, now), error=now)]
+    if before and not now:
+        return [make("state-dir-recovered", directory, "state directory %s usable again"
+                     % directory, previous_error=before)]
+    return []
+
+
 def alerts_for_transition(previous, current):
     """[Alert] for what changed from ``previous`` (a status document or None) to ``current``."""
     found = _restart_alerts(previous, current)
+    found.extend(_state_dir_alerts(previous, current))
     found.extend(_drbd_alerts(previous, current))
     found.extend(_action_alerts(previous, current))
     found.extend(_blocked_alerts(previous, current))

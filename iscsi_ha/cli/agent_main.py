@@ -76,6 +76,8 @@ def cmd_run(path, once, dry_run, as_json):
         else:
             sys.stdout.write("observed: %s\n" % describe_observation(record.observation))
             sys.stdout.write("decision: %s\n" % record.decision.reason)
+            sys.stdout.write("verdict: %s%s\n" % (record.decision.verdict.value, "".join(
+                "; blocked by %s" % b.describe() for b in record.decision.blockers)))
             for number, action in enumerate(record.decision.actions, 1):
                 sys.stdout.write("  %d. %s\n" % (number, action.describe()))
         agent.adapters.close()
@@ -193,6 +195,11 @@ class DaemonServices(object):
         # Its own XAPI client: a hung PBD.plug must not delay the alerts' XAPI messages.
         self.replugger = PbdReplugger(lambda: XapiClient.from_config(config), self.dispatcher,
                                       config.PBD_REPLUG_INTERVAL, enabled=config.PBD_REPLUG)
+        from iscsi_ha.cli.context import HostContext
+        from iscsi_ha.cli.pool_manual import RecordSync
+        # A manual-mode change made while XAPI was unreachable reaches the pool record later.
+        self.record_sync = RecordSync(lambda: HostContext(config, say=lambda text: None))
+        self.record_sync.start()
 
     def attach(self, agent, loop):
         from iscsi_ha.alerts import StatusAlerts, events, load_previous
@@ -208,6 +215,7 @@ class DaemonServices(object):
             self.replugger.observe(record.observation)
 
     def close(self):
+        self.record_sync.close(timeout=2)
         self.replugger.close(timeout=2)
         self.dispatcher.close(5)
         self.client.close()
@@ -216,11 +224,14 @@ class DaemonServices(object):
 def run_once(agent, config, dry_run):
     """One pass; unless it is a dry run, under the pass lock (bounded), as the daemon's passes
     are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
-    from iscsi_ha.agent import PassLock, PassLockBusy
+    from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
     if dry_run:
         return agent.run_cycle("once")
+    path, fallback = lock_paths(config)
     try:
-        with PassLock(config.STATE_DIR.rstrip("/") + "/lock", timeout=config.PASS_BUDGET):
+        lock = PassLock(path, timeout=config.PASS_BUDGET, fallback=fallback)
+        with lock:
+            agent.lock_problem = lock.problem
             return agent.run_cycle("once")
     except PassLockBusy as exc:
         sys.stderr.write("iscsi-ha: not run: %s\n" % exc)

@@ -47,6 +47,13 @@ def read_status(config, now=None):
     from iscsi_ha import status_read
     now = time.time() if now is None else now
     found = status_read.read(config.STATUS_FILE, now)
+    # An agent that cannot write STATE_DIR publishes a copy in LOCK_FALLBACK_DIR (issue 10):
+    # the newer of the two is the truth.
+    fallback = getattr(config, "LOCK_FALLBACK_DIR", "")
+    copy = status_read.read(os.path.join(fallback, "status"), now) if fallback else found
+    if copy.document is not None and (found.document is None or float(
+            copy.document["updated"]) > float(found.document["updated"])):
+        found = copy
     if found.document is None:
         return {"health": "unknown", "agent_running": False, "stale": True,
                 "status_unknown": None if found.missing else found.problem,

@@ -100,7 +100,8 @@ class HostContext(object):
     @property
     def lock_path(self):
         """The file the agent flocks for a whole pass (iscsi_ha.loop: STATE_DIR/lock)."""
-        return self.config.STATE_DIR.rstrip("/") + "/lock"
+        from iscsi_ha.agent import lock_paths
+        return lock_paths(self.config)[0]
 
     def lock_timeout(self):
         """A pass longer than its budget is hung and gets killed: wait that long and a bit."""
@@ -110,9 +111,10 @@ class HostContext(object):
     def pass_lock(self, timeout=None):
         """Hold the agent's pass lock: no pass runs while the block runs (bounded wait)."""
         timeout = self.lock_timeout() if timeout is None else timeout
-        handle = _open_lock(self.lock_path)
+        from iscsi_ha.agent import lock_paths, open_lock
+        handle, used, _problem = open_lock(*lock_paths(self.config))
         try:
-            _acquire(handle, timeout, self.clock, self.sleep, self.lock_path)
+            _acquire(handle, timeout, self.clock, self.sleep, used)
             try:
                 yield
             finally:
@@ -123,13 +125,6 @@ class HostContext(object):
     def write_manual(self, mode):
         """Write the manual mode file (caller holds the pass lock)."""
         manual_adapter.write_manual(self.config.MANUAL_FILE, mode)
-
-
-def _open_lock(path):
-    directory = os.path.dirname(path)
-    if directory and not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    return open(path, "a")
 
 
 def _acquire(handle, timeout, clock, sleep, path):

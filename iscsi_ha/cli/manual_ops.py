@@ -298,8 +298,9 @@ def acted(document, role):
     started = (document.get("pass") or {}).get("started")
     if document.get("desired_role") != role or not planned or started is None:
         return False
-    if decision.get("reason", "").startswith(("refusing", "waiting")):
-        return False              # only the steps that take the service down were planned
+    if decision.get("verdict") != "acting":
+        return False              # waiting/blocked/holding plan only the steps that take the
+                                  # service down (an agent without verdicts: no shortcut)
     done = [a.get("action") for a in document.get("last_actions") or []
             if a.get("at") == started and a.get("ok") and not a.get("skipped")]
     return done == planned
@@ -349,6 +350,9 @@ def wait_for_role(ctx, role, timeout, since):
         if ctx.clock() - start >= timeout:
             break
         ctx.sleep(WAIT_POLL)
-    reason = (document.get("decision") or {}).get("reason", "none published")
-    raise RoleTimeout("the agent did not make this host %s within %g s; its last decision: %s"
-                      % (role, timeout, reason))
+    decision = document.get("decision") or {}
+    blockers = ", ".join(b.get("kind", "?") for b in decision.get("blockers") or [])
+    raise RoleTimeout("the agent did not make this host %s within %g s; its last decision: "
+                      "%s%s" % (role, timeout, decision.get("reason", "none published"),
+                                " (verdict %s, blocked by %s)" % (decision.get("verdict"),
+                                                                  blockers) if blockers else ""))

@@ -167,6 +167,15 @@ def _decision_panel(document, now):
     decision = document.get("decision") or {}
     run = document.get("pass") or {}
     text = Text(decision.get("reason", ""))
+    verdict = document.get("verdict") or decision.get("verdict")
+    if verdict:
+        text.append("\nverdict: %s" % verdict, style="bold red" if verdict == "blocked" else "")
+    service = document.get("service") or {}
+    if service.get("blocked"):
+        text.append("\nSERVICE BLOCKED: this host should serve and does not (%.0f s): %s" % (
+            service.get("for_s") or 0.0, "; ".join(
+                b.get("detail") or b.get("kind", "?") for b in service.get("blockers") or [])),
+            style="bold red")
     text.append("\npass %s (%s) made %s, took %.3f s" % (
         run.get("number", "?"), run.get("trigger", "?"), _ago(run.get("started"), now),
         run.get("duration_s") or 0.0), style="dim")

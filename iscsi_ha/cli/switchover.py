@@ -56,10 +56,16 @@ def peer_problems(document, resources):
         problems.append("%s: its agent is not running or its status is stale" % name)
     if document.get("manual_mode") == model.MANUAL_PRIMARY:
         problems.append("%s: manual mode there says primary while this host serves" % name)
-    if document.get("split_brain") or (document.get("decision") or {}).get(
-            "reason", "").startswith("holding: split"):
-        problems.append("%s: split brain: %s" % (name, ", ".join(
-            document.get("split_brain") or []) or document["decision"]["reason"]))
+    blockers = [b for b in (document.get("decision") or {}).get("blockers") or []
+                if isinstance(b, dict)]
+    split = list(document.get("split_brain") or []) + [
+        b.get("resource", "?") for b in blockers if b.get("kind") == "split-brain"]
+    if split:
+        problems.append("%s: split brain: %s" % (name, ", ".join(sorted(set(split)))))
+    refusals = [b for b in blockers if b.get("kind") != "split-brain" and not b.get("waits")]
+    if refusals:
+        problems.append("%s: its agent refuses storage actions: %s" % (name, "; ".join(
+            b.get("detail") or b.get("kind", "?") for b in refusals)))
     drbd = document.get("drbd") or {}
     for resource in resources:
         state = drbd.get(resource)

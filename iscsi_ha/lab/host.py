@@ -112,6 +112,9 @@ AGENT_PID_FILE={root}/run/agent.pid
 WATCHDOG_PID_FILE={root}/run/watchdog.pid
 AGENT_START_COMMAND='{bin}/iscsi-ha-service start'
 AGENT_START_TIMEOUT=20
+LOCK_FALLBACK_DIR={root}/run
+SERVICE_BLOCKED_AFTER=5
+VIP_CHECK_INTERVAL=2
 """
 
 INIT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

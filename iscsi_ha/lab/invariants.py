@@ -62,8 +62,9 @@ class Checker(object):
         """Hosts whose tgtd exports the lab's LUN right now."""
         found = set()
         for host in self.lab.hosts:
-            if host.tgtd_pid() is None:
-                continue
+            pid = host.tgtd_pid()
+            if pid is None or _stopped(pid):
+                continue          # a stopped (SIGSTOP) tgtd answers nobody: it serves nothing
             proc = netns.exec_in(host.ns, ["tgtadm", "-C", str(host.ctl), "--lld", "iscsi",
                                            "--op", "show", "--mode", "target"], timeout=5)
             if proc.returncode != 0:
@@ -97,3 +98,12 @@ class Checker(object):
                 self.violations.append("%.3f host %s serves the LUN from a %s" % (
                     now, name, views[name]["role"]))
         return snap
+
+
+def _stopped(pid):
+    """The process is stopped by a signal (state T in /proc/PID/stat)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IOError, IndexError):
+        return False

@@ -123,7 +123,8 @@ def tgtd_killed(lab, run):
 
 def alerts_of(lab, kind, since):
     """(emails, XAPI messages) of alert ``kind`` since ``since`` (wall clock)."""
-    mail = [m for m in lab.mail() if m["time"] >= since and m["alert"].startswith(kind + ";")]
+    mail = [m for m in lab.mail() if m["time"] >= since
+            and m["alert"].strip().startswith(kind + ";")]     # the header may be folded
     name = "ISCSI_HA_" + kind.upper().replace("-", "_")
     messages = [m for m in lab.xapi.pool.messages(name)
                 if _epoch(m.get("timestamp")) >= since - 1]
@@ -260,6 +261,6 @@ def run_scenario(lab, name, settle_timeout=90):
 
 def all_scenarios():
     """Every scenario: the modules of the other issues register theirs when imported."""
-    from iscsi_ha.lab import (scenarios_manual, scenarios_service,  # noqa: F401
-                              scenarios_splitbrain)
+    from iscsi_ha.lab import (scenarios_manual, scenarios_resilience,  # noqa: F401
+                              scenarios_service, scenarios_splitbrain)
     return SCENARIOS

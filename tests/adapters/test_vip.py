@@ -208,13 +208,21 @@ def test_is_free(net):
     assert net.argv("dad") == ["arping", "-D", "-I", "eth0", "-c", "1", "-w", "2", VIP]
 
 
-def test_is_free_when_arping_is_still_waiting_at_the_deadline(net):
-    net.answers["dad"] = None                    # arping has heard nothing yet
-    assert adapter(dad_timeout=0.05).is_free() is True
+def test_arping_that_never_finishes_is_a_failed_check_not_free(net):
+    """Issue 10 (6): silence from an arping that was killed before it said it sent its probe
+    proves nothing: the check fails instead of calling the address free."""
+    net.answers["dad"] = None                    # arping never ends by itself
+    with pytest.raises(VipError, match="does not prove the address free"):
+        adapter(dad_timeout=0.05, timeout=0.1).is_free()
 
 
-def test_dad_sends_dad_count_probes_within_the_deadline(net):
-    net.answers["dad"] = None
+def test_arping_that_sent_no_probe_is_a_failed_check(net):
+    net.answers["dad"] = (0, "ARPING 192.0.2.100 from 0.0.0.0 eth0\nSent 0 probes\n", "")
+    with pytest.raises(VipError, match="sent no probe"):
+        adapter().is_free()
+
+
+def test_dad_sends_dad_count_probes_each_run_to_its_end(net):
     adapter(dad_count=3, dad_timeout=0.3).is_free()
     assert net.kinds().count("dad") == 3
     assert net.argv("dad")[net.argv("dad").index("-w") + 1] == "2"
@@ -428,3 +436,73 @@ def test_real_gratuitous_arp_updates_the_neighbour(two_hosts_arping):
     finally:
         a.close()
     assert a.reap() == 0
+
+
+# -- ARP on a raw socket (issue 10: probes that know they went out) -----------------------------
+
+def test_arp_frames_round_trip():
+    from iscsi_ha.adapters import arp
+    mac = arp.mac_bytes("02:00:00:00:00:0a")
+    probe = arp.parse(arp.probe_frame(mac, VIP))
+    assert probe == (arp.ARP_REQUEST, mac, "0.0.0.0", arp.ZERO_MAC, VIP)
+    garp = arp.parse(arp.gratuitous_frame(mac, VIP))
+    assert garp[2] == garp[4] == VIP
+    assert len(arp.probe_frame(mac, VIP)) == 42
+    other = arp.mac_bytes("02:00:00:00:00:0b")
+    reply = arp.parse(arp.build(arp.ARP_REPLY, other, VIP, "0.0.0.0", dst_mac=mac,
+                                target_mac=mac))
+    assert arp.claims(reply, VIP, mac) and not arp.claims(reply, VIP, other)
+    assert not arp.claims(probe, VIP, other)             # a probe claims nothing (sender 0)
+    assert arp.parse(b"\x00" * 20) is None
+    assert arp.mac_text(other) == "02:00:00:00:00:0B"
+
+
+def _arp_in(ns, verb, count=2):
+    import json
+    import sys
+    proc = _in(ns, [sys.executable, "-m", "iscsi_ha.adapters.arp", verb, "eth0", VIP,
+                    str(count)])
+    return proc.returncode, json.loads(proc.stdout or "{}")
+
+
+@pytest.mark.netns
+def test_real_raw_socket_probe_free_taken_and_interface_down(two_hosts):
+    ns_a, ns_b, _ = two_hosts
+    code, free = _arp_in(ns_a, "probe")
+    assert code == 0 and free == {"sent": 2, "answers": []}
+    assert _in(ns_b, ["ip", "addr", "add", VIP + "/24", "dev", "eth0"]).returncode == 0
+    code, taken = _arp_in(ns_a, "probe")
+    assert code == 0 and taken["answers"] == [_mac(ns_b).upper()]
+    # The holder's own conflict check: a holds the address too, b still answers for it.
+    assert _in(ns_a, ["ip", "addr", "add", VIP + "/24", "dev", "eth0"]).returncode == 0
+    code, conflict = _arp_in(ns_a, "probe", 1)
+    assert code == 0 and conflict["answers"] == [_mac(ns_b).upper()]
+    assert _in(ns_a, ["ip", "link", "set", "eth0", "down"]).returncode == 0
+    code, down = _arp_in(ns_a, "probe")
+    assert code == 1 and "interface down" in down["error"]   # never "nobody answered"
+
+
+@pytest.mark.netns
+def test_real_raw_socket_gratuitous_arp_updates_the_neighbour(two_hosts):
+    ns_a, ns_b, _ = two_hosts
+    assert _in(ns_b, ["ip", "neigh", "replace", VIP, "lladdr", "02:00:00:00:00:01", "dev",
+                      "eth0", "nud", "stale"]).returncode == 0
+    assert _in(ns_a, ["ip", "addr", "add", VIP + "/24", "dev", "eth0"]).returncode == 0
+    code, sent = _arp_in(ns_a, "announce", 3)
+    assert code == 0 and sent == {"sent": 3}
+    mac = _mac(ns_a)
+    for _ in range(100):
+        if mac in _in(ns_b, ["ip", "neigh", "show", VIP]).stdout.lower():
+            break
+        time.sleep(0.05)
+    assert mac in _in(ns_b, ["ip", "neigh", "show", VIP]).stdout.lower()
+
+
+@pytest.mark.netns
+def test_real_carrier_loss_is_seen(two_hosts, ns_prefix):
+    ns_a, _, _ = two_hosts
+    a = _ns_adapter(ns_a)
+    assert a.observe().carrier is True
+    subprocess.run(["ip", "link", "set", ns_prefix + "va", "down"], check=True, timeout=10)
+    state = a.observe()
+    assert state.interface_up is True and state.carrier is False

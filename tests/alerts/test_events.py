@@ -46,6 +46,17 @@ def act(action, ok=True, at=1500.0, detail="", skipped=False, duration=0.25):
 
 PROMOTED = (act("promote r0", duration=0.5), act("start target"), act("add floating IP"),
             act("announce floating IP"))
+
+
+def blocked(kind, resource="", detail="", reason="refusing: something", waits=False,
+            served=False):
+    """Keys of a document whose typed verdict says blocked (what alerts read, never reason)."""
+    blocker = {"kind": kind, "resource": resource, "detail": detail, "waits": waits}
+    return dict(reason=reason, healthy=False, health="failed", verdict="blocked",
+                blockers=[blocker], service={"must_serve": True, "unserved": not served,
+                                             "blocked": not served, "blockers": [blocker]})
+
+
 ACTING = dict(reason="promoting: this host is pool master", healthy=False,
               actions=["promote r0", "start target", "add floating IP", "announce floating IP"])
 
@@ -76,8 +87,10 @@ CASES = [
     ("only the changed resource", doc({"r0": UP, "r1": UP}), doc({"r0": UP, "r1": DOWN}),
      [("drbd-disconnected", "r1")]),
     ("split brain flagged: one split-brain alert, no disconnected",
-     doc(), doc({"r0": STANDALONE}, reason="holding: split brain on r0: no automatic action "
-                "until an admin recovers it", healthy=False, health="failed"),
+     doc(), doc({"r0": STANDALONE}, **blocked("split-brain", "r0", reason="holding: x")),
+     [("split-brain", "r0"), ("service-blocked", "")]),
+    ("split brain on a host that need not serve: no service-blocked",
+     doc(), doc({"r0": STANDALONE}, **blocked("split-brain", "r0", served=True)),
      [("split-brain", "r0")]),
     ("split brain stays", doc({"r0": STANDALONE}, split_brain=["r0"]),
      doc({"r0": STANDALONE}, split_brain=["r0"]), []),
@@ -115,13 +128,17 @@ CASES = [
                                              actions=["start target"]),
      doc(last_actions=[act("start target")]), [("service-restored", "")]),
     ("refusing to promote", doc(**ACTING),
-     doc(reason="refusing: this host is pool master, but r0: no UpToDate data here (disk "
-                "Outdated, peer disk DUnknown)", healthy=False, health="failed"),
-     [("service-blocked", "")]),
-    ("still refusing, same reason", doc(reason="refusing: x", healthy=False),
-     doc(reason="refusing: x", healthy=False), []),
-    ("blocked then fine without actions", doc(reason="holding: cannot read DRBD state: x",
-                                              healthy=False, drbd={}),
+     doc(**blocked("no-uptodate-data", "r0")), [("service-blocked", "")]),
+    ("still refusing, same blocker, other words", doc(**blocked("standalone", "r0", "x")),
+     doc(**blocked("standalone", "r0", "y")), []),
+    ("blocker changes: a new alert", doc(**blocked("peer-primary", "r0", waits=True)),
+     doc(**blocked("no-uptodate-data", "r0")), [("service-blocked", "")]),
+    ("a wait not yet past the bound says nothing", doc(),
+     doc(**dict(blocked("peer-primary", "r0", waits=True),
+                service={"must_serve": True, "unserved": True, "blocked": False})), []),
+    ("a reason sentence alone is never read", doc(**ACTING),
+     doc(reason="refusing: x", healthy=False, health="failed"), []),
+    ("blocked then fine without actions", doc(drbd={}, **blocked("drbd-unreadable")),
      doc(), [("service-restored", "")]),
     ("agent restarted", doc(pid=100), doc(pid=200, started=3000.0), [("agent-restarted", "")]),
     ("agent restarted while the link stays down", doc({"r0": DOWN}, pid=100),

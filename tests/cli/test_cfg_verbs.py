@@ -156,7 +156,8 @@ def test_status_frame_marks_steps_being_applied(host):
     document = host.write_status(manual_mode="become_primary", role="Secondary")
     started = document["pass"]["started"]
     document.update(desired_role="primary", agent_running=True, stale=False,
-                    decision={"reason": "promoting: manual mode", "actions": plan},
+                    decision={"reason": "promoting: manual mode", "actions": plan,
+                              "verdict": "acting"},
                     last_actions=[{"action": a, "ok": True, "skipped": False, "at": started,
                                    "duration_s": 0.1} for a in plan])
     text = frame(host, document)

@@ -309,10 +309,10 @@ def test_wait_peer_is_bounded_and_then_refuses(host):
     assert "iscsi1: the peer is Primary" in refusal(host, wait_peer=0.1)
 
 
-def status_after_pass(desired, reason, planned, done):
+def status_after_pass(desired, reason, planned, done, verdict="acting"):
     started = 1000.5
     return {"manual_mode": "become_primary", "desired_role": desired,
-            "decision": {"reason": reason, "actions": planned},
+            "decision": {"reason": reason, "actions": planned, "verdict": verdict},
             "pass": {"started": started},
             "drbd": {"iscsi1": {"role": "Secondary"}},
             "target": {"running": False, "serving": False}, "floating_ip": {"local": False},
@@ -329,7 +329,7 @@ def test_role_reached_from_the_steps_of_the_pass():
     failed = status_after_pass("primary", "promoting: manual mode", plan,
                                [(a, a != "add floating IP") for a in plan])
     assert not manual_ops.role_reached(failed, model.PRIMARY, ["iscsi1"])
-    risk_only = status_after_pass("primary", "refusing: manual mode, but iscsi1: no data",
-                                  ["stop target"], [("stop target", True)])
+    risk_only = status_after_pass("primary", "promoting: words are never read",
+                                  ["stop target"], [("stop target", True)], verdict="blocked")
     assert not manual_ops.role_reached(risk_only, model.PRIMARY, ["iscsi1"])
     assert not manual_ops.role_reached(ok, model.SECONDARY, ["iscsi1"])

@@ -112,8 +112,13 @@ def test_switchover_refuses_when_the_peer_cannot_be_reached(host):
     ({"agent_running": False}, "its agent is not running"),
     ({"floating_ip": {"local": True}}, "it holds the floating IP"),
     ({"target": {"running": True}}, "its target is running"),
-    ({"decision": {"reason": "holding: split brain on iscsi1: no automatic action"}},
-     "split brain on iscsi1"),
+    ({"decision": {"reason": "holding: x", "verdict": "blocked", "blockers": [
+        {"kind": "split-brain", "resource": "iscsi1", "detail": "", "waits": False}]}},
+     "split brain: iscsi1"),
+    ({"decision": {"reason": "no action: words are never read", "verdict": "blocked",
+                   "blockers": [{"kind": "no-uptodate-data", "resource": "iscsi1",
+                                 "detail": "iscsi1: no UpToDate data here", "waits": False}]}},
+     "refuses storage actions: iscsi1: no UpToDate data here"),
 ])
 def test_switchover_refuses_a_peer_that_is_not_ready(host, peer, change, words):
     peer.document.update(change)

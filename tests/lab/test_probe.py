@@ -383,7 +383,10 @@ def test_probe_rides_through_a_target_restart(target, tmp_path):
     report = probe.analyse(str(record), _read_file(target.image))
     assert report.reconnects >= 1 and report.errors >= 1 and report.connect_failures >= 1
     assert report.longest_pause_s > 0.5
-    assert report.pause_from <= t_kill <= report.pause_to
+    # tgtd is dead and reaped at t_kill, but a reply it sent just before dying can still be in
+    # the socket buffer: the probe stamps that ack when it reads it, up to a few hundred us
+    # after t_kill (seen under make test: 66 us). The pause covers the kill all the same.
+    assert report.pause_from <= t_kill + 0.05 and t_kill <= report.pause_to
     assert report.outage_at_end_s == 0.0
     assert (report.lost_writes, report.unexplained_blocks) == (0, [])
 
