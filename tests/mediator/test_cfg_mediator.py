@@ -105,3 +105,20 @@ def test_support_bundle_masks_secrets_and_has_no_key(med, tmp_path, host, capsys
     assert b"PRIVATE KEY" not in b"".join(blobs.values())
     assert b"BEGIN CERTIFICATE" in blobs["mediator-cert.pem"]
     assert {"status.json", "versions.txt", "mediator-state.json"} <= set(blobs)
+
+
+def test_status_view_shows_the_witness():
+    from rich.console import Console
+    from iscsi_ha.cli import status_view
+    doc = {"witness": {"reachable": True, "address": "m1:7790", "generation": 4,
+                       "primary": "a", "eligible": ["a", "b"], "outdated": [], "peer": "b",
+                       "peer_alive": False, "auto_failover": True}}
+    console = Console(width=120, record=True)
+    console.print(status_view._witness_panel(doc))
+    text = console.export_text()
+    assert "generation 4, primary a, golden a, b" in text and "NOT seen by the mediator" in text
+    doc["witness"] = {"reachable": False, "address": "m1:7790", "error": "timed out"}
+    console = Console(width=120, record=True)
+    console.print(status_view._witness_panel(doc))
+    assert "UNREACHABLE (timed out)" in console.export_text()
+    assert status_view._witness_panel({}) is None
