@@ -23,6 +23,7 @@ import time
 from . import __version__
 from . import config as cfgmod
 from . import pki
+from . import storage as st
 
 OK, REFUSED, ERROR = 0, 1, 2
 
@@ -355,7 +356,10 @@ def cmd_serve(args, settings):
             uvloop.install()
         except ImportError:
             raise CliError("--uvloop: the uvloop package is not installed")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except st.StorageError as exc:
+        raise CliError("storage: %s" % exc)
     return OK
 
 

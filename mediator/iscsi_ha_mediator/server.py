@@ -24,7 +24,11 @@ NODE_OPS = ("heartbeat", "promote", "fence-peer", "unfence", "handover", "ping")
 
 def make_store(settings):
     if settings.backend == "etcd":
-        from . import etcd_backend  # provided by the etcd backend (issue 14)
+        try:
+            from . import etcd_backend  # provided by the etcd backend (issue 14)
+        except ImportError as exc:
+            from .config import ConfigError
+            raise ConfigError("backend = etcd, but the etcd backend cannot be loaded: %s" % exc)
         return etcd_backend.EtcdBackend(etcd_backend.settings_from_config(settings),
                                         lease=settings.lease, margin=settings.margin)
     from .sqlite_store import SqliteStorage
