@@ -102,10 +102,11 @@ def _witness_heals(obs):
         else:
             return None
     if not actions:
-        return Decision((), "waiting: split brain being healed as the witness decided "
-                        "(resync running)", healthy=False, verdict=Verdict.WAITING)
+        return None                     # resync running: the split-brain hold says so
     if any(a.role == "victim" for a in actions):
         actions = list(_cleanup(obs)) + actions     # stop serving before the demote
+    else:
+        actions = list(_serving_risk(obs)) + actions   # never serve from a Secondary
     return Decision(tuple(actions), "healing split brain: " + "; ".join(words),
                     healthy=False, verdict=Verdict.ACTING)
 

@@ -66,7 +66,13 @@ def test_split_brain_held_when_witness_cannot_tell():
 def test_split_brain_flag_cleared_once_in_sync_and_waits_while_resyncing():
     w = model.WitnessGrant(False, "gen 5", deposed=True)
     d = decide(obs(st("Secondary", "SyncTarget", disk="Inconsistent"), w, split=("r1",)))
-    assert not d.actions and d.reason.startswith("waiting:")
+    assert not d.actions and "split brain" in d.reason         # held while it resyncs
+    d = decide(obs(st("Secondary", "SyncTarget", disk="Inconsistent"), w, split=("r1",),
+                   serving=True))
+    assert names(d) == ["remove floating IP", "stop target"]
     d = decide(obs(st("Secondary", "Connected", peer_disk="UpToDate", peer_role="Primary"), w,
                    split=("r1",)))
     assert names(d) == ["clear split-brain flag of r1"]
+    d = decide(obs(st("Secondary", "Connected", peer_disk="UpToDate", peer_role="Primary"), w,
+                   split=("r1",), serving=True))
+    assert names(d) == ["remove floating IP", "stop target", "clear split-brain flag of r1"]
