@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench bench-floor bench-idle clean rpm rpm-check
+.PHONY: setup demo test unit lint bench bench-floor bench-idle bench-mediator clean rpm rpm-check rpm-mediator
 # Lab benchmarks take the lab lock (one lab at a time on this machine); ARGS='--json FILE' etc.
 LAB_LOCK ?= $(if $(wildcard /work),/work/lab.lock,/tmp/iscsi-ha-lab.lock)
 
@@ -36,6 +36,14 @@ bench-floor: setup
 
 bench-idle: setup
 	flock $(LAB_LOCK) $(PY) bench/idle.py $(ARGS)
+
+# One iscsi-ha-mediator process vs 100/1,000/10,000 simulated pools over TLS on 127.0.0.1.
+# make bench-mediator ARGS='--json FILE' also writes the figures as JSON.
+bench-mediator: setup
+	$(PY) bench/mediator_scale.py $(ARGS)
+
+rpm-mediator:
+	./scripts/build-mediator-rpm
 
 clean:
 	$(VENV)/bin/iscsi-ha-lab down 2>/dev/null || true

@@ -16,7 +16,8 @@ from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
 from iscsi_ha.faults import Faults
 from iscsi_ha.model import (ActionResult, AddFloatingIp, AnnounceFloatingIp, DemoteDrbd,
-                            PassRecord, PromoteDrbd, RemoveFloatingIp, StartTarget, StopTarget)
+                            HealSplitBrain, PassRecord, PromoteDrbd, RemoveFloatingIp,
+                            StartTarget, StopTarget)
 from iscsi_ha.wiring import Adapters, observe_drbd, observe_target, observe_vip
 
 log = logging.getLogger("iscsi-ha")
@@ -36,8 +37,9 @@ def peer_released_address(observation):
 class Agent(object):
     """Observe, decide, act and publish, once per :meth:`run_cycle`."""
 
-    def __init__(self, config, adapters=None, dry_run=False):
+    def __init__(self, config, adapters=None, dry_run=False, witness=None):
         self.config = config
+        self.witness = witness        # iscsi_ha.witness.AgentWitness or None (no mediator)
         self.adapters = adapters or Adapters.from_config(config)
         self.dry_run = dry_run
         self.passes = 0
@@ -78,6 +80,7 @@ class Agent(object):
                               for n in config.DRBD_RESOURCES),
                 allow_unfenced=bool(config.ALLOW_UNFENCED_FAILOVER),
                 self_fence_after=float(config.SELF_FENCE_AFTER))
+        witness = self._observe_witness(drbd) if self.witness is not None else None
         return model.Observation(
             fencing=fenced,
             pool=read_pool_role(config.POOL_CONF),
@@ -89,10 +92,46 @@ class Agent(object):
                     else observe_target(self.adapters.target)),
             vip=observe_vip(self.adapters.vip, config.VIP_CHECK_INTERVAL),
             split_brain=self._split_brain_flags(),
-            witness=None,
+            witness=witness,
             resources=tuple(config.DRBD_RESOURCES),
             manual_error=manual_error,
         )
+
+    def _observe_witness(self, drbd):
+        """The mediator's cached answer as a WitnessGrant; hands the heartbeat thread this
+        pass's DRBD report (with the data generations, when the adapter can read them)."""
+        from iscsi_ha.witness import drbd_report
+        try:
+            generations = {}
+            reader = getattr(self.adapters.drbd, "generations", None)
+            if reader is not None:
+                for name in drbd:
+                    try:
+                        gi = reader(name)
+                        generations[name] = getattr(gi, "current", None) or gi[0]
+                    except Exception as exc:  # unknown generation: never "in sync"
+                        log.info("witness: data generation of %s unreadable: %s", name, exc)
+            self.witness.set_report(drbd_report(drbd, generations))
+            return self.witness.observation()
+        except Exception as exc:   # the witness must never stop a pass
+            log.error("witness state unreadable: %s", exc)
+            return model.WitnessGrant(granted=False, reason="witness state unreadable: %s"
+                                      % exc, failover_allowed=False)
+
+    def _ask_witness(self, observation, decision):
+        """The decision wants this host primary but a disconnected resource waits for the
+        witness: ask for a grant in the background (the next pass sees the answer)."""
+        w = observation.witness
+        if self.witness is None or w is None or w.granted or not w.failover_allowed or \
+                self.dry_run or decision.desired != model.PRIMARY or decision.actions:
+            return
+        from iscsi_ha.drbd import LINK_UP_STATES
+        for name in observation.resources:
+            state = observation.drbd.get(name)
+            if state is not None and state.role != "Primary" and \
+                    state.connection not in LINK_UP_STATES:
+                self.witness.want_promote()
+                return
 
     def _split_brain_flags(self):
         """Resources that DRBD's split-brain handler flagged in STATE_DIR (split-brain-RES)."""
@@ -122,6 +161,8 @@ class Agent(object):
             return tickle.remove_with_tickle(self.config, a.vip.remove)
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
+        if isinstance(action, HealSplitBrain):
+            return self._heal_split_brain(action)
         raise ValueError("unknown action %r" % (action,))
 
     def _promote(self, resource):
@@ -169,6 +210,25 @@ class Agent(object):
         if any(isinstance(a, AddFloatingIp) for a in actions[1:]):
             self._early_dad = early_dad.start(self.adapters.vip)
 
+    def _heal_split_brain(self, action):
+        """The steps of ``iscsi-cfg split-brain --keep`` for this host's side, inside the pass
+        (which already holds the pass lock). No snapshot here: DRBD's before-resync-target
+        handler (e.g. snapshot-resync-target-lvm.sh) takes one where the backing store allows."""
+        from iscsi_ha import splitbrain
+        from iscsi_ha.splitbrain_report import clear_flag, write_flag
+        name = action.resource
+        if action.role == "clear":
+            clear_flag(self.config.STATE_DIR, name)
+            return "split-brain flag cleared"
+        state = dict(self.adapters.drbd.observe())[name]
+        write_flag(self.config.STATE_DIR, name, reason="healing as %s (witness)" % action.role,
+                   time="%d" % time.time())
+        if action.role == "victim":
+            steps = splitbrain._victim(self.adapters.drbd, name, state, None)
+        else:
+            steps = splitbrain._survivor(self.adapters.drbd, name, state)
+        return ", ".join(steps) or "nothing to do"
+
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""
         results, failed = [], False
@@ -201,6 +261,7 @@ class Agent(object):
         observation = self._observation = self.observe()
         decision = decide(observation)
         self._observation, self._reason = observation, decision.reason
+        self._ask_witness(observation, decision)
         results = self.apply(decision.actions)
         due = fencing_policy.self_fence_due(observation)
         if due and not self.dry_run:

@@ -7,8 +7,8 @@ the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 from iscsi_ha import fencing_policy, model
 from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Blocker, BlockerKind, Decision,
-                            DemoteDrbd, PromoteDrbd, RemoveFloatingIp, StartTarget, StopTarget,
-                            Verdict)
+                            DemoteDrbd, HealSplitBrain, PromoteDrbd, RemoveFloatingIp,
+                            StartTarget, StopTarget, Verdict)
 
 PRIMARY_WORD = "Primary"
 UP_TO_DATE = "UpToDate"
@@ -24,6 +24,9 @@ def decide(obs):
 
 
 def _decide(obs):
+    healing = _witness_heals(obs)
+    if healing is not None:
+        return healing
     blockers = _unreadable(obs)
     if blockers:
         return _hold_unreadable(obs, blockers)
@@ -90,6 +93,46 @@ def desired_role(obs):
     if pool.role == model.BROKEN:
         return None, "pool.conf says broken (xapi is changing the master)"
     return None, "cannot tell the pool role (%s)" % (pool.detail or pool.role)
+
+
+def _witness_heals(obs):
+    """A split brain the witness can settle: the mediator deposed this host (it acknowledged no
+    write after the grant moved: DRBD froze its I/O until fence-peer answered), so this side
+    is discarded and resyncs from the peer; or it made this host primary and outdated the
+    peer, so this side only connects again. Once a flagged resource is connected and
+    UpToDate on both sides its flag is cleared. None when the witness cannot tell."""
+    w = obs.witness
+    if not obs.split_brain or w is None or obs.manual_error or obs.drbd_error or \
+            obs.manual != model.MANUAL_OFF:
+        return None
+    actions, words = [], []
+    for name in obs.split_brain:
+        state = obs.drbd.get(name)
+        if state is None:
+            return None
+        if state.connection == "Connected" and state.disk == UP_TO_DATE and \
+                state.peer_disk == UP_TO_DATE:
+            actions.append(HealSplitBrain(name, "clear"))
+            words.append("%s is in sync again" % name)
+        elif state.connection in LINK_UP_STATES:
+            continue                    # resyncing: wait for it
+        elif w.deposed:
+            actions.append(HealSplitBrain(name, "victim"))
+            words.append("%s: the witness deposed this host (%s), its changes since the split "
+                         "are discarded" % (name, w.reason))
+        elif w.granted and w.peer_outdated and state.connection == "StandAlone":
+            actions.append(HealSplitBrain(name, "survivor"))
+            words.append("%s: the witness made this host primary and outdated the peer" % name)
+        else:
+            return None
+    if not actions:
+        return None                     # resync running: the split-brain hold says so
+    if any(a.role == "victim" for a in actions):
+        actions = list(_cleanup(obs)) + actions     # stop serving before the demote
+    else:
+        actions = list(_serving_risk(obs)) + actions   # never serve from a Secondary
+    return Decision(tuple(actions), "healing split brain: " + "; ".join(words),
+                    healthy=False, verdict=Verdict.ACTING)
 
 
 def _hold_unreadable(obs, blockers):
@@ -212,6 +255,16 @@ def _promote_blocker(name, state, obs):
 
 
 def _plan_primary(obs, why):
+    if obs.witness is not None and obs.witness.deposed and any(
+            state.role == PRIMARY_WORD for _, state in _states(obs)):
+        # The mediator granted the peer after this host lost it: this host's data is stale
+        # and its fence-peer calls are refused; serving on would fork the data.
+        actions = list(_cleanup(obs))
+        actions.extend(DemoteDrbd(name) for name, state in _states(obs)
+                       if state.role == PRIMARY_WORD)
+        return Decision(tuple(actions), "demoting: %s, but the witness deposed this host (%s)"
+                        % (why, obs.witness.reason), model.SECONDARY, healthy=False,
+                        verdict=Verdict.ACTING)
     to_promote, blockers = [], []
     for name, state in _states(obs):
         if state.role == PRIMARY_WORD:

@@ -63,9 +63,19 @@ class VipObservation:
 
 @dataclass(frozen=True)
 class WitnessGrant:
-    """A third-site witness's answer (mediator issue); None in an Observation = no witness."""
+    """A third-site witness's answer (mediator issue); None in an Observation = no witness.
+
+    ``granted``: the mediator made this host the primary at its current generation (a grant
+    persisted locally, or this host already is its recorded primary). ``deposed``: the mediator
+    names another primary and lists this host as outdated. ``failover_allowed``: reachable,
+    able to grant, not rolled back (else automatic failover is off). ``status``: for the
+    status document."""
     granted: bool
     reason: str = ""
+    deposed: bool = False
+    failover_allowed: bool = True
+    peer_outdated: bool = False     # this host is the primary and the mediator outdated the peer
+    status: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,20 @@ class DemoteDrbd(Action):
 class StartTarget(Action):
     def describe(self):
         return "start target"
+
+
+@dataclass(frozen=True)
+class HealSplitBrain(Action):
+    """Resolve a split brain as the witness decided: ``victim`` (this host was deposed: its
+    changes since the split are discarded, it resyncs from the peer), ``survivor`` (connect
+    again) or ``clear`` (both sides in sync again: drop the split-brain flag)."""
+    resource: str
+    role: str
+
+    def describe(self):
+        if self.role == "clear":
+            return "clear split-brain flag of %s" % self.resource
+        return "heal split brain of %s as %s" % (self.resource, self.role)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ def build(record, config, number, started_at, trigger, last_actions):
         "fencing": fencing_dict(obs),
         "health": health_of(decision, record.results, problems, service),
         "problems": problems,
+        "witness": None if obs.witness is None else dict(obs.witness.status, **{
+            "granted": obs.witness.granted, "reason": obs.witness.reason,
+            "deposed": obs.witness.deposed,
+            "failover_allowed": obs.witness.failover_allowed}),
     }
 
 

@@ -52,6 +52,10 @@ KINDS = {
     "self-fenced": DATA_LOSS_IMMINENT,
     "unfenced-failover": DATA_LOSS_IMMINENT,
     "test": INFORMATIONAL,
+    "mediator-unreachable": SERVICE_DEGRADED,
+    "mediator-reachable": SERVICE_RECOVERED,
+    "mediator-rolled-back": SERVICE_LOSS_IMMINENT,
+    "mediator-deposed": DATA_LOSS_IMMINENT,
 }
 
 
@@ -386,6 +390,33 @@ def _fencing_alerts(previous, current):
     return found
 
 
+def _witness_alerts(previous, current):
+    """One alert when the mediator becomes unreachable, one when it is back, one when it was
+    rolled back, one when it deposed this host."""
+    now = current.get("witness")
+    if not now:
+        return []
+    before = (previous or {}).get("witness") or {}
+    found = []
+    where = now.get("address") or "?"
+    if not now.get("reachable") and now.get("error") not in (None, "no answer yet") and \
+            (before.get("reachable") or not before):
+        found.append(make("mediator-unreachable", "", "mediator %s unreachable (%s): automatic "
+                          "failover is off; no effect on I/O" % (where, now.get("error")),
+                          address=where))
+    if now.get("reachable") and before and not before.get("reachable") and \
+            before.get("error") not in (None, "no answer yet"):
+        found.append(make("mediator-reachable", "", "mediator %s reachable again (generation "
+                          "%s)" % (where, now.get("generation")), address=where))
+    if now.get("rolled_back") and not before.get("rolled_back"):
+        found.append(make("mediator-rolled-back", "", now["rolled_back"], address=where))
+    if now.get("deposed") and not before.get("deposed"):
+        found.append(make("mediator-deposed", "", "the mediator made %s primary at generation "
+                          "%s and lists this host as outdated: demoting"
+                          % (now.get("primary"), now.get("generation")), address=where))
+    return found
+
+
 def _state_error(document):
     return ((document or {}).get("state_dir") or {}).get("error", "")
 
@@ -414,4 +445,5 @@ def alerts_for_transition(previous, current):
     found.extend(_action_alerts(previous, current))
     found.extend(_blocked_alerts(previous, current))
     found.extend(_role_alerts(previous, current))
+    found.extend(_witness_alerts(previous, current))
     return found

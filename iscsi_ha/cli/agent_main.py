@@ -69,8 +69,10 @@ def cmd_run(path, once, dry_run, as_json):
             "(iscsi-cfg drbd-config) to be safe.")
     from iscsi_ha.agent import Agent, describe_observation
     from iscsi_ha.loop import Loop
-    agent = Agent(config, dry_run=dry_run)
+    agent = Agent(config, dry_run=dry_run, witness=_witness(config))
     if once or dry_run:
+        if agent.witness is not None:
+            agent.witness.beat()        # one bounded heartbeat (MEDIATOR_TIMEOUT)
         record = run_once(agent, config, dry_run)
         if record is None:
             return EXIT_FAIL
@@ -100,6 +102,8 @@ def cmd_run(path, once, dry_run, as_json):
         signal.signal(signum, on_signal)
     wait_for_xapi(config, stop, notifier)
     restore_manual_mode(config)
+    if agent.witness is not None:
+        agent.witness.start()
     loop = Loop(agent, stop)
     from iscsi_ha import wakeups as wakeups_mod
     wakeups = wakeups_mod.for_agent(config, agent.adapters.drbd)
@@ -118,7 +122,21 @@ def cmd_run(path, once, dry_run, as_json):
         wakeups.close()
         services.close()
         agent.adapters.close()
+        if agent.witness is not None:
+            agent.witness.stop()
     return EXIT_OK
+
+
+def _witness(config):
+    """The mediator client (iscsi_ha.witness) or None (MEDIATOR empty). A broken mediator setup
+    is logged and gives a witness that never grants (no failover over a cut link on a guess)."""
+    from iscsi_ha import witness
+    try:
+        return witness.from_config(config, alert=lambda text: logging.getLogger(
+            "iscsi-ha").warning("witness: %s", text))
+    except witness.MediatorError as exc:
+        logging.getLogger("iscsi-ha").error("witness not usable: %s", exc)
+        return witness.BrokenWitness(str(exc))
 
 
 def restore_manual_mode(config):

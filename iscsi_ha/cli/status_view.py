@@ -206,6 +206,9 @@ def render(config, document, peer=None, now=None):
     parts += [_head(document, now), _drbd_table(document, desired),
               _service_table(config, document, desired), _peer_panel(document, peer, now),
               _decision_panel(document, now)]
+    witness = _witness_panel(document)
+    if witness is not None:
+        parts.append(witness)
     if document.get("problems"):
         parts.append(Panel("\n".join(document["problems"]), title="problems", style="yellow"))
     fencing = fencing_advice(document)
@@ -242,6 +245,30 @@ def fencing_advice(document):
                                                                          0)),
                 record.get("exit"), record.get("outcome")))
     return lines
+
+
+def _witness_panel(document):
+    """The mediator as the agent sees it (None without a mediator)."""
+    w = document.get("witness")
+    if not w:
+        return None
+    if not w.get("reachable"):
+        text = "mediator %s UNREACHABLE (%s): automatic failover off, no effect on I/O" % (
+            w.get("address") or "?", w.get("error"))
+        return Panel(text, title="witness", style="yellow")
+    lines = ["mediator %s: generation %s, primary %s, golden %s, outdated %s" % (
+        w.get("address"), w.get("generation"), w.get("primary") or "-",
+        ", ".join(w.get("eligible") or []) or "-", ", ".join(w.get("outdated") or []) or "-"),
+        "peer %s %s; automatic failover %s" % (
+            w.get("peer") or "?", "alive at the mediator" if w.get("peer_alive") else
+            "NOT seen by the mediator", "on" if w.get("auto_failover") else
+            "OFF (%s)" % w.get("auto_failover_reason"))]
+    if w.get("rolled_back"):
+        lines.append("ROLLED BACK: %s" % w["rolled_back"])
+    if w.get("deposed"):
+        lines.append("DEPOSED: the mediator made %s primary" % w.get("primary"))
+    bad = w.get("rolled_back") or w.get("deposed") or not w.get("auto_failover")
+    return Panel("\n".join(lines), title="witness", style="yellow" if bad else "")
 
 
 def show(config, document, once=False, console=None, refresh=2.0, watcher=None, peer=None):

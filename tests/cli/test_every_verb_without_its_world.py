@@ -27,6 +27,9 @@ INVOCATIONS = [
     ["split-brain", "iscsi1", "--clear"],
     ["test-alert"], ["test-alert", "--email"], ["test-alert", "--xapi"],
     ["drbd-config"], ["drbd-config", "--drbd-version", "9"],
+    ["mediator", "status"], ["mediator", "test"], ["mediator", "reset"],
+    ["mediator", "enroll"], ["mediator", "enroll", "/nonexistent/bundle.json"],
+    ["support-bundle", "-o", "/nonexistent/dir/x.tgz"],
 ]
 
 
