@@ -39,6 +39,7 @@ import http.client
 import ipaddress
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -65,7 +66,14 @@ class EtcdSettingsError(EtcdError):
 
 
 class EtcdUnavailable(EtcdError):
-    """No endpoint answered in time (or every one said it cannot serve now)."""
+    """No endpoint answered in time (or every one said it cannot serve now).
+
+    ``maybe_sent`` is False only when no attempt can have reached etcd (every connection was
+    refused or closed before the request was read): a write then certainly did not apply."""
+
+    def __init__(self, message, maybe_sent=True):
+        EtcdError.__init__(self, message)
+        self.maybe_sent = maybe_sent
 
 
 class EtcdAuthError(EtcdError):
@@ -364,6 +372,7 @@ class EtcdClient(object):
         errors = []
         reauth = True
         fresh_tried = set()
+        maybe_sent = False
         attempt = 0
         while attempt < count:
             index = (start + attempt) % count
@@ -392,6 +401,7 @@ class EtcdClient(object):
                                     % (where, exc.verify_message or _short(exc)))
             except (OSError, http.client.HTTPException) as exc:
                 errors.append("%s: %s" % (where, _short(exc)))
+                maybe_sent = True
                 attempt += 1
                 if not retry:
                     break
@@ -413,12 +423,14 @@ class EtcdClient(object):
                 raise EtcdAuthError("etcd %s: permission denied: %s" % (where, message))
             if code in _UNAVAILABLE_CODES or status >= 500:
                 errors.append("%s: %s" % (where, message))
+                maybe_sent = True  # "request timed out" may still be applied later
                 attempt += 1
                 if not retry:
                     break
                 continue
             raise EtcdRequestError("etcd %s %s: %s" % (where, path, message))
-        raise EtcdUnavailable("etcd unreachable (%s)" % ("; ".join(errors) or "timed out"))
+        raise EtcdUnavailable("etcd unreachable (%s)" % ("; ".join(errors) or "timed out"),
+                              maybe_sent)
 
     def _authenticate(self, index, timeout):
         status, out = self._send(index, "/v3/auth/authenticate",
@@ -505,3 +517,136 @@ def _short(exc):
     if isinstance(exc, TimeoutError) or "timed out" in text:
         return "timed out"
     return text.splitlines()[0][:160]
+
+
+class WatchStream(object):
+    """One etcd watch over the JSON gateway, read from a raw socket.
+
+    The gateway answers a watch with a chunked HTTP response that stays open and carries one
+    JSON message per line. http.client cannot survive a read timeout on such a stream, so this
+    class speaks the little HTTP it needs itself: ``next(timeout)`` returns the next message,
+    or None when nothing arrived within ``timeout`` (the stream stays usable), and raises
+    EtcdUnavailable when the stream broke. ``close()`` may be called from another thread.
+    """
+
+    def __init__(self, client, key, range_end, start_revision, prev_kv=True):
+        self.client = client
+        self.body = json.dumps({"create_request": {
+            "key": _b64(key), "range_end": _b64(range_end),
+            "start_revision": str(int(start_revision)), "prev_kv": bool(prev_kv)}}).encode()
+        self.sock = None
+        self.raw = b""       # bytes read, not yet de-chunked
+        self.payload = b""   # de-chunked bytes, not yet split into lines
+        self.where = None
+
+    def open(self):
+        """Connect to the first endpoint that accepts, send the request, read the headers."""
+        client = self.client
+        errors = []
+        timeout = client.settings.timeout
+        count = len(client._endpoints)
+        for attempt in range(count):
+            index = (client._preferred + attempt) % count
+            scheme, host, port = client._endpoints[index]
+            where = "%s:%d" % (host, port)
+            try:
+                if client.settings.username and client._token is None:
+                    client._authenticate(index, timeout)
+                sock = socket.create_connection((host, port), timeout=timeout)
+                if scheme == "https":
+                    sock = client._ssl.wrap_socket(sock, server_hostname=host)
+                head = ["POST /v3/watch HTTP/1.1", "Host: %s" % where,
+                        "Content-Type: application/json", "Content-Length: %d" % len(self.body)]
+                if client._token:
+                    head.append("Authorization: %s" % client._token)
+                sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + self.body)
+                self.sock = sock
+                self.where = where
+                self._read_headers(time.monotonic() + timeout)
+                return self
+            except EtcdAuthError:
+                self.close()
+                raise
+            except (OSError, EtcdError) as exc:
+                self.close()
+                errors.append("%s: %s" % (where, _short(exc)))
+        raise EtcdUnavailable("etcd watch: no endpoint (%s)" % "; ".join(errors))
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        sock = self.sock
+        if sock is None:
+            raise EtcdUnavailable("etcd watch closed")
+        sock.settimeout(left)
+        data = sock.recv(65536)
+        if not data:
+            raise EtcdUnavailable("etcd watch stream from %s closed" % self.where)
+        self.raw += data
+
+    def _read_headers(self, deadline):
+        while b"\r\n\r\n" not in self.raw:
+            if len(self.raw) > 65536:
+                raise EtcdUnavailable("etcd watch: headers too long")
+            self._fill(deadline)
+        head, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or parts[1] != "200":
+            raise EtcdUnavailable("etcd watch: %s" % lines[0][:100])
+        if not any(l.lower().replace(" ", "") == "transfer-encoding:chunked" for l in lines[1:]):
+            raise EtcdUnavailable("etcd watch: answer is not a stream")
+
+    def _dechunk(self):
+        while True:
+            end = self.raw.find(b"\r\n")
+            if end < 0:
+                return
+            try:
+                size = int(self.raw[:end].split(b";")[0], 16)
+            except ValueError:
+                raise EtcdUnavailable("etcd watch: bad chunk from %s" % self.where)
+            if size == 0:
+                raise EtcdUnavailable("etcd watch stream from %s ended" % self.where)
+            if len(self.raw) < end + 2 + size + 2:
+                return
+            self.payload += self.raw[end + 2:end + 2 + size]
+            self.raw = self.raw[end + 2 + size + 2:]
+
+    def next(self, timeout):
+        """The next decoded message (a dict), or None after ``timeout`` seconds of silence."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._dechunk()
+            nl = self.payload.find(b"\n")
+            if nl >= 0:
+                line, self.payload = self.payload[:nl], self.payload[nl + 1:]
+                if not line.strip():
+                    continue
+                try:
+                    msg = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    raise EtcdUnavailable("etcd watch: bad message from %s" % self.where)
+                if "error" in msg:
+                    raise EtcdUnavailable("etcd watch: %s" % (msg.get("error", {}).get("message")
+                                                              if isinstance(msg.get("error"), dict)
+                                                              else msg["error"]))
+                return msg.get("result", msg)
+            if self.sock is None:
+                raise EtcdUnavailable("etcd watch closed")
+            try:
+                self._fill(deadline)
+            except socket.timeout:
+                return None
+            except OSError as exc:
+                raise EtcdUnavailable("etcd watch from %s: %s" % (self.where, _short(exc)))
+
+    def close(self):
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
