@@ -141,6 +141,7 @@ class EtcdBackend(object):
         self._watch = None
         self._pending = []        # presence writes waiting for the writer thread
         self._wake = threading.Condition(self._lock)
+        self._watching = threading.Event()
 
     # -- keys --------------------------------------------------------------------------------
     def _k_pool(self, pool):
@@ -179,6 +180,9 @@ class EtcdBackend(object):
                                  daemon=True)
             t.start()
             self._threads.append(t)
+        if not self._watching.wait(max(0.1, deadline - time.monotonic())):
+            self.stop()
+            raise StorageUnavailable("etcd: could not start watching %s" % self.prefix)
         return self
 
     def stop(self):
@@ -294,6 +298,7 @@ class EtcdBackend(object):
                 self._watch = ec.WatchStream(self.client, self.prefix,
                                              ec.prefix_end(self.prefix), rev + 1).open()
                 self._mark(True)
+                self._watching.set()
                 while not self._stop.is_set():
                     msg = self._watch.next(0.5)
                     if msg is None:
