@@ -215,10 +215,10 @@ class EtcdBackend(object):
     def _mark(self, ok, reason=None):
         with self._lock:
             if ok != self._available:
-                if ok and self._reason != "not started":
-                    LOG.info("etcd reachable again")
-                else:
+                if not ok:
                     LOG.warning("etcd unreachable from this instance: %s", reason)
+                elif self._reason != "not started":
+                    LOG.info("etcd reachable again")
             self._available = ok
             self._reason = reason
 
@@ -291,12 +291,15 @@ class EtcdBackend(object):
         return view
 
     def _watch_loop(self):
+        failures = 0
         while not self._stop.is_set():
             try:
-                rev = self._resync() if self._watch is None and self._revision == 0 \
-                    else self._revision
                 self._watch = ec.WatchStream(self.client, self.prefix,
-                                             ec.prefix_end(self.prefix), rev + 1).open()
+                                             ec.prefix_end(self.prefix),
+                                             self._revision + 1).open()
+                if failures:
+                    self._resync()  # catch up on what happened while we were away
+                failures = 0
                 self._mark(True)
                 self._watching.set()
                 while not self._stop.is_set():
@@ -304,6 +307,7 @@ class EtcdBackend(object):
                     if msg is None:
                         continue
                     if msg.get("compact_revision") and msg.get("compact_revision") != "0":
+                        self._revision = 0
                         raise ec.EtcdUnavailable("watch compacted; reloading")
                     if msg.get("canceled"):
                         raise ec.EtcdUnavailable("watch canceled: %s"
@@ -311,17 +315,22 @@ class EtcdBackend(object):
                     self._apply(msg.get("events") or [], int(msg.get("header", {})
                                                              .get("revision", 0)))
             except ec.EtcdError as exc:
-                if self._stop.is_set():
-                    break
-                self._mark(False, "etcd unreachable: %s" % exc)
                 watch, self._watch = self._watch, None
                 if watch is not None:
                     watch.close()
-                self._stop.wait(0.3)
-                try:
-                    self._resync()
-                except ec.EtcdError:
-                    pass
+                if self._stop.is_set():
+                    break
+                failures += 1
+                # A broken stream (one member died) is reopened at once on another endpoint;
+                # only when that fails too is etcd unreachable for this instance.
+                if failures > 1:
+                    self._mark(False, "etcd unreachable: %s" % exc)
+                    self._stop.wait(0.3)
+                if self._revision == 0:
+                    try:
+                        self._resync()
+                    except ec.EtcdError:
+                        pass
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.close()

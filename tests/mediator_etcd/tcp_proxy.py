@@ -71,6 +71,25 @@ class LossyProxy(object):
                 pass
             s.close()
 
+    def cut(self):
+        """Make etcd unreachable through this proxy: refuse new connections, drop open ones."""
+        self.listener.close()
+        for s in self._socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(2)
+
+    def restore(self):
+        """Listen again on the same port."""
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((HOST, self.port))
+        self.listener.listen(16)
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
     def close(self):
         self._stop = True
         self.listener.close()
