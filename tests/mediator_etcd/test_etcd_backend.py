@@ -219,3 +219,16 @@ def test_settings_from_config(tmp_path):
     assert "etcd_timeout" in str(err.value)
     with pytest.raises(ec.EtcdSettingsError):
         eb.settings_from_config({})
+
+
+def test_backend_over_tls_with_client_certificate(etcd1_tls, tls_files):
+    s = ec.EtcdSettings(etcd1_tls.endpoints, ca_file=tls_files.ca_cert,
+                        cert_file=tls_files.client_cert, key_file=tls_files.client_key)
+    a = eb.EtcdBackend(s, lease=LEASE, margin=MARGIN).start()
+    b = eb.EtcdBackend(s, lease=LEASE, margin=MARGIN).start()
+    try:
+        rev = a.commit("p", 0, {"generation": 1}, {"event": "create"})
+        assert wait_for(lambda: b.cached("p") == ({"generation": 1}, rev), 3)  # watch over TLS
+    finally:
+        a.stop()
+        b.stop()
