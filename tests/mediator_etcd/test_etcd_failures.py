@@ -158,3 +158,116 @@ def test_etcd_unreachable_from_one_instance(etcd1):
         x.stop()
         y.stop()
         proxy.close()
+
+
+# -- mediator instances racing and dying (decisions: model_decisions, a test model) ----------
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import model_decisions as md  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+POOL0 = {"generation": 5, "primary": "A", "eligible": ["A", "B"], "outdated": []}
+
+
+def _promotes(backend, pool):
+    return [e for e in backend.audit(pool) if e["event"] == "promote"]
+
+
+@pytest.mark.parametrize("kill_after", [None, 0.0, 0.001, 0.002, 0.004, 0.008, 0.03])
+def test_instance_killed_mid_promote_one_grant_or_none(etcd1, kill_after):
+    """Instance 1 (its own process) is SIGKILLed between reading the pool and committing, or
+    while its transaction is in flight, or after. Whatever etcd holds then is one grant or
+    none; B's agent moves on to instance 2, which ends with exactly one grant."""
+    y = make_backend(etcd1.endpoints)
+    pool = "kill-%s" % ("pause" if kill_after is None else int(kill_after * 1000))
+    try:
+        y.commit(pool, 0, dict(POOL0), {"event": "create"})
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.join(os.path.dirname(os.path.dirname(HERE)), "mediator"), HERE]))
+        pause = 5.0 if kill_after is None else 0.0
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "model_decisions.py"), ",".join(etcd1.endpoints),
+             pool, "B", "5", str(pause), "0.5", "0.2"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        try:
+            line = proc.stdout.readline()  # READ: the decision is made, the commit is next
+            assert line == b"READ\n", line
+            time.sleep(0.5 if kill_after is None else kill_after)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        first = _promotes(y, pool)
+        print("killed %s after READ: %d grant(s) in etcd" % (kill_after, len(first)))
+        assert len(first) in (0, 1)
+        record, _ = y.read(pool)
+        if first:
+            assert record["primary"] == "B" and record["generation"] == 6
+        else:
+            assert record == POOL0
+        if kill_after is None:
+            assert not first  # killed before its commit: nothing may have been written
+        # B's agent retries at instance 2 (fresh: it must watch the pool for L + M first).
+        t_end = time.monotonic() + LEASE + MARGIN + 2
+        granted = None
+        while time.monotonic() < t_end and granted is None:
+            y.node_seen(pool, "B")
+            try:
+                granted = md.promote(y, pool, "B", 5)
+            except md.Refused as exc:
+                assert "retry after" in str(exc)
+                time.sleep(0.1)
+        assert granted == 6
+        assert len(_promotes(y, pool)) == 1
+        assert y.read(pool)[0]["primary"] == "B"
+    finally:
+        y.stop()
+
+
+def test_two_instances_two_nodes_of_one_pool_exactly_one_primary(etcd3):
+    """The link A-B is cut. A (primary) calls fence-peer at instance X while B calls promote at
+    instance Y, at the same moment, 20 times over. Each round exactly one of them wins."""
+    x = make_backend(etcd3.endpoints)
+    y = make_backend(etcd3.endpoints[::-1])
+    outcomes = {"fence": 0, "promote": 0}
+    try:
+        for round_no in range(20):
+            pool = "race-%d" % round_no
+            rev = x.commit(pool, 0, dict(POOL0), {"event": "create"})
+            assert wait_for(lambda: y.cached(pool)[1] == rev, 3)
+            # Y has watched this pool for L + M and A was never heard anywhere: B's promote
+            # passes every check; only the etcd order decides.
+            y._pools[pool].watch_since = time.monotonic() - (LEASE + MARGIN + 1)
+            y._pools[pool].heard = time.monotonic()
+            barrier = threading.Barrier(2)
+            result = {}
+
+            def run(name, fn):
+                barrier.wait(5)
+                try:
+                    result[name] = fn()
+                except (md.Refused, eb.Conflict) as exc:
+                    result[name] = exc
+
+            t1 = threading.Thread(target=run, args=("fence", lambda: md.fence_peer(x, pool, "A", 5)))
+            t2 = threading.Thread(target=run, args=("promote", lambda: md.promote(y, pool, "B", 5)))
+            t1.start(), t2.start()
+            t1.join(15), t2.join(15)
+            winners = [k for k, v in result.items() if v == 6]
+            assert len(winners) == 1, result
+            outcomes[winners[0]] += 1
+            record, _ = x.read(pool)
+            assert record["generation"] == 6
+            if winners == ["fence"]:
+                assert record["primary"] == "A" and record["outdated"] == ["B"]
+            else:
+                assert record["primary"] == "B" and record["outdated"] == ["A"]
+            events = [e["event"] for e in x.audit(pool)]
+            assert events == ["create", {"fence": "fence-peer", "promote": "promote"}[winners[0]]]
+    finally:
+        x.stop()
+        y.stop()
+    print("race outcomes over 20 rounds:", outcomes)
