@@ -67,35 +67,26 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 
 from . import etcd_client as ec
+from .storage import (DEFAULT_LEASE, DEFAULT_MARGIN, Conflict, Storage, StorageError,
+                      StorageUnavailable, StorageUnknown)
 
 LOG = logging.getLogger("iscsi-ha-mediator.etcd")
 
-DEFAULT_LEASE = 10.0
-DEFAULT_MARGIN = 2.0
+__all__ = ["EtcdBackend", "settings_from_config", "Conflict", "StorageError",
+           "StorageUnavailable", "StorageUnknown"]
 
 
-class StorageError(Exception):
-    """A storage operation failed; ``str()`` is one line."""
+def _q(name):
+    """A pool or node name as one key segment ("/" and "%" escaped)."""
+    return urllib.parse.quote(name, safe="")
 
 
-class StorageUnavailable(StorageError):
-    """etcd cannot be reached from this instance: no change was made."""
-
-
-class StorageUnknown(StorageError):
-    """A change was sent but whether etcd applied it is unknown (answer "retry")."""
-
-
-class Conflict(StorageError):
-    """The record changed since it was read (another instance or request won)."""
-
-    def __init__(self, message, record=None, revision=0):
-        StorageError.__init__(self, message)
-        self.record = record
-        self.revision = revision
+def _uq(segment):
+    return urllib.parse.unquote(segment)
 
 
 def _dumps(obj):
@@ -115,10 +106,11 @@ class _PoolView(object):
         self.remote_gone = {}     # node -> monotonic time its last remote presence vanished
 
 
-class EtcdBackend(object):
+class EtcdBackend(Storage):
     """The mediator state on etcd. ``start()`` before use, ``stop()`` at the end."""
 
     name = "etcd"
+    concurrency = 8  # etcd serialises itself; a few requests in flight hide the round trip
 
     def __init__(self, settings, lease=DEFAULT_LEASE, margin=DEFAULT_MARGIN, instance_id=None,
                  clock=time.monotonic):
@@ -145,13 +137,18 @@ class EtcdBackend(object):
 
     # -- keys --------------------------------------------------------------------------------
     def _k_pool(self, pool):
-        return "%spools/%s" % (self.prefix, pool)
+        return "%spools/%s" % (self.prefix, _q(pool))
 
-    def _k_audit(self, pool, generation, write_id):
-        return "%saudit/%s/%020d-%s" % (self.prefix, pool, int(generation), write_id)
+    def _k_audit_base(self, pool):
+        if pool == "":
+            return "%saudit-mediator/" % self.prefix
+        return "%saudit/%s/" % (self.prefix, _q(pool))
+
+    def _k_audit(self, pool, write_id):
+        return self._k_audit_base(pool) + write_id
 
     def _k_presence(self, pool, node, instance=None):
-        base = "%spresence/%s/%s/" % (self.prefix, pool, node)
+        base = "%spresence/%s/%s/" % (self.prefix, _q(pool), _q(node))
         return base + instance if instance else base
 
     def _k_doc(self, name):
@@ -255,10 +252,10 @@ class EtcdBackend(object):
         pools, presence, docs = {}, {}, {}
         for kv in kvs:
             kind, parts = self._split(kv.key)
-            if kind == "pools":
-                pools[parts[0]] = (json.loads(kv.value.decode()), kv.mod_revision)
+            if kind == "pools" and len(parts) == 1:
+                pools[_uq(parts[0])] = (json.loads(kv.value.decode()), kv.mod_revision)
             elif kind == "presence" and len(parts) == 3:
-                presence.setdefault((parts[0], parts[1]), set()).add(parts[2])
+                presence.setdefault((_uq(parts[0]), _uq(parts[1])), set()).add(parts[2])
             elif kind == "docs":
                 docs["/".join(parts)] = (kv.value, kv.mod_revision)
         with self._lock:
@@ -342,20 +339,20 @@ class EtcdBackend(object):
                 kv = ec.KeyValue(ev.get("kv", {}))
                 deleted = ev.get("type") == "DELETE"
                 kind, parts = self._split(kv.key)
-                if kind == "pools" and parts:
-                    view = self._view(parts[0])
+                if kind == "pools" and len(parts) == 1:
+                    view = self._view(_uq(parts[0]))
                     if deleted:
                         view.record, view.revision = None, 0
                     elif kv.mod_revision > view.revision:
                         view.record, view.revision = json.loads(kv.value.decode()), \
                             kv.mod_revision
                 elif kind == "presence" and len(parts) == 3:
-                    key = (parts[0], parts[1])
+                    key = (_uq(parts[0]), _uq(parts[1]))
                     insts = self._presence.setdefault(key, set())
                     if deleted:
                         insts.discard(parts[2])
                         if parts[2] != self.instance and not self._others(insts):
-                            self._view(parts[0]).remote_gone[parts[1]] = now
+                            self._view(key[0]).remote_gone[key[1]] = now
                     else:
                         insts.add(parts[2])
                 elif kind == "docs":
@@ -428,28 +425,33 @@ class EtcdBackend(object):
         with self._lock:
             return sorted(self._others(self._presence.get((pool, node), set())))
 
+    def _pool_lease(self, view):
+        record = view.record
+        try:
+            return float(record.get("lease") or self.lease) if record else self.lease
+        except (TypeError, ValueError):
+            return self.lease
+
     def lease_over_at(self, pool, node):
-        """Monotonic time from which this instance may treat ``node``'s lease as run out."""
+        """Monotonic time from which this instance may treat ``node``'s lease as run out
+        (``node`` None: when this instance may grant anything for the pool at all)."""
         with self._lock:
             view = self._view(pool)
-            if self._others(self._presence.get((pool, node), set())):
+            if node is not None and self._others(self._presence.get((pool, node), set())):
                 return float("inf")  # heard by another instance right now
-            marks = [view.local.get(node), view.remote_gone.get(node),
-                     view.watch_since if view.watch_since is not None else self.clock()]
-            return max(m for m in marks if m is not None) + self.lease + self.margin
+            marks = [view.watch_since if view.watch_since is not None else self.clock()]
+            if node is not None:
+                marks += [view.local.get(node), view.remote_gone.get(node)]
+            return max(m for m in marks if m is not None) + self._pool_lease(view) + self.margin
 
     def grant_allowed(self, pool, holder):
-        """(True, 0) when a grant over ``holder`` may be tried now; else (False, retry_after s)."""
+        """(True, 0.0) when a grant deposing ``holder`` (None: no holder) may be tried now;
+        else (False, retry_after seconds). See the module docstring for the rule."""
         if not self._available:
             return False, self.lease
-        if holder is None:
-            with self._lock:
-                view = self._view(pool)
-                since = view.watch_since if view.watch_since is not None else self.clock()
-            at = since + self.lease + self.margin
-        else:
-            at = self.lease_over_at(pool, holder)
-        left = at - self.clock()
+        left = self.lease_over_at(pool, holder) - self.clock()
+        if left == float("inf"):
+            return False, self.lease  # ask again in one lease
         return (left <= 0), max(0.0, left)
 
     # -- pool records ------------------------------------------------------------------------
@@ -492,15 +494,9 @@ class EtcdBackend(object):
         if not self._available:
             raise StorageUnavailable("etcd unreachable from this mediator instance (%s); "
                                      "no change made" % (self._reason or "unknown"))
-        write_id = uuid.uuid4().hex[:16]
-        generation = int(record.get("generation", 0))
-        entry = dict(audit)
-        entry.setdefault("pool", pool)
-        entry.setdefault("generation", generation)
-        entry["instance"] = self.instance
-        entry["time"] = time.time()
+        entry = self._entry(pool, audit, record.get("generation"))
         pkey = self._k_pool(pool)
-        akey = self._k_audit(pool, generation, write_id)
+        akey = self._k_audit(pool, uuid.uuid4().hex)
         compare = [ec.cmp_mod_revision(pkey, expected_revision)]
         for node in absent_presence:
             base = self._k_presence(pool, node)
@@ -575,57 +571,113 @@ class EtcdBackend(object):
             return ranges[0][0].mod_revision
         raise StorageUnavailable("etcd was unreachable (%s); no change made" % exc)
 
-    def audit(self, pool, limit=100):
-        """The newest ``limit`` audit entries of ``pool``, oldest first."""
-        base = "%saudit/%s/" % (self.prefix, pool)
-        try:
-            body = {"key": ec._b64(base), "range_end": ec._b64(ec.prefix_end(base)),
-                    "sort_order": "DESCEND", "sort_target": "KEY", "limit": str(int(limit))}
-            out = self.client.call("/v3/kv/range", body)
-        except ec.EtcdError as exc:
-            raise StorageUnavailable("etcd unreachable from this mediator instance: %s" % exc)
-        entries = [json.loads(ec.KeyValue(kv).value.decode()) for kv in out.get("kvs") or []]
-        return list(reversed(entries))
+    def _entry(self, pool, audit, generation=None):
+        entry = dict(audit)
+        entry["pool"] = pool
+        entry.setdefault("time", time.time())
+        if generation is not None:
+            entry.setdefault("generation", generation)
+        entry.setdefault("instance", self.instance)
+        return entry
 
-    def delete_pool(self, pool, expected_revision, audit):
-        """Remove a pool record (CAS) and its presence keys; the audit trail stays."""
+    def _refuse_if_unavailable(self):
         if not self._available:
             raise StorageUnavailable("etcd unreachable from this mediator instance (%s); "
                                      "no change made" % (self._reason or "unknown"))
-        pkey = self._k_pool(pool)
-        entry = dict(audit, pool=pool, instance=self.instance, time=time.time())
-        akey = self._k_audit(pool, 10 ** 19, uuid.uuid4().hex[:16])
-        base = "%spresence/%s/" % (self.prefix, pool)
+
+    def _simple_txn(self, compare, success, failure=()):
+        """A txn whose lost answer needs no settling (documents, audit-only): the caller
+        reports StorageUnknown then."""
+        self._refuse_if_unavailable()
         try:
-            result = self.client.txn(
-                [ec.cmp_mod_revision(pkey, expected_revision)],
-                [ec.op_delete(pkey), ec.op_delete(base, ec.prefix_end(base)),
-                 ec.op_put(akey, _dumps(entry))])
+            return self.client.txn(compare, success, failure)
+        except ec.EtcdUnavailable as exc:
+            self._mark(False, "etcd unreachable: %s" % exc)
+            if not exc.maybe_sent:
+                raise StorageUnavailable("etcd unreachable from this mediator instance (%s); "
+                                         "no change made" % exc)
+            raise StorageUnknown("etcd did not confirm the change (%s); retry" % exc)
         except ec.EtcdError as exc:
-            raise StorageUnavailable("etcd: %s" % exc)
+            raise StorageError("etcd refused the change: %s" % exc)
+
+    # -- audit -------------------------------------------------------------------------------
+    def append_audit(self, pool, entry):
+        """Append an entry that changes no record (refusal, credential event); durable."""
+        akey = self._k_audit(pool, uuid.uuid4().hex)
+        # Compare "this key does not exist yet": a repeat after a lost answer cannot double it.
+        self._simple_txn([ec.cmp_mod_revision(akey, 0)],
+                         [ec.op_put(akey, _dumps(self._entry(pool, entry)))])
+
+    def _audit_range(self, base, limit):
+        body = {"key": ec._b64(base), "range_end": ec._b64(ec.prefix_end(base)),
+                "sort_order": "DESCEND", "sort_target": "MOD", "limit": str(int(limit))}
+        try:
+            out = self.client.call("/v3/kv/range", body)
+        except ec.EtcdError as exc:
+            raise StorageUnavailable("etcd unreachable from this mediator instance: %s" % exc)
+        return [ec.KeyValue(kv) for kv in out.get("kvs") or []]
+
+    def audit(self, pool, limit=100):
+        """The newest ``limit`` entries of ``pool`` ("" mediator-wide, None everything),
+        oldest first (etcd's revision order is the order of the changes)."""
+        if pool is None:
+            kvs = self._audit_range("%saudit/" % self.prefix, limit) + \
+                self._audit_range(self._k_audit_base(""), limit)
+        else:
+            kvs = self._audit_range(self._k_audit_base(pool), limit)
+        kvs.sort(key=lambda kv: kv.mod_revision)
+        return [json.loads(kv.value.decode()) for kv in kvs[-int(limit):]] if limit else []
+
+    def delete_pool(self, pool, expected_revision, audit):
+        """Remove a pool record (CAS), its credentials doc and presence keys; the audit
+        trail stays."""
+        pkey = self._k_pool(pool)
+        base = self._k_presence(pool, "")[:-1]  # presence/<pool>/
+        akey = self._k_audit(pool, uuid.uuid4().hex)
+        result = self._simple_txn(
+            [ec.cmp_mod_revision(pkey, expected_revision)],
+            [ec.op_delete(pkey), ec.op_delete(base, ec.prefix_end(base)),
+             ec.op_delete(self._k_doc("cred/" + pool)),
+             ec.op_put(akey, _dumps(self._entry(pool, audit)))])
         if not result.succeeded:
             raise Conflict("pool %s changed meanwhile" % pool)
+        with self._lock:
+            view = self._pools.get(pool)
+            if view is not None:
+                view.record, view.revision = None, 0
+            self._docs.pop("cred/" + pool, None)
 
-    # -- other documents (credentials, settings shared by every instance) -------------------
+    # -- documents (credentials: "cred/<pool>") --------------------------------------------
     def doc(self, name):
         """(bytes, revision) of a shared document from the cache; (None, 0)."""
         with self._lock:
             return self._docs.get(name, (None, 0))
 
-    def put_doc(self, name, value, expected_revision):
-        """CAS write of a shared document; the new revision. Raises Conflict."""
+    def docs(self, prefix):
+        with self._lock:
+            return {n: v for n, v in self._docs.items() if n.startswith(prefix)}
+
+    def put_doc(self, name, value, expected_revision, audit=None, pool=""):
+        """CAS write (``value`` None deletes) with an optional audit entry in the same txn."""
         if isinstance(value, str):
             value = value.encode()
         key = self._k_doc(name)
-        try:
-            result = self.client.txn([ec.cmp_mod_revision(key, expected_revision)],
-                                     [ec.op_put(key, value)], [ec.op_range(key)])
-        except ec.EtcdError as exc:
-            raise StorageUnavailable("etcd: %s" % exc)
+        ops = [ec.op_delete(key) if value is None else ec.op_put(key, value)]
+        if audit is not None:
+            ops.append(ec.op_put(self._k_audit(pool, uuid.uuid4().hex),
+                                 _dumps(self._entry(pool, audit))))
+        result = self._simple_txn([ec.cmp_mod_revision(key, expected_revision)], ops,
+                                  [ec.op_range(key)])
         if not result.succeeded:
-            raise Conflict("document %s changed meanwhile" % name)
+            ranges = result.ranges()
+            current = ranges[0][0].mod_revision if ranges and ranges[0] else 0
+            raise Conflict("document %s changed meanwhile (revision %d, expected %d)"
+                           % (name, current, expected_revision))
         with self._lock:
-            self._docs[name] = (value, result.revision)
+            if value is None:
+                self._docs.pop(name, None)
+            else:
+                self._docs[name] = (value, result.revision)
         return result.revision
 
 

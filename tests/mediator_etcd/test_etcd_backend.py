@@ -143,7 +143,7 @@ def test_primary_heard_elsewhere_blocks_grant_and_the_txn(backends):
     x.node_seen("p", "A")             # A talks to instance X
     assert wait_for(lambda: y.heard_elsewhere("p", "A") == [x.instance], 3)
     y.node_seen("p", "B")
-    assert y.grant_allowed("p", "A") == (False, float("inf"))
+    assert y.grant_allowed("p", "A") == (False, LEASE)  # heard elsewhere: ask in a lease
     # Even a grant that skipped the check is refused by etcd's presence compare.
     with pytest.raises(eb.Conflict) as err:
         y.commit("p", rev, {"generation": 2, "primary": "B"}, {"event": "promote"},
@@ -232,3 +232,53 @@ def test_backend_over_tls_with_client_certificate(etcd1_tls, tls_files):
     finally:
         a.stop()
         b.stop()
+
+
+# -- the storage contract (mediator/iscsi_ha_mediator/storage.py) on etcd ----------------------
+from iscsi_ha_mediator import storage as st  # noqa: E402
+
+
+def test_is_a_storage_and_contract_basics(backends):
+    a = backends()
+    assert isinstance(a, st.Storage) and a.concurrency > 1
+    rec = st.new_record("pool/with/slashes", ["a", "b"])
+    rev1 = a.commit(rec["pool"], 0, rec, {"event": "pool-add"})
+    with pytest.raises(st.Conflict) as err:
+        a.commit(rec["pool"], 0, rec, {"event": "again"})
+    assert err.value.revision == rev1 and err.value.record["generation"] == 1
+    rec2 = dict(rec, generation=2, primary="a")
+    rev2 = a.commit(rec["pool"], rev1, rec2, {"event": "promote"})
+    with pytest.raises(st.Conflict) as err:
+        a.commit(rec["pool"], rev1, dict(rec, generation=2, primary="b"), {"event": "promote"})
+    assert err.value.record["primary"] == "a"
+    assert a.pools() == ["pool/with/slashes"]
+    assert a.cached(rec["pool"]) == (rec2, rev2) == a.read(rec["pool"])
+    trail = a.audit(rec["pool"])
+    assert [e["event"] for e in trail] == ["pool-add", "promote"]
+    assert all(e["pool"] == rec["pool"] and "time" in e for e in trail)
+    assert trail[1]["generation"] == 2
+
+
+def test_contract_docs_audit_and_delete(backends):
+    a, b = backends(), backends()
+    rev = a.commit("p", 0, st.new_record("p", ["a", "b"]), {"event": "pool-add"})
+    r1 = a.put_doc("cred/p", b"x", 0, audit={"event": "credential-issue"}, pool="p")
+    with pytest.raises(st.Conflict):
+        a.put_doc("cred/p", b"y", 0)
+    assert a.doc("cred/p") == (b"x", r1)
+    assert wait_for(lambda: b.doc("cred/p") == (b"x", r1), 3)  # other instance, by watch
+    assert b.docs("cred/") == {"cred/p": (b"x", r1)}
+    a.append_audit("p", {"event": "refused", "why": "bad credential"})
+    a.append_audit("", {"event": "unknown-pool", "peer": "192.0.2.9"})
+    assert [e["event"] for e in a.audit("p")] == ["pool-add", "credential-issue", "refused"]
+    assert [e["event"] for e in a.audit("")] == ["unknown-pool"]
+    assert [e["event"] for e in a.audit(None)] == ["pool-add", "credential-issue", "refused",
+                                                   "unknown-pool"]
+    assert [e["event"] for e in a.audit(None, limit=2)] == ["refused", "unknown-pool"]
+    a.delete_pool("p", rev, {"event": "pool-remove"})
+    assert a.pools() == [] and a.doc("cred/p") == (None, 0)
+    assert wait_for(lambda: b.pools() == [] and b.doc("cred/p") == (None, 0), 3)
+    assert a.audit("p")[-1]["event"] == "pool-remove"
+    r2 = a.put_doc("x", b"1", 0)
+    a.put_doc("x", None, r2)
+    assert a.doc("x") == (None, 0)
