@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench clean rpm rpm-check
+.PHONY: setup demo test unit lint bench bench-mediator-backends clean rpm rpm-check
 
 setup:
 	./scripts/install-deps
@@ -27,6 +27,9 @@ rpm-check: setup
 
 bench: setup
 	$(PY) bench/pass_time.py
+
+bench-mediator-backends: setup
+	$(PY) bench/mediator_backends.py $(ARGS)
 
 clean:
 	$(VENV)/bin/iscsi-ha-lab down 2>/dev/null || true
