@@ -531,10 +531,13 @@ class EtcdBackend(Storage):
         if mine is not None:
             return mine.mod_revision  # an earlier send of this write was applied
         if current is None:
+            self._learn(pool, None, 0)
             if expected_revision:
                 raise Conflict("pool %s no longer exists" % pool, None, 0)
             raise Conflict("pool %s: unexpected compare failure" % pool)
         record = json.loads(current.value.decode())
+        # The caller re-decides on the cache: make it hold what etcd just told us.
+        self._learn(pool, record, current.mod_revision)
         if current.mod_revision != expected_revision:
             if not expected_revision:
                 raise Conflict("pool %s already exists" % pool, record, current.mod_revision)
@@ -543,6 +546,15 @@ class EtcdBackend(Storage):
                            record, current.mod_revision)
         raise Conflict("pool %s: %s is heard by another mediator instance"
                        % (pool, ", ".join(absent_presence)), record, current.mod_revision)
+
+    def _learn(self, pool, record, revision):
+        with self._lock:
+            view = self._view(pool)
+            if record is None:
+                if revision == 0 and view.record is not None:
+                    view.record, view.revision = None, 0
+            elif revision > view.revision:
+                view.record, view.revision = dict(record), revision
 
     def _settle(self, pool, expected_revision, akey, exc):
         """The write may have reached etcd but its answer was lost. Make the outcome final:
