@@ -699,6 +699,12 @@ def settings_from_config(values):
     Keys: etcd_endpoints (comma list), etcd_ca_file, etcd_cert_file, etcd_key_file,
     etcd_username, etcd_password_file (a file, so the secret is not in the config), etcd_timeout,
     etcd_prefix."""
+    known = {"etcd_endpoints", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
+             "etcd_username", "etcd_password_file", "etcd_timeout", "etcd_prefix"}
+    for key in sorted(values):
+        if key.startswith("etcd_") and key not in known:
+            raise ec.EtcdSettingsError("unknown setting %r (etcd settings: %s)"
+                                       % (key, ", ".join(sorted(known))))
     password = None
     pw_file = values.get("etcd_password_file")
     if pw_file:

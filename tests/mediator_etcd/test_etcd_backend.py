@@ -219,6 +219,9 @@ def test_settings_from_config(tmp_path):
     assert "etcd_timeout" in str(err.value)
     with pytest.raises(ec.EtcdSettingsError):
         eb.settings_from_config({})
+    with pytest.raises(ec.EtcdSettingsError) as err:
+        eb.settings_from_config({"etcd_endpoints": "http://127.0.0.1:2379", "etcd_endpoint": "x"})
+    assert "unknown setting 'etcd_endpoint'" in str(err.value)
 
 
 def test_backend_over_tls_with_client_certificate(etcd1_tls, tls_files):
