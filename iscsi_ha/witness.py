@@ -1,0 +1,398 @@
+"""Agent-side client of iscsi-ha-mediator, the third-site witness (Python 3.6, stdlib only).
+
+Wire: one TLS 1.2+ connection (client certificate, CA pinned), kept alive; newline-delimited
+JSON requests ``{"id", "op", "pool", "node", ...}`` and answers carrying the same ``id``.
+
+- ``MediatorClient``: blocking calls with a timeout on every socket operation; on an error or an
+  answer saying the mediator cannot grant (its storage is unavailable) it moves to the next
+  address of the list for the next call.
+- ``WitnessMonitor``: a daemon thread that heartbeats every ``interval`` seconds and caches the
+  answer, so an agent pass never waits on the network (``state()`` only reads memory). It keeps
+  the highest generation ever seen in a local file; a lower one means the mediator was rolled
+  back or reinstalled: automatic failover stays off until an operator resets it. It calls
+  ``alert(text)`` once when the mediator becomes unreachable and once when it is back.
+- ``persist_grant``: a promote grant is written (fsync) before DRBD is promoted.
+"""
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+
+DEFAULT_PORT = 7790
+
+
+class MediatorError(Exception):
+    """The mediator could not be asked or refused the request; ``str()`` is one line."""
+
+
+def parse_addresses(text, default_port=DEFAULT_PORT):
+    """'a:1,b' -> [('a', 1), ('b', default_port)]; raises ValueError naming the bad item."""
+    out = []
+    for item in [i.strip() for i in (text or "").split(",") if i.strip()]:
+        host, sep, port = item.rpartition(":")
+        if not sep or "]" in port:
+            host, port = item, str(default_port)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("mediator address %r: expected HOST or HOST:PORT" % item)
+        out.append((host, int(port)))
+    return out
+
+
+def client_context(ca, cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if hasattr(ssl, "TLSVersion"):       # 3.7+
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:                                # 3.6 (dom0)
+        ctx.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3 | ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    ctx.load_verify_locations(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class MediatorClient(object):
+    def __init__(self, addresses, ca, cert, key, pool, node, timeout=3.0):
+        self.addresses = list(addresses)
+        if not self.addresses:
+            raise ValueError("no mediator address")
+        self.pool = pool
+        self.node = node
+        self.timeout = float(timeout)
+        self.ctx = client_context(ca, cert, key)
+        self.index = 0
+        self._sock = None
+        self._buf = b""
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    @property
+    def address(self):
+        host, port = self.addresses[self.index]
+        return "%s:%d" % (host, port)
+
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._buf = b""
+
+    def _next_address(self):
+        self.close()
+        self.index = (self.index + 1) % len(self.addresses)
+
+    def _connect(self, deadline):
+        host, port = self.addresses[self.index]
+        left = max(0.05, deadline - time.monotonic())
+        raw = socket.create_connection((host, port), timeout=left)
+        try:
+            raw.settimeout(max(0.05, deadline - time.monotonic()))
+            sock = self.ctx.wrap_socket(raw, server_hostname=host)
+        except Exception:
+            raw.close()
+            raise
+        self._sock = sock
+        self._buf = b""
+
+    def call(self, op, **fields):
+        """Send one request and return the answer dict (``ok`` true); raises MediatorError."""
+        with self._lock:
+            return self._call(op, fields)
+
+    def _call(self, op, fields):
+        deadline = time.monotonic() + self.timeout
+        self._next_id += 1
+        rid = self._next_id
+        req = dict(fields, id=rid, op=op, pool=self.pool, node=self.node)
+        data = json.dumps(req, separators=(",", ":")).encode() + b"\n"
+        for attempt in (1, 2):
+            fresh = self._sock is None
+            try:
+                if fresh:
+                    self._connect(deadline)
+                self._sock.settimeout(max(0.05, deadline - time.monotonic()))
+                self._sock.sendall(data)
+                answer = self._read(rid, deadline)
+                break
+            except (OSError, ValueError) as exc:
+                # a kept-alive connection the server closed meanwhile: one immediate retry
+                stale = not fresh and attempt == 1 and time.monotonic() < deadline and \
+                    isinstance(exc, (ConnectionError, ssl.SSLEOFError, EOFError))
+                where = self.address
+                self._next_address() if not stale else self.close()
+                if stale:
+                    continue
+                raise MediatorError("mediator %s: %s" % (where, _one_line(exc)))
+        if not answer.get("ok"):
+            err = answer.get("error") or "refused"
+            if "credential" in err:
+                self._next_address()
+            raise MediatorError("mediator %s: %s" % (self.address, err))
+        if answer.get("can_grant") is False and "storage unavailable" in str(
+                answer.get("cannot_grant_reason")) and len(self.addresses) > 1:
+            self._next_address()   # answer is still valid; ask another instance next time
+        return answer
+
+    def _read(self, rid, deadline):
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                msg = json.loads(line.decode("utf-8"))
+                if msg.get("id") in (rid, None):
+                    return msg
+            if time.monotonic() >= deadline:
+                raise socket.timeout("no answer within %.1f s" % self.timeout)
+            self._sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("connection closed by the mediator")
+            self._buf += chunk
+            if len(self._buf) > 1 << 20:
+                raise ValueError("answer too long")
+
+
+def _one_line(exc):
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def persist_json(path, document):
+    """Write ``document`` to ``path`` atomically and durably (tmp, fsync, rename, fsync dir)."""
+    directory = os.path.dirname(path) or "."
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(document, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, IOError, ValueError):
+        return {}
+
+
+class WitnessState(object):
+    """What the agent knows of the witness at one moment (copied out of the monitor)."""
+
+    def __init__(self, **kw):
+        self.configured = kw.get("configured", True)
+        self.reachable = kw.get("reachable", False)
+        self.answer = kw.get("answer")           # last heartbeat answer dict or None
+        self.answer_age = kw.get("answer_age")   # seconds since that answer, or None
+        self.error = kw.get("error", "")
+        self.rolled_back = kw.get("rolled_back", "")
+        self.address = kw.get("address", "")
+        self.max_gen = kw.get("max_gen", 0)
+
+    @property
+    def generation(self):
+        return (self.answer or {}).get("gen")
+
+    def failover_allowed(self):
+        """(ok, reason): may this node ask for a promote now (automatic failover on)."""
+        if not self.configured:
+            return False, "no mediator configured"
+        if self.rolled_back:
+            return False, self.rolled_back
+        if not self.reachable or self.answer is None:
+            return False, "mediator unreachable (%s)" % (self.error or "no answer yet")
+        a = self.answer
+        if not a.get("can_grant"):
+            return False, a.get("cannot_grant_reason") or "mediator cannot grant"
+        return True, ""
+
+    def as_dict(self):
+        a = self.answer or {}
+        ok, why = self.failover_allowed()
+        return {"configured": self.configured, "reachable": self.reachable,
+                "address": self.address, "error": self.error or None,
+                "answer_age_s": None if self.answer_age is None else round(self.answer_age, 1),
+                "generation": a.get("gen"), "max_generation_seen": self.max_gen,
+                "primary": a.get("primary"), "eligible": a.get("eligible"),
+                "outdated": a.get("outdated"), "peer": a.get("peer"),
+                "peer_alive": a.get("peer_alive"), "deposed": a.get("deposed"),
+                "auto_failover": ok, "auto_failover_reason": why or None,
+                "rolled_back": self.rolled_back or None}
+
+
+class WitnessMonitor(object):
+    """Background heartbeat to the mediator with a cached answer (see module docstring).
+
+    ``report()`` returns this node's DRBD report dict (role, disk, conn, peer_disk,
+    current_uuid); it must be cheap and must not raise (errors give an empty report)."""
+
+    def __init__(self, client, state_file, report=None, interval=2.0, alert=None,
+                 clock=time.monotonic):
+        self.client = client
+        self.state_file = state_file
+        self.report = report or (lambda: {})
+        self.interval = float(interval)
+        self.alert = alert or (lambda text: None)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        saved = read_json(state_file)
+        self._max_gen = int(saved.get("max_gen") or 0)
+        self._rolled_back = saved.get("rolled_back") or ""
+        self._answer = None
+        self._answer_at = None
+        self._error = "no answer yet"
+        self._reachable = False
+        self._alerted_down = False
+
+    # -- thread ----------------------------------------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="witness", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=5.0):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.client.close()
+
+    def _run(self):
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                self.beat()
+            except Exception as exc:   # never let the thread die
+                with self._lock:
+                    self._error = "heartbeat failed: %s" % _one_line(exc)
+            self._stop.wait(max(0.05, self.interval - (self.clock() - started)))
+
+    # -- one heartbeat ---------------------------------------------------------------------
+    def beat(self):
+        try:
+            drbd = self.report() or {}
+        except Exception:
+            drbd = {}
+        try:
+            answer = self.client.call("heartbeat", gen=self._max_gen or None, drbd=drbd)
+        except MediatorError as exc:
+            self._unreachable(str(exc))
+            return None
+        self._reached(answer)
+        return answer
+
+    def _unreachable(self, error):
+        with self._lock:
+            self._reachable = False
+            self._error = error
+            first = not self._alerted_down
+            self._alerted_down = True
+        if first:
+            self._safe_alert("mediator unreachable: %s; automatic failover is off (no effect "
+                             "on I/O)" % error)
+
+    def _reached(self, answer):
+        gen = answer.get("gen")
+        rolled = ""
+        with self._lock:
+            was_down = self._alerted_down
+            if isinstance(gen, int) and gen < self._max_gen and not self._rolled_back:
+                rolled = ("mediator generation %d is lower than %d seen before: it was rolled "
+                          "back or reinstalled; automatic failover off until an operator "
+                          "runs: iscsi-cfg mediator reset" % (gen, self._max_gen))
+                self._rolled_back = rolled
+            raised = isinstance(gen, int) and gen > self._max_gen
+            if raised:
+                self._max_gen = gen
+            self._answer = answer
+            self._answer_at = self.clock()
+            self._reachable = True
+            self._error = ""
+            self._alerted_down = False
+        if raised or rolled:
+            self._save()
+        if rolled:
+            self._safe_alert(rolled)
+        if was_down:
+            self._safe_alert("mediator %s reachable again (generation %s)"
+                             % (self.client.address, gen))
+
+    def _save(self):
+        try:
+            persist_json(self.state_file, {"max_gen": self._max_gen,
+                                           "rolled_back": self._rolled_back})
+        except (OSError, IOError) as exc:
+            with self._lock:
+                self._error = "cannot save %s: %s" % (self.state_file, exc)
+
+    def _safe_alert(self, text):
+        try:
+            self.alert(text)
+        except Exception:
+            pass
+
+    def reset_rollback(self):
+        with self._lock:
+            self._rolled_back = ""
+            self._max_gen = int((self._answer or {}).get("gen") or 0)
+        self._save()
+
+    # -- what a pass reads (memory only) ---------------------------------------------------
+    def state(self):
+        with self._lock:
+            age = None if self._answer_at is None else self.clock() - self._answer_at
+            lease = ((self._answer or {}).get("lease_ms") or 10000) / 1000.0
+            reachable = self._reachable and age is not None and age < lease
+            error = self._error
+            if not reachable and not error and age is not None:
+                error = "last answer %.1fs old" % age
+            return WitnessState(reachable=reachable, answer=self._answer, answer_age=age,
+                                error=error, rolled_back=self._rolled_back, address=self.client.address,
+                                max_gen=self._max_gen)
+
+    # -- requests that change the mediator's record ----------------------------------------
+    def promote(self, grant_file, drbd):
+        """Ask for a promote at the generation last seen. On a grant, persist it to
+        ``grant_file`` (fsync) BEFORE returning; the caller promotes DRBD only after that.
+        Returns the answer dict (result: granted|retry|refused)."""
+        st = self.state()
+        ok, why = st.failover_allowed()
+        if not ok:
+            return {"result": "refused", "reason": why}
+        try:
+            answer = self.client.call("promote", gen=st.generation, drbd=drbd)
+        except MediatorError as exc:
+            return {"result": "retry", "reason": str(exc), "retry_after_ms": 2000}
+        if answer.get("result") == "granted":
+            persist_json(grant_file, {"pool": self.client.pool, "node": self.client.node,
+                                      "gen": answer["gen"], "time": time.time()})
+            with self._lock:
+                if answer["gen"] > self._max_gen:
+                    self._max_gen = answer["gen"]
+            self._save()
+        return answer
+
+    def fence_peer(self):
+        """For the DRBD fence-peer handler: returns the exit code to use (4 outdated, 3
+        already outdated, 6 deposed: demote, 1 no answer: keep I/O frozen)."""
+        st = self.state()
+        try:
+            answer = self.client.call("fence-peer", gen=st.generation)
+        except MediatorError:
+            return 1, "mediator unreachable: I/O stays frozen"
+        return int(answer.get("exit", 1)), answer.get("reason") or answer.get("result", "")
