@@ -124,6 +124,7 @@ class EtcdBackend(Storage):
         self._pools = {}          # pool -> _PoolView
         self._presence = {}       # (pool, node) -> set(instance)
         self._docs = {}           # name -> (value, revision)
+        self.docs_version = 0     # bumped whenever a document changes (any instance)
         self._lease_id = None
         self._revision = 0
         self._available = False
@@ -263,6 +264,8 @@ class EtcdBackend(Storage):
                 if self._others(insts) and not self._others(presence.get(key, set())):
                     self._view(key[0]).remote_gone[key[1]] = now  # vanished while we were away
             self._presence = presence
+            if docs != self._docs:
+                self.docs_version += 1
             self._docs = docs
             for pool in list(self._pools):
                 if pool not in pools:
@@ -361,6 +364,7 @@ class EtcdBackend(Storage):
                         self._docs.pop(name, None)
                     else:
                         self._docs[name] = (kv.value, kv.mod_revision)
+                    self.docs_version += 1
                 self._revision = max(self._revision, kv.mod_revision)
             self._revision = max(self._revision, header_rev)
 
@@ -658,6 +662,7 @@ class EtcdBackend(Storage):
             if view is not None:
                 view.record, view.revision = None, 0
             self._docs.pop("cred/" + pool, None)
+            self.docs_version += 1
 
     # -- documents (credentials: "cred/<pool>") --------------------------------------------
     def doc(self, name):
@@ -690,6 +695,7 @@ class EtcdBackend(Storage):
                 self._docs.pop(name, None)
             else:
                 self._docs[name] = (value, result.revision)
+            self.docs_version += 1
         return result.revision
 
 
