@@ -176,7 +176,7 @@ def _promotes(backend, pool):
     return [e for e in backend.audit(pool) if e["event"] == "promote"]
 
 
-@pytest.mark.parametrize("kill_after", [None, 0.0, 0.001, 0.002, 0.004, 0.008, 0.03])
+@pytest.mark.parametrize("kill_after", [None, 0.0, 0.004, 0.03])
 def test_instance_killed_mid_promote_one_grant_or_none(etcd1, kill_after):
     """Instance 1 (its own process) is SIGKILLed between reading the pool and committing, or
     while its transaction is in flight, or after. Whatever etcd holds then is one grant or
