@@ -92,6 +92,12 @@ WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
 SYSLOG_SOCKET = path(default='/dev/log')
+MEDIATOR = mediator_addresses(default='')
+MEDIATOR_POOL = mediator_name(default='')
+MEDIATOR_NODE = mediator_name(default='')
+MEDIATOR_DIR = path(default='')
+MEDIATOR_INTERVAL = seconds(min=0.2, max=60, default=2)
+MEDIATOR_TIMEOUT = seconds(min=0.1, max=30, default=3)
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.
@@ -192,6 +198,24 @@ def _path(value):
     return _check(value == "" or value.startswith("/"), value, "an absolute path")
 
 
+_MEDIATOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _mediator_addresses(value):
+    """'' (no mediator) or HOST[:PORT] items separated by commas (tried in order)."""
+    from iscsi_ha.witness import parse_addresses
+    try:
+        parse_addresses(value)
+    except ValueError as exc:
+        raise ValidateError(str(exc))
+    return value.strip()
+
+
+def _mediator_name(value):
+    return _check(value == "" or _MEDIATOR_NAME_RE.match(value), value,
+                  "a name of letters, digits, '.', '_', '-' (at most 128)")
+
+
 def _command(value):
     return _check(value.strip() != "", value, "a command")
 
@@ -210,6 +234,8 @@ VALIDATOR_FUNCTIONS = {
     "path": _path,
     "choice": _choice,
     "command": _command,
+    "mediator_addresses": _mediator_addresses,
+    "mediator_name": _mediator_name,
 }
 
 
@@ -282,6 +308,14 @@ def _cross_checks(values, lines):
     if values["ISCSI_LUNS"] and not values["ISCSI_TARGET_IQN"]:
         problems.append(("ISCSI_TARGET_IQN", lines.get("ISCSI_TARGET_IQN", 0), "",
                          "ISCSI_LUNS is set, so the target's IQN is needed too"))
+    if values["MEDIATOR"] and not values["MEDIATOR_POOL"]:
+        problems.append(("MEDIATOR_POOL", lines.get("MEDIATOR_POOL", 0), "",
+                         "MEDIATOR is set, so the pool's name at the mediator is needed too "
+                         "(iscsi-cfg mediator enroll sets it)"))
+    if values["MEDIATOR"] and values["MEDIATOR_TIMEOUT"] >= budget:
+        problems.append(("MEDIATOR_TIMEOUT", lines.get("MEDIATOR_TIMEOUT", 0),
+                         values["MEDIATOR_TIMEOUT"], "must be shorter than the pass budget "
+                         "%.1f s" % budget))
     return problems
 
 
@@ -289,6 +323,8 @@ def _derive(values):
     state = values["STATE_DIR"] or "/etc/iscsi-ha/state"
     values["STATUS_FILE"] = values["STATUS_FILE"] or os.path.join(state, "status")
     values["MANUAL_FILE"] = values["MANUAL_FILE"] or os.path.join(state, "manual")
+    values["MEDIATOR_DIR"] = values["MEDIATOR_DIR"] or os.path.join(state, "mediator")
+    values["MEDIATOR_NODE"] = values["MEDIATOR_NODE"] or socket.gethostname().split(".")[0]
     service = values["ISCSI_TARGET_SERVICE"]
     for key in ("TARGET_STATUS_COMMAND", "TARGET_START_COMMAND", "TARGET_STOP_COMMAND"):
         values[key] = values[key].replace("{service}", service)

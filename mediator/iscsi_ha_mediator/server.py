@@ -32,11 +32,16 @@ def make_store(settings):
                          margin=settings.margin)
 
 
-def raise_fd_limit():
+def raise_fd_limit(want=65536):
+    """Raise the open-file limit to ``want`` (root may raise the hard limit; others get the
+    hard limit; the systemd unit sets LimitNOFILE). Each node connection is one descriptor."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    for limits in ((max(want, soft), max(want, hard)), (hard, hard)):
+        if limits[0] <= soft:
+            continue
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
         except (ValueError, OSError):
             pass
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
