@@ -174,7 +174,8 @@ def run_size(n_pools, args, work):
                            stderr=open(os.path.join(work, "mediator-%d.log" % n_pools), "w"))
     load = None
     try:
-        os.sched_setaffinity(med.pid, {0})
+        if args.pin:
+            os.sched_setaffinity(med.pid, {0})
         settings = mconfig.load(conf)
         status = wait_admin(settings)
         floor = ping_floor(state, port, fps[(pools[0], "a")][1])
@@ -203,7 +204,8 @@ def run_size(n_pools, args, work):
             proc = subprocess.Popen(load_cmd, stdout=subprocess.PIPE, stdin=subprocess.PIPE,
                                     stderr=open(out_path + ".err", "w"),
                                     universal_newlines=True)
-            os.sched_setaffinity(proc.pid, {1})
+            if args.pin:
+                os.sched_setaffinity(proc.pid, {1})
             loads.append((proc, out_path))
         load = loads
         connect_s = 0.0
@@ -217,9 +219,11 @@ def run_size(n_pools, args, work):
             proc.stdin.flush()
         time.sleep(args.warmup)
         cpu0, t_start = proc_cpu(med.pid), time.monotonic()
+        lcpu0 = sum(proc_cpu(p.pid) for p, _ in loads)
         load1 = os.getloadavg()[0]
         time.sleep(args.duration)
         cpu = (proc_cpu(med.pid) - cpu0) / (time.monotonic() - t_start)
+        lcpu = (sum(proc_cpu(p.pid) for p, _ in loads) - lcpu0) / (time.monotonic() - t_start)
         rss = proc_rss_mb(med.pid)
         res = {"heartbeat_latencies": [], "promote_latencies": [], "promote_results": {},
                "error_count": 0, "lost_connections": 0, "unanswered": 0,
@@ -261,7 +265,8 @@ def run_size(n_pools, args, work):
         "unanswered_at_end": res["unanswered"],
         "loadgen_tick_lateness_p99_ms": res["tick_lateness_p99_ms"],
         "connect_all_s": connect_s, "setup_s": setup_s, "load_generators": len(loads),
-        "loadavg_1m_at_start": load1,
+        "loadavg_1m_at_start": load1, "loadgen_cpu_share": lcpu,
+        "us_cpu_per_heartbeat": 1e6 * cpu / (len(hb) / args.duration) if hb else None,
     }
     shutil.rmtree(certs, ignore_errors=True)
     return row
@@ -274,6 +279,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=6.0)
     ap.add_argument("--promotes", type=int, default=15)
     ap.add_argument("--uvloop", action="store_true", help="mediator and load generator on uvloop")
+    ap.add_argument("--pin", action="store_true", help="pin the mediator to CPU 0 and the load "
+                    "generators to CPU 1 (only on an otherwise idle machine)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     if os.cpu_count() < 2:
@@ -302,9 +309,10 @@ def main():
             rows.append(run_size(n, args, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("iscsi-ha-mediator scale benchmark: 1 mediator process on CPU 0, load generator on "
-          "CPU 1, TLS on 127.0.0.1, heartbeat every 2 s per node, %s event loop, %.0f s window"
-          % ("uvloop" if args.uvloop else "asyncio", args.duration))
+    print("iscsi-ha-mediator scale benchmark: 1 mediator process%s, TLS on 127.0.0.1, heartbeat "
+          "every 2 s per node, %s event loop, %.0f s window" % (
+              " on CPU 0, load generators on CPU 1" if args.pin else " and its load generators "
+              "unpinned", "uvloop" if args.uvloop else "asyncio", args.duration))
     print("%7s %7s %8s %8s %8s %8s %7s %8s %9s %9s %8s %6s" % (
         "pools", "hb/s", "p50 ms", "p99 ms", "max ms", "p99/flr", "CPU %", "RSS MB",
         "prom p50", "prom max", "floor ms", "errs"))
@@ -318,8 +326,11 @@ def main():
         print("  NOTE: %d pools asked, %d run: the hard open-file limit here is %d and one "
               "process needs 2 descriptors per pool" % (asked, fit, hard))
     for r in rows:
-        print("  %d pools: load average %.1f at start; promotes %s; connect all %.1f s; load generator tick lateness p99 "
-              "%.1f ms; unanswered at end %d" % (r["pools"], r["loadavg_1m_at_start"],
+        print("  %d pools: mediator %.0f us CPU per heartbeat; load generators %.0f %% CPU; "
+              "load average %.1f at start; promotes %s; connect all %.1f s; load generator tick lateness p99 "
+              "%.1f ms; unanswered at end %d" % (r["pools"], r["us_cpu_per_heartbeat"] or 0,
+                                                 100 * r["loadgen_cpu_share"],
+                                                 r["loadavg_1m_at_start"],
                                                  r["promote_results"],
                                                  r["connect_all_s"] or 0,
                                                  r["loadgen_tick_lateness_p99_ms"],

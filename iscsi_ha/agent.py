@@ -24,8 +24,9 @@ log = logging.getLogger("iscsi-ha")
 class Agent(object):
     """Observe, decide, act and publish, once per :meth:`run_cycle`."""
 
-    def __init__(self, config, adapters=None, dry_run=False):
+    def __init__(self, config, adapters=None, dry_run=False, witness=None):
         self.config = config
+        self.witness = witness        # iscsi_ha.witness.AgentWitness or None (no mediator)
         self.adapters = adapters or Adapters.from_config(config)
         self.dry_run = dry_run
         self.passes = 0
@@ -43,6 +44,7 @@ class Agent(object):
         except manual_adapter.ManualModeError as exc:
             manual, manual_error = model.MANUAL_HOLD, str(exc)
         drbd, drbd_error = observe_drbd(self.adapters.drbd)
+        witness = self._observe_witness(drbd) if self.witness is not None else None
         return model.Observation(
             pool=read_pool_role(config.POOL_CONF),
             manual=manual,
@@ -51,10 +53,46 @@ class Agent(object):
             target=observe_target(self.adapters.target),
             vip=observe_vip(self.adapters.vip),
             split_brain=self._split_brain_flags(),
-            witness=None,
+            witness=witness,
             resources=tuple(config.DRBD_RESOURCES),
             manual_error=manual_error,
         )
+
+    def _observe_witness(self, drbd):
+        """The mediator's cached answer as a WitnessGrant; hands the heartbeat thread this
+        pass's DRBD report (with the data generations, when the adapter can read them)."""
+        from iscsi_ha.witness import drbd_report
+        try:
+            generations = {}
+            reader = getattr(self.adapters.drbd, "generations", None)
+            if reader is not None:
+                for name in drbd:
+                    try:
+                        gi = reader(name)
+                        generations[name] = getattr(gi, "current", None) or gi[0]
+                    except Exception as exc:  # unknown generation: never "in sync"
+                        log.info("witness: data generation of %s unreadable: %s", name, exc)
+            self.witness.set_report(drbd_report(drbd, generations))
+            return self.witness.observation()
+        except Exception as exc:   # the witness must never stop a pass
+            log.error("witness state unreadable: %s", exc)
+            return model.WitnessGrant(granted=False, reason="witness state unreadable: %s"
+                                      % exc, failover_allowed=False)
+
+    def _ask_witness(self, observation, decision):
+        """The decision wants this host primary but a disconnected resource waits for the
+        witness: ask for a grant in the background (the next pass sees the answer)."""
+        w = observation.witness
+        if self.witness is None or w is None or w.granted or not w.failover_allowed or \
+                self.dry_run or decision.desired != model.PRIMARY or decision.actions:
+            return
+        from iscsi_ha.drbd import LINK_UP_STATES
+        for name in observation.resources:
+            state = observation.drbd.get(name)
+            if state is not None and state.role != "Primary" and \
+                    state.connection not in LINK_UP_STATES:
+                self.witness.want_promote()
+                return
 
     def _split_brain_flags(self):
         """Resources that DRBD's split-brain handler flagged in STATE_DIR (split-brain-RES)."""
@@ -110,6 +148,7 @@ class Agent(object):
         started, clock = time.time(), time.monotonic()
         observation = self.observe()
         decision = decide(observation)
+        self._ask_witness(observation, decision)
         results = self.apply(decision.actions)
         self.adapters.reap()
         record = PassRecord(started, observation, decision, results,

@@ -121,6 +121,15 @@ def _promote_blocker(name, state, obs):
 
 
 def _plan_primary(obs, why):
+    if obs.witness is not None and obs.witness.deposed and any(
+            state.role == PRIMARY_WORD for _, state in _states(obs)):
+        # The mediator granted the peer after this host lost it: this host's data is stale
+        # and its fence-peer calls are refused; serving on would fork the data.
+        actions = list(_cleanup(obs))
+        actions.extend(DemoteDrbd(name) for name, state in _states(obs)
+                       if state.role == PRIMARY_WORD)
+        return Decision(tuple(actions), "demoting: %s, but the witness deposed this host (%s)"
+                        % (why, obs.witness.reason), model.SECONDARY, healthy=False)
     to_promote, blockers = [], []
     for name, state in _states(obs):
         if state.role == PRIMARY_WORD:

@@ -50,9 +50,18 @@ class VipObservation:
 
 @dataclass(frozen=True)
 class WitnessGrant:
-    """A third-site witness's answer (mediator issue); None in an Observation = no witness."""
+    """A third-site witness's answer (mediator issue); None in an Observation = no witness.
+
+    ``granted``: the mediator made this host the primary at its current generation (a grant
+    persisted locally, or this host already is its recorded primary). ``deposed``: the mediator
+    names another primary and lists this host as outdated. ``failover_allowed``: reachable,
+    able to grant, not rolled back (else automatic failover is off). ``status``: for the
+    status document."""
     granted: bool
     reason: str = ""
+    deposed: bool = False
+    failover_allowed: bool = True
+    status: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ def build(record, config, number, started_at, trigger, last_actions):
         "last_actions": last_actions,
         "health": health_of(decision, record.results, problems),
         "problems": problems,
+        "witness": None if obs.witness is None else dict(obs.witness.status, **{
+            "granted": obs.witness.granted, "reason": obs.witness.reason,
+            "deposed": obs.witness.deposed,
+            "failover_allowed": obs.witness.failover_allowed}),
     }
 
 

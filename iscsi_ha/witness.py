@@ -43,8 +43,9 @@ def parse_addresses(text, default_port=DEFAULT_PORT):
 
 def client_context(ca, cert, key):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if hasattr(ssl, "TLSVersion"):       # 3.7+
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    versions = getattr(ssl, "TLSVersion", None)
+    if versions is not None:             # 3.7+ (the tests' Python)
+        setattr(ctx, "minimum_version", versions.TLSv1_2)
     else:                                # 3.6 (dom0)
         ctx.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3 | ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -396,3 +397,194 @@ class WitnessMonitor(object):
         except MediatorError:
             return 1, "mediator unreachable: I/O stays frozen"
         return int(answer.get("exit", 1)), answer.get("reason") or answer.get("result", "")
+
+
+# -- agent wiring --------------------------------------------------------------------------------
+def drbd_report(states, generations=None):
+    """One report for the mediator from the pass's DRBD states (resource -> DrbdState) and
+    their current data generations (resource -> UUID hex, role bit included or not).
+
+    A pool may hold several resources; the mediator keeps one data generation per pool, so the
+    report is the conjunction: Primary if any resource is, UpToDate/Connected only if all are,
+    and ``current_uuid`` a digest of every resource's role-masked UUID (None if any is unknown),
+    so "in sync" holds only when every resource is."""
+    import hashlib
+    if not states:
+        return {}
+    names = sorted(states)
+    roles = [states[n].role for n in names]
+    report = {
+        "role": "Primary" if "Primary" in roles else roles[0],
+        "disk": _all_or_first([states[n].disk for n in names], "UpToDate"),
+        "conn": _all_or_first([states[n].connection for n in names], "Connected"),
+        "peer_disk": _all_or_first([states[n].peer_disk for n in names], "UpToDate"),
+        "current_uuid": None,
+    }
+    gens = generations or {}
+    masked = []
+    for n in names:
+        value = gens.get(n)
+        try:
+            masked.append("%016X" % (int(str(value), 16) & ~1))
+        except (TypeError, ValueError):
+            return report
+    if len(masked) == 1:
+        report["current_uuid"] = masked[0]
+    else:
+        digest = hashlib.sha256(":".join(masked).encode()).hexdigest()[:16]
+        report["current_uuid"] = "%016X" % (int(digest, 16) & ~1)
+    return report
+
+
+def _all_or_first(values, good):
+    if all(v == good for v in values):
+        return good
+    return next(v for v in values if v != good)
+
+
+def from_config(config, alert=None):
+    """A started-later :class:`WitnessMonitor` for the agent, or None when MEDIATOR is empty.
+    Raises MediatorError (one line) when the credential files are missing or unusable."""
+    if not config.MEDIATOR:
+        return None
+    directory = config.MEDIATOR_DIR
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise MediatorError("mediator credential missing: %s (run iscsi-cfg mediator enroll)"
+                            % ", ".join(missing))
+    try:
+        client = MediatorClient(parse_addresses(config.MEDIATOR), paths[0], paths[1], paths[2],
+                                config.MEDIATOR_POOL, config.MEDIATOR_NODE,
+                                timeout=config.MEDIATOR_TIMEOUT)
+    except (ssl.SSLError, OSError, IOError, ValueError) as exc:
+        raise MediatorError("mediator credential in %s unusable: %s" % (directory,
+                                                                      _one_line(exc)))
+    return AgentWitness(client, os.path.join(directory, "state.json"),
+                        os.path.join(directory, "grant.json"),
+                        interval=config.MEDIATOR_INTERVAL, alert=alert)
+
+
+class AgentWitness(WitnessMonitor):
+    """The monitor as the agent uses it: the pass hands it the DRBD report (``set_report``) and
+    asks for a promote when its decision is blocked on the witness (``want_promote``); the
+    thread sends that request at once, persists a grant (fsync) and the next pass sees it
+    through ``observation()``. A pass never waits on the network."""
+
+    def __init__(self, client, state_file, grant_file, interval=2.0, alert=None,
+                 clock=time.monotonic):
+        self._report = {}
+        WitnessMonitor.__init__(self, client, state_file, report=lambda: self._report,
+                                interval=interval, alert=alert, clock=clock)
+        self.grant_file = grant_file
+        self._want = threading.Event()
+        self._last_promote = None
+        self.wake = None            # callable: wake the agent loop (set by the daemon)
+
+    def set_report(self, report):
+        self._report = dict(report or {})
+
+    def want_promote(self):
+        """Ask (in the background, within 0.2 s) for a promote; no-op while one is pending."""
+        self._want.set()
+
+    def _run(self):
+        next_beat = self.clock()
+        while not self._stop.is_set():
+            now = self.clock()
+            try:
+                if self._want.is_set():
+                    self._want.clear()
+                    self._promote_now()
+                if now >= next_beat:
+                    next_beat = now + self.interval
+                    self.beat()
+            except Exception as exc:   # never let the thread die
+                with self._lock:
+                    self._error = "witness thread: %s" % _one_line(exc)
+            self._stop.wait(max(0.01, min(0.2, next_beat - self.clock())))
+
+    def _promote_now(self):
+        answer = self.promote(self.grant_file, self._report)
+        with self._lock:
+            self._last_promote = (self.clock(), answer)
+        if answer.get("result") == "granted":
+            self.beat()          # refresh the cached view (primary is now us)
+            if self.wake is not None:
+                try:
+                    self.wake()
+                except Exception:
+                    pass
+
+    def grant(self):
+        """The persisted grant if it is for this node at the mediator's current generation."""
+        grant = read_json(self.grant_file)
+        st = self.state()
+        a = st.answer or {}
+        if not grant or grant.get("node") != self.client.node or grant.get("pool") != \
+                self.client.pool:
+            return None
+        if a.get("primary") == self.client.node and a.get("gen") == grant.get("gen"):
+            return grant
+        if not st.reachable and grant.get("gen") == st.max_gen:
+            return grant        # granted, then unreachable: still the newest generation
+        return None
+
+    def observation(self):
+        """A model.WitnessGrant for this pass (memory and one small local file only)."""
+        from iscsi_ha.model import WitnessGrant
+        st = self.state()
+        a = st.answer or {}
+        grant = self.grant()
+        ok, why = st.failover_allowed()
+        if grant is not None:
+            granted, reason = True, "granted at generation %s" % grant["gen"]
+        elif a.get("primary") == self.client.node and st.reachable:
+            granted, reason = True, "this node is the primary at generation %s" % a.get("gen")
+        else:
+            granted = False
+            last = self._last_promote
+            if not ok:
+                reason = why
+            elif last is not None and self.clock() - last[0] < 3 * self.interval:
+                reason = "%s: %s" % (last[1].get("result"), last[1].get("reason") or "")
+            else:
+                reason = "no grant yet (asking the mediator)"
+        deposed = bool(st.reachable and a.get("primary") and a.get("primary") !=
+                       self.client.node and self.client.node in (a.get("outdated") or []))
+        status = st.as_dict()
+        status.update(granted=granted, reason=reason, node=self.client.node,
+                      pool=self.client.pool)
+        return WitnessGrant(granted=granted, reason=reason, deposed=deposed,
+                            failover_allowed=ok, status=status)
+
+
+class BrokenWitness(object):
+    """MEDIATOR is set but its client cannot be built: every pass sees "no grant" with the
+    reason, so a cut link never promotes on a guess; status and alerts say why."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def set_report(self, report):
+        pass
+
+    def want_promote(self):
+        pass
+
+    def beat(self):
+        return None
+
+    def start(self):
+        return self
+
+    def stop(self, timeout=5.0):
+        pass
+
+    def observation(self):
+        from iscsi_ha.model import WitnessGrant
+        reason = "mediator not usable: %s" % self.error
+        return WitnessGrant(granted=False, reason=reason, failover_allowed=False,
+                            status={"configured": True, "reachable": False,
+                                    "error": reason, "auto_failover": False,
+                                    "auto_failover_reason": reason})

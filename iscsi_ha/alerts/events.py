@@ -45,6 +45,10 @@ KINDS = {
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
     "test": INFORMATIONAL,
+    "mediator-unreachable": SERVICE_DEGRADED,
+    "mediator-reachable": SERVICE_RECOVERED,
+    "mediator-rolled-back": SERVICE_LOSS_IMMINENT,
+    "mediator-deposed": DATA_LOSS_IMMINENT,
 }
 
 
@@ -304,6 +308,33 @@ def _restart_alerts(previous, current):
                  previous_health=previous.get("health"))]
 
 
+def _witness_alerts(previous, current):
+    """One alert when the mediator becomes unreachable, one when it is back, one when it was
+    rolled back, one when it deposed this host."""
+    now = current.get("witness")
+    if not now:
+        return []
+    before = (previous or {}).get("witness") or {}
+    found = []
+    where = now.get("address") or "?"
+    if not now.get("reachable") and now.get("error") not in (None, "no answer yet") and \
+            (before.get("reachable") or not before):
+        found.append(make("mediator-unreachable", "", "mediator %s unreachable (%s): automatic "
+                          "failover is off; no effect on I/O" % (where, now.get("error")),
+                          address=where))
+    if now.get("reachable") and before and not before.get("reachable") and \
+            before.get("error") not in (None, "no answer yet"):
+        found.append(make("mediator-reachable", "", "mediator %s reachable again (generation "
+                          "%s)" % (where, now.get("generation")), address=where))
+    if now.get("rolled_back") and not before.get("rolled_back"):
+        found.append(make("mediator-rolled-back", "", now["rolled_back"], address=where))
+    if now.get("deposed") and not before.get("deposed"):
+        found.append(make("mediator-deposed", "", "the mediator made %s primary at generation "
+                          "%s and lists this host as outdated: demoting"
+                          % (now.get("primary"), now.get("generation")), address=where))
+    return found
+
+
 def alerts_for_transition(previous, current):
     """[Alert] for what changed from ``previous`` (a status document or None) to ``current``."""
     found = _restart_alerts(previous, current)
@@ -311,4 +342,5 @@ def alerts_for_transition(previous, current):
     found.extend(_action_alerts(previous, current))
     found.extend(_blocked_alerts(previous, current))
     found.extend(_role_alerts(previous, current))
+    found.extend(_witness_alerts(previous, current))
     return found

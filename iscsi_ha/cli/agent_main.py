@@ -61,8 +61,10 @@ def cmd_run(path, once, dry_run, as_json):
     logsetup.setup(config, stderr=once or dry_run or sys.stderr.isatty())
     from iscsi_ha.agent import Agent, describe_observation
     from iscsi_ha.loop import Loop
-    agent = Agent(config, dry_run=dry_run)
+    agent = Agent(config, dry_run=dry_run, witness=_witness(config))
     if once or dry_run:
+        if agent.witness is not None:
+            agent.witness.beat()        # one bounded heartbeat (MEDIATOR_TIMEOUT)
         record = run_once(agent, config, dry_run)
         if record is None:
             return EXIT_FAIL
@@ -90,6 +92,8 @@ def cmd_run(path, once, dry_run, as_json):
         signal.signal(signum, on_signal)
     wait_for_xapi(config, stop, notifier)
     restore_manual_mode(config)
+    if agent.witness is not None:
+        agent.witness.start()
     loop = Loop(agent, stop)
     services = DaemonServices(config)
     services.attach(agent, loop)
@@ -103,7 +107,21 @@ def cmd_run(path, once, dry_run, as_json):
     finally:
         services.close()
         agent.adapters.close()
+        if agent.witness is not None:
+            agent.witness.stop()
     return EXIT_OK
+
+
+def _witness(config):
+    """The mediator client (iscsi_ha.witness) or None (MEDIATOR empty). A broken mediator setup
+    is logged and gives a witness that never grants (no failover over a cut link on a guess)."""
+    from iscsi_ha import witness
+    try:
+        return witness.from_config(config, alert=lambda text: logging.getLogger(
+            "iscsi-ha").warning("witness: %s", text))
+    except witness.MediatorError as exc:
+        logging.getLogger("iscsi-ha").error("witness not usable: %s", exc)
+        return witness.BrokenWitness(str(exc))
 
 
 def restore_manual_mode(config):
