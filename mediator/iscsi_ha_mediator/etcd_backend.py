@@ -247,8 +247,15 @@ class EtcdBackend(Storage):
 
     # -- following etcd ----------------------------------------------------------------------
     def _resync(self):
-        """Read everything (linearizable) and rebuild the cache; returns the header revision."""
-        kvs, rev = self.client.range(self.prefix, prefix=True)
+        """Read the live state (pools, presence, documents; not the audit log) at one etcd
+        revision and rebuild the cache; returns that revision."""
+        kvs, rev = self.client.range(self.prefix + "pools/", prefix=True)
+        for part in ("presence/", "docs/"):
+            base = self.prefix + part
+            out = self.client.call("/v3/kv/range", {
+                "key": ec._b64(base), "range_end": ec._b64(ec.prefix_end(base)),
+                "revision": str(rev)})
+            kvs += [ec.KeyValue(kv) for kv in out.get("kvs") or []]
         now = self.clock()
         pools, presence, docs = {}, {}, {}
         for kv in kvs:
@@ -400,25 +407,40 @@ class EtcdBackend(Storage):
     def _presence_writer(self):
         while not self._stop.is_set():
             with self._lock:
-                while not self._pending and not self._stop.is_set():
+                if not self._pending:
                     self._wake.wait(max(0.2, self.lease / 4.0))
-                    if not self._pending:
-                        break
+            if self._stop.is_set():
+                break
+            self.expire_local()  # nodes silent for a lease: their presence is withdrawn
+            with self._lock:
                 batch, self._pending = self._pending, []
             if not batch:
-                self.expire_local()
                 continue
-            failed = []
+            # Last transition per node wins; blind puts/deletes are idempotent, so a batch may
+            # be sent again after a lost answer. 100 per txn (etcd allows 128 by default).
+            last = {}
             for op, pool, node in batch:
+                last[(pool, node)] = op
+            items = list(last.items())
+            failed = []
+            for i in range(0, len(items), 100):
+                chunk = items[i:i + 100]
+                ops = []
+                for (pool, node), op in chunk:
+                    key = self._k_presence(pool, node, self.instance)
+                    if op == "put":
+                        if self._lease_id is None:
+                            continue
+                        ops.append(ec.op_put(key, b"1", lease=self._lease_id))
+                    else:
+                        ops.append(ec.op_delete(key))
+                if not ops:
+                    continue
                 try:
-                    if op == "put" and self._lease_id is not None:
-                        self.client.put(self._k_presence(pool, node, self.instance), b"1",
-                                        lease=self._lease_id)
-                    elif op == "delete":
-                        self.client.delete(self._k_presence(pool, node, self.instance))
+                    self.client.call("/v3/kv/txn", {"compare": [], "success": ops})
                 except ec.EtcdError as exc:
                     self._mark(False, "etcd unreachable: %s" % exc)
-                    failed.append((op, pool, node))
+                    failed += [(op, pool, node) for (pool, node), op in chunk]
             if failed:
                 with self._lock:
                     self._pending = failed + self._pending

@@ -285,3 +285,17 @@ def test_contract_docs_audit_and_delete(backends):
     r2 = a.put_doc("x", b"1", 0)
     a.put_doc("x", None, r2)
     assert a.doc("x") == (None, 0)
+
+
+def test_many_nodes_arriving_announce_presence_in_batches(backends):
+    """500 pools' nodes start heartbeating to a fresh instance at once (after a restart or a
+    failover between instances): presence goes out in a few transactions, not 1000 writes."""
+    a = backends()
+    before = etcd_revision(a.client)
+    for i in range(500):
+        a.node_seen("p%d" % i, "a")
+        a.node_seen("p%d" % i, "b")
+    assert wait_for(lambda: len(a.client.range(a.prefix + "presence/", prefix=True)[0]) == 1000,
+                    10)
+    writes = etcd_revision(a.client) - before
+    assert writes <= 20, writes
