@@ -1,17 +1,21 @@
 """Configuration: HA-Lizard's ``iscsi-ha.conf`` read unchanged, validated against a configspec.
 
-The file is bash-style ``KEY=value`` (quotes optional, ``#`` comments). configobj parses it with
-list values off, so a value is one string; matching outer quotes are removed as bash would.
-Every key has a documented default in the configspec below; the daemon and the CLI share
-:func:`load` so both refuse the same files with the same words.
+The file is sourced by bash (HA-Lizard's scripts, our DRBD handlers), so it is read with bash's
+grammar (:mod:`iscsi_ha.shell_assign`): every key gets exactly the value bash gives it, and a
+file in which bash would run anything is refused. Every key has a documented default in the
+configspec below; the daemon and the CLI share :func:`load` so both refuse the same files with
+the same words. Validation is complete enough that a file ``check`` accepts cannot make an entry
+point fail later: every message names the key, its line and the allowed range or form.
 """
+import ast
 import ipaddress
 import os
 import re
+import shlex
 import socket
+import stat
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors
-from validate import ValidateError, Validator
+from iscsi_ha import files, shell_assign
 
 DEFAULT_PATH = "/etc/iscsi-ha/iscsi-ha.conf"
 
@@ -69,7 +73,7 @@ ARP_DAD_TIMEOUT = seconds(min=0.05, max=30, default=0.3)
 ARP_COUNT = integer(min=0, max=100, default=5)
 ARP_INTERVAL = seconds(min=0.01, max=10, default=0.2)
 NET_TIMEOUT = seconds(min=0.1, max=60, default=5)
-POOL_CONF = path(default='/etc/xensource/pool.conf')
+POOL_CONF = file_path(default='/etc/xensource/pool.conf')
 POOL_POLL_INTERVAL = seconds(min=0.02, max=10, default=0.1)
 XAPI_URL = string(default='unix:///var/lib/xcp/xapi')
 XAPI_USER = string(default='root')
@@ -80,10 +84,10 @@ XAPI_INIT_WAIT = seconds(min=0, max=3600, default=300)
 INVENTORY_FILE = path(default='/etc/xensource-inventory')
 PBD_REPLUG = flag(default='1')
 PBD_REPLUG_INTERVAL = seconds(min=5, max=86400, default=60)
-STATE_DIR = path(default='/etc/iscsi-ha/state')
-STATUS_FILE = path(default='')
-MANUAL_FILE = path(default='')
-LOG_FILE = path(default='')
+STATE_DIR = dir_path(default='/etc/iscsi-ha/state')
+STATUS_FILE = file_path(default='')
+MANUAL_FILE = file_path(default='')
+LOG_FILE = log_file(default='')
 WATCH_INTERVAL = seconds(min=0.05, max=3600, default=5)
 WATCH_MARGIN = seconds(min=0.05, max=3600, default=5)
 AGENT_PID_FILE = path(default='/var/run/iscsi-ha.pid')
@@ -91,6 +95,7 @@ WATCHDOG_PID_FILE = path(default='/var/run/iscsi-ha-watchdog.pid')
 WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
+<<<<<<< HEAD
 SYSLOG_SOCKET = path(default='/dev/log')
 MEDIATOR = mediator_addresses(default='')
 MEDIATOR_POOL = mediator_name(default='')
@@ -98,16 +103,30 @@ MEDIATOR_NODE = mediator_name(default='')
 MEDIATOR_DIR = path(default='')
 MEDIATOR_INTERVAL = seconds(min=0.2, max=60, default=2)
 MEDIATOR_TIMEOUT = seconds(min=0.1, max=30, default=3)
+=======
+SYSLOG_SOCKET = socket_path(default='/dev/log')
+>>>>>>> main
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.
 LEGACY_IGNORED = ("MANUAL_MODE", "REPLICATION_IP_MASTER", "REPLICATION_IP_SLAVE",
                   "REPLICATION_IP_ISCSI")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}\Z")
+# Linux dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or blank. ':' is refused
+# too (an "eth0:1" alias is not a device of its own; ip addr add ... dev eth0:1 fails).
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
+# A systemd unit / init script name: what service(8) and systemctl accept as one word.
+_SERVICE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,254}\Z")
 # HA-Lizard's noSAN installer writes "iqn.2015.com.halizard:noSAN" (no month); tgtd accepts it.
-_IQN_RE = re.compile(r"^(iqn\.\d{4}(-\d{2})?\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)$")
+_IQN_RE = re.compile(r"(iqn\.[0-9]{4}(-[0-9]{2})?\.[!-~]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)\Z")
+_INT_RE = re.compile(r"-?[0-9]+\Z")
+_SECONDS_RE = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class ValidateError(ValueError):
+    """One value is not acceptable; the message says what is expected."""
 
 
 class ConfigError(Exception):
@@ -134,13 +153,23 @@ def _check(pattern_ok, value, expected):
     return value
 
 
+def _integer(value, min=None, max=None):
+    expected = "a whole number from %s to %s (ASCII digits only)" % (min, max)
+    if not _INT_RE.match(value):
+        raise ValidateError("expected " + expected)
+    number = int(value)
+    if number < min or number > max:
+        raise ValidateError("%d is out of range: expected %s" % (number, expected))
+    return number
+
+
 def _seconds(value, min=None, max=None):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidateError("expected a number of seconds")
-    if number != number or number < float(min) or number > float(max):
-        raise ValidateError("expected seconds between %s and %s" % (min, max))
+    expected = "seconds from %s to %s (a number such as 2 or 0.5)" % (min, max)
+    if not _SECONDS_RE.match(value):
+        raise ValidateError("expected " + expected)
+    number = float(value)
+    if number < float(min) or number > float(max):
+        raise ValidateError("%s is out of range: expected %s" % (value, expected))
     return number
 
 
@@ -159,35 +188,66 @@ def _resource_list(value):
 
 
 def _ipv4(value):
+    if not re.match(r"[0-9.]+\Z", value):
+        raise ValidateError("expected an IPv4 address such as 192.0.2.3")
     try:
-        return str(ipaddress.IPv4Address(value))
+        address = ipaddress.IPv4Address(value)
     except ValueError:
         raise ValidateError("expected an IPv4 address such as 192.0.2.3")
+    for test, words in (("is_unspecified", "the unspecified address"),
+                        ("is_loopback", "a loopback address"),
+                        ("is_multicast", "a multicast address"),
+                        ("is_reserved", "a reserved or broadcast address")):
+        if getattr(address, test) or (words.endswith("broadcast address") and
+                                      value == "255.255.255.255"):
+            raise ValidateError("%s is %s; expected a unicast address such as 192.0.2.3 that "
+                                "hosts can reach" % (value, words))
+    return str(address)
 
 
 def _netmask(value):
-    """A dotted mask (255.255.255.0) or a prefix length (24); returns the prefix length."""
-    if value.isdigit() and 0 < int(value) <= 32:
-        return int(value)
+    """A dotted mask (255.255.255.0) or a prefix length 1-32; returns the prefix length."""
+    expected = "expected a contiguous netmask such as 255.255.255.0 or a prefix length from " \
+               "1 to 32"
+    if re.match(r"[0-9]{1,2}\Z", value):
+        if 1 <= int(value) <= 32:
+            return int(value)
+        raise ValidateError(expected)
+    if not re.match(r"[0-9]{1,3}(\.[0-9]{1,3}){3}\Z", value):
+        raise ValidateError(expected)
     try:
-        return ipaddress.IPv4Network("0.0.0.0/%s" % value).prefixlen
+        prefix = ipaddress.IPv4Network("0.0.0.0/%s" % value).prefixlen
     except ValueError:
-        raise ValidateError("expected a contiguous netmask such as 255.255.255.0 or 24")
+        raise ValidateError(expected)
+    if prefix < 1:
+        raise ValidateError(expected)
+    return prefix
+
+
+def _ifname(value):
+    if value in (".", "..") or not _IFNAME_RE.match(value):
+        raise ValidateError("expected a network interface name: 1 to 15 letters, digits, "
+                            "_ . @ - (not '.' or '..'; no ':' alias such as eth0:1)")
+    return value
 
 
 def _lun_map(value):
     """``10=/dev/drbd1,11=/dev/drbd2`` -> ((10, '/dev/drbd1'), (11, '/dev/drbd2'))."""
     luns = {}
-    for item in [i.strip() for i in value.split(",") if i.strip()]:
+    for item in [i.strip(" \t") for i in value.split(",") if i.strip(" \t")]:
         number, sep, device = item.partition("=")
-        if not sep or not number.strip().isdigit() or not device.strip().startswith("/"):
-            raise ValidateError("expected LUN=DEVICE pairs such as 10=/dev/drbd1")
+        number, device = number.strip(" \t"), device.strip(" \t")
+        if not sep or not re.match(r"[0-9]{1,3}\Z", number) or not \
+                re.match(r"/[^\s=,]*[^/\s=,]\Z", device):
+            raise ValidateError("expected LUN=DEVICE pairs separated by ',' such as "
+                                "10=/dev/drbd1 (LUN 1 to 255, DEVICE an absolute path of a "
+                                "device or file); %r is not one" % item)
         lun = int(number)
         if lun < 1 or lun > 255 or lun in luns:
             raise ValidateError("LUN %s must be 1..255 and listed once (0 is the controller)"
-                                % number.strip())
-        luns[lun] = device.strip()
-    return tuple(sorted(luns.items()))  # configobj cannot hold a dict with int keys
+                                % number)
+        luns[lun] = device
+    return tuple(sorted(luns.items()))
 
 
 def _choice(value, *choices):
@@ -198,6 +258,7 @@ def _path(value):
     return _check(value == "" or value.startswith("/"), value, "an absolute path")
 
 
+<<<<<<< HEAD
 _MEDIATOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -214,29 +275,145 @@ def _mediator_addresses(value):
 def _mediator_name(value):
     return _check(value == "" or _MEDIATOR_NAME_RE.match(value), value,
                   "a name of letters, digits, '.', '_', '-' (at most 128)")
+=======
+def _exists_as(path):
+    """The mode of ``path`` (not following a final symlink's absence), or None."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _creatable_dir(path):
+    """None when ``path`` is a directory or could be created, else why not."""
+    mode = _exists_as(path)
+    if mode is not None:
+        return None if stat.S_ISDIR(mode) else "it exists and is %s, not a directory" % (
+            files.kind_of(mode) or "a regular file")
+    parent = os.path.dirname(path.rstrip("/"))
+    while parent and parent != "/" and _exists_as(parent) is None:
+        parent = os.path.dirname(parent)
+    mode = _exists_as(parent or "/")
+    if mode is not None and not stat.S_ISDIR(mode):
+        return "%s is %s, so the directory cannot be created" % (
+            parent, files.kind_of(mode) or "a regular file")
+    return None
+
+
+def _file_path(value):
+    """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory)."""
+    _path(value)
+    if value:
+        mode = _exists_as(value)
+        if mode is not None and not stat.S_ISREG(mode):
+            raise ValidateError("%s is %s; expected a regular file (or none yet)"
+                                % (value, files.kind_of(mode)))
+        why = _creatable_dir(os.path.dirname(value) or "/")
+        if why:
+            raise ValidateError("its directory cannot hold it: %s" % why)
+    return value
+
+
+def _dir_path(value):
+    _check(value.startswith("/"), value, "an absolute path of a directory")
+    why = _creatable_dir(value)
+    if why:
+        raise ValidateError("expected a directory (or a path where one can be created): %s"
+                            % why)
+    return value
+
+
+def _log_file(value):
+    """Empty, or a regular file (or none yet) in an existing directory."""
+    _path(value)
+    if value:
+        mode = _exists_as(value)
+        if mode is not None and not stat.S_ISREG(mode):
+            raise ValidateError("%s is %s; expected a regular file to append to"
+                                % (value, files.kind_of(mode)))
+        parent = os.path.dirname(value) or "/"
+        mode = _exists_as(parent)
+        if mode is None or not stat.S_ISDIR(mode):
+            raise ValidateError("its directory %s does not exist; create it or choose another "
+                                "path" % parent)
+    return value
+
+
+def _socket_path(value):
+    _path(value)
+    if value:
+        mode = _exists_as(value)
+        if mode is not None and not stat.S_ISSOCK(mode):
+            raise ValidateError("%s is %s; expected the syslog socket (or empty: no syslog)"
+                                % (value, files.kind_of(mode) or "a regular file"))
+    return value
+>>>>>>> main
 
 
 def _command(value):
-    return _check(value.strip() != "", value, "a command")
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValidateError("not a command line: %s (the value is split like a shell would, "
+                            "so quotes must be balanced)" % exc)
+    if not argv:
+        raise ValidateError("expected a command")
+    return value
+
+
+def _service_name(value):
+    name = os.path.basename(value) if value.startswith("/") else value
+    if not _SERVICE_RE.match(name):
+        raise ValidateError("expected a service name such as tgtd (letters, digits, _ . @ : -; "
+                            "no spaces or arguments), or the daemon's absolute path")
+    return name
+
+
+def _iqn(value):
+    return _check(value == "" or _IQN_RE.match(value), value, "an iSCSI name (iqn.YYYY-MM.x:y)")
 
 
 VALIDATOR_FUNCTIONS = {
+    "integer": _integer,
     "seconds": _seconds,
     "flag": _flag,
     "resource_list": _resource_list,
     "ipv4": _ipv4,
     "netmask": _netmask,
-    "ifname": lambda v: _check(_IFNAME_RE.match(v), v, "a network interface name (at most "
-                               "15 letters, digits, _ . : @ -)"),
-    "service_name": lambda v: os.path.basename(_check(v.strip(), v, "a service name")),
-    "iqn": lambda v: _check(v == "" or _IQN_RE.match(v), v, "an iSCSI name (iqn.YYYY-MM.x:y)"),
+    "ifname": _ifname,
+    "service_name": _service_name,
+    "iqn": _iqn,
     "lun_map": _lun_map,
     "path": _path,
+    "file_path": _file_path,
+    "dir_path": _dir_path,
+    "log_file": _log_file,
+    "socket_path": _socket_path,
     "choice": _choice,
     "command": _command,
+<<<<<<< HEAD
     "mediator_addresses": _mediator_addresses,
     "mediator_name": _mediator_name,
+=======
+    "string": lambda value: value,
+>>>>>>> main
 }
+
+
+def _spec():
+    """CONFIGSPEC as {key: (function name, args, kwargs, default)}, in file order."""
+    spec = {}
+    for line in CONFIGSPEC.strip().splitlines():
+        key, _, call = line.partition("=")
+        node = ast.parse(call.strip(), mode="eval").body
+        args = [ast.literal_eval(a) for a in node.args]
+        kwargs = dict((k.arg, ast.literal_eval(k.value)) for k in node.keywords)
+        default = kwargs.pop("default")
+        spec[key.strip()] = (node.func.id, args, kwargs, str(default))
+    return spec
+
+
+SPEC = _spec()
 
 
 class Config(object):
@@ -253,43 +430,44 @@ class Config(object):
         return {k: v for k, v in vars(self).items() if k.isupper()}
 
     def expand(self, text):
-        """Expand ``$HOSTNAME`` / ``${HOSTNAME}`` as bash did in HA-Lizard's MAIL_SUBJECT."""
+        """Expand ``$HOSTNAME`` / ``${HOSTNAME}`` as bash did in HA-Lizard's MAIL_SUBJECT (the
+        file's values are expanded when read; this is for defaults and shared settings)."""
         host = socket.gethostname()
         return text.replace("${HOSTNAME}", host).replace("$HOSTNAME", host)
 
 
 def unquote(value):
-    """Remove one pair of matching outer quotes, as bash would."""
+    """Remove one pair of matching outer quotes (pool other-config values written by hand)."""
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
         return value[1:-1]
     return value
 
 
-def _key_lines(text):
-    """Map each KEY to the line number of its last assignment (bash: last one wins)."""
-    lines = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        match = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
-        if match:
-            lines[match.group(1)] = number
-    return lines
+def _control_problem(value):
+    match = _CONTROL_RE.search(value)
+    if not match:
+        return None
+    if match.group(0) == "\r":
+        return ("ends in a carriage return: the file has Windows (CRLF) line endings and bash "
+                "keeps the \\r in the value; convert the file with dos2unix")
+    return "holds the control character %r; bash would keep it in the value" % match.group(0)
 
 
-def _parse(path, text):
-    """configobj over the text, with bash's rule that the last assignment of a key wins."""
-    lines = [re.sub(r"^\s*export\s+", "", line) for line in text.splitlines()]
-    last = _key_lines(text)
-    for number, line in enumerate(lines, 1):
-        match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
-        if match and last.get(match.group(1)) != number:
-            lines[number - 1] = "# (overridden later) " + line
-    try:
-        return ConfigObj(lines, configspec=CONFIGSPEC.strip().splitlines(), interpolation=False,
-                         list_values=False, file_error=False, raise_errors=True)
-    except ConfigObjError as exc:
-        raise ConfigError(path, [("(file)", getattr(exc, "line_number", 0) or 0, "",
-                                  "not KEY=value syntax: %s" % exc)])
+def _validate(raw, lines, hostname):
+    values, problems = {}, []
+    for key, (name, args, kwargs, default) in SPEC.items():
+        # A default reads as the shipped file's line would: $HOSTNAME expanded.
+        value = raw[key] if key in raw else default.replace("$HOSTNAME", hostname)
+        why = _control_problem(value)
+        if why:
+            problems.append((key, lines.get(key, 0), value, why))
+            continue
+        try:
+            values[key] = VALIDATOR_FUNCTIONS[name](value, *args, **kwargs)
+        except ValidateError as exc:
+            problems.append((key, lines.get(key, 0), value, str(exc)))
+    return values, problems
 
 
 def _cross_checks(values, lines):
@@ -308,6 +486,7 @@ def _cross_checks(values, lines):
     if values["ISCSI_LUNS"] and not values["ISCSI_TARGET_IQN"]:
         problems.append(("ISCSI_TARGET_IQN", lines.get("ISCSI_TARGET_IQN", 0), "",
                          "ISCSI_LUNS is set, so the target's IQN is needed too"))
+<<<<<<< HEAD
     if values["MEDIATOR"] and not values["MEDIATOR_POOL"]:
         problems.append(("MEDIATOR_POOL", lines.get("MEDIATOR_POOL", 0), "",
                          "MEDIATOR is set, so the pool's name at the mediator is needed too "
@@ -316,6 +495,31 @@ def _cross_checks(values, lines):
         problems.append(("MEDIATOR_TIMEOUT", lines.get("MEDIATOR_TIMEOUT", 0),
                          values["MEDIATOR_TIMEOUT"], "must be shorter than the pass budget "
                          "%.1f s" % budget))
+=======
+    network = ipaddress.IPv4Network("%s/%d" % (values["DRBD_VIRTUAL_IP"],
+                                               values["DRBD_VIRTUAL_MASK"]), strict=False)
+    if network.prefixlen < 31 and ipaddress.IPv4Address(values["DRBD_VIRTUAL_IP"]) in (
+            network.network_address, network.broadcast_address):
+        problems.append(("DRBD_VIRTUAL_IP", lines.get("DRBD_VIRTUAL_IP", 0),
+                         values["DRBD_VIRTUAL_IP"],
+                         "is the %s address of %s (DRBD_VIRTUAL_MASK); expected a host "
+                         "address of that subnet" % (
+                             "network" if values["DRBD_VIRTUAL_IP"] ==
+                             str(network.network_address) else "broadcast", network)))
+    state = values["STATE_DIR"]
+    for key, name in (("STATUS_FILE", "status"), ("MANUAL_FILE", "manual")):
+        if not values[key]:
+            try:
+                _file_path(os.path.join(state, name))
+            except ValidateError as exc:
+                problems.append((key, lines.get("STATE_DIR", 0), os.path.join(state, name),
+                                 "(derived from STATE_DIR) %s" % exc))
+    for key in ("TARGET_STATUS_COMMAND", "TARGET_START_COMMAND", "TARGET_STOP_COMMAND"):
+        try:
+            _command(values[key].replace("{service}", values["ISCSI_TARGET_SERVICE"]))
+        except ValidateError as exc:
+            problems.append((key, lines.get(key, 0), values[key], str(exc)))
+>>>>>>> main
     return problems
 
 
@@ -332,25 +536,24 @@ def _derive(values):
     values["PASS_BUDGET"] = values["MONITOR_MAX_STARTS"] * values["MONITOR_SCANRATE"]
 
 
-def loads(text, path="<string>"):
+def read_assignments(text, path="<string>", hostname=None):
+    """``({key: value}, {key: line})`` as bash leaves them, or :class:`ConfigError`."""
+    try:
+        return shell_assign.values(text, hostname)
+    except shell_assign.ShellSyntaxError as exc:
+        raise ConfigError(path, [(exc.key or "(file)", exc.line, "",
+                                  "not KEY=value syntax as bash reads it: %s" % exc.message)])
+
+
+def loads(text, path="<string>", hostname=None):
     """Parse and validate config text; return :class:`Config` or raise :class:`ConfigError`."""
-    lines = _key_lines(text)
-    parsed = _parse(path, text)
-    for key in list(parsed.keys()):
-        parsed[key] = unquote(parsed[key])
-    outcome = parsed.validate(Validator(VALIDATOR_FUNCTIONS), preserve_errors=True, copy=True)
-    problems = []
-    if outcome is not True:
-        for _sections, key, error in flatten_errors(parsed, outcome):
-            message = str(error) if error else "missing"
-            message = re.sub(r"^the value \".*\" is ", "", message)
-            problems.append((key, lines.get(key, 0), parsed.get(key, ""), message))
-    known = set(parsed.configspec.scalars)
+    hostname = socket.gethostname() if hostname is None else hostname
+    raw, lines = read_assignments(text, path, hostname)
     warnings = ["%s (line %d): unknown key, ignored" % (k, lines.get(k, 0))
-                for k in parsed.keys() if k not in known and k not in LEGACY_IGNORED]
+                for k in raw if k not in SPEC and k not in LEGACY_IGNORED]
+    values, problems = _validate(raw, lines, hostname)
     if problems:
         raise ConfigError(path, problems, warnings)
-    values = {k: parsed[k] for k in known}
     problems = _cross_checks(values, lines)
     if problems:
         raise ConfigError(path, problems, warnings)
@@ -358,11 +561,28 @@ def loads(text, path="<string>"):
     return Config(path, values, warnings, lines)
 
 
-def load(path=DEFAULT_PATH):
-    """Read ``path``; a missing or unreadable file is a :class:`ConfigError` too."""
+def decode(data, path):
+    """The file's bytes as text; a byte that is not UTF-8 is a :class:`ConfigError` naming its
+    line (bash would keep it, but no key can use it)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, [("(file)", line, "", "byte 0x%02x at offset %d is not UTF-8; "
+                                  "save the file as UTF-8 (or ASCII)" % (data[exc.start],
+                                                                         exc.start))])
+
+
+def read_file(path):
+    """The text of the configuration file (bounded, regular files only) or ConfigError."""
+    try:
+        data = files.read_bounded(path, files.CONFIG_LIMIT)
     except (OSError, IOError) as exc:
-        raise ConfigError(path, [("(file)", 0, path, "cannot read: %s" % exc.strerror)])
-    return loads(text, path)
+        raise ConfigError(path, [("(file)", 0, path, "cannot read: %s" % (exc.strerror or exc))])
+    return decode(data, path)
+
+
+def load(path=DEFAULT_PATH):
+    """Read ``path``; a missing, unreadable or oversized file, or not a regular file, is a
+    :class:`ConfigError` too."""
+    return loads(read_file(path), path)

@@ -120,6 +120,23 @@ class DrbdState(namedtuple("DrbdState", _FIELDS)):
         return text
 
 
+def _own_errors(parse):
+    """Only :class:`DrbdParseError` leaves a parser: a RecursionError (deeply nested JSON), a
+    stray ValueError/TypeError become one, naming the parser."""
+    def wrapper(text):
+        try:
+            return parse(text)
+        except DrbdParseError:
+            raise
+        except RecursionError:
+            raise DrbdParseError("%s: input nested too deeply" % parse.__name__)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise DrbdParseError("%s: unreadable input: %s" % (parse.__name__, exc))
+    wrapper.__name__ = parse.__name__
+    wrapper.__doc__ = parse.__doc__
+    return wrapper
+
+
 def _require_text(text, source):
     if not isinstance(text, str) or not text.strip():
         raise DrbdParseError("%s is empty" % source)
@@ -127,36 +144,47 @@ def _require_text(text, source):
 
 # ---- DRBD 8.4 /proc/drbd --------------------------------------------------------------------
 
-_MINOR_LINE = re.compile(r"^\s*(\d+): cs:(\S+)(.*)$")
+_MINOR_LINE = re.compile(r"^\s*([0-9]+): cs:(\S+)(.*)$")
 _ROLES_DISKS = re.compile(r"^ ro:([^/\s]+)/(\S+) ds:([^/\s]+)/(\S+)(?:\s|$)")
-_PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*(\d+(?:\.\d+)?)%")
-_VERSION = re.compile(r"^version: ((\d+)\.\d+\S*)")
-_HEADERS = ("GIT-hash:", "srcversion:", "Transports ")
+_PROGRESS = re.compile(r"\] (?:sync'ed|verified):\s*([0-9]+(?:\.[0-9]+)?)%")
+_VERSION = re.compile(r"^version: (([0-9]+)\.[0-9]+\S*)")
 
 
+@_own_errors
 def parse_proc_drbd(text):
     """``{minor: DrbdState}`` from DRBD 8.4 ``/proc/drbd`` (``resource`` is None).
 
-    Unconfigured minors are left out. Text without device lines raises, except an 8.x header
-    alone (module loaded, nothing configured), which gives ``{}``.
+    Only device lines (``N: cs:...``) and their indented continuation lines matter: any other
+    line (a build line wrapped in two, a header a later DRBD adds) is skipped, except a
+    ``version:`` line that cannot be read. Unconfigured minors are left out. Text without device
+    lines raises, except an 8.x header alone (module loaded, nothing configured), which gives
+    ``{}``.
     """
     _require_text(text, "/proc/drbd")
-    version, states, seen, current = None, {}, [], None
+    version, states, seen, current, unconfigured = None, {}, [], None, False
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = " in line %d of /proc/drbd: %r" % (number, line)
         match = _MINOR_LINE.match(line)
         if match:
+            if match.group(1) in seen:
+                raise DrbdParseError("minor %s is listed twice%s" % (match.group(1), where))
             seen.append(match.group(1))
             state = _proc_device(match, where)
             current = match.group(1) if state else None
+            unconfigured = state is None
             if state:
                 states[current] = state
         elif line[:1].isspace():
-            _proc_detail(states, current, line, where)
+            if current is not None:
+                _proc_detail(states, current, line, where)
+            elif unconfigured:
+                raise DrbdParseError("indented line below an Unconfigured device" + where)
+            # else: the continuation of a header line (a wrapped build line): skipped
         else:
             version = _proc_header(line, where) or version
+            current, unconfigured = None, False
     _check_devices_listed(version, seen)
     return states
 
@@ -183,24 +211,20 @@ def _proc_device(match, where):
 
 def _proc_detail(states, current, line, where):
     """An indented line below a device: statistics, or the resync/verify progress."""
-    if current is None:
-        raise DrbdParseError("indented line outside a configured device" + where)
     progress = _PROGRESS.search(line)
     if progress:
         states[current] = states[current]._replace(sync_percent=_percent(progress.group(1)))
 
 
 def _proc_header(line, where):
-    """(version text, major) for the version line, None for the other header lines."""
+    """(version text, major) for the version line, None for any other line (GIT-hash:,
+    srcversion:, Transports, or a line this parser does not know: skipped)."""
     if line.startswith("version:"):
         match = _VERSION.match(line)
         if not match:
             raise DrbdParseError("cannot read the DRBD version" + where)
         return match.group(1), int(match.group(2))
-    if line.startswith(_HEADERS):
-        return None
-    raise DrbdParseError("not a /proc/drbd line (expected version:, GIT-hash:, srcversion: "
-                         "or 'N: cs:...')" + where)
+    return None
 
 
 def _check_devices_listed(version, seen):
@@ -215,26 +239,42 @@ def _check_devices_listed(version, seen):
 
 
 def _percent(value):
-    return max(0.0, min(100.0, float(value)))
+    """A progress percentage 0-100; anything else (NaN, 250) is refused, never clamped."""
+    number = float(value)
+    if not 0.0 <= number <= 100.0:
+        raise DrbdParseError("sync percentage %r is outside 0-100" % (value,))
+    return number
 
 
 # ---- DRBD 9 drbdsetup status --json ---------------------------------------------------------
 
+@_own_errors
 def parse_status_json(text):
     """``{resource name: DrbdState}`` from DRBD 9 ``drbdsetup status --json``."""
     _require_text(text, "drbdsetup status --json output")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise DrbdParseError("drbdsetup status --json output is not complete JSON: %s" % exc)
     if not isinstance(data, list):
         raise DrbdParseError("drbdsetup status --json: expected a list of resources, got %s"
                              % type(data).__name__)
-    states = {}
+    states, minors = {}, {}
     for index, item in enumerate(data):
         state = _json_resource(item, "resource #%d" % index)
+        if state.resource in states:
+            raise DrbdParseError("drbdsetup status --json: resource %r is listed twice"
+                                 % state.resource)
+        if state.minor in minors:
+            raise DrbdParseError("drbdsetup status --json: minor %s belongs to both %r and %r"
+                                 % (state.minor, minors[state.minor], state.resource))
         states[state.resource] = state
+        minors[state.minor] = state.resource
     return states
+
+
+def _no_constant(name):
+    raise DrbdParseError("drbdsetup status --json output holds %s, not a JSON number" % name)
 
 
 def _field(obj, key, where, kind=str):
@@ -357,20 +397,74 @@ def _pair(text, vocabulary, what, source):
     return _word(parts[0], vocabulary, what, where), _word(parts[1], vocabulary, what, where)
 
 
+@_own_errors
 def parse_role(text):
     """``("Primary", "Secondary")`` from 8.4 ``drbdadm role RES``."""
     return _pair(text, ROLES, "role", "drbdadm role")
 
 
+@_own_errors
 def parse_cstate(text):
     """``"Connected"`` from 8.4 ``drbdadm cstate RES``."""
     line = _one_line(text, "drbdadm cstate")
     return _word(line, CONNECTION_STATES_84, "connection state", " in drbdadm cstate output")
 
 
+@_own_errors
 def parse_dstate(text):
     """``("UpToDate", "UpToDate")`` from 8.4 ``drbdadm dstate RES``."""
     return _pair(text, DISK_STATES, "disk state", "drbdadm dstate")
+
+
+# ---- split brain: data generations (drbdadm get-gi) and data marked out of sync ------------
+
+Generations = namedtuple("Generations", "current bitmap history")
+_GI = re.compile(r"^([0-9A-F]{16}):([0-9A-F]{16}):((?:[0-9A-F]{16}:)*)([01](?::[01])*)$")
+
+
+def parse_gi(text):
+    """``drbdadm get-gi`` (``CURRENT:BITMAP:HISTORY...:FLAGS``, drbd-utils dt_print_uuids /
+    dt_print_v9_uuids) -> Generations of upper-case hex strings."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    match = _GI.match(lines[-1]) if lines else None
+    if not match:
+        raise DrbdParseError("not drbdadm get-gi output: %r" % (text,))
+    history = tuple(h for h in match.group(3).split(":") if h)
+    return Generations(match.group(1), match.group(2), history)
+
+
+def parse_proc_oos(text, minor):
+    """KiB marked out of sync (``oos:``) of ``minor`` in DRBD 8.4's /proc/drbd, or None."""
+    found = False
+    for line in text.splitlines():
+        head = re.match(r"^\s*(\d+): cs:", line)
+        if head:
+            found = head.group(1) == str(minor)
+        elif found:
+            oos = re.search(r"\boos:(\d+)", line)
+            if oos:
+                return int(oos.group(1))
+    return None
+
+
+def parse_json_oos(text, resource):
+    """KiB marked out of sync towards the peer in ``drbdsetup status --json``, or None."""
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise DrbdParseError("drbdsetup status --json: not JSON: %s" % exc)
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or item.get("name") != resource:
+            continue
+        for connection in item.get("connections") or []:
+            for device in connection.get("peer_devices") or []:
+                if device.get("volume", 0) == 0 and "out-of-sync" in device:
+                    try:
+                        return int(device["out-of-sync"])
+                    except (TypeError, ValueError):
+                        raise DrbdParseError("drbdsetup status --json: out-of-sync of %s is %r"
+                                             % (resource, device["out-of-sync"]))
+    return None
 
 
 # ---- drbdadm / drbdsetup error output -------------------------------------------------------

@@ -4,7 +4,10 @@ import logging
 import logging.handlers
 import os
 import socket
+import stat
 import sys
+
+from iscsi_ha.files import check_appendable
 
 TAG = "iscsi-ha"
 
@@ -25,6 +28,11 @@ def setup(config=None, stderr=True, level=logging.INFO):
     if config is not None and enabled and config.SYSLOG_SOCKET:
         _add_syslog(logger, config.SYSLOG_SOCKET)
     if config is not None and config.LOG_FILE:
+        why = check_appendable(config.LOG_FILE)
+        if why:       # never block on a FIFO nor die: say it once, log elsewhere
+            sys.stderr.write("iscsi-ha: not logging to LOG_FILE %s: %s\n" % (config.LOG_FILE,
+                                                                             why))
+            return logger
         handler = logging.FileHandler(config.LOG_FILE)
         handler.setFormatter(logging.Formatter(
             "%(asctime)s " + TAG + "[%(process)d]: %(levelname)s %(message)s"))
@@ -33,7 +41,10 @@ def setup(config=None, stderr=True, level=logging.INFO):
 
 
 def _add_syslog(logger, address):
-    if not os.path.exists(address):
+    try:
+        if not stat.S_ISSOCK(os.stat(address).st_mode):   # a regular file: no traceback per line
+            return
+    except OSError:
         return
     try:
         handler = logging.handlers.SysLogHandler(

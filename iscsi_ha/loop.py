@@ -12,6 +12,7 @@ import time
 import psutil
 
 from iscsi_ha.agent import PassLock, PassLockBusy
+from iscsi_ha.files import SMALL_LIMIT, read_text
 
 log = logging.getLogger("iscsi-ha")
 RETRY_DELAY = 1.0
@@ -19,8 +20,7 @@ RETRY_DELAY = 1.0
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(4096)
+        return read_text(path, SMALL_LIMIT)
     except (OSError, IOError) as exc:
         return "<%s>" % exc.__class__.__name__
 

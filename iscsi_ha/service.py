@@ -19,7 +19,8 @@ import time
 import psutil
 
 from iscsi_ha import model
-from iscsi_ha.files import atomic_write, read_json
+from iscsi_ha import status_read
+from iscsi_ha.files import atomic_write
 
 ADMIN_STOP_NAME = "stopped-by-admin"
 LOCK_WAIT = 30.0
@@ -27,9 +28,9 @@ LOCK_WAIT = 30.0
 
 # -- the agent's process -------------------------------------------------------------------
 def read_pid(path):
+    from iscsi_ha.files import SMALL_LIMIT, read_text
     try:
-        with open(path) as handle:
-            text = handle.read(32).strip()
+        text = read_text(path, SMALL_LIMIT).strip()
     except (IOError, OSError):
         return None
     return int(text) if text.isdigit() and int(text) > 1 else None
@@ -127,12 +128,12 @@ def demote(settings, timeout, poll=0.2):
     deadline = time.monotonic() + timeout
     reason = "no status"
     while time.monotonic() < deadline:
+        doc = status_read.read(settings.STATUS_FILE, full=False).document
         try:
-            doc = read_json(settings.STATUS_FILE)
-            if demoted(doc, since):
-                return True, "demoted: %s" % doc["decision"]["reason"]
-            reason = doc.get("decision", {}).get("reason", reason)
-        except (IOError, OSError, ValueError):
+            if doc is not None and demoted(doc, since):
+                return True, "demoted: %s" % (doc.get("decision") or {}).get("reason", "")
+            reason = ((doc or {}).get("decision") or {}).get("reason", reason)
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
         time.sleep(poll)
     return False, "not demoted after %.0f s (last: %s)" % (timeout, reason)

@@ -7,19 +7,19 @@ STATE_DIR/split-brain-RES; while it exists the agent holds that resource (no aut
 :func:`inspect` puts both sides side by side for every flagged or StandAlone resource: DRBD's
 state, the data generation identifiers (``drbdadm get-gi RES``, DRBD 8.4 and 9) and the amount of
 data marked out of sync (8.4 ``/proc/drbd`` ``oos:``, 9 ``out-of-sync`` of ``drbdsetup status
---json``, both KiB), and names what each choice of survivor would discard. ``peer_status`` is the
-peer's :func:`local_facts` (fetched through the XAPI plugin) or, failing that, its published
-status document.
+--json``, both KiB), all read through the DRBD adapter (a missing or failing tool is reported
+in the resource's errors), and names what each choice of survivor would discard.
+``peer_status`` is the peer's :func:`local_facts` (fetched through the XAPI plugin) or, failing
+that, its published status document.
 """
 import collections
 import errno
-import json
 import os
-import re
 import socket
 
-from iscsi_ha.adapters.run import CommandError, run
-from iscsi_ha.drbd import LINK_UP_STATES, DrbdParseError
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.drbd import (  # noqa: F401 (the parsers are re-exported)
+    LINK_UP_STATES, DrbdParseError, Generations, parse_gi, parse_json_oos, parse_proc_oos)
 from iscsi_ha.files import atomic_write
 
 FLAG_PREFIX = "split-brain-"
@@ -66,21 +66,6 @@ def clear_flag(state_dir, resource):
 
 
 # -- data generation identifiers and changed data ------------------------------------------------
-Generations = collections.namedtuple("Generations", "current bitmap history")
-_GI = re.compile(r"^([0-9A-F]{16}):([0-9A-F]{16}):((?:[0-9A-F]{16}:)*)([01](?::[01])*)$")
-
-
-def parse_gi(text):
-    """``drbdadm get-gi`` (``CURRENT:BITMAP:HISTORY...:FLAGS``, drbd-utils dt_print_uuids /
-    dt_print_v9_uuids) -> Generations of upper-case hex strings."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    match = _GI.match(lines[-1]) if lines else None
-    if not match:
-        raise DrbdParseError("not drbdadm get-gi output: %r" % (text,))
-    history = tuple(h for h in match.group(3).split(":") if h)
-    return Generations(match.group(1), match.group(2), history)
-
-
 def _uuid(value):
     """DRBD ignores the lowest bit (the "primary" marker) when it compares generations."""
     return int(value, 16) & ~1 if value else 0
@@ -106,53 +91,13 @@ def compare_generations(local, peer):
         " from generation %s" % local.bitmap if common else "")
 
 
-def parse_proc_oos(text, minor):
-    """KiB marked out of sync (``oos:``) of ``minor`` in DRBD 8.4's /proc/drbd, or None."""
-    found = False
-    for line in text.splitlines():
-        head = re.match(r"^\s*(\d+): cs:", line)
-        if head:
-            found = head.group(1) == str(minor)
-        elif found:
-            oos = re.search(r"\boos:(\d+)", line)
-            if oos:
-                return int(oos.group(1))
-    return None
-
-
-def parse_json_oos(text, resource):
-    """KiB marked out of sync towards the peer in ``drbdsetup status --json``, or None."""
-    for item in json.loads(text):
-        if item.get("name") != resource:
-            continue
-        for connection in item.get("connections") or []:
-            for device in connection.get("peer_devices") or []:
-                if device.get("volume", 0) == 0 and "out-of-sync" in device:
-                    return int(device["out-of-sync"])
-    return None
-
-
-def _read_generations(adapter, resource):
-    result = run(adapter.drbdadm + ["get-gi", resource], adapter.timeout)
-    if not result.ok:
-        return None, result.describe()
+def _ask(read, resource):
+    """(value, "") from one of the DRBD adapter's split-brain reads, or (None, why not): a
+    missing or failing tool is one fact of the report, never the end of it."""
     try:
-        return parse_gi(result.stdout), ""
-    except DrbdParseError as exc:
+        return read(resource), ""
+    except (DrbdParseError, CommandError, OSError) as exc:
         return None, str(exc)
-
-
-def _read_out_of_sync(adapter, resource):
-    try:
-        if adapter.version == "8.4":
-            with open(adapter.proc_drbd) as handle:
-                return parse_proc_oos(handle.read(), adapter.minor(resource)), ""
-        result = run(adapter.drbdsetup + ["status", "--json"], adapter.timeout)
-        if not result.ok:
-            return None, result.describe()
-        return parse_json_oos(result.stdout, resource), ""
-    except (IOError, OSError, ValueError, CommandError) as exc:
-        return None, "out-of-sync amount: %s" % exc
 
 
 # -- facts and the report ------------------------------------------------------------------------
@@ -170,9 +115,9 @@ def local_facts(config, adapter, host=None):
             facts.update(role=state.role, peer_role=state.peer_role,
                          connection=state.connection, disk=state.disk,
                          peer_disk=state.peer_disk)
-        generations, problem = _read_generations(adapter, name)
+        generations, problem = _ask(adapter.generations, name)
         facts["generations"] = generations._asdict() if generations else None
-        facts["out_of_sync_kib"], problem2 = _read_out_of_sync(adapter, name)
+        facts["out_of_sync_kib"], problem2 = _ask(adapter.out_of_sync_kib, name)
         facts["errors"] += [p for p in (problem, problem2) if p]
         resources[name] = facts
     return {"host": host or socket.gethostname(), "source": "DRBD", "resources": resources}
@@ -295,7 +240,9 @@ def _kib(amount):
     return "{:,}".format(amount)
 
 
-Inspection = collections.namedtuple("Inspection", "local_host peer_host reports")
+# unknown: {resource: why} for the resources whose state cannot be read here (DRBD not loaded,
+# drbdadm missing...): whether they are in split brain is not known.
+Inspection = collections.namedtuple("Inspection", "local_host peer_host reports unknown")
 
 
 def inspect(config, adapter, peer_status=None, host=None):
@@ -304,11 +251,18 @@ def inspect(config, adapter, peer_status=None, host=None):
     theirs = peer_facts(peer_status) or {"host": "the peer", "resources": {}}
     reports = [ResourceReport(name, mine["resources"][name], theirs["resources"].get(name),
                               mine["host"], theirs["host"]) for name in config.DRBD_RESOURCES]
+    unknown = dict((name, "; ".join(facts["errors"]) or "state unknown")
+                   for name, facts in sorted(mine["resources"].items())
+                   if facts.get("connection") is None and facts.get("flag") is None)
     return Inspection(mine["host"], theirs["host"],
-                      [r for r in reports if r.split_brain or r.flagged])
+                      [r for r in reports if r.split_brain or r.flagged], unknown)
 
 
 def format_report(inspection):
+    unknown = ["%s: cannot tell whether it is in split brain: DRBD cannot be read here (%s)"
+               % (name, why) for name, why in sorted(inspection.unknown.items())]
     if not inspection.reports:
+        if unknown:
+            return "\n".join(unknown)
         return "no DRBD resource of %s is in split brain" % inspection.local_host
-    return "\n\n".join(r.text() for r in inspection.reports)
+    return "\n\n".join([r.text() for r in inspection.reports] + unknown)

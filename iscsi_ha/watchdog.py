@@ -31,8 +31,9 @@ from collections import namedtuple
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod, logsetup
+from iscsi_ha import __version__, config as config_mod, errors, logsetup
 from iscsi_ha.adapters.run import CommandError, run, split_command
+from iscsi_ha.errors import ExitCode
 from iscsi_ha.files import atomic_write, read_json
 
 # The init scripts' helpers, re-exported for this module's importers.
@@ -50,7 +51,8 @@ HISTORY_KEPT = 50
 KILL_WAIT = 5.0
 RUNNING, STARTING, STALE, DEAD, ADMIN_STOPPED = (
     "running", "starting", "stale", "dead", "stopped by admin")
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
+                                              ExitCode.STOPPED)
 # XAPI message priorities, as iscsi_ha.alerts uses them (1 most urgent .. 5 information).
 SEVERITY_RESTARTED, SEVERITY_NOT_RESTARTED = 3, 2
 
@@ -104,12 +106,14 @@ def kill_agent(pid, wait=KILL_WAIT):
 
 
 def _status_of(path):
-    """(pid, updated) from the agent's status file, or None."""
-    try:
-        doc = read_json(path)
-        return int(doc["agent"]["pid"]), float(doc["updated"])
-    except (IOError, OSError, ValueError, KeyError, TypeError):
+    """(pid, updated) from the agent's status file, or None (also for a malformed document:
+    NaN, a future ``updated``, wrong types; read by the shared defensive reader)."""
+    from iscsi_ha import status_read
+    doc = status_read.read(path, full=False).document
+    pid = None if doc is None else (doc.get("agent") or {}).get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
         return None
+    return pid, float(doc["updated"])
 
 
 def _mtime(path):
@@ -130,7 +134,7 @@ class History(object):
             loaded = read_json(path)
             if isinstance(loaded, dict) and isinstance(loaded.get("history"), list):
                 self.data.update(loaded)
-        except (IOError, OSError, ValueError):
+        except (IOError, OSError, ValueError, RecursionError):
             pass
 
     @property
@@ -332,9 +336,16 @@ def _dispatch(args, settings, config):
 
 
 def main(argv=None):
+    """The exit code of ``iscsi-ha-watchdog ARGV``; an unexpected error is one line and a trace
+    file (:mod:`iscsi_ha.errors`)."""
+    return errors.guard("iscsi-ha-watchdog", _main, argv)
+
+
+def _main(argv):
     args = _parser().parse_args(argv)
     try:
         config = config_mod.load(getattr(args, "config", None) or config_mod.default_path())
+        errors.note_config(config)
         settings = Settings.from_config(config)
     except config_mod.ConfigError as exc:
         sys.stderr.write("iscsi-ha-watchdog: invalid configuration %s\n" % exc)

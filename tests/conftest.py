@@ -1,10 +1,113 @@
-"""Shared fixtures: real network namespaces that each test creates and always removes."""
+"""Shared fixtures.
+
+* Host-program stand-ins (autouse): every test not marked ``lab`` or ``netns`` runs with failing
+  stand-ins for ``drbdadm``, ``drbdsetup``, ``tgtadm``, ``arping``, ``xe`` and ``systemctl`` first
+  on PATH. A stand-in prints "test reached host program X" to stderr, exits 127 and records the
+  call; the fixture then fails the test, so a unit test that reaches a host program fails on every
+  machine, not only on one that lacks the program. A test that needs a real tool asks for it with
+  the ``real_tool`` fixture (``real_tool("drbdadm")`` -> its absolute path; when it is missing
+  the test is skipped naming the package, or fails under $ISCSI_HA_REQUIRE_TOOLS=1, which
+  `make test` and .ci/run set after scripts/install-deps installed the tools).
+* Real network namespaces that each test creates and always removes.
+"""
 import os
 import shutil
+import stat
 
 import pytest
 
 from iscsi_ha.lab import netns
+
+HOST_PROGRAMS = ("drbdadm", "drbdsetup", "tgtadm", "arping", "xe", "systemctl")
+# Debian package that installs each program (for the message of a missing real tool).
+PACKAGES = {"drbdadm": "drbd-utils", "drbdsetup": "drbd-utils", "tgtadm": "tgt",
+            "arping": "iputils-arping", "systemctl": "systemd", "ip": "iproute2"}
+REQUIRE_ENV = "ISCSI_HA_REQUIRE_TOOLS"
+STAND_IN = """#!/bin/sh
+echo "test reached host program {name}: $0 $*" >&2
+echo "{name} $*" >> '{record}'
+exit 127
+"""
+
+
+def _real_path():
+    """PATH as it was before any stand-in directory was put first."""
+    return os.environ.get("ISCSI_HA_TEST_REAL_PATH") or os.environ.get("PATH", "")
+
+
+@pytest.fixture(autouse=True)
+def host_program_stand_ins(request, tmp_path_factory, monkeypatch):
+    if request.node.get_closest_marker("lab") or request.node.get_closest_marker("netns"):
+        yield None
+        return
+    where = tmp_path_factory.mktemp("stand-ins")
+    record = where / "reached"
+    for name in HOST_PROGRAMS:
+        path = where / name
+        path.write_text(STAND_IN.format(name=name, record=record))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    real = _real_path()
+    monkeypatch.setenv("ISCSI_HA_TEST_REAL_PATH", real)
+    monkeypatch.setenv("PATH", str(where) + os.pathsep + real)
+    yield where
+    if record.exists():
+        calls = record.read_text().strip().splitlines()
+        if calls and not request.node.get_closest_marker("reaches_host_programs"):
+            pytest.fail("test reached host program(s) it did not set up: %s (fake the adapter, "
+                        "or use the real_tool fixture)" % "; ".join(calls), pytrace=False)
+
+
+@pytest.fixture
+def real_tool():
+    """``real_tool(name)`` -> absolute path of the host's real program ``name``, found on the
+    PATH the tests were started with (the stand-ins are not searched). When it is missing the
+    test is skipped naming the Debian package, except with $ISCSI_HA_REQUIRE_TOOLS=1 (.ci/run
+    and `make test`, after scripts/install-deps installed them): then it fails."""
+    def find(name):
+        path = shutil.which(name, path=_real_path())
+        if path is None:
+            why = "this test runs the real %s, which is not on PATH (Debian package %s; " \
+                  "scripts/install-deps installs it)" % (name, PACKAGES.get(name, name))
+            if os.environ.get(REQUIRE_ENV) == "1":
+                pytest.fail(why + "; $%s=1 requires it" % REQUIRE_ENV, pytrace=False)
+            pytest.skip(why)
+        return path
+    return find
+
+
+@pytest.fixture
+def require():
+    """``require(ok, why)``: nothing when ``ok``; else skip saying ``why``, or fail under
+    $ISCSI_HA_REQUIRE_TOOLS=1 (what CI installs must be there: no skip in CI)."""
+    def check(ok, why):
+        if ok:
+            return
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(why + "; $%s=1 requires it" % REQUIRE_ENV, pytrace=False)
+        pytest.skip(why)
+    return check
+
+
+# Skips that stay skips in CI: what CI cannot install (PyPI out of reach for the RPM's wheels)
+# or a machine that is busy with something else (another tgtd on a fixed control port).
+CI_ALLOWED_SKIPS = ("wheels could not be fetched", "already answers on control port")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under $ISCSI_HA_REQUIRE_TOOLS=1 (CI, `make test`: scripts/install-deps installed every
+    tool and package the tests use) a skipped test is a failed test, except CI_ALLOWED_SKIPS."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(REQUIRE_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else
+                 report.longrepr)
+    if any(allowed in reason for allowed in CI_ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = "skipped, but $%s=1 (CI installed everything the tests use): %s" % (
+        REQUIRE_ENV, reason)
 
 
 def _need(tools):

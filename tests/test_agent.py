@@ -41,8 +41,18 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def adapters(mocker):
-    a = mocker.Mock()
+def adapters():
+    """The three adapters as autospec mocks: a call the real adapters do not have, or with
+    arguments they would not take, fails the test."""
+    from unittest import mock
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.adapters.target import TargetAdapter
+    from iscsi_ha.adapters.vip import VipAdapter
+    from iscsi_ha.wiring import Adapters
+    a = Adapters(mock.create_autospec(DrbdAdapter, instance=True),
+                 mock.create_autospec(TargetAdapter, instance=True),
+                 mock.create_autospec(VipAdapter, instance=True))
+    a.drbd.resources = ("iscsi1",)
     a.drbd.observe.return_value = {"iscsi1": state("Secondary")}
     a.drbd.fingerprint.return_value = "fp"
     a.target.observe.return_value = FakeTarget()

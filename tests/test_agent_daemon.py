@@ -38,6 +38,21 @@ def test_xapi_wait_is_bounded_and_says_so(tmp_path, caplog):
     assert "did not finish starting within 3 s" in caplog.text
 
 
+def test_xapi_wait_interrupted_says_so_not_that_the_wait_ran_out(tmp_path, caplog):
+    config = config_mod.loads("XAPI_INIT_COOKIE=%s\nXAPI_INIT_WAIT=300\n" % (tmp_path / "none"))
+    stop, clock = threading.Event(), Clock()
+
+    def wait(seconds):                         # the stop signal arrives during the 3rd wait
+        if clock.now >= 3:
+            stop.set()
+        return stop.is_set()
+    stop.wait = wait
+    with caplog.at_level("INFO", logger="iscsi-ha"):
+        assert wait_for_xapi(config, stop, Notifier(), clock=clock) is False
+    assert "did not finish starting within" not in caplog.text
+    assert "stopped while waiting for xapi" in caplog.text and "of at most 300 s" in caplog.text
+
+
 @pytest.mark.netns
 def test_daemon_notifies_systemd_and_stops_on_sigterm(ns_prefix, tmp_path):
     sock_path = str(tmp_path / "notify.sock")

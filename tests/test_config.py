@@ -21,7 +21,8 @@ def test_halizard_file_loads_unchanged_with_its_values():
     assert c.DRBD_INTERFACE == "xenbr1"
     assert (c.MONITOR_MAX_STARTS, c.MONITOR_DELAY, c.MONITOR_KILLALL, c.MONITOR_SCANRATE) == (
         5, 10.0, True, 5.0)
-    assert c.MAIL_SUBJECT == "HA-Lizard noSAN SYSTEM ALERT - FROM HOST: $HOSTNAME"
+    # bash expands $HOSTNAME inside double quotes when it sources the file: so do we
+    assert c.MAIL_SUBJECT == "HA-Lizard noSAN SYSTEM ALERT - FROM HOST: " + socket.gethostname()
     assert c.MAIL_FROM == "root@localhost" and c.SMTP_USER == "" and c.SMTP_PORT == 25
     assert c.MAIL_SCREEN_TIME == 30
     assert c.warnings == []
@@ -65,15 +66,15 @@ BAD = [
     ("DRBD_VIRTUAL_MASK=33", "DRBD_VIRTUAL_MASK", "contiguous netmask"),
     ("DRBD_INTERFACE=xenbr1/../x", "DRBD_INTERFACE", "interface name"),
     ("DRBD_INTERFACE=averyveryverylongname", "DRBD_INTERFACE", "interface name"),
-    ("DRBD_RESOURCES=iscsi1:bad name", "DRBD_RESOURCES", "resource names"),
+    ("DRBD_RESOURCES='iscsi1:bad name'", "DRBD_RESOURCES", "resource names"),
     ("DRBD_RESOURCES=iscsi1:iscsi1", "DRBD_RESOURCES", "listed twice"),
     ("DRBD_RESOURCES=", "DRBD_RESOURCES", "resource names"),
-    ("MONITOR_DELAY=-1", "MONITOR_DELAY", "seconds between"),
-    ("MONITOR_DELAY=soon", "MONITOR_DELAY", "number of seconds"),
-    ("MONITOR_MAX_STARTS=0", "MONITOR_MAX_STARTS", "too small"),
+    ("MONITOR_DELAY=-1", "MONITOR_DELAY", "seconds from 0.05 to 3600"),
+    ("MONITOR_DELAY=soon", "MONITOR_DELAY", "seconds from 0.05 to 3600"),
+    ("MONITOR_MAX_STARTS=0", "MONITOR_MAX_STARTS", "whole number from 1 to 1000"),
     ("MONITOR_KILLALL=yes", "MONITOR_KILLALL", "1 (yes) or 0 (no)"),
-    ("SMTP_PORT=70000", "SMTP_PORT", "too big"),
-    ("ARP_COUNT=-2", "ARP_COUNT", "too small"),
+    ("SMTP_PORT=70000", "SMTP_PORT", "whole number from 1 to 65535"),
+    ("ARP_COUNT=-2", "ARP_COUNT", "whole number from 0 to 100"),
     ("DRBD_VERSION=8.3", "DRBD_VERSION", "one of auto, 8.4, 9"),
     ("POOL_CONF=relative/pool.conf", "POOL_CONF", "absolute path"),
     ("ISCSI_LUNS=10:/dev/drbd1", "ISCSI_LUNS", "LUN=DEVICE"),
@@ -127,7 +128,7 @@ def test_iqn_without_luns_is_refused():
 
 def test_luns_parse_into_a_map():
     c = config.loads("ISCSI_TARGET_IQN=iqn.2015.com.halizard:noSAN\n"
-                     "ISCSI_LUNS=10=/dev/drbd1, 11=/dev/drbd2\n")
+                     "ISCSI_LUNS='10=/dev/drbd1, 11=/dev/drbd2'\n")
     assert c.ISCSI_LUNS == {10: "/dev/drbd1", 11: "/dev/drbd2"}
 
 

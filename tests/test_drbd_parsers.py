@@ -148,6 +148,21 @@ def test_proc_drbd8_st_format_is_refused_naming_the_line():
         parse_proc_drbd(proc("ganeti_proc_drbd8.txt"))
 
 
+def test_proc_header_lines_the_parser_does_not_know_are_skipped():
+    """Only device lines and their continuation lines matter: a build line wrapped in two (its
+    second half indented, or not) or an unknown header line does not hide the devices."""
+    text = proc("ganeti_proc_drbd84.txt")
+    lines = text.splitlines(True)
+    assert lines[0].startswith("version:") and lines[1].startswith(("GIT-hash:", "srcversion:"))
+    expected = parse_proc_drbd(text)
+    head, tail = lines[1].rstrip("\n").rsplit(" ", 1)
+    for wrapped in ([head + "\n", "   " + tail + "\n"], [head + "\n", tail + "\n"],
+                    [lines[1], "Transports (api:18): tcp (8.4.11)\n", "something new: 1\n"]):
+        changed = "".join(lines[:1] + wrapped + lines[2:])
+        assert parse_proc_drbd(changed) == expected
+    assert expected     # the fixture has devices: the comparison above is not empty == empty
+
+
 def _with(name, old, new):
     text = proc(name)
     assert old in text
@@ -157,8 +172,8 @@ def _with(name, old, new):
 @pytest.mark.parametrize("text, message", [
     ("", "empty"),
     ("   \n\n", "empty"),
-    ("hello world\n", r"not a /proc/drbd line.*line 1.*hello world"),
-    ("    ns:0 nr:0 dw:0\n", "indented line outside a configured device in line 1"),
+    ("hello world\n", r"not /proc/drbd text: no 'version:' line and no device lines"),
+    ("    ns:0 nr:0 dw:0\n", r"not /proc/drbd text: no 'version:' line and no device lines"),
     (proc("issue_trinity_651_standalone.txt").splitlines()[1], "no 'version:' line"),
     (_with("issue_trinity_651_standalone.txt", "cs:StandAlone", "cs:Standalone"),
      r"unknown DRBD connection state 'Standalone' in line 4"),
@@ -173,7 +188,7 @@ def _with(name, old, new):
     (_with("ganeti_proc_drbd84.txt", " 2: cs:Unconfigured", " 2: cs:Unconfigured ro:x"),
      "unexpected text after cs:Unconfigured"),
     (_with("ganeti_proc_drbd84.txt", " 2: cs:Unconfigured",
-           " 2: cs:Unconfigured\n    ns:0 nr:0"), "indented line outside a configured device"),
+           " 2: cs:Unconfigured\n    ns:0 nr:0"), "indented line below an Unconfigured device"),
 ])
 def test_proc_garbage_raises_naming_what_was_wrong(text, message):
     with pytest.raises(DrbdParseError, match=message):

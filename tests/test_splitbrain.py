@@ -103,7 +103,7 @@ def _write_conf(tmp_path, state_line):
     return str(path)
 
 
-@pytest.mark.parametrize("line", ['STATE_DIR="{d}"', "export STATE_DIR={d}   # comment",
+@pytest.mark.parametrize("line", ['STATE_DIR="{d}"', "export STATE_DIR='{d}'   # comment",
                                   "STATE_DIR='{d}'"])
 def test_handler_writes_the_flag_from_drbd_84_environment(tmp_path, line):
     state = tmp_path / "state dir"

@@ -122,6 +122,14 @@ class FakeHost(object):
             with open(os.path.join(self.state, "fake-mode"), "w") as handle:
                 handle.write(mode)
         subprocess.run([self.start_script], check=True, timeout=20)
+        if mode != "exit":
+            # Until the forked shell has exec'd setsid/python, the pid's command line is the
+            # start script's, not the agent's: wait (bounded) so that a test that acts at once
+            # (demote) does not race the exec on a loaded machine.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and \
+                    watchdog.agent_process(self.agent_pid()) is None:
+                time.sleep(0.01)
         return self.agent_pid()
 
     def agent_pid(self):

@@ -12,8 +12,8 @@ import logging
 import shlex
 
 from iscsi_ha.adapters.run import CommandError, run, split_command
-from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_proc_drbd,
-                           parse_status_json)
+from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_gi,
+                           parse_json_oos, parse_proc_drbd, parse_proc_oos, parse_status_json)
 
 __all__ = ["DrbdAdapter", "DrbdUnavailable", "DrbdParseError", "VERSIONS"]
 
@@ -151,24 +151,49 @@ class DrbdAdapter(object):
                 raise DrbdUnavailable("DRBD is not loaded: %s missing" % self.proc_drbd)
             raise DrbdUnavailable("cannot read %s: %s" % (self.proc_drbd, exc))
 
-    def _status_json(self):
-        argv = self.drbdsetup + ["status", "--json"]
-        result = run(argv, self.timeout)
+    def _read(self, argv, what=""):
+        """Run a read-only DRBD command; its stdout, or :class:`DrbdUnavailable` naming the
+        command and why: not installed / not on PATH, timed out, or DRBD's own error."""
+        try:
+            result = run(argv, self.timeout)
+        except CommandError as exc:        # the program could not be started at all
+            raise DrbdUnavailable("%s%s: %s (is drbd-utils installed? the command comes from "
+                                  "DRBD_ADM / DRBD_SETUP)" % (what, _quote(argv), exc))
         if not result.ok:
-            raise DrbdUnavailable("%s failed: %s" % (_quote(argv), _reason(result)))
+            raise DrbdUnavailable("%s%s failed: %s" % (what, _quote(argv), _reason(result)))
         return result.stdout
+
+    def _status_json(self):
+        return self._read(self.drbdsetup + ["status", "--json"])
+
+    # ---- split brain: what each side holds ----------------------------------------------------
+    def generations(self, resource):
+        """``drbdadm get-gi RES`` -> :class:`iscsi_ha.drbd.Generations` (8.4 and 9).
+
+        Raises :class:`DrbdUnavailable` when drbdadm is missing or fails, and
+        :class:`DrbdParseError` when its output is not a generation line."""
+        self._check_resource(resource)
+        return parse_gi(self._read(self.drbdadm + ["get-gi", resource],
+                                   "data generations of %s: " % resource))
+
+    def out_of_sync_kib(self, resource):
+        """KiB marked out of sync on ``resource`` (8.4: ``oos:`` of /proc/drbd; 9: the
+        ``out-of-sync`` of ``drbdsetup status --json``), None when DRBD does not say.
+
+        Raises :class:`DrbdUnavailable` when DRBD cannot be read."""
+        self._check_resource(resource)
+        if self.version == "8.4":
+            return parse_proc_oos(self._read_proc(), self.minor(resource))
+        return parse_json_oos(self._status_json(), resource)
 
     def _sh_minor(self, resource):
         argv = self.drbdadm + ["sh-minor", resource]
-        result = run(argv, self.timeout)
-        if not result.ok:
-            raise DrbdUnavailable("cannot find the minor of DRBD resource %s: %s failed: %s"
-                                  % (resource, _quote(argv), _reason(result)))
-        minors = result.stdout.split()
+        result = self._read(argv, "cannot find the minor of DRBD resource %s: " % resource)
+        minors = result.split()
         if len(minors) != 1 or not minors[0].isdigit():
             raise DrbdParseError(
                 "%s printed %r; iscsi-ha handles exactly one volume (one minor) per resource"
-                % (_quote(argv), result.stdout.strip()))
+                % (_quote(argv), result.strip()))
         return minors[0]
 
     # ---- changing ----------------------------------------------------------------------------

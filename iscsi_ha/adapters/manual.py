@@ -5,7 +5,7 @@ import errno
 import os
 
 from iscsi_ha import model
-from iscsi_ha.files import atomic_write
+from iscsi_ha.files import SMALL_LIMIT, atomic_write, read_text
 
 _VALID = (model.MANUAL_PRIMARY, model.MANUAL_SECONDARY)
 
@@ -16,8 +16,7 @@ class ManualModeError(Exception):
 
 def read_manual(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(256).strip()
+        text = read_text(path, SMALL_LIMIT).strip()
     except (OSError, IOError) as exc:
         if exc.errno == errno.ENOENT:
             return model.MANUAL_OFF

@@ -1,8 +1,10 @@
 """The pool role, read from xapi's ``pool.conf``: instant, and it never hangs (XAPI on a slave
 hangs when the master is dead, so the role is never asked of XAPI)."""
 import errno
+import re
 
 from iscsi_ha import model
+from iscsi_ha.files import SMALL_LIMIT, read_text
 
 
 def parse_pool_conf(text):
@@ -11,6 +13,9 @@ def parse_pool_conf(text):
     xapi splits on the first ``:`` only, so an IPv6 master address survives.
     """
     content = text.strip()
+    if re.search(r"[\s\x00-\x1f\x7f]", content):   # one word, all of it (not a prefix)
+        return model.PoolRole(model.UNKNOWN, detail="unrecognised pool.conf content %r (%d "
+                              "characters): expected one word" % (content[:80], len(content)))
     if content == "master":
         return model.PoolRole(model.MASTER, detail=content)
     if content == "broken":
@@ -22,10 +27,10 @@ def parse_pool_conf(text):
 
 
 def read_pool_role(path):
-    """Read ``path`` and parse it; a missing file is MISSING, an unreadable one UNKNOWN."""
+    """Read ``path`` (all of it, bounded; a regular file) and parse it; a missing file is
+    MISSING, an unreadable, oversized or not regular one UNKNOWN."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read(4096)
+        text = read_text(path, SMALL_LIMIT)
     except (OSError, IOError) as exc:
         if exc.errno == errno.ENOENT:
             return model.PoolRole(model.MISSING, detail="%s does not exist" % path)

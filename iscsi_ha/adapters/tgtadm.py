@@ -51,8 +51,8 @@ class TargetInfo(collections.namedtuple("TargetInfo",
 _SECTIONS = {"System information:": "system", "I_T nexus information:": "nexus",
              "LUN information:": "lun", "Account information:": "account",
              "ACL information:": "acl"}
-_TARGET_RE = re.compile(r"^Target (\d+): (\S+)$")
-_SIZE_RE = re.compile(r"^(\d+) MB, Block size: (\d+)$")
+_TARGET_RE = re.compile(r"^Target ([0-9]{1,9}): (\S+)$")
+_SIZE_RE = re.compile(r"^([0-9]+) MB, Block size: ([0-9]+)$")
 
 
 def _fail(node, where):
@@ -81,13 +81,18 @@ def _pairs(nodes, where):
         key, sep, value = node[1].partition(":")
         if not sep or not key or node[2]:
             _fail(node, where)
+        if key.strip() in values:
+            _fail(node, "(%s listed twice %s)" % (key.strip(), where))
         values[key.strip()] = value.strip()
     return values
 
 
+_DIGITS = re.compile(r"[0-9]{1,9}\Z")
+
+
 def _numbered(node, key, where):
     name, _, value = node[1].partition(": ")
-    if name != key or not value.isdigit():
+    if name != key or not _DIGITS.match(value):
         _fail(node, where)
     return int(value)
 
@@ -118,7 +123,7 @@ def _nexus(node):
         key, _, value = child[1].partition(": ")
         if key == "Initiator" and not child[2]:
             initiator, _, alias = value.partition(" alias: ")
-        elif key == "Connection" and value.isdigit():
+        elif key == "Connection" and _DIGITS.match(value):
             attrs = _pairs(child[2], "in a connection")
             address = [v for k, v in sorted(attrs.items()) if k.endswith("IP Address")]
             connections.append(Connection(int(value), address[0] if address else None))
@@ -141,6 +146,8 @@ def _target(node):
     luns = {}
     for child in sections.get("lun", []):
         number = _numbered(child, "LUN", "in LUN information")
+        if number in luns:
+            _fail(child, "(LUN %d listed twice)" % number)
         luns[number] = _lun_info(number, _pairs(child[2], "in LUN %d" % number))
     return TargetInfo(int(match.group(1)), match.group(2), system.get("Driver"),
                       system.get("State"), [_nexus(n) for n in sections.get("nexus", [])], luns,
@@ -148,6 +155,21 @@ def _target(node):
                       [_leaf(n, "in ACL information") for n in sections.get("acl", [])])
 
 
+def _own_errors(parse):
+    """Only :class:`TargetParseError` leaves a parser (never a stray ValueError)."""
+    def wrapper(text):
+        try:
+            return parse(text)
+        except TargetParseError:
+            raise
+        except (RecursionError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise TargetParseError("%s: unreadable tgtadm output: %s" % (parse.__name__, exc))
+    wrapper.__name__ = parse.__name__
+    wrapper.__doc__ = parse.__doc__
+    return wrapper
+
+
+@_own_errors
 def parse_tgtadm_targets(text):
     """``tgtadm --lld iscsi --op show --mode target`` output -> {iqn: :class:`TargetInfo`}.
 
@@ -155,9 +177,17 @@ def parse_tgtadm_targets(text):
     :class:`TargetParseError` naming it; unknown ``key: value`` lines of a LUN are kept in
     ``LunInfo.attrs``.
     """
-    return dict((info.iqn, info) for info in (_target(node) for node in _tree(text)))
+    targets, tids = {}, set()
+    for node in _tree(text):
+        info = _target(node)
+        if info.iqn in targets or info.tid in tids:
+            _fail(node, "(target %d / %s listed twice)" % (info.tid, info.iqn))
+        targets[info.iqn] = info
+        tids.add(info.tid)
+    return targets
 
 
+@_own_errors
 def parse_tgtadm_system(text):
     """``tgtadm --op show --mode sys`` -> {"State": "ready", "debug": "off"} (its System: block)."""
     for node in _tree(text):

@@ -242,7 +242,9 @@ class _Session(object):
         if self.smtp is not None:
             try:
                 self.smtp.close()
-            except OSError:
+            except (OSError, AttributeError):
+                # Python 3.6 (dom0): SMTP has no class attribute ``sock`` (3.7 added one), so
+                # close() after a connect() that failed raises AttributeError: 'sock'.
                 pass
 
 

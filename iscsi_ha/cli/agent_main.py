@@ -8,9 +8,10 @@ import sys
 import threading
 import time
 
-from iscsi_ha import __version__, config as config_mod, logsetup
+from iscsi_ha import __version__, config as config_mod, errors, logsetup
+from iscsi_ha.errors import ExitCode
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
 
 
 def _parser():
@@ -58,6 +59,7 @@ def cmd_run(path, once, dry_run, as_json):
     config = _load(path)
     if config is None:
         return EXIT_USAGE
+    errors.note_config(config)
     logsetup.setup(config, stderr=once or dry_run or sys.stderr.isatty())
     from iscsi_ha.agent import Agent, describe_observation
     from iscsi_ha.loop import Loop
@@ -159,7 +161,8 @@ def wait_for_xapi(config, stop, notifier, clock=time.monotonic):
         return True
     log.info("waiting up to %.0f s for xapi to finish starting (%s)", config.XAPI_INIT_WAIT,
              cookie)
-    deadline = clock() + config.XAPI_INIT_WAIT
+    start = clock()
+    deadline = start + config.XAPI_INIT_WAIT
     while clock() < deadline and not stop.is_set():
         notifier.ping("waiting for xapi")
         if stop.wait(1.0) or os.path.exists(cookie):
@@ -167,6 +170,10 @@ def wait_for_xapi(config, stop, notifier, clock=time.monotonic):
     if os.path.exists(cookie):
         log.info("xapi is ready")
         return True
+    if stop.is_set():
+        log.info("stopped while waiting for xapi to finish starting (after %.0f s of at most "
+                 "%.0f s; %s still missing)", clock() - start, config.XAPI_INIT_WAIT, cookie)
+        return False
     log.warning("xapi did not finish starting within %.0f s (%s missing); going on without it",
                 config.XAPI_INIT_WAIT, cookie)
     return False
@@ -226,6 +233,12 @@ def _read_status(config):
 
 
 def main(argv=None):
+    """The exit code of ``iscsi-ha ARGV``; an unexpected error is one line on stderr and in the
+    log, its trace in a file (:mod:`iscsi_ha.errors`)."""
+    return errors.guard("iscsi-ha", _main, argv)
+
+
+def _main(argv):
     args = _parser().parse_args(argv)
     path = getattr(args, "config", config_mod.default_path())
     if args.command == "check":

@@ -4,7 +4,8 @@ import argparse
 from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
-         "become-primary", "become-secondary", "switchover", "split-brain", "version")
+         "become-primary", "become-secondary", "switchover", "split-brain", "test-alert",
+         "version")
 
 
 class UsageError(Exception):
@@ -128,5 +129,12 @@ def build():
     p.add_argument("--clear", action="store_true",
                    help="remove stale split-brain flags of a resource that is connected and "
                         "UpToDate on both sides")
+    p = _add(sub, common, "test-alert", "send a test alert by email and as a XAPI message",
+             "Send one test alert through each alert path and print what happened: every "
+             "answer of the SMTP server (or why it could not be reached) and the reference of "
+             "the XAPI message. Without a flag: email when MAIL_ON=1, and the XAPI message. "
+             "Exit 0 only when every path tried delivered.")
+    p.add_argument("--email", action="store_true", help="send the email (even with MAIL_ON=0)")
+    p.add_argument("--xapi", action="store_true", help="create the XAPI message")
     _add(sub, common, "version", "print the version")
     return parser

@@ -1,9 +1,11 @@
-"""``iscsi-cfg``: the operator's CLI. One error boundary turns exceptions into exit codes.
+"""``iscsi-cfg``: the operator's CLI. Expected errors are one line and an exit code; anything
+else goes through the shared error boundary (:mod:`iscsi_ha.errors`): one line and the path of
+the file holding the trace.
 
-Exit codes: 0 done / everything as expected; 1 refused, failed, or (status) degraded; 2 usage
-error, invalid configuration, or (status) agent down or status unknown.
+Exit codes (:class:`iscsi_ha.errors.ExitCode`): 0 done / everything as expected; 1 refused,
+failed, or (status) degraded; 2 usage error, invalid configuration, or (status) agent down or
+status unknown; 70 unexpected error (a bug).
 """
-import enum
 import json
 import os
 import sys
@@ -11,16 +13,17 @@ import time
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod
+from iscsi_ha import __version__, config as config_mod, errors
 from iscsi_ha.adapters.manual import ManualModeError
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.adapters.xapi import XapiError
 from iscsi_ha.cli import cfg_args
 from iscsi_ha.cli.context import CliError, HostContext, Refused  # noqa: F401 (re-exported)
+from iscsi_ha.drbd import DrbdParseError
+from iscsi_ha.errors import ExitCode  # noqa: F401 (re-exported)
 
-
-class ExitCode(enum.IntEnum):
-    OK = 0            # everything as expected
-    DEGRADED = 1      # status: degraded; other verbs: refused or failed
-    ERROR = 2         # usage error, invalid config, agent down or status unknown
+# Errors a verb may end with that need no trace: what they say is the whole story.
+EXPECTED = (ManualModeError, CommandError, XapiError, DrbdParseError)
 
 
 def agent_running(document):
@@ -41,14 +44,15 @@ def stale_after(config):
 
 def read_status(config, now=None):
     """The agent's status document with ``agent_running``, ``age_s`` and ``stale`` added."""
+    from iscsi_ha import status_read
     now = time.time() if now is None else now
-    try:
-        with open(config.STATUS_FILE) as handle:
-            document = json.load(handle)
-    except (OSError, IOError, ValueError) as exc:
+    found = status_read.read(config.STATUS_FILE, now)
+    if found.document is None:
         return {"health": "unknown", "agent_running": False, "stale": True,
-                "problems": ["no readable status at %s: %s" % (config.STATUS_FILE, exc)]}
-    age = now - float(document.get("updated", 0))
+                "status_unknown": None if found.missing else found.problem,
+                "problems": [found.problem]}
+    document = found.document
+    age = now - float(document["updated"])
     document["age_s"] = round(age, 3)
     document["stale"] = age > stale_after(config)
     document["agent_running"] = agent_running(document)
@@ -56,7 +60,8 @@ def read_status(config, now=None):
 
 
 def exit_code_for(document):
-    if not document.get("agent_running") or document.get("stale"):
+    if document.get("status_unknown") or not document.get("agent_running") or \
+            document.get("stale"):
         return ExitCode.ERROR
     return ExitCode.OK if document.get("health") == "ok" else ExitCode.DEGRADED
 
@@ -94,6 +99,9 @@ def cmd_status(ctx, args):
             document["peer"] = theirs if theirs is not None else {"error": error}
         ctx.say(json.dumps(document, indent=1, sort_keys=True))
         return exit_code_for(document)
+    if document.get("status_unknown"):       # one line saying why, never a partial view
+        ctx.say("status unknown: %s" % document["status_unknown"])
+        return ExitCode.ERROR
     watcher = snapshot = None
     if not args.once and sys.stdout.isatty():
         watcher = peer.PeerWatcher(ctx).start()
@@ -161,10 +169,16 @@ def cmd_split_brain(ctx, args):
                                       force=args.force, clear_flags=args.clear)
 
 
+def cmd_test_alert(ctx, args):
+    from iscsi_ha.cli import testalert_cmd
+    return testalert_cmd.test_alert(ctx, want_email=args.email, want_xapi=args.xapi)
+
+
 VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
-         "switchover": cmd_switchover, "split-brain": cmd_split_brain}
+         "switchover": cmd_switchover, "split-brain": cmd_split_brain,
+         "test-alert": cmd_test_alert}
 
 
 def _say_stdout(text):
@@ -180,18 +194,36 @@ def _run(args):
     if args.verb == "set":
         from iscsi_ha.cli import set_cmd
         return set_cmd.set_value(path, args.key, args.value, _say_stdout)
-    ctx = HostContext(config_mod.load(path), say=_say_stdout)
+    config = config_mod.load(path)
+    errors.note_config(config)
+    ctx = HostContext(config, say=_say_stdout)
     try:
         return VERBS[args.verb](ctx, args)
     finally:
         ctx.close()
 
 
+def _dash_hint(argv):
+    """A ``set`` whose VALUE starts with '-' reads as an option: say how to pass it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "set" in argv and "--" not in argv and any(
+            a.startswith("-") and a not in ("--config", "-h", "--help") for a in
+            argv[argv.index("set") + 1:]):
+        return ("\niscsi-cfg: a VALUE that starts with '-' must follow '--': "
+                "iscsi-cfg set [--config FILE] KEY -- VALUE")
+    return ""
+
+
 def main(argv=None):
+    """The exit code of ``iscsi-cfg ARGV``; never raises, never prints a traceback."""
+    return errors.guard("iscsi-cfg", _main, argv)
+
+
+def _main(argv):
     try:
         args = cfg_args.build().parse_args(argv)
     except cfg_args.UsageError as exc:
-        sys.stderr.write("%s\n" % exc)
+        sys.stderr.write("%s%s\n" % (exc, _dash_hint(argv)))
         return ExitCode.ERROR
     except SystemExit as exc:              # --help and --version
         return ExitCode.ERROR if exc.code else ExitCode.OK
@@ -200,15 +232,22 @@ def main(argv=None):
     except config_mod.ConfigError as exc:
         sys.stderr.write("iscsi-cfg: invalid configuration %s\n" % exc)
         return ExitCode.ERROR
-    except (CliError, ManualModeError) as exc:
+    except CliError as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % exc)
-        return getattr(exc, "code", ExitCode.DEGRADED)
+        return exc.code
+    except EXPECTED as exc:
+        sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
+        return ExitCode.FAILED
     except (OSError, IOError) as exc:          # e.g. the state directory is not writable
-        sys.stderr.write("iscsi-cfg: %s\n" % exc)
+        sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.DEGRADED
     except KeyboardInterrupt:
         sys.stderr.write("iscsi-cfg: interrupted; a role already written stays in effect\n")
         return ExitCode.DEGRADED
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main_exit():

@@ -10,6 +10,7 @@ import time
 
 from iscsi_ha.adapters.run import CommandError, run
 from iscsi_ha.cli.context import CliError
+from iscsi_ha.files import open_regular
 
 SYSLOG_FILES = ("/var/log/user.log", "/var/log/messages")
 JOURNALCTL = "journalctl"
@@ -27,7 +28,7 @@ def is_agent_line(line):
 def tail(path, lines, keep=None, max_bytes=MAX_TAIL_BYTES):
     """The last ``lines`` lines of ``path`` that ``keep`` accepts, reading backwards from the
     end at most ``max_bytes``; returns (lines, end offset)."""
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         end = handle.seek(0, os.SEEK_END)
         position, data, found = end, b"", []
         while position > 0 and end - position < max_bytes:
@@ -70,7 +71,7 @@ def follow(path, offset, keep, say, sleep=time.sleep, max_polls=None):
         if current is not None and (current != inode or os.path.getsize(path) < offset):
             inode, offset, buffered = current, 0, b""
         if current is not None:
-            with open(path, "rb") as handle:
+            with open_regular(path) as handle:
                 handle.seek(offset)
                 chunk = handle.read(CHUNK)
             offset += len(chunk)

@@ -38,8 +38,8 @@ def call(ctx, fn, args=None, timeout=None):
     finally:
         xapi.close()
     try:
-        answer = json.loads(text)
-    except ValueError:
+        answer = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError, TypeError):
         raise PeerError("the peer's plugin answered %s with something that is not JSON: %.120r"
                         % (fn, text))
     if not isinstance(answer, dict):
@@ -48,9 +48,22 @@ def call(ctx, fn, args=None, timeout=None):
     return answer
 
 
+def _no_constant(name):
+    raise ValueError("%s is not a JSON number" % name)
+
+
 def status(ctx, timeout=None):
-    """The peer's status document as its agent published it (plus agent_running, stale)."""
-    return call(ctx, "status", timeout=timeout)
+    """The peer's status document as its agent published it (plus agent_running, stale),
+    checked by the same defensive reader as this host's (a malformed one is a PeerError)."""
+    from iscsi_ha import status_read
+    answer = call(ctx, "status", timeout=timeout)
+    if answer.get("status_unknown") or "updated" not in answer:
+        return answer            # the peer said its own status is unknown: shown as such
+    try:
+        status_read.check(answer)
+    except status_read.Malformed as exc:
+        raise PeerError("the peer's status document %s" % exc)
+    return answer
 
 
 class PeerWatcher(object):

@@ -12,32 +12,86 @@ JSON string):
 - ``manual_mode`` {mode: enable|disable} -> {ok, code, lines, host}.
 - ``identity`` {} -> this host's target IQN, LUNs and SCSI identities (``iscsi-cfg check``).
 
+Every function answers JSON, never an exception: an expected error (invalid configuration, a
+refusal, a tool or XAPI that failed) is ``{ok: false, code, lines: [one line]}``; anything else
+is code 70 with one line naming the file that holds the trace (:mod:`iscsi_ha.errors`).
+
 Without XenAPIPlugin (tests, the lab) the module runs as ``python -m iscsi_ha.cli.plugin FN
 [key=value ...]`` and prints the answer.
 """
 import json
+import math
 import socket
 import sys
 
-from iscsi_ha import config as config_mod
+from iscsi_ha import config as config_mod, errors
 from iscsi_ha.adapters.manual import ManualModeError
+from iscsi_ha.adapters.run import CommandError
+from iscsi_ha.adapters.xapi import XapiError
 from iscsi_ha.cli import check_cmd, manual_ops
 from iscsi_ha.cli.context import CliError, HostContext
+from iscsi_ha.drbd import DrbdParseError
+from iscsi_ha.errors import ExitCode
+
+# Errors that need no trace: their sentence is the whole story.
+EXPECTED = (ManualModeError, CommandError, XapiError, DrbdParseError, OSError, IOError)
 
 MAX_WAIT = 120.0
 
 
+class BadArgument(ValueError):
+    pass
+
+
 def _seconds(args, key="timeout", default=manual_ops.WAIT_TIMEOUT, least=1.0):
-    try:
-        value = float(args.get(key, default))
-    except (TypeError, ValueError):
+    """A number of seconds from ``args`` (default when absent), clamped to [least, MAX_WAIT];
+    not a finite, non-negative number is :class:`BadArgument` (refused before anything is
+    written)."""
+    raw = args.get(key)
+    if raw is None or raw == "":
         value = default
+    else:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise BadArgument("%s=%r is not a number of seconds" % (key, raw))
+        if not math.isfinite(value) or value < 0:
+            raise BadArgument("%s=%r must be a finite number of seconds, 0 or more (at most "
+                              "%.0f is used)" % (key, raw, MAX_WAIT))
     return min(max(value, least), MAX_WAIT)
+
+
+def _refused(message):
+    return json.dumps({"ok": False, "code": 2, "host": socket.gethostname(),
+                       "lines": [message]}, sort_keys=True)
 
 
 def _context(lines, config_path=None):
     config = config_mod.load(config_path or config_mod.default_path())
+    errors.note_config(config)
     return HostContext(config, say=lines.append)
+
+
+def _failure(code, line):
+    return json.dumps({"ok": False, "code": int(code), "lines": [line], "error": line,
+                       "host": socket.gethostname()}, sort_keys=True)
+
+
+def answers_json(function):
+    """Every plugin function: expected errors become a JSON refusal, anything else goes through
+    the shared boundary (JSON with the trace file's path)."""
+    def expected(session, args):
+        try:
+            return function(session, args if isinstance(args, dict) else {})
+        except config_mod.ConfigError as exc:
+            return _failure(ExitCode.USAGE, "invalid configuration %s" % exc)
+        except CliError as exc:
+            return _failure(exc.code, str(exc))
+        except EXPECTED as exc:
+            return _failure(ExitCode.FAILED, " ".join(str(exc).split()) or
+                            type(exc).__name__)
+    expected.__name__ = function.__name__
+    return errors.guard_json("iscsi-ha-plugin", expected)
 
 
 def run_verb(verb, config_path=None):
@@ -58,9 +112,9 @@ def run_verb(verb, config_path=None):
     except CliError as exc:
         code = exc.code
         lines.append(str(exc))
-    except ManualModeError as exc:
+    except EXPECTED as exc:
         code = 1
-        lines.append(str(exc))
+        lines.append(" ".join(str(exc).split()) or type(exc).__name__)
     answer.update(ok=code == 0, code=code, lines=lines)
     return json.dumps(answer, sort_keys=True)
 
@@ -72,14 +126,20 @@ def status(session, args):
 
 
 def become_primary(session, args):
-    timeout = _seconds(args)
-    wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+    try:
+        timeout = _seconds(args)
+        wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+    except BadArgument as exc:
+        return _refused("become_primary: %s" % exc)
     return run_verb(lambda ctx: manual_ops.become_primary(ctx, force=False, timeout=timeout,
                                                           wait_peer=wait_peer))
 
 
 def become_secondary(session, args):
-    timeout = _seconds(args)
+    try:
+        timeout = _seconds(args)
+    except BadArgument as exc:
+        return _refused("become_secondary: %s" % exc)
     return run_verb(lambda ctx: manual_ops.become_secondary(ctx, timeout=timeout))
 
 
@@ -112,9 +172,10 @@ def split_brain(session, args):
         ctx.close()
 
 
-FUNCTIONS = {"status": status, "become_primary": become_primary,
-             "become_secondary": become_secondary, "manual_mode": manual_mode,
-             "identity": identity, "split_brain": split_brain}
+FUNCTIONS = dict((name, answers_json(function)) for name, function in (
+    ("status", status), ("become_primary", become_primary),
+    ("become_secondary", become_secondary), ("manual_mode", manual_mode),
+    ("identity", identity), ("split_brain", split_brain)))
 
 
 def _cli(argv):

@@ -72,7 +72,7 @@ def clear(ctx, resource):
 
 def split_brain(ctx, resource=None, keep=None, confirm=None, force=False, clear_flags=False):
     """Show the split brain; with ``keep``, recover it. Exit 0 when nothing is (left) in split
-    brain, 1 when it is and no survivor was chosen."""
+    brain, 1 when it is and no survivor was chosen, or when DRBD cannot be read here."""
     config = ctx.config
     if resource is not None and resource not in config.DRBD_RESOURCES:
         raise CliError("no DRBD resource %r here (DRBD_RESOURCES: %s)" % (
@@ -84,7 +84,11 @@ def split_brain(ctx, resource=None, keep=None, confirm=None, force=False, clear_
     inspection = splitbrain.inspect(config, ctx.adapters.drbd, facts, host)
     ctx.say(splitbrain.format_report(inspection))
     chosen = [r for r in inspection.reports if resource in (None, r.resource)]
+    unknown = [name for name in inspection.unknown if resource in (None, name)]
     if not chosen:
+        if unknown:
+            raise CliError("DRBD state of %s cannot be read here, so whether it is in split "
+                           "brain is unknown; nothing was changed" % ", ".join(unknown))
         return 0
     if keep is None:
         ctx.say("\nTo recover, choose the host whose data survives: iscsi-cfg split-brain "

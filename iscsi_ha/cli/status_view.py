@@ -35,6 +35,9 @@ def _tolerance(config):
 
 def banner(config, document):
     """Why the status cannot be trusted, with the likely causes, or None."""
+    if document.get("status_unknown"):
+        return Text("status unknown: %s" % document["status_unknown"], style="bold red",
+                    no_wrap=True, overflow="ignore")
     if document.get("agent_running") and not document.get("stale"):
         return None
     lines = []

@@ -6,6 +6,10 @@
     iscsi-ha-lab exec HOST -- CMD...    run CMD in host a, b or c (client), with the host's config
     iscsi-ha-lab status                 both hosts' status as their agents published it
     iscsi-ha-lab down                   remove everything a lab (even a crashed one) left behind
+
+Options before the command: --dir DIR ($ISCSI_HA_LAB_DIR, default /run/iscsi-ha-lab) and
+--prefix P ($ISCSI_HA_LAB_PREFIX, default ihl-) name the lab, so that two labs can live side by
+side; `up` refuses to touch namespaces with its prefix that it did not create.
 """
 import argparse
 import json
@@ -18,7 +22,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from iscsi_ha.lab.lab import DEFAULT_DIR, Lab, LabError
+from iscsi_ha.lab.lab import DIR_ENV, PREFIX_ENV, Lab, LabError, default_dir, default_prefix
 from iscsi_ha.lab.netns import NetnsError
 
 
@@ -59,10 +63,11 @@ def run_scenarios(lab, names, console):
 def cmd_demo(args, console, names=None):
     from iscsi_ha.lab.scenarios import all_scenarios
     names = names or list(all_scenarios())
-    lab = Lab(args.dir, drbd_version=args.drbd_version)
+    lab = _lab(args, drbd_version=args.drbd_version)
     started = time.monotonic()
+    lab.refuse_foreign()       # before the try: a refusal must not take anything down
     try:
-        console.print("bringing the lab up in %s ..." % lab.directory)
+        console.print("bringing the lab up in %s (prefix %s) ..." % (lab.directory, lab.prefix))
         lab.up()
         results = run_scenarios(lab, names, console)
     finally:
@@ -75,19 +80,35 @@ def cmd_demo(args, console, names=None):
     return 0 if all(r.passed for r in results) else 1
 
 
+def _lab(args, **kwargs):
+    return Lab(args.dir, prefix=args.prefix, **kwargs)
+
+
+def _naming(lab):
+    """The options that name this lab on a command line ("" for the defaults)."""
+    words = ""
+    if lab.directory != os.path.abspath(default_dir()):
+        words += " --dir %s" % lab.directory
+    if lab.prefix != default_prefix():
+        words += " --prefix %s" % lab.prefix
+    return words
+
+
 def cmd_scenario(args, console):
     return cmd_demo(args, console, names=[args.name])
 
 
 def cmd_up(args, console):
-    lab = Lab(args.dir, drbd_version=args.drbd_version)
+    lab = _lab(args, drbd_version=args.drbd_version)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    lab.refuse_foreign()       # before the try: a refusal must not take anything down
     try:
         lab.up()
-        console.print("lab up in %s: host a is primary. Try: iscsi-ha-lab exec a -- iscsi-cfg "
-                      "status. Ctrl+C takes it down." % lab.directory)
+        console.print("lab up in %s (prefix %s): host a is primary. Try: iscsi-ha-lab%s exec a "
+                      "-- iscsi-cfg status. Ctrl+C takes it down." % (
+                          lab.directory, lab.prefix, _naming(lab)))
         while not stop.wait(1.0):
             pass
     finally:
@@ -96,13 +117,13 @@ def cmd_up(args, console):
 
 
 def cmd_down(args, console):
-    Lab(args.dir).down()
+    _lab(args).down()
     console.print("lab down")
     return 0
 
 
 def cmd_exec(args, console):
-    lab = Lab(args.dir)
+    lab = _lab(args)
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -116,7 +137,7 @@ def cmd_exec(args, console):
 
 
 def cmd_status(args, console):
-    lab = Lab(args.dir)
+    lab = _lab(args)
     table = Table(title="lab hosts")
     for column in ("host", "pool role", "DRBD", "target", "floating IP", "health", "decision"):
         table.add_column(column)
@@ -138,7 +159,11 @@ def cmd_status(args, console):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="iscsi-ha-lab", description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", default=DEFAULT_DIR, help="lab directory (default %(default)s)")
+    parser.add_argument("--dir", default=default_dir(),
+                        help="lab directory (default $%s or %%(default)s)" % DIR_ENV)
+    parser.add_argument("--prefix", default=default_prefix(),
+                        help="prefix of the lab's namespaces and links (default $%s or "
+                             "%%(default)s)" % PREFIX_ENV)
     parser.add_argument("--drbd-version", choices=("8.4", "9"), default="8.4")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -166,12 +191,13 @@ def main(argv=None):
     try:
         return COMMANDS[args.command](args, console)
     except (LabError, NetnsError) as exc:
-        console.print("[bold red]iscsi-ha-lab:[/] %s" % exc)
+        sys.stderr.write("iscsi-ha-lab: %s\n" % " ".join(str(exc).split()))   # one line
         return 2
 
 
 def main_exit():
-    sys.exit(main())
+    from iscsi_ha import errors
+    sys.exit(errors.guard("iscsi-ha-lab", main))
 
 
 if __name__ == "__main__":

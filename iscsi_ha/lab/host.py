@@ -91,10 +91,10 @@ DRBD_PROC={proc_drbd}
 DRBD_TIMEOUT=5
 ISCSI_TARGET_IQN={iqn}
 ISCSI_LUNS={lun}={device}
-TGTADM=tgtadm -C {ctl}
-TARGET_STATUS_COMMAND={bin}/tgtd-service status
-TARGET_START_COMMAND={bin}/tgtd-service start
-TARGET_STOP_COMMAND={bin}/tgtd-service stop
+TGTADM='tgtadm -C {ctl}'
+TARGET_STATUS_COMMAND='{bin}/tgtd-service status'
+TARGET_START_COMMAND='{bin}/tgtd-service start'
+TARGET_STOP_COMMAND='{bin}/tgtd-service stop'
 TARGET_TIMEOUT=8
 TARGET_STOP_TIMEOUT=3
 ARPING=arping
@@ -110,7 +110,7 @@ WATCH_INTERVAL=1
 WATCH_MARGIN=2
 AGENT_PID_FILE={root}/run/agent.pid
 WATCHDOG_PID_FILE={root}/run/watchdog.pid
-AGENT_START_COMMAND={bin}/iscsi-ha-service start
+AGENT_START_COMMAND='{bin}/iscsi-ha-service start'
 AGENT_START_TIMEOUT=20
 """
 

@@ -151,11 +151,9 @@ def test_84_sh_minor_timeout(fake_run, proc_file):
         drbd.observe()
 
 
-def test_84_real_drbdadm_sh_minor(proc_file, tmp_path, monkeypatch):
+def test_84_real_drbdadm_sh_minor(proc_file, tmp_path, monkeypatch, real_tool):
     """The installed drbdadm (it reads only the config) resolves the minor used in /proc/drbd."""
-    drbdadm = shutil.which("drbdadm") or shutil.which("drbdadm", path="/usr/sbin:/sbin")
-    if drbdadm is None:
-        pytest.skip("drbd-utils is not installed")
+    drbdadm = real_tool("drbdadm")
     conf = tmp_path / "drbd.conf"
     conf.write_text(
         "resource iscsi1 {\n  protocol C;\n"
@@ -305,3 +303,52 @@ def test_auto_version_waits_for_drbd_then_reads_proc(tmp_path):
         adapter.version
     proc.write_text("version: 9.2.4 (api:2/proto:86-122)\n")
     assert adapter.version == "9"
+
+
+# ---- split brain reads: data generations and out-of-sync amounts ------------------------------
+
+# Captured here (drbd-utils 9.22.0-1, no DRBD module, a drbd.conf whose disk does not exist):
+# drbdadm get-gi falls back to drbdmeta on the backing disk.
+GET_GI_NO_DISK = ("open(/dev/loop101) failed: No such file or directory\n"
+                  "Command 'drbdmeta 1 v08 /dev/loop101 internal get-gi' terminated with exit "
+                  "code 20\n")
+GI = "9E4DEF0B06A6DA9D:41C26508159C156A:CA64B93EC801717D:CA63B93EC801717D:1:1:1:0:0:0:0\n"
+
+
+def test_generations_reads_drbdadm_get_gi(fake_run):
+    run = fake_run({("drbdadm", "get-gi", "iscsi1"): (0, GI, "")})
+    drbd = DrbdAdapter(["iscsi1"], timeout=3)
+    gi = drbd.generations("iscsi1")
+    assert gi.current == "9E4DEF0B06A6DA9D" and gi.bitmap == "41C26508159C156A"
+    assert run.calls == [(["drbdadm", "get-gi", "iscsi1"], 3.0)]
+
+
+def test_generations_failure_is_drbd_unavailable_in_drbds_words(fake_run):
+    fake_run({("drbdadm", "get-gi", "iscsi1"): (20, "", GET_GI_NO_DISK)})
+    with pytest.raises(DrbdUnavailable, match=r"data generations of iscsi1: drbdadm get-gi "
+                                              r"iscsi1 failed: exit 20: open\(/dev/loop101\)"):
+        DrbdAdapter(["iscsi1"]).generations("iscsi1")
+
+
+def test_missing_drbdadm_is_drbd_unavailable_naming_the_package(tmp_path, monkeypatch):
+    """The real run(): no drbdadm anywhere on PATH."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    drbd = DrbdAdapter(["iscsi1"], proc_drbd=str(tmp_path / "none"))
+    with pytest.raises(DrbdUnavailable) as info:
+        drbd.generations("iscsi1")
+    assert "drbdadm get-gi iscsi1" in str(info.value) and "drbd-utils" in str(info.value)
+    with pytest.raises(DrbdUnavailable, match="not loaded"):
+        drbd.out_of_sync_kib("iscsi1")
+    with pytest.raises(ValueError, match="not configured"):
+        drbd.generations("other")
+
+
+def test_out_of_sync_84_from_proc_drbd(fake_run, proc_file):
+    fake_run({("drbdadm", "sh-minor", "r"): (0, "1\n", "")})
+    drbd = DrbdAdapter(["r"], proc_drbd=proc_file("issue_trinity_651_standalone.txt"))
+    assert drbd.out_of_sync_kib("r") == 40448716
+
+
+def test_out_of_sync_9_from_status_json(fake_run):
+    fake_run({STATUS: (0, status9("status9_syncsource_primary"), "")})
+    assert DrbdAdapter(["some-resource"], version="9").out_of_sync_kib("some-resource") == 2500

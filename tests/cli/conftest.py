@@ -10,10 +10,11 @@ import pytest
 from iscsi_ha import config as config_mod, model
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.drbd import DrbdAdapter
+from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.adapters.vip import VipAdapter, VipState
 from iscsi_ha.cli import cfg_main
 from iscsi_ha.cli.context import HostContext
-from iscsi_ha.drbd import DrbdState
+from iscsi_ha.drbd import DrbdState, DrbdUnavailable
 from iscsi_ha.lab.fake_xapi import FakePool
 
 CONFIG = """# test host
@@ -79,12 +80,37 @@ class Host(object):
                                inventory=os.path.join(root, "inventory"))
         self.states = {}
         self.vip_local, self.vip_free, self.responders = False, True, []
-        mocker.patch.object(DrbdAdapter, "observe", side_effect=lambda: dict(self.states))
-        mocker.patch.object(VipAdapter, "observe", side_effect=self._vip_state)
-        self.is_free = mocker.patch.object(VipAdapter, "is_free", side_effect=self._free)
+        self.generations, self.out_of_sync = {}, {}
+        # autospec: a change of the adapters' interface breaks these mocks (and the tests)
+        mocker.patch.object(DrbdAdapter, "observe", autospec=True,
+                            side_effect=lambda adapter: dict(self.states))
+        mocker.patch.object(DrbdAdapter, "generations", autospec=True,
+                            side_effect=lambda adapter, name: self._drbd_read(
+                                self.generations, "drbdadm get-gi", name))
+        mocker.patch.object(DrbdAdapter, "out_of_sync_kib", autospec=True,
+                            side_effect=lambda adapter, name: self._drbd_read(
+                                self.out_of_sync, "out of sync", name))
+        self.dumps = {}             # drbdadm dump text per resource; none: drbdadm fails
+        mocker.patch.object(DrbdAdapter, "dump", autospec=True,
+                            side_effect=lambda adapter, name: self._dump(name))
+        mocker.patch.object(VipAdapter, "observe", autospec=True,
+                            side_effect=lambda adapter: self._vip_state())
+        self.is_free = mocker.patch.object(VipAdapter, "is_free", autospec=True,
+                                           side_effect=lambda adapter: self._free())
         mocker.patch.object(cfg_main, "agent_running", return_value=True)
         self.set_drbd(drbd(name="iscsi1"), drbd(name="iscsi2"))
         self.write_status(role="Primary")
+
+    @staticmethod
+    def _drbd_read(values, what, name):
+        if name not in values:
+            raise DrbdUnavailable("%s %s: not set up by this test" % (what, name))
+        return values[name]
+
+    def _dump(self, name):
+        if name not in self.dumps:
+            raise CommandError("drbd: drbdadm dump %s: exit 10: not set up by this test" % name)
+        return self.dumps[name]
 
     def _vip_state(self):
         return VipState(self.vip_local, True, True, [], [])

@@ -207,6 +207,8 @@ def test_completion_lists_every_verb_and_option():
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 @pytest.mark.parametrize("words,expected", [
     ("iscsi-cfg be", {"become-primary", "become-secondary"}),
+    ("iscsi-cfg te", {"test-alert"}),
+    ("iscsi-cfg test-alert --", {"--email", "--xapi", "--config", "--help"}),
     ("iscsi-cfg become-primary --", {"--force", "--yes", "--timeout", "--config", "--help"}),
     ("iscsi-cfg set DRBD_VIRTUAL_", {"DRBD_VIRTUAL_IP", "DRBD_VIRTUAL_MASK"}),
     ("iscsi-cfg --config /x sw", {"switchover"}),
@@ -234,9 +236,10 @@ def test_an_unwritable_state_directory_is_one_line_exit_1(host, capsys):
     import os
     state = host.config.STATE_DIR
     os.makedirs(state, exist_ok=True)
-    os.rename(state, state + ".away")
-    with open(state, "w") as handle:                  # a file where the directory should be
-        handle.write("x")
+    # (A regular file where STATE_DIR should be is now refused by the configuration check, exit
+    # 2: tests/test_validation.py.) The manual file's temporary name is taken by a directory,
+    # so the write fails even for root.
+    os.makedirs(os.path.join(state, "manual.tmp.%d" % os.getpid()))
     code, _, err = run(capsys, "manual-mode-enable", "--config", host.path)
     assert code == 1 and err.startswith("iscsi-cfg: ") and len(err.splitlines()) == 1
 

@@ -23,7 +23,7 @@ def tgtadm_targets(name):
 
 def serving(mocker, fixture):
     targets = tgtadm_targets(fixture)
-    mocker.patch.object(TargetAdapter, "observe", return_value=TargetState(
+    mocker.patch.object(TargetAdapter, "observe", autospec=True, return_value=TargetState(
         True, True, targets, [], 0, "ready", [1], ""))
     return targets
 
@@ -146,7 +146,12 @@ def test_plugin_manual_mode_and_roles(in_plugin):
     assert answer["ok"] and answer["elapsed_s"] >= 0 and host.manual() == \
         model.MANUAL_SECONDARY
     assert any("secondary reached" in line for line in answer["lines"])
+    # (a timeout that is not a number used to fall back to the default; it is refused now,
+    # before anything is written: tests/test_bad_inputs.py covers nan/inf/negative)
     answer = json.loads(plugin.become_primary(None, {"timeout": "bogus"}))
+    assert answer["code"] == 2 and host.manual() == model.MANUAL_SECONDARY
+    assert "not a number of seconds" in answer["lines"][0]
+    answer = json.loads(plugin.become_primary(None, {}))
     assert answer["ok"] and host.manual() == model.MANUAL_PRIMARY
     answer = json.loads(plugin.manual_mode(None, {"mode": "maybe"}))
     assert answer["code"] == 2 and "mode=enable or mode=disable" in answer["lines"][0]
@@ -178,15 +183,50 @@ FENCED_84 = """resource iscsi1 {
 """
 
 
-def test_fencing_findings(host, mocker):
-    from iscsi_ha.adapters.drbd import DrbdAdapter
-    from iscsi_ha.adapters.run import CommandError
-    dump = mocker.patch.object(DrbdAdapter, "dump", return_value=FENCED_84)
+def test_fencing_findings(host):
+    host.dumps = {"iscsi1": FENCED_84, "iscsi2": FENCED_84.replace("iscsi1", "iscsi2")}
     found = check_cmd.fencing_findings(host.ctx)
     assert [k for k, _ in found] == ["ok", "ok"] and "resource-only" in found[0][1]
-    dump.return_value = FENCED_84.replace("fencing          resource-only;", "")
+    host.dumps["iscsi1"] = FENCED_84.replace("fencing          resource-only;", "")
     found = check_cmd.fencing_findings(host.ctx)
     assert found[0][0] == "PROBLEM" and "stale data" in found[0][1]
-    dump.side_effect = CommandError("drbd: drbdadm dump iscsi1: exit 1")
+    del host.dumps["iscsi1"]                    # drbdadm dump fails
     found = check_cmd.fencing_findings(host.ctx)
     assert found[0][0] == "info" and "cannot read its configuration" in found[0][1]
+
+
+DRBD_CONF = """resource iscsi1 {
+  protocol C;
+  %(section)s { %(fencing)s }
+  handlers { %(handler)s }
+  on %(me)s { device minor 1; disk /dev/loop101; address 192.0.2.11:7789; meta-disk internal; }
+  on peerhost { device minor 1; disk /dev/loop101; address 192.0.2.12:7789; meta-disk internal; }
+}
+"""
+
+
+@pytest.mark.parametrize("version, section", [("8.4.11", "disk"), ("9.2.0", "net")])
+def test_fencing_findings_from_the_real_drbdadm_dump(tmp_path, monkeypatch, real_tool, version,
+                                                     section):
+    """The real drbdadm parses a drbd.conf this test writes (it reads only the file; the kernel
+    version is given by DRBD_DRIVER_VERSION_OVERRIDE, as drbd-utils' own tests do, since no DRBD
+    module is loaded here: without it drbdadm assumes 9 and refuses 8.4's disk { fencing })."""
+    import types
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    drbdadm = real_tool("drbdadm")
+    monkeypatch.setenv("DRBD_DRIVER_VERSION_OVERRIDE", version)
+    monkeypatch.setenv("PATH", os.path.dirname(drbdadm) + os.pathsep + os.environ["PATH"])
+    cases = [("fencing resource-only;", 'fence-peer "/usr/lib/drbd/crm-fence-peer.sh";', "ok"),
+             ("fencing resource-only;", "", "PROBLEM"),
+             ("", 'fence-peer "/usr/lib/drbd/crm-fence-peer.sh";', "PROBLEM")]
+    for number, (fencing, handler, expected) in enumerate(cases):
+        conf = tmp_path / ("drbd%d.conf" % number)
+        conf.write_text(DRBD_CONF % dict(section=section if fencing else "disk", fencing=fencing,
+                                         handler=handler, me=os.uname()[1]))
+        adapter = DrbdAdapter(["iscsi1"], drbdadm="%s -c %s" % (drbdadm, conf), timeout=10)
+        text = adapter.dump("iscsi1")
+        assert "resource iscsi1 {" in text
+        ctx = types.SimpleNamespace(config=types.SimpleNamespace(DRBD_RESOURCES=("iscsi1",)),
+                                    adapters=types.SimpleNamespace(drbd=adapter))
+        found = check_cmd.fencing_findings(ctx)
+        assert [kind for kind, _ in found] == [expected], (conf.read_text(), text, found)

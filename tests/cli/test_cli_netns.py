@@ -26,12 +26,12 @@ def ctx_in_a(two_hosts, tmp_path, mocker):
     path = tmp_path / "iscsi-ha.conf"
     path.write_text("DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=%s\nDRBD_VIRTUAL_MASK=24\n"
                     "DRBD_INTERFACE=eth0\nDRBD_VERSION=8.4\nSTATE_DIR=%s\n"
-                    "IP_COMMAND=ip netns exec %s ip\nARPING=ip netns exec %s arping\n"
+                    "IP_COMMAND='ip netns exec %s ip'\nARPING='ip netns exec %s arping'\n"
                     "XAPI_URL=unix://%s/none.sock\nXAPI_TIMEOUT=1\n"
                     % (VIP, tmp_path / "state", ns_a, ns_a, tmp_path))
     config = config_mod.load(str(path))
     manual_adapter.write_manual(config.MANUAL_FILE, model.MANUAL_SECONDARY)
-    mocker.patch.object(DrbdAdapter, "observe", return_value={
+    mocker.patch.object(DrbdAdapter, "observe", autospec=True, return_value={
         "iscsi1": drbd("Secondary", "Secondary", name="iscsi1")})
     lines = []
     ctx = HostContext(config, say=lines.append)

@@ -26,9 +26,9 @@ def test_enable_pins_the_current_role(host, roles, mode):
     assert "disable pool HA" in host.text()
 
 
-def test_enable_with_unreadable_drbd_holds(host, mocker):
+def test_enable_with_unreadable_drbd_holds(host):
     from iscsi_ha.adapters.drbd import DrbdAdapter, DrbdUnavailable
-    mocker.patch.object(DrbdAdapter, "observe", side_effect=DrbdUnavailable("not loaded"))
+    DrbdAdapter.observe.side_effect = DrbdUnavailable("not loaded")   # the host's autospec mock
     manual_ops.enable(host.ctx)
     assert host.manual() == model.MANUAL_HOLD and "not loaded" in host.text()
 

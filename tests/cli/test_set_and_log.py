@@ -44,7 +44,8 @@ def test_set_quotes_values_with_spaces_and_keeps_them(halizard_conf, capsys):
     code, _, _ = run(capsys, "set", "MAIL_SUBJECT", "storage alert on $HOSTNAME", "--config",
                      str(halizard_conf))
     assert code == 0
-    assert 'MAIL_SUBJECT="storage alert on $HOSTNAME"' in halizard_conf.read_text()
+    # single quotes: bash (and the loader) read it literally; the alert expands $HOSTNAME
+    assert "MAIL_SUBJECT='storage alert on $HOSTNAME'" in halizard_conf.read_text()
     assert config_mod.load(str(halizard_conf)).MAIL_SUBJECT == "storage alert on $HOSTNAME"
 
 
@@ -82,10 +83,11 @@ def test_set_can_repair_an_invalid_file(tmp_path, capsys):
     assert run(capsys, "get", "DRBD_VIRTUAL_IP", "--config", str(path))[1] == "192.0.2.5\n"
 
 
-def test_quote_refuses_what_the_format_cannot_hold():
+def test_quote_writes_single_quotes_bash_reads_literally():
     with pytest.raises(CliError):
-        set_cmd.quote("a'b\"c")
-    assert set_cmd.quote("it's") == '"it\'s"' and set_cmd.quote('say "hi"') == "'say \"hi\"'"
+        set_cmd.quote("two\nlines")
+    assert set_cmd.quote("a'b\"c") == "'a'\\''b\"c'"
+    assert set_cmd.quote("it's") == "'it'\\''s'" and set_cmd.quote('say "hi"') == "'say \"hi\"'"
 
 
 # -- log --------------------------------------------------------------------------------------------

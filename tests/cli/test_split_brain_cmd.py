@@ -16,7 +16,7 @@ STANDALONE = dict(role="Secondary", peer_role="Unknown", connection="StandAlone"
 
 @pytest.fixture
 def no_peer(mocker):
-    return mocker.patch.object(peer_mod, "call", side_effect=peer_mod.PeerError("XAPI down"))
+    return mocker.patch.object(peer_mod, "call", autospec=True, side_effect=peer_mod.PeerError("XAPI down"))
 
 
 def test_nothing_in_split_brain_is_exit_0(host, no_peer):
@@ -50,7 +50,7 @@ PEER_FACTS = {"ok": True, "host": "test-b", "source": "DRBD", "resources": {
 
 @pytest.fixture
 def peer_facts(mocker):
-    return mocker.patch.object(peer_mod, "call", return_value=dict(PEER_FACTS))
+    return mocker.patch.object(peer_mod, "call", autospec=True, return_value=dict(PEER_FACTS))
 
 
 def test_recovery_without_a_terminal_or_yes_is_refused(host, peer_facts):
@@ -109,3 +109,16 @@ def test_plugin_answer_reports_refusals_as_json(host):
     assert answer["ok"] is False and "not in split brain" in answer["error"]
     facts = json.loads(splitbrain_cmd.plugin_answer(host.ctx, {"action": "facts"}))
     assert facts["ok"] is True and set(facts["resources"]) == {"iscsi1", "iscsi2"}
+
+
+def test_drbd_unreadable_here_is_not_reported_as_no_split_brain(host, no_peer, mocker):
+    """drbdadm missing and /proc/drbd unreadable: the report says it cannot tell, exit 1 (not
+    "no split brain", exit 0)."""
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.drbd import DrbdUnavailable
+    DrbdAdapter.observe.side_effect = DrbdUnavailable("DRBD is not loaded: /proc/drbd missing")
+    with pytest.raises(CliError) as info:
+        splitbrain_cmd.split_brain(host.ctx)
+    assert info.value.code == 1 and "cannot be read here" in str(info.value)
+    assert "iscsi1: cannot tell whether it is in split brain" in host.text()
+    assert "/proc/drbd missing" in host.text() and "get-gi iscsi1" in host.text()

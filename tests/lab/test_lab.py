@@ -16,7 +16,8 @@ def lab(tmp_path_factory):
     problems = missing_prerequisites()
     if problems:
         pytest.skip("; ".join(problems))
-    lab = Lab(str(tmp_path_factory.mktemp("lab")))
+    # its own prefix: never the ihl- lab an admin may be running on this machine
+    lab = Lab(str(tmp_path_factory.mktemp("lab")), prefix="ihlt%d-" % (os.getpid() % 10000))
     try:
         lab.up()
         yield lab

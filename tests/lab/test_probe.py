@@ -208,10 +208,11 @@ int main(void) {
 """
 
 
-def test_ctypes_structures_match_the_installed_headers(tmp_path):
+def test_ctypes_structures_match_the_installed_headers(tmp_path, require):
     gcc = shutil.which("gcc")
-    if gcc is None or not os.path.exists("/usr/include/iscsi/scsi-lowlevel.h"):
-        pytest.skip("needs gcc and libiscsi-dev to compile the layout check")
+    require(gcc is not None and os.path.exists("/usr/include/iscsi/scsi-lowlevel.h"),
+            "needs gcc, libc6-dev and libiscsi-dev to compile the layout check "
+            "(scripts/install-deps installs them)")
     (tmp_path / "layout.c").write_text(LAYOUT_C)
     subprocess.run([gcc, "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")],
                    check=True, timeout=60)

@@ -33,8 +33,8 @@ def etcd3():
 
 @pytest.fixture
 def tls_files(tmp_path):
-    if not etcd_cluster.TlsFiles.available():
-        pytest.skip("openssl command not installed")
+    etcd_cluster.need(etcd_cluster.TlsFiles.available(),
+                      "openssl not installed (Debian package openssl)")
     return etcd_cluster.TlsFiles(str(tmp_path)).create()
 
 

@@ -32,11 +32,20 @@ def etcd_binary():
     return shutil.which("etcd")
 
 
+def need(ok, why):
+    """Skip the calling test when ``ok`` is false, or fail under $ISCSI_HA_REQUIRE_TOOLS=1
+    (`make test` and CI, after scripts/install-deps installed everything: no skips there)."""
+    if ok:
+        return
+    import pytest
+    if os.environ.get("ISCSI_HA_REQUIRE_TOOLS") == "1":
+        pytest.fail(why + "; $ISCSI_HA_REQUIRE_TOOLS=1 requires it", pytrace=False)
+    pytest.skip(why)
+
+
 def need_etcd():
-    """Skip the calling test when the etcd binary is missing."""
-    if etcd_binary() is None:
-        import pytest
-        pytest.skip("etcd not installed (apt-get install etcd-server; scripts/install-deps does)")
+    need(etcd_binary() is not None,
+         "etcd not installed (Debian package etcd-server; scripts/install-deps installs it)")
 
 
 def _die_with_parent():
