@@ -5,12 +5,18 @@ Layout under the configured prefix (default ``/iscsi-ha-mediator/``)::
     pools/<pool>                     the pool's record (JSON): generation, primary, eligible,
                                      outdated, synced data generation, ... ; its etcd
                                      mod_revision is the compare-and-set token
-    audit/<pool>/<gen>-<write id>    one audit entry per change, written in the SAME
-                                     transaction as the change it describes
+    audit/<pool>/<write id>          one audit entry per change, written in the SAME
+                                     transaction as the change it describes (and entries that
+                                     change nothing: refusals, credential events); ordered by
+                                     etcd revision. ``audit-mediator/<id>``: mediator-wide ones
     presence/<pool>/<node>/<inst>    "instance <inst> hears <node> now"; attached to the
                                      instance's etcd lease, written only when a node starts or
-                                     stops talking to an instance (never per heartbeat)
-    docs/<name>                      other shared documents (credentials, ...) with CAS
+                                     stops talking to an instance (never per heartbeat),
+                                     batched up to 100 per transaction
+    docs/<name>                      other shared documents (credentials ``cred/<pool>``) with
+                                     CAS; ``docs_version`` counts their changes from any
+                                     instance so the credential index can rebuild
+(pool and node names are %-escaped in keys.)
 
 Rules
 - Every change of a pool (generation, primary, eligible or outdated set) is ONE etcd ``txn``
@@ -19,14 +25,19 @@ Rules
 - Heartbeats never write to etcd. Liveness stays in memory (``node_seen``); only the
   *transitions* (a node starts or stops heartbeating at this instance) are written, as presence
   keys bound to this instance's etcd lease, so they vanish by themselves when the instance dies.
-- Every instance follows ``pools/`` and ``presence/`` with one etcd watch; heartbeat answers
-  come from that cache and cost no etcd round trip.
+- Every instance follows the prefix with one etcd watch (reopened on another member when one
+  dies; a full reload of pools, presence and documents at one revision when it was broken or
+  compacted); heartbeat answers come from that cache and cost no etcd round trip.
 - When etcd cannot be reached (keepalive or watch failing), ``available`` is False with a
   one-line ``unavailable_reason``; every change raises ``StorageUnavailable`` saying so, and
   the mediator answers heartbeats with "cannot grant".
-- A write whose answer was lost (timeout after sending) is resolved by reading its audit key,
-  which exists exactly when the transaction was applied (``StorageUnknown`` if even that read
-  fails: the caller must then answer "retry", never "granted").
+- A write whose answer was lost (timeout after sending) is settled, never guessed: sent again
+  (same compare), the repeat either applies (the first did not) or fails and reads, in the
+  same atomic step, the audit key that exists exactly when the first applied. With no answer
+  at all, the record is rewritten unchanged under the same compare, which makes a late
+  arrival of the lost write impossible. If even that gets no answer: ``StorageUnknown``, and
+  the service answers "retry", never "granted" (a retried promote that finds itself already
+  primary gets the same grant again).
 
 The grace rule for several instances, and why it cannot grant two primaries
 ----------------------------------------------------------------------------
@@ -60,7 +71,9 @@ Claim: the mediator never grants two primaries, whatever the number of instances
    after"; and the presence compare makes "N is heard elsewhere" and "grant" exclusive in
    etcd's order. A node heartbeating every H < L to some reachable instance is, within
    H + client timeout < L of moving, present in etcd again.
-Tests: tests/mediator_etcd/test_etcd_backend.py and test_etcd_failures.py.
+Tests (real etcd, tests/mediator_etcd/): test_etcd_backend.py (CAS, presence, grace),
+test_etcd_failures.py (member/leader killed, etcd cut off, instance killed mid-promote, race),
+test_mediator_etcd.py and test_mediator_etcd_e2e.py (the real service, two instances).
 """
 import json
 import logging
