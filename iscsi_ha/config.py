@@ -95,17 +95,13 @@ WATCHDOG_PID_FILE = path(default='/var/run/iscsi-ha-watchdog.pid')
 WATCHDOG_STATE_FILE = path(default='')
 AGENT_START_COMMAND = command(default='service iscsi-ha start')
 AGENT_START_TIMEOUT = seconds(min=1, max=600, default=60)
-<<<<<<< HEAD
-SYSLOG_SOCKET = path(default='/dev/log')
+SYSLOG_SOCKET = socket_path(default='/dev/log')
 MEDIATOR = mediator_addresses(default='')
 MEDIATOR_POOL = mediator_name(default='')
 MEDIATOR_NODE = mediator_name(default='')
 MEDIATOR_DIR = path(default='')
 MEDIATOR_INTERVAL = seconds(min=0.2, max=60, default=2)
 MEDIATOR_TIMEOUT = seconds(min=0.1, max=30, default=3)
-=======
-SYSLOG_SOCKET = socket_path(default='/dev/log')
->>>>>>> main
 """
 
 # Keys HA-Lizard wrote into some versions of the file that this agent does not use.
@@ -258,7 +254,6 @@ def _path(value):
     return _check(value == "" or value.startswith("/"), value, "an absolute path")
 
 
-<<<<<<< HEAD
 _MEDIATOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -275,7 +270,8 @@ def _mediator_addresses(value):
 def _mediator_name(value):
     return _check(value == "" or _MEDIATOR_NAME_RE.match(value), value,
                   "a name of letters, digits, '.', '_', '-' (at most 128)")
-=======
+
+
 def _exists_as(path):
     """The mode of ``path`` (not following a final symlink's absence), or None."""
     try:
@@ -347,7 +343,6 @@ def _socket_path(value):
             raise ValidateError("%s is %s; expected the syslog socket (or empty: no syslog)"
                                 % (value, files.kind_of(mode) or "a regular file"))
     return value
->>>>>>> main
 
 
 def _command(value):
@@ -391,12 +386,9 @@ VALIDATOR_FUNCTIONS = {
     "socket_path": _socket_path,
     "choice": _choice,
     "command": _command,
-<<<<<<< HEAD
     "mediator_addresses": _mediator_addresses,
     "mediator_name": _mediator_name,
-=======
     "string": lambda value: value,
->>>>>>> main
 }
 
 
@@ -486,7 +478,6 @@ def _cross_checks(values, lines):
     if values["ISCSI_LUNS"] and not values["ISCSI_TARGET_IQN"]:
         problems.append(("ISCSI_TARGET_IQN", lines.get("ISCSI_TARGET_IQN", 0), "",
                          "ISCSI_LUNS is set, so the target's IQN is needed too"))
-<<<<<<< HEAD
     if values["MEDIATOR"] and not values["MEDIATOR_POOL"]:
         problems.append(("MEDIATOR_POOL", lines.get("MEDIATOR_POOL", 0), "",
                          "MEDIATOR is set, so the pool's name at the mediator is needed too "
@@ -495,7 +486,6 @@ def _cross_checks(values, lines):
         problems.append(("MEDIATOR_TIMEOUT", lines.get("MEDIATOR_TIMEOUT", 0),
                          values["MEDIATOR_TIMEOUT"], "must be shorter than the pass budget "
                          "%.1f s" % budget))
-=======
     network = ipaddress.IPv4Network("%s/%d" % (values["DRBD_VIRTUAL_IP"],
                                                values["DRBD_VIRTUAL_MASK"]), strict=False)
     if network.prefixlen < 31 and ipaddress.IPv4Address(values["DRBD_VIRTUAL_IP"]) in (
@@ -519,7 +509,6 @@ def _cross_checks(values, lines):
             _command(values[key].replace("{service}", values["ISCSI_TARGET_SERVICE"]))
         except ValidateError as exc:
             problems.append((key, lines.get(key, 0), values[key], str(exc)))
->>>>>>> main
     return problems
 
 
