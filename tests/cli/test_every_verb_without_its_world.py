@@ -47,7 +47,7 @@ def world(tmp_path_factory):
         "DRBD_INTERFACE=eth0\nDRBD_VERSION=8.4\nISCSI_TARGET_IQN=iqn.2026-11.test:world\n"
         "ISCSI_LUNS=10=/dev/drbd1\nMONITOR_DELAY=10\n"
         "STATE_DIR={r}/missing/state\nPOOL_CONF={r}/missing/pool.conf\n"
-        "INVENTORY_FILE={r}/missing/inventory\nLOG_FILE={r}/missing/agent.log\n"
+        "INVENTORY_FILE={r}/missing/inventory\nLOG_FILE={r}/agent.log\n"
         "SYSLOG_SOCKET={r}/missing/log\nXAPI_URL=http://127.0.0.1:{port}/\nXAPI_TIMEOUT=1\n"
         "MAIL_ON=1\nSMTP_SERVER=127.0.0.1\nSMTP_PORT={port}\nSMTP_TIMEOUT=1\n"
         "MAIL_FROM=iscsi-ha@example.com\nMAIL_TO=admin@example.com\n"
