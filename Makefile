@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench bench-mediator-backends clean rpm rpm-check
+.PHONY: setup demo test unit lint bench bench-mediator bench-mediator-backends clean rpm rpm-check rpm-mediator
 
 setup:
 	./scripts/install-deps
@@ -29,6 +29,15 @@ rpm-check: setup
 bench: setup
 	$(PY) bench/pass_time.py
 
+# One iscsi-ha-mediator process vs 100/1,000/10,000 simulated pools over TLS on 127.0.0.1.
+# make bench-mediator ARGS='--json FILE' also writes the figures as JSON.
+bench-mediator: setup
+	$(PY) bench/mediator_scale.py $(ARGS)
+
+rpm-mediator:
+	./scripts/build-mediator-rpm
+
+# The storage layer alone: a promote and a heartbeat on SQLite and on etcd (1 and 3 members).
 bench-mediator-backends: setup
 	$(PY) bench/mediator_backends.py $(ARGS)
 

@@ -213,7 +213,7 @@ def _run_size(n_pools, args, work, backend, etcd):
                 [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools],
                 "promotes": [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools]}
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        per = max(100, hard - 200)
+        per = max(100, min(hard - 200, 5000))     # several generators: connect in parallel
         chunks = [spec["nodes"][i:i + per] for i in range(0, len(spec["nodes"]), per)]
         loads = []
         for i, chunk in enumerate(chunks):

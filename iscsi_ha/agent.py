@@ -15,7 +15,8 @@ from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
 from iscsi_ha.model import (ActionResult, AddFloatingIp, AnnounceFloatingIp, DemoteDrbd,
-                            PassRecord, PromoteDrbd, RemoveFloatingIp, StartTarget, StopTarget)
+                            HealSplitBrain, PassRecord, PromoteDrbd, RemoveFloatingIp,
+                            StartTarget, StopTarget)
 from iscsi_ha.wiring import Adapters, observe_drbd, observe_target, observe_vip
 
 log = logging.getLogger("iscsi-ha")
@@ -119,7 +120,28 @@ class Agent(object):
             return a.vip.remove()
         if isinstance(action, AnnounceFloatingIp):
             return a.vip.announce()
+        if isinstance(action, HealSplitBrain):
+            return self._heal_split_brain(action)
         raise ValueError("unknown action %r" % (action,))
+
+    def _heal_split_brain(self, action):
+        """The steps of ``iscsi-cfg split-brain --keep`` for this host's side, inside the pass
+        (which already holds the pass lock). No snapshot here: DRBD's before-resync-target
+        handler (e.g. snapshot-resync-target-lvm.sh) takes one where the backing store allows."""
+        from iscsi_ha import splitbrain
+        from iscsi_ha.splitbrain_report import clear_flag, write_flag
+        name = action.resource
+        if action.role == "clear":
+            clear_flag(self.config.STATE_DIR, name)
+            return "split-brain flag cleared"
+        state = dict(self.adapters.drbd.observe())[name]
+        write_flag(self.config.STATE_DIR, name, reason="healing as %s (witness)" % action.role,
+                   time="%d" % time.time())
+        if action.role == "victim":
+            steps = splitbrain._victim(self.adapters.drbd, name, state, None)
+        else:
+            steps = splitbrain._survivor(self.adapters.drbd, name, state)
+        return ", ".join(steps) or "nothing to do"
 
     def apply(self, actions):
         """Run ``actions`` in order; the first failure skips the rest (they depend on it)."""

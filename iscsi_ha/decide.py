@@ -6,8 +6,9 @@ the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
 from iscsi_ha import model
 from iscsi_ha.drbd import LINK_UP_STATES
-from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Decision, DemoteDrbd, PromoteDrbd,
-                            RemoveFloatingIp, StartTarget, StopTarget)
+from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Decision, DemoteDrbd,
+                            HealSplitBrain, PromoteDrbd, RemoveFloatingIp, StartTarget,
+                            StopTarget)
 
 PRIMARY_WORD = "Primary"
 UP_TO_DATE = "UpToDate"
@@ -15,6 +16,9 @@ UP_TO_DATE = "UpToDate"
 
 def decide(obs):
     """Return the :class:`Decision` for one observation."""
+    healing = _witness_heals(obs)
+    if healing is not None:
+        return healing
     problem = _unreadable(obs)
     if problem:
         return _hold_unreadable(obs, problem)
@@ -43,6 +47,45 @@ def desired_role(obs):
     if pool.role == model.BROKEN:
         return None, "pool.conf says broken (xapi is changing the master)"
     return None, "cannot tell the pool role (%s)" % (pool.detail or pool.role)
+
+
+def _witness_heals(obs):
+    """A split brain the witness can settle: the mediator deposed this host (it acknowledged no
+    write after the grant moved: DRBD froze its I/O until fence-peer answered), so this side
+    is discarded and resyncs from the peer; or it made this host primary and outdated the
+    peer, so this side only connects again. Once a flagged resource is connected and
+    UpToDate on both sides its flag is cleared. None when the witness cannot tell."""
+    w = obs.witness
+    if not obs.split_brain or w is None or obs.manual_error or obs.drbd_error or \
+            obs.manual != model.MANUAL_OFF:
+        return None
+    actions, words = [], []
+    for name in obs.split_brain:
+        state = obs.drbd.get(name)
+        if state is None:
+            return None
+        if state.connection == "Connected" and state.disk == UP_TO_DATE and \
+                state.peer_disk == UP_TO_DATE:
+            actions.append(HealSplitBrain(name, "clear"))
+            words.append("%s is in sync again" % name)
+        elif state.connection in LINK_UP_STATES:
+            continue                    # resyncing: wait for it
+        elif w.deposed:
+            actions.append(HealSplitBrain(name, "victim"))
+            words.append("%s: the witness deposed this host (%s), its changes since the split "
+                         "are discarded" % (name, w.reason))
+        elif w.granted and w.peer_outdated and state.connection == "StandAlone":
+            actions.append(HealSplitBrain(name, "survivor"))
+            words.append("%s: the witness made this host primary and outdated the peer" % name)
+        else:
+            return None
+    if not actions:
+        return Decision((), "waiting: split brain being healed as the witness decided "
+                        "(resync running)", healthy=False)
+    if any(a.role == "victim" for a in actions):
+        actions = list(_cleanup(obs)) + actions     # stop serving before the demote
+    return Decision(tuple(actions), "healing split brain: " + "; ".join(words),
+                    healthy=False)
 
 
 def _hold_unreadable(obs, problem):

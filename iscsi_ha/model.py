@@ -61,6 +61,7 @@ class WitnessGrant:
     reason: str = ""
     deposed: bool = False
     failover_allowed: bool = True
+    peer_outdated: bool = False     # this host is the primary and the mediator outdated the peer
     status: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -109,6 +110,20 @@ class DemoteDrbd(Action):
 class StartTarget(Action):
     def describe(self):
         return "start target"
+
+
+@dataclass(frozen=True)
+class HealSplitBrain(Action):
+    """Resolve a split brain as the witness decided: ``victim`` (this host was deposed: its
+    changes since the split are discarded, it resyncs from the peer), ``survivor`` (connect
+    again) or ``clear`` (both sides in sync again: drop the split-brain flag)."""
+    resource: str
+    role: str
+
+    def describe(self):
+        if self.role == "clear":
+            return "clear split-brain flag of %s" % self.resource
+        return "heal split brain of %s as %s" % (self.resource, self.role)
 
 
 @dataclass(frozen=True)

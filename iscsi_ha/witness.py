@@ -63,7 +63,9 @@ class MediatorClient(object):
         self.pool = pool
         self.node = node
         self.timeout = float(timeout)
+        self.files = (ca, cert, key)
         self.ctx = client_context(ca, cert, key)
+        self._stamp = self._files_stamp()
         self.index = 0
         self._sock = None
         self._buf = b""
@@ -88,7 +90,21 @@ class MediatorClient(object):
         self.close()
         self.index = (self.index + 1) % len(self.addresses)
 
+    def _files_stamp(self):
+        try:
+            return tuple(os.stat(p).st_mtime for p in self.files)
+        except OSError:
+            return None
+
     def _connect(self, deadline):
+        stamp = self._files_stamp()
+        if stamp is not None and stamp != self._stamp:
+            # credential re-enrolled (rotation): use the new one from this connection on
+            try:
+                self.ctx = client_context(*self.files)
+                self._stamp = stamp
+            except (ssl.SSLError, OSError, IOError):
+                pass   # half-written or bad: keep the old one, try again next time
         host, port = self.addresses[self.index]
         left = max(0.05, deadline - time.monotonic())
         raw = socket.create_connection((host, port), timeout=left)
@@ -284,7 +300,25 @@ class WitnessMonitor(object):
             self._stop.wait(max(0.05, self.interval - (self.clock() - started)))
 
     # -- one heartbeat ---------------------------------------------------------------------
+    def _reload_if_reset(self):
+        """``iscsi-cfg mediator reset`` rewrote the state file: take its baseline."""
+        try:
+            mtime = os.stat(self.state_file).st_mtime
+        except OSError:
+            return
+        if getattr(self, "_state_mtime", None) is None:
+            self._state_mtime = mtime
+            return
+        if mtime != self._state_mtime:
+            self._state_mtime = mtime
+            saved = read_json(self.state_file)
+            with self._lock:
+                if not saved.get("rolled_back") and self._rolled_back:
+                    self._rolled_back = ""
+                    self._max_gen = int(saved.get("max_gen") or 0)
+
     def beat(self):
+        self._reload_if_reset()
         try:
             drbd = self.report() or {}
         except Exception:
@@ -337,6 +371,7 @@ class WitnessMonitor(object):
         try:
             persist_json(self.state_file, {"max_gen": self._max_gen,
                                            "rolled_back": self._rolled_back})
+            self._state_mtime = os.stat(self.state_file).st_mtime
         except (OSError, IOError) as exc:
             with self._lock:
                 self._error = "cannot save %s: %s" % (self.state_file, exc)
@@ -552,11 +587,14 @@ class AgentWitness(WitnessMonitor):
                 reason = "no grant yet (asking the mediator)"
         deposed = bool(st.reachable and a.get("primary") and a.get("primary") !=
                        self.client.node and self.client.node in (a.get("outdated") or []))
+        peer = a.get("peer")
+        peer_outdated = bool(st.reachable and a.get("primary") == self.client.node and peer
+                             and peer in (a.get("outdated") or []))
         status = st.as_dict()
         status.update(granted=granted, reason=reason, node=self.client.node,
-                      pool=self.client.pool)
+                      pool=self.client.pool, peer_outdated=peer_outdated)
         return WitnessGrant(granted=granted, reason=reason, deposed=deposed,
-                            failover_allowed=ok, status=status)
+                            failover_allowed=ok, peer_outdated=peer_outdated, status=status)
 
 
 class BrokenWitness(object):
@@ -588,3 +626,38 @@ class BrokenWitness(object):
                             status={"configured": True, "reachable": False,
                                     "error": reason, "auto_failover": False,
                                     "auto_failover_reason": reason})
+
+
+def fence_peer_from_config(config):
+    """For the DRBD fence-peer handler (a separate process DRBD runs): ask the mediator to
+    outdate the peer. Returns (exit code, one-line reason): 4 peer outdated, 3 already outdated,
+    6 this host was deposed (outdate yourself; the agent demotes), 1 no usable answer (DRBD
+    keeps I/O frozen). None when no mediator is configured (MEDIATOR empty). Bounded by
+    MEDIATOR_TIMEOUT per address."""
+    if not config.MEDIATOR:
+        return None
+    try:
+        monitor = from_config(config)
+    except MediatorError as exc:
+        return 1, str(exc)
+    client = monitor.client
+    try:
+        for _ in range(len(client.addresses)):
+            try:
+                answer = client.call("fence-peer", gen=monitor.state().max_gen or None)
+            except MediatorError as exc:
+                reason = str(exc)
+                continue
+            code = answer.get("exit")
+            if code in (3, 4, 6):
+                gen = answer.get("gen")
+                if isinstance(gen, int) and gen > monitor.state().max_gen:
+                    monitor._max_gen = gen                  # remember the generation
+                    monitor._save()
+                return code, answer.get("reason") or answer.get("result") or ""
+            reason = "mediator answered %s: %s" % (answer.get("result"), answer.get("reason"))
+            if answer.get("result") == "observer":
+                return 1, reason
+        return 1, reason
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ from iscsi_ha import __version__, config as config_mod
 
 VERBS = ("status", "log", "get", "set", "check", "manual-mode-enable", "manual-mode-disable",
          "become-primary", "become-secondary", "switchover", "split-brain", "test-alert",
+         "mediator", "support-bundle",
          "version")
 
 
@@ -136,5 +137,23 @@ def build():
              "Exit 0 only when every path tried delivered.")
     p.add_argument("--email", action="store_true", help="send the email (even with MAIL_ON=0)")
     p.add_argument("--xapi", action="store_true", help="create the XAPI message")
+    p = _add(sub, common, "mediator", "the third-site witness: enroll, status, test, reset",
+             "enroll BUNDLE installs this host's mediator credential and sets MEDIATOR, "
+             "MEDIATOR_POOL, MEDIATOR_NODE; status shows the agent's view of the witness; test "
+             "asks each mediator address live; reset accepts a rolled-back mediator's "
+             "generation after an admin check.")
+    p.add_argument("action", choices=["enroll", "status", "test", "reset"])
+    p.add_argument("bundle", nargs="?", metavar="BUNDLE", help="enroll: the credential file")
+    p.add_argument("--address", action="append", metavar="HOST[:PORT]",
+                   help="enroll: mediator address (repeat; default: the bundle's)")
+    p.add_argument("--no-test", action="store_true", help="enroll: do not contact the mediator")
+    p.add_argument("--json", action="store_true", help="status: the witness section as JSON")
+    p.add_argument("--yes", action="store_true", help="reset: confirm")
+    p = _add(sub, common, "support-bundle", "collect config, status, logs and versions",
+             "Write one archive (mode 0600) with the configuration (secrets masked), the "
+             "agent's status (with the witness section), the end of its log file, the "
+             "mediator client's local state, and versions; never a private key.")
+    p.add_argument("-o", "--output", metavar="FILE", help="archive path (default: "
+                   "./iscsi-ha-support-HOST-TIME.tar.gz)")
     _add(sub, common, "version", "print the version")
     return parser

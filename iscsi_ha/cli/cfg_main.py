@@ -174,11 +174,31 @@ def cmd_test_alert(ctx, args):
     return testalert_cmd.test_alert(ctx, want_email=args.email, want_xapi=args.xapi)
 
 
+def cmd_support_bundle(ctx, args):
+    from iscsi_ha.cli import bundle_cmd
+    return bundle_cmd.support_bundle(ctx, args.output)
+
+
+def cmd_mediator(ctx, args):
+    from iscsi_ha.cli import mediator_cmd
+    if args.action == "enroll":
+        if not args.bundle:
+            raise CliError("mediator enroll needs the credential BUNDLE file", ExitCode.ERROR)
+        return mediator_cmd.enroll(ctx, args.bundle, addresses=args.address,
+                                   check=not args.no_test, config_path=args.config_path)
+    if args.action == "status":
+        return mediator_cmd.status(ctx, read_status(ctx.config), as_json=args.json)
+    if args.action == "test":
+        return mediator_cmd.test(ctx)
+    return mediator_cmd.reset(ctx, yes=args.yes)
+
+
 VERBS = {"get": cmd_get, "status": cmd_status, "log": cmd_log, "check": cmd_check,
          "become-primary": cmd_become_primary, "become-secondary": cmd_become_secondary,
          "manual-mode-enable": cmd_manual_enable, "manual-mode-disable": cmd_manual_disable,
          "switchover": cmd_switchover, "split-brain": cmd_split_brain,
-         "test-alert": cmd_test_alert}
+         "test-alert": cmd_test_alert, "mediator": cmd_mediator,
+         "support-bundle": cmd_support_bundle}
 
 
 def _say_stdout(text):
@@ -194,6 +214,7 @@ def _run(args):
     if args.verb == "set":
         from iscsi_ha.cli import set_cmd
         return set_cmd.set_value(path, args.key, args.value, _say_stdout)
+    args.config_path = path
     config = config_mod.load(path)
     errors.note_config(config)
     ctx = HostContext(config, say=_say_stdout)

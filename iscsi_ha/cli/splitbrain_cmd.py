@@ -83,6 +83,8 @@ def split_brain(ctx, resource=None, keep=None, confirm=None, force=False, clear_
     facts = _peer_facts(ctx)
     inspection = splitbrain.inspect(config, ctx.adapters.drbd, facts, host)
     ctx.say(splitbrain.format_report(inspection))
+    if inspection.reports:
+        ctx.say(witness_view(ctx.config))
     chosen = [r for r in inspection.reports if resource in (None, r.resource)]
     unknown = [name for name in inspection.unknown if resource in (None, name)]
     if not chosen:
@@ -114,6 +116,29 @@ def split_brain(ctx, resource=None, keep=None, confirm=None, force=False, clear_
         ctx.say("%s recovered: kept %s's data, now %s" % (
             outcome["resource"], outcome["kept"], outcome["state"]))
     return 0
+
+
+def witness_view(config):
+    """What the mediator knows about who was deposed, from the agent's status document."""
+    if not getattr(config, "MEDIATOR", ""):
+        return "mediator: none configured, so nothing is healed automatically"
+    try:
+        from iscsi_ha.files import read_json
+        w = (read_json(config.STATUS_FILE) or {}).get("witness") or {}
+    except (IOError, OSError, ValueError):
+        w = {}
+    if not w.get("reachable"):
+        return ("mediator: no current answer (%s): it cannot tell which side was deposed; "
+                "nothing is healed automatically" % (w.get("error") or "agent status unknown"))
+    who = "mediator: %s is primary at generation %s, outdated: %s" % (
+        w.get("primary") or "nobody", w.get("generation"),
+        ", ".join(w.get("outdated") or []) or "none")
+    if w.get("deposed"):
+        return who + "; this host was deposed: the agent discards its side and resyncs " \
+            "from the peer automatically"
+    if w.get("peer_outdated"):
+        return who + "; the peer was deposed: it is healed on the peer, this host reconnects"
+    return who + "; it does not say which side was deposed: nothing is healed automatically"
 
 
 def plugin_answer(ctx, args):

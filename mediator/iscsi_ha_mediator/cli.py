@@ -130,7 +130,8 @@ def _age(ms):
     return "%.1fs" % s if s < 120 else "%dm" % (s // 60) if s < 7200 else "%dh" % (s // 3600)
 
 
-def print_pool(p, out=sys.stdout):
+def print_pool(p, out=None):
+    out = out or sys.stdout
     mode = "observer" if p["observer"] else ("auto-failover on" if p["auto_failover"]
                                              else "auto-failover OFF")
     out.write("pool %s  generation %d  primary %s  %s%s\n" % (

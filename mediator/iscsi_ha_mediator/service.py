@@ -49,7 +49,7 @@ def mask_uuid(value):
 class Report(object):
     __slots__ = ("mono", "gen", "role", "disk", "conn", "peer_disk", "uuid")
 
-    def __init__(self, mono, gen, drbd):
+    def __init__(self, mono, gen, drbd, masks=None):
         drbd = drbd if isinstance(drbd, dict) else {}
         self.mono = mono
         self.gen = gen
@@ -57,7 +57,18 @@ class Report(object):
         self.disk = str(drbd.get("disk") or "")
         self.conn = str(drbd.get("conn") or "")
         self.peer_disk = str(drbd.get("peer_disk") or "")
-        self.uuid = mask_uuid(drbd.get("current_uuid"))
+        raw = drbd.get("current_uuid")
+        if masks is None:
+            self.uuid = mask_uuid(raw)
+        else:                              # memo: the same UUID arrives every 2 s
+            try:
+                self.uuid = masks[raw]
+            except (KeyError, TypeError):
+                self.uuid = mask_uuid(raw)
+                if isinstance(raw, str) and len(raw) <= 64:
+                    if len(masks) > 200000:
+                        masks.clear()
+                    masks[raw] = self.uuid
 
     def as_dict(self, now):
         return {"role": self.role, "disk": self.disk, "conn": self.conn,
@@ -86,6 +97,10 @@ class Mediator(object):
         self._rev_seen = {}    # pool -> (revision, monotonic time it was first seen here)
         self._audited = {}     # (pool, node, op) -> (result, reason)
         self._bg = set()
+        self._bases = {}       # pool -> (revision, {node: answer part}, lease, primary, settled)
+        self._masks = {}       # raw DRBD UUID -> masked
+        self._elsewhere = getattr(store, "heard_elsewhere", None)   # multi-instance backends
+        self._margin = float(getattr(store, "margin", st.DEFAULT_MARGIN))
         self.counters = {"heartbeat": 0, "promote": 0, "fence-peer": 0, "refused": 0}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -171,16 +186,52 @@ class Mediator(object):
     # -- heartbeat -----------------------------------------------------------------------------
     def heartbeat(self, pool, node, req):
         """Record liveness and the node's DRBD report; answer from memory (no I/O). May start a
-        background commit when the reports prove the nodes in sync or adopt a primary."""
+        background commit when the reports prove the nodes in sync or adopt a primary.
+
+        Hot path (every node, every 2 s): the record-derived part of the answer is built once
+        per record revision (``_base``); a settled pool (golden, a primary, the report's data
+        generation already the synced one) skips the sync check."""
         now = self.clock()
-        rec, rev = self._record(pool)
+        rec, rev = self.store.cached(pool)
+        if rec is None:
+            raise RequestError("pool %s is not known to this mediator" % pool)
+        base = self._bases.get(pool)
+        if base is None or base[0] != rev:
+            base = self._build_base(pool, rec, rev, now)
+        mine = base[1].get(node)
+        if mine is None:
+            raise RequestError("node %s is not in pool %s" % (node, pool))
         self.counters["heartbeat"] += 1
         self._seen[(pool, node)] = now
         self.store.node_seen(pool, node)
+        rep = None
         if "drbd" in req:
-            self._reports[(pool, node)] = Report(now, req.get("gen"), req.get("drbd"))
-        answer = self._view(pool, node, rec, now)
-        if not self._locks.get(pool) or not self._locks[pool].locked():
+            rep = self._reports[(pool, node)] = Report(now, req.get("gen"), req.get("drbd"),
+                                                       self._masks)
+        answer = dict(mine)
+        lease = base[2]
+        peer = answer["peer"]
+        page = None
+        if peer is not None:
+            last = self._seen.get((pool, peer))
+            page = None if last is None else now - last
+            if (page is None or page >= lease) and self._elsewhere is not None and \
+                    self._elsewhere(pool, peer):
+                page = 0.0
+        answer["peer_alive"] = page is not None and page < lease
+        answer["peer_last_seen_ms"] = None if page is None else int(page * 1000)
+        grace = self.started + lease + self._margin - now
+        answer["grace_left_ms"] = int(grace * 1000) if grace > 0 else 0
+        answer["deposed"] = bool(base[3] and base[3] != node and rep is not None
+                                 and rep.role == "Primary")
+        if not self.store.available:
+            answer["can_grant"], answer["cannot_grant_reason"] = self.can_grant(rec)[0], \
+                self.can_grant(rec)[1]
+        if rep is not None and rep.uuid is not None and rep.uuid == base[4] and \
+                (rep.role == "Primary") == (node == base[3]):
+            return answer                   # settled: nothing the reports could change
+        lock = self._locks.get(pool)
+        if lock is None or not lock.locked():
             change = self._sync_change(pool, rec, now)
             if change is not None:
                 task = asyncio.ensure_future(self._apply_sync(pool, rev, change))
@@ -188,32 +239,47 @@ class Mediator(object):
                 task.add_done_callback(self._bg.discard)
         return answer
 
-    def _view(self, pool, node, rec, now):
+    def _build_base(self, pool, rec, rev, now):
+        seen = self._rev_seen.get(pool)
+        if seen is None or seen[0] != rev:
+            self._rev_seen[pool] = (rev, now)
         lease = float(rec.get("lease") or st.DEFAULT_LEASE)
-        peers = self._peers(rec, node)
-        peer = peers[0] if peers else None
-        page = self._age(pool, peer, now) if peer else None
         ok, reason = self.can_grant(rec)
-        grace = max(0.0, self.started + lease + self.store.margin - now) \
-            if hasattr(self.store, "margin") else 0.0
+        nodes = rec.get("nodes", [])
+        per = {}
+        for n in nodes:
+            peers = [m for m in nodes if m != n]
+            per[n] = {
+                "ok": True, "pool": pool, "node": n,
+                "gen": rec["generation"], "primary": rec.get("primary"),
+                "eligible": rec.get("eligible", []), "outdated": rec.get("outdated", []),
+                "synced_uuid": rec.get("synced_uuid"),
+                "auto_failover": bool(rec.get("auto_failover", True)),
+                "observer": bool(rec.get("observer")),
+                "peer": peers[0] if peers else None,
+                "can_grant": ok, "cannot_grant_reason": reason or None,
+                "lease_ms": int(lease * 1000),
+            }
+        settled = rec.get("synced_uuid") if (
+            rec.get("primary") and sorted(rec.get("eligible") or []) == sorted(nodes)
+            and not rec.get("outdated")) else None
+        base = (rev, per, lease, rec.get("primary"), settled)
+        self._bases[pool] = base
+        return base
+
+    def _view(self, pool, node, rec, now):
+        """The heartbeat answer without recording anything (tests, status)."""
+        rec2, rev = self.store.cached(pool)
+        base = self._build_base(pool, rec, rev, now)
+        out = dict(base[1][node])
+        peer = out["peer"]
+        page = self._age(pool, peer, now) if peer else None
+        out["peer_alive"] = page is not None and page < base[2]
+        out["peer_last_seen_ms"] = None if page is None else int(page * 1000)
         rep = self._reports.get((pool, node))
-        deposed = bool(rec.get("primary") and rec["primary"] != node and rep is not None
-                       and rep.role == "Primary")
-        return {
-            "ok": True, "pool": pool, "node": node,
-            "gen": rec["generation"], "primary": rec.get("primary"),
-            "eligible": rec.get("eligible", []), "outdated": rec.get("outdated", []),
-            "synced_uuid": rec.get("synced_uuid"),
-            "auto_failover": bool(rec.get("auto_failover", True)),
-            "observer": bool(rec.get("observer")),
-            "peer": peer,
-            "peer_alive": page is not None and page < lease,
-            "peer_last_seen_ms": None if page is None else int(page * 1000),
-            "can_grant": ok, "cannot_grant_reason": reason or None,
-            "grace_left_ms": int(grace * 1000),
-            "lease_ms": int(lease * 1000),
-            "deposed": deposed,
-        }
+        out["deposed"] = bool(base[3] and base[3] != node and rep is not None
+                              and rep.role == "Primary")
+        return out
 
     def _sync_change(self, pool, rec, now):
         """The record change the fresh reports call for, or None."""
@@ -224,9 +290,11 @@ class Mediator(object):
             uuid = next(iter(reps.values())).uuid
             primaries = [n for n, r in reps.items() if r.role == "Primary"]
             new = dict(rec)
-            if new.get("primary") is None and len(primaries) == 1:
+            if len(primaries) == 1:
+                # connected and in sync, one Primary: it serves current data (a planned
+                # switchover over the live link moves the role without asking the mediator)
                 new["primary"] = primaries[0]
-            if new.get("primary") is not None and new["primary"] not in primaries:
+            elif new.get("primary") is not None and new["primary"] not in primaries:
                 return None   # the recorded primary is not serving: no golden mark now
             new["eligible"] = sorted(nodes)
             new["outdated"] = []

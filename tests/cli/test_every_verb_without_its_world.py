@@ -26,6 +26,9 @@ INVOCATIONS = [
     ["split-brain"], ["split-brain", "iscsi1"], ["split-brain", "--keep", "peer", "--yes"],
     ["split-brain", "iscsi1", "--clear"],
     ["test-alert"], ["test-alert", "--email"], ["test-alert", "--xapi"],
+    ["mediator", "status"], ["mediator", "test"], ["mediator", "reset"],
+    ["mediator", "enroll"], ["mediator", "enroll", "/nonexistent/bundle.json"],
+    ["support-bundle", "-o", "/nonexistent/dir/x.tgz"],
 ]
 
 

@@ -212,3 +212,18 @@ def test_handover_and_force_promote(med, pool):
     assert rec["primary"] == "a" and rec["outdated"] == ["b"]
     assert ("force-promote", "granted") in events(med)
     assert ("handover", "granted") in events(med)
+
+
+def test_planned_switchover_over_live_link_moves_recorded_primary(med, pool):
+    a, b, gen = pool
+    for _ in range(20):                  # the agents switched over: b Primary, a Secondary
+        gen = b.call("heartbeat", gen=gen, drbd=drbd("Primary"))["gen"]
+        gen = a.call("heartbeat", gen=gen, drbd=drbd("Secondary"))["gen"]
+        if med.server.store.cached("p1")[0]["primary"] == "b":
+            break
+        time.sleep(0.05)
+    rec = med.server.store.cached("p1")[0]
+    assert rec["primary"] == "b" and rec["eligible"] == ["a", "b"]
+    assert ("in-sync", None) in events(med)
+    # a later link cut: b (the real primary) fences a, not the other way round
+    assert b.call("fence-peer", gen=rec["generation"])["exit"] == 4
