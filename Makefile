@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench bench-floor bench-idle bench-mediator clean rpm rpm-check rpm-mediator
+.PHONY: setup demo test unit lint bench bench-floor bench-idle bench-mediator bench-mediator-backends clean rpm rpm-check rpm-mediator
 # Lab benchmarks take the lab lock (one lab at a time on this machine); ARGS='--json FILE' etc.
 LAB_LOCK ?= $(if $(wildcard /work),/work/lab.lock,/tmp/iscsi-ha-lab.lock)
 
@@ -44,6 +44,10 @@ bench-mediator: setup
 
 rpm-mediator:
 	./scripts/build-mediator-rpm
+
+# The storage layer alone: a promote and a heartbeat on SQLite and on etcd (1 and 3 members).
+bench-mediator-backends: setup
+	$(PY) bench/mediator_backends.py $(ARGS)
 
 clean:
 	$(VENV)/bin/iscsi-ha-lab down 2>/dev/null || true

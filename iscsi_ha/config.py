@@ -614,6 +614,14 @@ def _cross_checks(values, lines):
     if values["ISCSI_LUNS"] and not values["ISCSI_TARGET_IQN"]:
         problems.append(("ISCSI_TARGET_IQN", lines.get("ISCSI_TARGET_IQN", 0), "",
                          "ISCSI_LUNS is set, so the target's IQN is needed too"))
+    if values["MEDIATOR"] and not values["MEDIATOR_POOL"]:
+        problems.append(("MEDIATOR_POOL", lines.get("MEDIATOR_POOL", 0), "",
+                         "MEDIATOR is set, so the pool's name at the mediator is needed too "
+                         "(iscsi-cfg mediator enroll sets it)"))
+    if values["MEDIATOR"] and values["MEDIATOR_TIMEOUT"] >= budget:
+        problems.append(("MEDIATOR_TIMEOUT", lines.get("MEDIATOR_TIMEOUT", 0),
+                         values["MEDIATOR_TIMEOUT"], "must be shorter than the pass budget "
+                         "%.1f s" % budget))
     network = ipaddress.IPv4Network("%s/%d" % (values["DRBD_VIRTUAL_IP"],
                                                values["DRBD_VIRTUAL_MASK"]), strict=False)
     if network.prefixlen < 31 and ipaddress.IPv4Address(values["DRBD_VIRTUAL_IP"]) in (
@@ -637,14 +645,6 @@ def _cross_checks(values, lines):
             _command(values[key].replace("{service}", values["ISCSI_TARGET_SERVICE"]))
         except ValidateError as exc:
             problems.append((key, lines.get(key, 0), values[key], str(exc)))
-    if values["MEDIATOR"] and not values["MEDIATOR_POOL"]:
-        problems.append(("MEDIATOR_POOL", lines.get("MEDIATOR_POOL", 0), "",
-                         "MEDIATOR is set, so the pool's name at the mediator is needed too "
-                         "(iscsi-cfg mediator enroll sets it)"))
-    if values["MEDIATOR"] and values["MEDIATOR_TIMEOUT"] >= budget:
-        problems.append(("MEDIATOR_TIMEOUT", lines.get("MEDIATOR_TIMEOUT", 0),
-                         values["MEDIATOR_TIMEOUT"], "must be shorter than the pass budget "
-                         "%.1f s" % budget))
     return problems
 
 

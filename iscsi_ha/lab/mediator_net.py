@@ -13,20 +13,29 @@ for that long: a slow or hung mediator), ``slow(host, ms)`` (netem delay on one 
 kernel's sch_netem), ``stop()`` / ``start()`` the mediator process (same state: a restart).
 
 ``python -m iscsi_ha.lab.mediator_net call CRED_DIR ADDR POOL NODE OP [JSON]`` is what a test
-runs inside a host namespace: one request with the agent's own client, the answer as JSON.
+runs inside a host namespace: one request with the agent's own client, the answer as JSON
+(ADDR may list several mediator addresses: the client moves to the next on failure).
+
+``backend="etcd"`` (issue 14): two mediator instances (ports 7790 and 7791, same CA and server
+certificate, each with its own state dir) over a three-member etcd running inside the mediator
+namespace on that namespace's own 127.0.0.1 (``etcd_members.EtcdMembers``); the hosts get both
+addresses. ``stop()``/``start()`` act on every instance, ``stop(instance=0)`` on one.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from iscsi_ha.lab import netns
+from iscsi_ha.lab.etcd_members import EtcdMembers
 
 NET = {"a": ("198.51.100.66/30", "198.51.100.65/30"),
        "b": ("198.51.100.70/30", "198.51.100.69/30")}
 PORT = 7790
+BACKENDS = ("sqlite", "etcd")
 
 
 def mediator_address(host):
@@ -34,15 +43,23 @@ def mediator_address(host):
 
 
 class MediatorNet(object):
-    def __init__(self, prefix, state_dir, python=sys.executable, mediator_path=None):
+    def __init__(self, prefix, state_dir, python=sys.executable, mediator_path=None,
+                 backend="sqlite"):
+        if backend not in BACKENDS:
+            raise ValueError("mediator lab backend %r: %s" % (backend, " or ".join(BACKENDS)))
+        self.backend = backend
         self.prefix = prefix
         self.state_dir = state_dir
+        count = 2 if backend == "etcd" else 1
+        self.state_dirs = [state_dir] + ["%s-%d" % (state_dir, i + 1) for i in range(1, count)]
+        self.ports = [PORT + i for i in range(count)]
+        self.procs = [None] * count
+        self.etcd = None
         self.python = python
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.mediator_path = mediator_path or os.path.join(root, "mediator")
         self.root = root
         self.ns = {h: prefix + "-" + h for h in ("a", "b", "m")}
-        self.proc = None
         self.conf = os.path.join(state_dir, "mediator.conf")
 
     # -- topology ----------------------------------------------------------------------------
@@ -56,6 +73,8 @@ class MediatorNet(object):
 
     def down(self):
         self.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
         netns.cleanup(self.prefix)
 
     # -- the mediator --------------------------------------------------------------------------
@@ -67,48 +86,71 @@ class MediatorNet(object):
                         "--state-dir", self.state_dir, "init", "--name", mediator_address("a"),
                         "--name", mediator_address("b")], env=self.env(), check=True,
                        stdout=subprocess.DEVNULL, timeout=120)
-        with open(self.conf, "w") as handle:
-            handle.write("[mediator]\nstate_dir = %s\nlisten = 0.0.0.0\nport = %d\n"
-                         "lease = %s\nmargin = %s\nlog_level = info\n"
-                         % (self.state_dir, PORT, lease, margin))
+        extra = ""
+        if self.backend == "etcd":
+            self.etcd = EtcdMembers(self.ns["m"], os.path.join(self.state_dir, "etcd"))
+            extra = "backend = etcd\netcd_endpoints = %s\n" % ",".join(self.etcd.endpoints)
+        for i, (state, port) in enumerate(zip(self.state_dirs, self.ports)):
+            if i:  # one service, several processes: the same CA and server certificate
+                shutil.copytree(os.path.join(self.state_dir, "tls"), os.path.join(state, "tls"))
+            with open(os.path.join(state, "mediator.conf"), "w") as handle:
+                handle.write("[mediator]\nstate_dir = %s\nlisten = 0.0.0.0\nport = %d\n"
+                             "lease = %s\nmargin = %s\nlog_level = info\n%s"
+                             % (state, port, lease, margin, extra))
 
-    def start(self, timeout=20):
-        log = open(os.path.join(self.state_dir, "mediator.log"), "a")
-        self.proc = netns.popen_in(self.ns["m"], [self.python, "-m", "iscsi_ha_mediator",
-                                                  "--config", self.conf, "serve",
-                                                  "--allow-root"],
-                                   env=self.env(), stdout=log, stderr=log)
-        sock = os.path.join(self.state_dir, "admin.sock")
+    @property
+    def proc(self):
+        return self.procs[0]
+
+    def start(self, timeout=20, instance=None):
+        """Start the mediator (every instance, or one); etcd first when it is not running."""
+        if self.etcd is not None and not self.etcd.procs:
+            self.etcd.start()
+        for i in ([instance] if instance is not None else range(len(self.procs))):
+            self._start_one(i, timeout)
+        return self
+
+    def _start_one(self, i, timeout):
+        state = self.state_dirs[i]
+        log = open(os.path.join(state, "mediator.log"), "a")
+        self.procs[i] = netns.popen_in(self.ns["m"], [
+            self.python, "-m", "iscsi_ha_mediator", "--config",
+            os.path.join(state, "mediator.conf"), "serve", "--allow-root"],
+            env=self.env(), stdout=log, stderr=log)
+        sock = os.path.join(state, "admin.sock")
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if os.path.exists(sock) and self.admin({"op": "status"}).get("ok"):
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError("mediator exited %s" % self.proc.returncode)
+            if os.path.exists(sock) and self.admin({"op": "status"}, instance=i).get("ok"):
+                return
+            if self.procs[i].poll() is not None:
+                raise RuntimeError("mediator exited %s" % self.procs[i].returncode)
             time.sleep(0.1)
         raise RuntimeError("mediator did not start in %ds" % timeout)
 
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except OSError:
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+    def stop(self, instance=None):
+        """Stop the mediator (every instance, or one); etcd keeps running."""
+        for i in ([instance] if instance is not None else range(len(self.procs))):
+            proc = self.procs[i]
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)   # a stall() may have stopped it
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+            self.procs[i] = None
 
-    def admin(self, req):
+    def admin(self, req, instance=0):
         """Admin request over the unix socket (the filesystem is shared with the namespace)."""
         import socket
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(20)
         try:
-            s.connect(os.path.join(self.state_dir, "admin.sock"))
+            s.connect(os.path.join(self.state_dirs[instance], "admin.sock"))
             s.sendall(json.dumps(req).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
@@ -161,7 +203,7 @@ class MediatorNet(object):
         """One request from inside ``host``'s namespace; the answer dict, or {"error": ...}."""
         proc = netns.exec_in(self.ns[host], [
             self.python, "-m", "iscsi_ha.lab.mediator_net", "call", cred_dir,
-            "%s:%d" % (mediator_address(host), PORT), pool, host, op,
+            ",".join("%s:%d" % (mediator_address(host), p) for p in self.ports), pool, host, op,
             json.dumps(fields or {}), str(timeout)], timeout=timeout + 30, env=self.env())
         try:
             return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,11 +218,14 @@ def _call_main(argv):
                             os.path.join(cred, "cert.pem"), os.path.join(cred, "key.pem"),
                             pool, node, timeout=float(timeout))
     t0 = time.monotonic()
-    try:
-        answer = client.call(op, **json.loads(fields))
-    except MediatorError as exc:
-        answer = {"error": str(exc)}
+    for attempt in range(len(client.addresses)):  # a failed address: the next one, like the agent
+        try:
+            answer = client.call(op, **json.loads(fields))
+            break
+        except MediatorError as exc:
+            answer = {"error": str(exc)}
     answer["rtt_s"] = time.monotonic() - t0
+    answer["address"] = client.address
     print(json.dumps(answer))
     return 0
 

@@ -45,8 +45,11 @@ class Registry(object):
     def __init__(self, store):
         self.store = store
         self.by_fp = {}
+        self._docs_version = None
 
     def rebuild(self):
+        # A shared store (etcd) counts document changes made by any mediator instance.
+        self._docs_version = getattr(self.store, "docs_version", None)
         index = {}
         for name, (value, _rev) in self.store.docs("cred/").items():
             pool = name[len("cred/"):]
@@ -61,6 +64,8 @@ class Registry(object):
 
     def lookup(self, fp):
         """Identity for a fingerprint if listed and not expired; else None."""
+        if getattr(self.store, "docs_version", None) != self._docs_version:
+            self.rebuild()  # another mediator instance issued, rotated or revoked one
         ident = self.by_fp.get(fp)
         if ident is None or not ident.valid():
             return None
