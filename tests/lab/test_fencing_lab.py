@@ -74,7 +74,10 @@ def test_link_cut_story_through_the_cli_only(tmp_path):
     directory = str(tmp_path / "lab")
     os.makedirs(directory)
     log = open(str(tmp_path / "up.log"), "wb")
-    up = subprocess.Popen([sys.executable, "-m", "iscsi_ha.lab.cli", "--dir", directory, "up"],
+    # a prefix of its own: never the admin's default lab (ihl-), never another test's
+    prefix = "ihc%d-" % (os.getpid() % 10000)
+    up = subprocess.Popen([sys.executable, "-m", "iscsi_ha.lab.cli", "--dir", directory,
+                           "--prefix", prefix, "up"],
                           stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=REPO),
                           start_new_session=True)
     try:
