@@ -55,7 +55,7 @@ REPLICATION_ALERTS_FROM = choice('primary', 'both', default='primary')
 DRBD_VERSION = choice('auto', '8.4', '9', default='auto')
 DRBD_ADM = command(default='drbdadm')
 DRBD_SETUP = command(default='drbdsetup')
-DRBD_PROC = path(default='/proc/drbd')
+DRBD_PROC = proc_file(default='/proc/drbd')
 DRBD_TIMEOUT = seconds(min=0.1, max=300, default=10)
 DRBD_POLL_INTERVAL = seconds(min=0.02, max=60, default=0.2)
 ISCSI_TARGET_IQN = iqn(default='')
@@ -75,7 +75,7 @@ ARP_INTERVAL = seconds(min=0.01, max=10, default=0.2)
 NET_TIMEOUT = seconds(min=0.1, max=60, default=5)
 POOL_CONF = file_path(default='/etc/xensource/pool.conf')
 POOL_POLL_INTERVAL = seconds(min=0.02, max=10, default=0.1)
-XAPI_URL = string(default='unix:///var/lib/xcp/xapi')
+XAPI_URL = xapi_url(default='unix:///var/lib/xcp/xapi')
 XAPI_USER = string(default='root')
 XAPI_PASSWORD = string(default='')
 XAPI_TIMEOUT = seconds(min=0.1, max=120, default=5)
@@ -321,6 +321,27 @@ def _socket_path(value):
     return value
 
 
+def _xapi_url(value):
+    """The URL the XAPI client connects to, checked by the code that builds its proxy."""
+    from iscsi_ha.adapters import xapi
+    try:
+        xapi.make_proxy(value, 1.0)
+    except xapi.XapiUrlError as exc:
+        raise ValidateError(str(exc))
+    return value
+
+
+def _proc_file(value):
+    """A kernel status file such as /proc/drbd: absent (module not loaded) or a regular file;
+    never a FIFO (it would block the reader), a device (/dev/zero never ends) or a directory."""
+    _check(value.startswith("/"), value, "an absolute path such as /proc/drbd")
+    mode = _exists_as(value)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValidateError("%s is %s; expected a regular file such as /proc/drbd"
+                            % (value, files.kind_of(mode)))
+    return value
+
+
 def _command(value):
     try:
         argv = shlex.split(value)
@@ -362,6 +383,8 @@ VALIDATOR_FUNCTIONS = {
     "socket_path": _socket_path,
     "choice": _choice,
     "command": _command,
+    "xapi_url": _xapi_url,
+    "proc_file": _proc_file,
     "string": lambda value: value,
 }
 

@@ -14,6 +14,8 @@ import stat
 CONFIG_LIMIT = 1024 * 1024
 SMALL_LIMIT = 64 * 1024          # pool.conf, the manual-mode file, pid files
 STATUS_LIMIT = 4 * 1024 * 1024   # the agent's status document
+# /proc/drbd: /proc files report st_size 0, so only the byte cap bounds the read.
+PROC_LIMIT = 1024 * 1024
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 
+from iscsi_ha import files
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.drbd import (  # noqa: F401 (the parsers are re-exported)
     LINK_UP_STATES, DrbdParseError, Generations, parse_gi, parse_json_oos, parse_proc_oos)
@@ -33,8 +34,7 @@ def flag_path(state_dir, resource):
 def read_flag(state_dir, resource):
     """The flag's ``key=value`` details (``{}`` for an empty file), or None without a flag."""
     try:
-        with open(flag_path(state_dir, resource)) as handle:
-            text = handle.read(65536)
+        text = files.read_text(flag_path(state_dir, resource), files.SMALL_LIMIT)
     except (IOError, OSError) as exc:
         if exc.errno == errno.ENOENT:
             return None

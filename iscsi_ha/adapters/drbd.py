@@ -11,6 +11,7 @@ import errno
 import logging
 import shlex
 
+from iscsi_ha import files
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_gi,
                            parse_json_oos, parse_proc_drbd, parse_proc_oos, parse_status_json)
@@ -25,8 +26,7 @@ VERSIONS = ("8.4", "9")
 def detect_version(proc_path):
     """"8.4" or "9" from the first line of /proc/drbd ("version: 8.4.11-1 ..."), or None."""
     try:
-        with open(proc_path, "rb") as handle:
-            first = handle.readline().decode("utf-8", "replace")
+        first = files.read_bounded(proc_path, files.PROC_LIMIT).decode("utf-8", "replace")
     except (IOError, OSError):
         return None
     if first.startswith("version: 8."):
@@ -144,12 +144,11 @@ class DrbdAdapter(object):
 
     def _read_proc(self):
         try:
-            with open(self.proc_drbd, "rb") as handle:
-                return handle.read().decode("utf-8", "replace")
+            return files.read_bounded(self.proc_drbd, files.PROC_LIMIT).decode("utf-8", "replace")
         except (IOError, OSError) as exc:
             if exc.errno == errno.ENOENT:
                 raise DrbdUnavailable("DRBD is not loaded: %s missing" % self.proc_drbd)
-            raise DrbdUnavailable("cannot read %s: %s" % (self.proc_drbd, exc))
+            raise DrbdUnavailable("cannot read %s: %s" % (self.proc_drbd, exc.strerror or exc))
 
     def _read(self, argv, what=""):
         """Run a read-only DRBD command; its stdout, or :class:`DrbdUnavailable` naming the

@@ -23,6 +23,8 @@ import xmlrpc.client
 
 from urllib.parse import unquote, urlsplit
 
+from iscsi_ha import files
+
 log = logging.getLogger("iscsi-ha")
 
 ORIGINATOR = "iscsi-ha"
@@ -121,27 +123,62 @@ class _TlsTransport(_Timeout, xmlrpc.client.SafeTransport):
     pass
 
 
-def make_proxy(url, timeout, verify_tls=True):
-    """A ServerProxy for ``url`` whose every socket operation times out after ``timeout``."""
-    parts = urlsplit(url)
+class XapiUrlError(XapiError, ValueError):
+    """XAPI_URL cannot be used: one line saying which form is expected."""
+
+
+_URL_FORMS = "unix:///PATH or http(s)://HOST[:PORT] (port 1-65535)"
+
+
+def check_url(url):
+    """``urlsplit(url)`` when ``url`` is a usable XAPI URL, else :class:`XapiUrlError`.
+    The same checks run in ``iscsi-ha check`` (config validation) and before every connection."""
+    if not isinstance(url, str) or not url:
+        raise XapiUrlError("XAPI URL is empty; expected " + _URL_FORMS)
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise XapiUrlError("XAPI URL %r holds a blank or control character; expected %s"
+                           % (url, _URL_FORMS))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise XapiUrlError("XAPI URL %r cannot be parsed (%s); expected %s" % (
+            url, exc, _URL_FORMS))
     if parts.scheme == "unix":
-        path = unquote(parts.path)
-        if not path:
-            raise ValueError("XAPI URL %r names no socket path (unix:///var/lib/xcp/xapi)" % url)
+        if not unquote(parts.path):
+            raise XapiUrlError("XAPI URL %r names no socket path (unix:///var/lib/xcp/xapi)"
+                               % url)
+        return parts
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise XapiUrlError("XAPI URL %r is neither %s" % (url, _URL_FORMS.replace(" or ", " nor ")))
+    if port is not None and not 1 <= port <= 65535:
+        raise XapiUrlError("XAPI URL %r: port %d is not from 1 to 65535" % (url, port))
+    if parts.netloc.endswith(":"):
+        raise XapiUrlError("XAPI URL %r: ':' without a port; expected %s" % (url, _URL_FORMS))
+    return parts
+
+
+def make_proxy(url, timeout, verify_tls=True):
+    """A ServerProxy for ``url`` whose every socket operation times out after ``timeout``.
+    A URL that cannot be used is a :class:`XapiUrlError` (an expected error: one line)."""
+    parts = check_url(url)
+    if parts.scheme == "unix":
         return xmlrpc.client.ServerProxy("http://localhost/",
-                                         transport=UnixTransport(path, timeout))
-    if parts.scheme == "http" and parts.hostname:
+                                         transport=UnixTransport(unquote(parts.path), timeout))
+    if parts.scheme == "http":
         transport = TcpTransport()
-    elif parts.scheme == "https" and parts.hostname:
+    else:
         context = ssl.create_default_context()
         if not verify_tls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         transport = _TlsTransport(context=context)
-    else:
-        raise ValueError("XAPI URL %r is neither unix:///PATH nor http(s)://HOST[:PORT]" % url)
     transport.timeout = timeout
-    return xmlrpc.client.ServerProxy(url, transport=transport)
+    try:
+        return xmlrpc.client.ServerProxy(url, transport=transport)
+    except (OSError, ValueError) as exc:     # xmlrpc's own URL parsing
+        raise XapiUrlError("XAPI URL %r: %s; expected %s" % (url, exc, _URL_FORMS))
 
 
 def _parse(method, response):
@@ -361,8 +398,7 @@ class OtherConfigCache(object):
 
     def _read(self):
         try:
-            with open(self.path) as handle:
-                document = json.load(handle)
+            document = json.loads(files.read_text(self.path, files.STATUS_LIMIT))
             values = document["values"]
             if not isinstance(values, dict):
                 raise ValueError("values is not a map")

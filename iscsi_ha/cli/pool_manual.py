@@ -7,7 +7,7 @@ import collections
 import logging
 import threading
 
-from iscsi_ha import model
+from iscsi_ha import files, model
 from iscsi_ha.adapters.xapi import XapiError
 
 log = logging.getLogger("iscsi-ha")
@@ -51,8 +51,7 @@ def with_entry(value, uuid, mode):
 def read_inventory_uuid(path):
     """INSTALLATION_UUID from an xensource-inventory file (``KEY='value'`` lines), or None."""
     try:
-        with open(path) as handle:
-            lines = handle.read(65536).splitlines()
+        lines = files.read_text(path, files.SMALL_LIMIT).splitlines()
     except (OSError, IOError):
         return None
     for line in lines:

@@ -500,3 +500,56 @@ def test_d7_set_can_repair_an_invalid_state_dir_when_no_agent_runs(tmp_path, cap
                          str(tmp_path / "st"))
     assert code == 0, err
     assert config_mod.load(str(path)).STATE_DIR == str(tmp_path / "st")
+
+
+# -- review of issues 9/11: XAPI_URL and DRBD_PROC ---------------------------------------------
+@pytest.mark.parametrize("url,words", [
+    ("garbage", "neither"), ("", "empty"), ("http://[::1", "cannot be parsed"),
+    ("ftp://h/", "neither"), ("http://h:0/", "port 0"), ("http://h:99999/", "cannot be parsed"),
+    ("http:///x", "neither"), ("unix://", "no socket path"), ("http://h x/", "blank")])
+def test_review1_xapi_url_is_validated_by_check(url, words):
+    refused("XAPI_URL='%s'\n" % url, "XAPI_URL", words)
+
+
+@pytest.mark.parametrize("url", ["unix:///var/lib/xcp/xapi", "http://192.0.2.1/",
+                                 "https://[2001:db8::1]:8443/", "http://h:80"])
+def test_review1_good_xapi_urls_pass(url):
+    assert config_mod.loads("XAPI_URL='%s'\n" % url).XAPI_URL == url
+
+
+def test_review1_a_bad_url_reaching_the_client_is_an_expected_error(tmp_path, capsys):
+    from iscsi_ha.adapters.xapi import XapiClient, XapiError
+    with pytest.raises(XapiError) as bad:
+        XapiClient("http://[::1", "root", "", 1.0)
+    assert "cannot be parsed" in str(bad.value)
+    path = tmp_path / "c.conf"
+    path.write_text("XAPI_URL=garbage\nSTATE_DIR=%s/state\n" % tmp_path)
+    for verb in (["check"], ["split-brain"], ["test-alert", "--xapi"]):
+        code, out, err = run(capsys, verb[0], "--config", str(path), *verb[1:])
+        assert code == 2 and "XAPI_URL (line 1)" in err and "Traceback" not in err, (verb, err)
+
+
+def test_review2_drbd_proc_is_read_bounded_and_never_blocks(fifo, tmp_path):
+    from iscsi_ha.adapters.drbd import DrbdAdapter, detect_version
+    from iscsi_ha.drbd import DrbdUnavailable
+    for path, words in (("/dev/zero", "character device"), (fifo, "FIFO"),
+                        (str(tmp_path), "directory")):
+        adapter = DrbdAdapter("r0", proc_drbd=path)
+        error = _bounded(adapter._read_proc).get("error")
+        assert isinstance(error, DrbdUnavailable) and words in str(error), (path, error)
+        assert _bounded(lambda: detect_version(path))["value"] is None
+    big = tmp_path / "drbd"
+    with open(str(big), "w") as handle:
+        handle.write("version: 8.4.11\n")
+        handle.truncate(files.PROC_LIMIT + 1)
+    error = _bounded(DrbdAdapter("r0", proc_drbd=str(big))._read_proc).get("error")
+    assert isinstance(error, DrbdUnavailable) and "more than" in str(error)
+    # /proc files say st_size 0: they are read up to the cap, not refused or read as empty
+    assert "\n" in files.read_text("/proc/self/status", files.PROC_LIMIT)
+
+
+def test_review2_check_refuses_a_drbd_proc_that_is_not_a_file(fifo, tmp_path):
+    refused("DRBD_PROC=/dev/zero\n", "DRBD_PROC", "character device")
+    refused("DRBD_PROC=%s\n" % fifo, "DRBD_PROC", "FIFO")
+    refused("DRBD_PROC=%s\n" % tmp_path, "DRBD_PROC", "directory")
+    assert config_mod.loads("DRBD_PROC=%s/none\n" % tmp_path).DRBD_PROC
