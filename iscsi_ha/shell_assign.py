@@ -9,7 +9,8 @@ refuses everything else, naming the line (and the key when there is one):
 * blank lines; ``#`` starts a comment only where a word would start;
 * single quotes are literal (and may span lines); double quotes keep ``\\`` only before
   ``$ ` " \\`` and newline; an unquoted backslash quotes the next character; backslash-newline
-  joins lines outside single quotes (not inside a comment);
+  is removed before anything else is read, as bash's input reader does (outside single quotes
+  and comments), so it may split a name (``$HOST\\<NL>NAME`` is ``$HOSTNAME``);
 * ``$HOSTNAME``/``${HOSTNAME}`` expand to the host name, and ``$NAME`` to a value assigned
   earlier in the file; a ``$`` that bash keeps literally (``5$``, ``a$.b``) stays.
 
@@ -21,6 +22,7 @@ command: a ``[section]`` line, a value with an unquoted space, a CRLF line endin
 unterminated quote, a NUL byte, and a UTF-8 byte order mark. Only the Python 3.6 standard library
 is used (this ships to dom0).
 """
+import bisect
 import collections
 import re
 import socket
@@ -45,14 +47,67 @@ class ShellSyntaxError(ValueError):
         ValueError.__init__(self, "line %d%s: %s" % (line, " (%s)" % key if key else "", message))
 
 
+def join_continuations(text):
+    """``(logical text, cuts)``: ``text`` with every backslash-newline that bash removes before
+    it splits words (outside single quotes and comments; inside double quotes too) taken out.
+    ``cuts`` lists the logical indexes where a pair was removed (see :meth:`_Reader.source_index`).
+    bash does this in its input reader, so ``$HOST\\<NL>NAME`` is ``$HOSTNAME`` and
+    ``A\\<NL>B=1`` assigns ``AB``."""
+    if "\\\n" not in text:
+        return text, []
+    out, cuts = [], []
+    i, n, state, logical = 0, len(text), "plain", 0
+    previous = "\n"                       # the last logical character (word starts)
+    while i < n:
+        c = text[i]
+        if state == "single":
+            state = "plain" if c == "'" else state
+        elif state == "comment":
+            state = "plain" if c == "\n" else state
+        elif c == "\\" and i + 1 < n and text[i + 1] == "\n":
+            cuts.append(logical)
+            i += 2
+            continue
+        elif c == "\\" and i + 1 < n:            # an escaped character: both kept as they are
+            out.append(text[i:i + 2])
+            logical += 2
+            previous = "x"                    # an escaped blank does not start a word
+            i += 2
+            continue
+        elif state == "double":
+            state = "plain" if c == '"' else state
+        elif c == "'":
+            state = "single"
+        elif c == '"':
+            state = "double"
+        elif c == "#" and previous in BLANKS + "\n" + OPERATORS:
+            state = "comment"
+        out.append(c)
+        logical += 1
+        previous = c
+        i += 1
+    return "".join(out), cuts
+
+
 class _Reader(object):
     def __init__(self, text, hostname):
-        self.text = text
-        self.n = len(text)
-        self.line = 1
+        self.source = text
+        self.text, self.cuts = join_continuations(text)
+        self.n = len(self.text)
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
+        self.i = 0
         self.hostname = hostname
         self.values = {}
         self.found = []
+
+    def source_index(self, i):
+        """Where the logical character ``i`` is in the text as written."""
+        return i + 2 * bisect.bisect_right(self.cuts, i)
+
+    @property
+    def line(self):
+        """The line (of the text as written) of the current position."""
+        return bisect.bisect_left(self.newlines, self.source_index(self.i)) + 1
 
     # -- helpers -----------------------------------------------------------------------------
     def fail(self, message, key=None, line=None):
@@ -70,7 +125,6 @@ class _Reader(object):
                 self.i += 1
             elif c == "\\" and self.peek(1) == "\n":
                 self.i += 2
-                self.line += 1
             else:
                 return
 
@@ -86,8 +140,7 @@ class _Reader(object):
             self.fail("the file starts with a UTF-8 byte order mark: bash does not skip it and "
                       "would run the first line as a command; save the file without a BOM")
         if "\0" in self.text:
-            self.line = self.text.count("\n", 0, self.text.index("\0")) + 1
-            self.fail("a NUL byte: bash drops it silently, so the value is not what the file "
+            self.fail(line=self.source.count("\n", 0, self.source.index("\0")) + 1, message="a NUL byte: bash drops it silently, so the value is not what the file "
                       "shows; remove it")
         self.i = 0
         while self.i < self.n:
@@ -102,7 +155,6 @@ class _Reader(object):
         c = self.text[self.i]
         if c == "\n":
             self.i += 1
-            self.line += 1
             return
         if c == "#":
             self.comment()
@@ -170,7 +222,11 @@ class _Reader(object):
         if append:
             value = self.values.get(name, "") + value
         self.values[name] = value
-        self.found.append(Assignment(name, value, line, start, self.i, append))
+        # start/end in the text as written: right after "=", right after the value's last
+        # character (a continuation around the value stays outside it)
+        first = self.source_index(start - 1) + 1
+        last = self.source_index(self.i - 1) + 1 if self.i > start else first
+        self.found.append(Assignment(name, value, line, first, last, append))
         return True
 
     def value(self, key):
@@ -184,14 +240,14 @@ class _Reader(object):
                 self.fail("unquoted %r in the value: bash reads it as an operator; put the value "
                           "in single quotes" % c, key)
             if c == "~" and tilde_ok:
-                self.fail("unquoted '~' where bash expands it to a home directory; put the value "
-                          "in single quotes", key)
+                self.fail("unquoted '~' at the start of the value or after ':': bash replaces it "
+                          "with the home directory of whoever sources the file, and the agent "
+                          "has no home directory; write the path out, or quote it ('~/x') for "
+                          "a literal ~", key)
             tilde_ok = c == ":"
             if c == "\\":
                 nxt = self.peek(1)
-                if nxt == "\n":
-                    self.line += 1
-                else:
+                if nxt != "\n":
                     out.append(nxt or c)     # a backslash ending the file stays (as in bash)
                 self.i += 2
             elif c == "'":
@@ -199,9 +255,7 @@ class _Reader(object):
                 if close < 0:
                     self.fail("unterminated ' quote: no closing ' before the end of the file",
                               key)
-                part = self.text[self.i + 1:close]
-                self.line += part.count("\n")
-                out.append(part)
+                out.append(self.text[self.i + 1:close])
                 self.i = close + 1
             elif c == '"':
                 self.double_quoted(key, out)
@@ -229,7 +283,6 @@ class _Reader(object):
             if c == "\\":
                 nxt = self.peek(1)
                 if nxt == "\n":
-                    self.line += 1
                     self.i += 2
                 elif nxt in '$`"\\':
                     out.append(nxt)
@@ -243,12 +296,11 @@ class _Reader(object):
                 self.fail("a backtick inside double quotes: bash would run a command; use single "
                           "quotes", key)
             else:
-                if c == "\n":
-                    self.line += 1
                 out.append(c)
                 self.i += 1
 
     def dollar(self, key, quoted):
+        line = self.line                 # a name continued on the next line: the '$' line
         nxt = self.peek(1)
         if nxt == "{":
             match = _NAME.match(self.text, self.i + 2)
@@ -256,11 +308,11 @@ class _Reader(object):
                 self.fail("a ${...} expansion other than ${NAME}: bash would compute it; use "
                           "single quotes for a literal value", key)
             self.i = match.end() + 1
-            return self.lookup(match.group(0), key)
+            return self.lookup(match.group(0), key, line)
         match = _NAME.match(self.text, self.i + 1)
         if match:
             self.i = match.end()
-            return self.lookup(match.group(0), key)
+            return self.lookup(match.group(0), key, line)
         if nxt == "(":
             self.fail("$(...): bash would run a command (or compute $((...))); use single quotes "
                       "for a literal value", key)
@@ -277,14 +329,14 @@ class _Reader(object):
         self.i += 1
         return "$"
 
-    def lookup(self, name, key):
+    def lookup(self, name, key, line=None):
         if name in self.values:
             return self.values[name]
         if name == "HOSTNAME":
             return self.hostname
         self.fail("$%s is not set in this file: bash would take it from the environment of "
                   "whoever sources the file; only $HOSTNAME and names assigned above can be used"
-                  % name, key)
+                  % name, key, line)
 
 
 def parse(text, hostname=None):

@@ -111,6 +111,21 @@ AGREE = [
     ("value-is-dash", "A=-n\nB=--\n"),
     ("percent-and-at", "A=user@host%x\n"),
     ("quoted-newline-comment", "A='x\n# not a comment'\n"),
+    # bash removes backslash-newline before it reads words (review of issue 11, defect 3)
+    ("continuation-dollar-name", "A=$\\\nHOSTNAME\n"),
+    ("continuation-inside-name", "A=$HOST\\\nNAME\n"),
+    ("continuation-inside-braces", "A=${HOST\\\nNAME}x\n"),
+    ("continuation-dq-name", "A=\"$HOST\\\nNAME x\"\n"),
+    ("continuation-key-name", "AB\\\nC=1\n"),
+    ("continuation-before-equals", "A\\\n=1\n"),
+    ("continuation-before-append", "A=1\nA\\\n+=2\n"),
+    ("continuation-then-hash", "A=ab\\\n#cd\n"),
+    ("continuation-blank-then-hash", "A=ab \\\n#cd \\\nB=2\n"),
+    ("continuation-escaped-backslash", "A=a\\\\\nB=2\n"),
+    ("continuation-twice", "A=a\\\n\\\nb\n"),
+    ("continuation-in-export", "exp\\\nort A=1\n"),
+    ("continuation-sq-in-dq", "A=\"it's \\\nx\"\n"),
+    ("continuation-earlier-name", "AB=1\nX=$A\\\nB\n"),
     ("halizard-like", "DRBD_RESOURCES=iscsi1\nISCSI_TARGET_SERVICE=tgtd\nDRBD_VIRTUAL_IP=10.10.10.3\n"
                       "MAIL_FROM=\"root@localhost\"\nSMTP_USER=\"\"\nSMTP_PASS=\"\"\n"),
 ]
@@ -165,8 +180,24 @@ REFUSE = [
     ("u2028-line", "A=1\n\u2028\n"),
     ("assignment-then-command", "A=1 B=2 touch X\n"),
     ("array-element", "A[0]=1\n"),
-    ("dollar-backslash", "A=$\\\nHOSTNAME\n"),
     ("triple-with-space", 'A="""a b""" c\n'),
+    # review of issue 11, defect 3: continuation joins a name to what follows, bash reads an
+    # unset name ('' from the environment), we refuse it
+    ("continuation-hostname-suffix", "STATE_DIR=/tmp/fz/sd/$HOSTNAME\\\n_sb\n"),
+    ("continuation-hostname-dq", "MAIL_SUBJECT=\"$HOSTNAME\\\nx\"\n"),
+    ("continuation-earlier-suffix", "A=1\nX=$A\\\nB\n"),
+    ("continuation-tilde", "X=\\\n~/x\n"),
+    ("continuation-tilde-after-colon", "X=/a:\\\n~/x\n"),
+    ("continuation-dollar-paren", "A=$\\\n(touch X)\n"),
+]
+
+# (name, text, key, what a reader that joins lines after reading words would give): bash gives
+# something else (the test shows it), and our reader refuses the file.
+CONTINUATION_DIFFERS = [
+    ("continuation-hostname-suffix", "STATE_DIR", "/tmp/fz/sd/" + HOSTNAME + "_sb"),
+    ("continuation-hostname-dq", "MAIL_SUBJECT", HOSTNAME + "x"),
+    ("continuation-earlier-suffix", "X", "1B"),
+    ("continuation-tilde", "X", "~/x"),
 ]
 
 

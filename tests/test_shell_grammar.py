@@ -170,3 +170,38 @@ def test_crlf_values_are_refused_with_the_reason():
     with pytest.raises(config.ConfigError) as bad:
         config.loads("MONITOR_DELAY=10\r\n")
     assert "CRLF" in str(bad.value) and "dos2unix" in str(bad.value)
+
+
+# -- review of issue 11, defect 3: backslash-newline goes before words are read ----------------
+@pytest.mark.parametrize("name,key,joined_late", corpus.CONTINUATION_DIFFERS,
+                         ids=[c[0] for c in corpus.CONTINUATION_DIFFERS])
+def test_continuation_is_removed_before_names_are_read_like_bash(name, key, joined_late,
+                                                                tmp_path):
+    text = dict(corpus.REFUSE)[name]
+    theirs, _ = corpus.source(str(tmp_path / "c.conf"), text, [key])
+    assert theirs.get(key) != joined_late          # bash did not read what the file seems to say
+    with pytest.raises(shell_assign.ShellSyntaxError) as refused:
+        shell_assign.values(text, corpus.HOSTNAME)
+    assert refused.value.key == key
+
+
+def test_continuation_keeps_line_numbers_of_the_file_as_written():
+    with pytest.raises(shell_assign.ShellSyntaxError) as refused:
+        shell_assign.values("A=1 \\\nB=2\n\nC=\"x\\\ny\" D=$HOST\\\nX\n")
+    assert (refused.value.line, refused.value.key) == (5, "D")
+    found = shell_assign.parse("A=x\\\n\\\nB=\"1\\\n2\"\n")
+    assert [(a.name, a.value, a.line) for a in found] == [("A", "xB=12", 1)]
+
+
+def test_tilde_refusal_says_why():
+    with pytest.raises(shell_assign.ShellSyntaxError) as refused:
+        shell_assign.values("X=\\\n~/x\n")
+    assert "home directory" in refused.value.message and "quote it" in refused.value.message
+
+
+def test_set_replaces_a_value_written_across_a_continuation(tmp_path, capsys):
+    path = tmp_path / "iscsi-ha.conf"
+    path.write_text("MAIL_TO=a\\\nb MAIL_FROM=x@y\n")
+    assert cfg_main.main(["set", "--config", str(path), "MAIL_TO", "c@d"]) == 0
+    theirs, stderr = corpus.source(str(path), path.read_text(), ["MAIL_TO", "MAIL_FROM"])
+    assert stderr == "" and theirs == {"MAIL_TO": "c@d", "MAIL_FROM": "x@y"}
