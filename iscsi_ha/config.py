@@ -112,7 +112,9 @@ _SERVICE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,254}\Z")
 _IQN_RE = re.compile(r"(iqn\.[0-9]{4}(-[0-9]{2})?\.[!-~]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)\Z")
 _INT_RE = re.compile(r"-?[0-9]+\Z")
 _SECONDS_RE = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# C0 but TAB, DEL, C1 (U+0080-U+009F: U+0085 is a line break to some tools), and the
+# surrogates Python uses for bytes that are not UTF-8 (a command-line argument such as $'\xff').
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\udc80-\udcff]")
 
 
 class ValidateError(ValueError):
@@ -440,7 +442,18 @@ def _control_problem(value):
     if match.group(0) == "\r":
         return ("ends in a carriage return: the file has Windows (CRLF) line endings and bash "
                 "keeps the \\r in the value; convert the file with dos2unix")
-    return "holds the control character %r; bash would keep it in the value" % match.group(0)
+    char = match.group(0)
+    if "\udc80" <= char <= "\udcff":
+        return ("holds the byte 0x%02x, which is not UTF-8; write the value in UTF-8 (or ASCII)"
+                % (ord(char) - 0xdc00))
+    return ("holds the control character U+%04X (%r); bash would keep it in the value, and it "
+            "would garble mails and logs: remove it" % (ord(char), char))
+
+
+def value_problem(value):
+    """Why ``value`` cannot be any key's value (a control character, a byte that is not
+    UTF-8), or None: the same words for ``check`` and ``iscsi-cfg set``."""
+    return _control_problem(value)
 
 
 def _validate(raw, lines, hostname):

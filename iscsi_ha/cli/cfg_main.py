@@ -219,9 +219,32 @@ def main(argv=None):
     return errors.guard("iscsi-cfg", _main, argv)
 
 
+def _parse(argv):
+    """argparse drops every "--" among positional values (``set KEY -- --`` gave VALUE []):
+    the words after the first "--" are handed to it as placeholders and put back after."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv:
+        return cfg_args.build().parse_args(argv)
+    cut = argv.index("--") + 1
+    words = dict(("\0%d" % n, word) for n, word in enumerate(argv[cut:]))
+    try:
+        args = cfg_args.build().parse_args(argv[:cut] + sorted(words, key=lambda w: int(w[1:])))
+    except cfg_args.UsageError as exc:
+        text = str(exc)
+        for placeholder, word in words.items():
+            text = text.replace(placeholder, word)
+        raise cfg_args.UsageError(text)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value in words:
+            setattr(args, name, words[value])
+        elif isinstance(value, list):
+            setattr(args, name, [words.get(v, v) if isinstance(v, str) else v for v in value])
+    return args
+
+
 def _main(argv):
     try:
-        args = cfg_args.build().parse_args(argv)
+        args = _parse(argv)
     except cfg_args.UsageError as exc:
         sys.stderr.write("%s%s\n" % (exc, _dash_hint(argv)))
         return ExitCode.ERROR

@@ -152,6 +152,9 @@ def set_value(path, key, value, say):
     """Validate and write; 0 on success. Raises CliError (exit 2) for a refused value."""
     if key not in known_keys():
         raise CliError("unknown key %s; iscsi-cfg get lists the keys" % key, 2)
+    why = config_mod.value_problem(value)
+    if why:
+        raise CliError("refusing %s: the value %s; %s is unchanged" % (key, why, path), 2)
     target = os.path.realpath(path)        # a symlinked file: rewrite its target, keep the link
     text = _read(target)
     new_text, line, old = replace_value(text, key, value, path)

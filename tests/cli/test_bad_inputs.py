@@ -553,3 +553,37 @@ def test_review2_check_refuses_a_drbd_proc_that_is_not_a_file(fifo, tmp_path):
     refused("DRBD_PROC=%s\n" % fifo, "DRBD_PROC", "FIFO")
     refused("DRBD_PROC=%s\n" % tmp_path, "DRBD_PROC", "directory")
     assert config_mod.loads("DRBD_PROC=%s/none\n" % tmp_path).DRBD_PROC
+
+
+# -- review of issues 9/11: set with "--" values, non-UTF-8 and control characters ---------------
+@pytest.mark.parametrize("argv", [["--", "MAIL_SUBJECT", "--"], ["MAIL_SUBJECT", "--", "--"]])
+def test_review5_set_a_value_of_double_dash(argv, tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), *argv)
+    assert code == 0 and err == "", err
+    assert config_mod.load(str(path)).MAIL_SUBJECT == "--"
+
+
+def test_review5_extra_words_after_double_dash_are_one_usage_line(tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), "--", "MAIL_SUBJECT", "a", "--")
+    assert code == 2 and "unrecognized arguments: --" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value,words", [
+    ("\udcff", "byte 0xff, which is not UTF-8"), ("a\u0085b", "U+0085"), ("a\x7f", "U+007F"),
+    ("a\x1bb", "U+001B"), ("a\x9b", "U+009B")])
+def test_review6_set_refuses_non_utf8_and_control_characters(value, words, tmp_path, capsys):
+    path = tmp_path / "c.conf"
+    path.write_text("MAIL_SUBJECT=x\n")
+    code, out, err = run(capsys, "set", "--config", str(path), "MAIL_SUBJECT", value)
+    assert code == 2 and words in err and len(err.splitlines()) == 1, err
+    assert path.read_bytes() == b"MAIL_SUBJECT=x\n"
+
+
+@pytest.mark.parametrize("value", ["a\u0085b", "a\x9bb", "a\x7f"])
+def test_review6_check_refuses_c1_and_del(value):
+    refused("MAIL_SUBJECT='%s'\n" % value, "MAIL_SUBJECT", "control character")
+    assert config_mod.loads("MAIL_SUBJECT='a\tb \u00e9'\n").MAIL_SUBJECT == "a\tb \u00e9"
