@@ -32,6 +32,32 @@ OPERATORS = ";&|<>()"
 SPECIAL_PARAMETERS = "0123456789*@#?-$!"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# Variables bash sets itself (bash(1), "Shell Variables"): readonly (UID EUID PPID SHELLOPTS
+# BASHOPTS BASH_VERSINFO: assigning is an error), or with a value of their own that an
+# assignment does not keep (RANDOM LINENO SECONDS GROUPS EPOCHSECONDS FUNCNAME _ ...). HOSTNAME is
+# not among them: bash sets it once and an assignment keeps its value.
+BASH_DYNAMIC = frozenset((
+    "UID", "EUID", "PPID", "RANDOM", "SRANDOM", "LINENO", "SECONDS", "GROUPS", "EPOCHSECONDS",
+    "EPOCHREALTIME", "FUNCNAME", "SHELLOPTS", "HISTCMD", "_", "DIRSTACK", "PIPESTATUS",
+    "OPTIND", "OPTARG", "OPTERR", "HOSTTYPE", "MACHTYPE", "OSTYPE", "SHLVL", "PWD", "OLDPWD",
+    "COLUMNS", "LINES", "READLINE_LINE", "READLINE_POINT", "READLINE_MARK", "REPLY"))
+# Variables that change how the script that sources the file runs.
+BASH_BEHAVIOUR = frozenset((
+    "IFS", "PATH", "CDPATH", "ENV", "GLOBIGNORE", "POSIXLY_CORRECT", "PS1", "PS2", "PS3", "PS4",
+    "SHELL", "HOME", "TMOUT", "FIGNORE", "HISTFILE", "HISTIGNORE", "INPUTRC", "LANG", "LC_ALL",
+    "LC_COLLATE", "LC_CTYPE", "LC_MESSAGES", "LC_NUMERIC", "TMPDIR", "EXECIGNORE"))
+
+
+def bash_variable(name):
+    """Why ``name`` cannot be a key of the file (bash's own variable), or None."""
+    if name in BASH_DYNAMIC or name.startswith("BASH") or name.startswith("COMP_"):
+        return ("%s is a variable bash sets itself (read-only, or a value of its own that an "
+                "assignment does not keep)" % name)
+    if name in BASH_BEHAVIOUR:
+        return ("%s is a variable of the shell: setting it would change how the script that "
+                "sources this file runs" % name)
+    return None
+
 # One assignment as read: the value is bash's; start/end delimit the value's text (after "=")
 # in the source, so that a writer can replace exactly it.
 Assignment = collections.namedtuple("Assignment", "name value line start end append")
@@ -216,11 +242,14 @@ class _Reader(object):
         if not append and not self.text.startswith("=", end):
             return False
         name, line = match.group(0), self.line
+        why = bash_variable(name)
+        if why:
+            self.fail("%s; choose another name" % why, name)
         self.i = end + (2 if append else 1)
         start = self.i
         value = self.value(name)
-        if append:
-            value = self.values.get(name, "") + value
+        if append:              # HOSTNAME is bash's until the file assigns it: bash appends to it
+            value = self.values.get(name, self.hostname if name == "HOSTNAME" else "") + value
         self.values[name] = value
         # start/end in the text as written: right after "=", right after the value's last
         # character (a continuation around the value stays outside it)
@@ -334,6 +363,10 @@ class _Reader(object):
             return self.values[name]
         if name == "HOSTNAME":
             return self.hostname
+        why = bash_variable(name)
+        if why:
+            self.fail("$%s: %s; only $HOSTNAME and names assigned above can be used"
+                      % (name, why), key, line)
         self.fail("$%s is not set in this file: bash would take it from the environment of "
                   "whoever sources the file; only $HOSTNAME and names assigned above can be used"
                   % name, key, line)

@@ -126,6 +126,9 @@ AGREE = [
     ("continuation-in-export", "exp\\\nort A=1\n"),
     ("continuation-sq-in-dq", "A=\"it's \\\nx\"\n"),
     ("continuation-earlier-name", "AB=1\nX=$A\\\nB\n"),
+    # review of issue 11, defect 7: HOSTNAME is bash's own until assigned; += appends to it
+    ("hostname-append", "HOSTNAME+=x\nA=$HOSTNAME\n"),
+    ("hostname-append-twice", "HOSTNAME+=x\nHOSTNAME+=y\n"),
     ("halizard-like", "DRBD_RESOURCES=iscsi1\nISCSI_TARGET_SERVICE=tgtd\nDRBD_VIRTUAL_IP=10.10.10.3\n"
                       "MAIL_FROM=\"root@localhost\"\nSMTP_USER=\"\"\nSMTP_PASS=\"\"\n"),
 ]
@@ -188,11 +191,38 @@ REFUSE = [
     ("continuation-earlier-suffix", "A=1\nX=$A\\\nB\n"),
     ("continuation-tilde", "X=\\\n~/x\n"),
     ("continuation-tilde-after-colon", "X=/a:\\\n~/x\n"),
+    # review of issue 11, defect 7: bash's own variables as keys or references
+    ("bash-var-uid", "UID=1\n"),
+    ("bash-var-euid", "EUID=1\n"),
+    ("bash-var-ppid", "PPID=1\n"),
+    ("bash-var-random", "RANDOM=1\nA=$RANDOM\n"),
+    ("bash-var-lineno", "LINENO=7\n"),
+    ("bash-var-seconds", "SECONDS=100\n"),
+    ("bash-var-groups", "GROUPS=5\n"),
+    ("bash-var-epochseconds", "EPOCHSECONDS=5\n"),
+    ("bash-var-underscore", "_=x\n"),
+    ("bash-var-funcname", "FUNCNAME=x\n"),
+    ("bash-var-shellopts", "SHELLOPTS=x\n"),
+    ("bash-var-bashopts", "BASHOPTS=x\n"),
+    ("bash-var-bash-versinfo", "BASH_VERSINFO=x\n"),
+    ("bash-var-path", "PATH=/nowhere\n"),
+    ("bash-var-ifs", "IFS=x\n"),
+    ("bash-ref-uid", "A=$UID\n"),
+    ("bash-ref-random", "A=${RANDOM}\n"),
+    ("bash-ref-lineno", "A=\"$LINENO\"\n"),
+    ("bash-ref-underscore", "A=$_\n"),
+    ("bash-ref-ppid", "A=$PPID\n"),
     ("continuation-dollar-paren", "A=$\\\n(touch X)\n"),
 ]
 
 # (name, text, key, what a reader that joins lines after reading words would give): bash gives
 # something else (the test shows it), and our reader refuses the file.
+# (name, key): bash refuses the assignment or does not keep the value ("zz1" is assigned).
+BASH_OWN = ["UID", "EUID", "PPID", "RANDOM", "SRANDOM", "LINENO", "SECONDS", "GROUPS",
+            "EPOCHSECONDS", "EPOCHREALTIME", "FUNCNAME", "SHELLOPTS", "BASHOPTS", "BASHPID",
+            "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_ARGC", "BASH_COMMAND", "HISTCMD", "_",
+            "DIRSTACK", "BASH_LINENO", "BASH_SOURCE"]
+
 CONTINUATION_DIFFERS = [
     ("continuation-hostname-suffix", "STATE_DIR", "/tmp/fz/sd/" + HOSTNAME + "_sb"),
     ("continuation-hostname-dq", "MAIL_SUBJECT", HOSTNAME + "x"),

@@ -205,3 +205,28 @@ def test_set_replaces_a_value_written_across_a_continuation(tmp_path, capsys):
     assert cfg_main.main(["set", "--config", str(path), "MAIL_TO", "c@d"]) == 0
     theirs, stderr = corpus.source(str(path), path.read_text(), ["MAIL_TO", "MAIL_FROM"])
     assert stderr == "" and theirs == {"MAIL_TO": "c@d", "MAIL_FROM": "x@y"}
+
+
+# -- review of issue 11, defect 7: bash's own variables ----------------------------------------
+@pytest.mark.parametrize("name", corpus.BASH_OWN)
+def test_bash_own_variables_are_refused_as_keys_bash_does_not_keep_them(name, tmp_path):
+    text = "%s=zz1\n" % name
+    theirs, stderr = corpus.source(str(tmp_path / "c.conf"), text, [name])
+    assert theirs.get(name) != "zz1" or "readonly" in stderr      # bash refuses or overrides
+    with pytest.raises(shell_assign.ShellSyntaxError) as refused:
+        shell_assign.values(text, corpus.HOSTNAME)
+    assert refused.value.key == name and "bash sets itself" in refused.value.message
+
+
+@pytest.mark.parametrize("name", ["UID", "RANDOM", "LINENO", "PPID", "_", "BASHPID"])
+def test_bash_own_variables_are_refused_as_references(name):
+    with pytest.raises(shell_assign.ShellSyntaxError) as refused:
+        shell_assign.values("MAIL_SUBJECT=\"x ${%s}\"\n" % name, corpus.HOSTNAME)
+    assert refused.value.key == "MAIL_SUBJECT" and "bash sets itself" in refused.value.message
+
+
+def test_hostname_append_gives_bashs_result(tmp_path):
+    text = "HOSTNAME+=-x\nMAIL_SUBJECT=$HOSTNAME\n"
+    theirs, _ = corpus.source(str(tmp_path / "c.conf"), text, ["MAIL_SUBJECT"])
+    ours, _ = shell_assign.values(text, corpus.HOSTNAME)
+    assert ours["MAIL_SUBJECT"] == theirs["MAIL_SUBJECT"] == corpus.HOSTNAME + "-x"
