@@ -85,8 +85,8 @@ INVENTORY_FILE = path(default='/etc/xensource-inventory')
 PBD_REPLUG = flag(default='1')
 PBD_REPLUG_INTERVAL = seconds(min=5, max=86400, default=60)
 STATE_DIR = dir_path(default='/etc/iscsi-ha/state')
-STATUS_FILE = file_path(default='')
-MANUAL_FILE = file_path(default='')
+STATUS_FILE = file_path(writable=True, default='')
+MANUAL_FILE = file_path(writable=True, default='')
 LOG_FILE = log_file(default='')
 WATCH_INTERVAL = seconds(min=0.05, max=3600, default=5)
 WATCH_MARGIN = seconds(min=0.05, max=3600, default=5)
@@ -258,6 +258,56 @@ def _exists_as(path):
         return None
 
 
+# Kernel file systems: their files are not the agent's to write (or to keep its state in).
+PSEUDO_FS = frozenset((
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+    "securityfs", "configfs", "pstore", "bpf", "mqueue", "hugetlbfs", "fusectl", "binfmt_misc",
+    "autofs", "efivarfs", "selinuxfs", "nsfs", "rpc_pipefs"))
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _unescape_mount(text):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def mount_of(path):
+    """``(mount point, fs type, mount options)`` of the file system holding ``path`` (or its
+    nearest existing parent), from /proc/self/mountinfo; None when that cannot be read."""
+    existing = path
+    while existing not in ("", "/") and _exists_as(existing) is None:
+        existing = os.path.dirname(existing.rstrip("/")) or "/"
+    existing = os.path.realpath(existing or "/")
+    try:
+        text = files.read_text(MOUNTINFO, 8 * files.PROC_LIMIT)
+    except (OSError, IOError):
+        return None
+    best = None
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:] or len(fields) < 10:
+            continue
+        dash = fields.index("-", 6)
+        point = _unescape_mount(fields[4])
+        inside = existing == point or existing.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[dash + 1], fields[5].split(","))
+    return best
+
+
+def _fs_problem(path, writable):
+    """Why the file system of ``path`` cannot hold the agent's files, or None."""
+    mount = mount_of(path)
+    if mount is None:
+        return None
+    point, fstype, options = mount
+    if fstype in PSEUDO_FS:
+        return ("%s is on the %s kernel file system (mounted on %s), which cannot hold the "
+                "agent's files; choose a path on a disk file system" % (path, fstype, point))
+    if writable and "ro" in options:
+        return "%s is on a file system mounted read-only (%s)" % (path, point)
+    return None
+
+
 def _creatable_dir(path):
     """None when ``path`` is a directory or could be created, else why not."""
     mode = _exists_as(path)
@@ -274,10 +324,15 @@ def _creatable_dir(path):
     return None
 
 
-def _file_path(value):
-    """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory)."""
+def _file_path(value, writable=False):
+    """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory),
+    not on a kernel file system (/proc/version is a regular file); ``writable``: the agent
+    writes it, so not on a read-only mount either."""
     _path(value)
     if value:
+        why = _fs_problem(value, writable)
+        if why:
+            raise ValidateError(why)
         mode = _exists_as(value)
         if mode is not None and not stat.S_ISREG(mode):
             raise ValidateError("%s is %s; expected a regular file (or none yet)"
@@ -290,6 +345,12 @@ def _file_path(value):
 
 def _dir_path(value):
     _check(value.startswith("/"), value, "an absolute path of a directory")
+    if os.path.realpath(value) == "/":
+        raise ValidateError("the root directory itself cannot be the agent's state directory; "
+                            "expected a directory of its own such as /etc/iscsi-ha/state")
+    why = _fs_problem(value, True)
+    if why:
+        raise ValidateError(why)
     why = _creatable_dir(value)
     if why:
         raise ValidateError("expected a directory (or a path where one can be created): %s"
@@ -298,9 +359,13 @@ def _dir_path(value):
 
 
 def _log_file(value):
-    """Empty, or a regular file (or none yet) in an existing directory."""
+    """Empty, or a regular file (or none yet) in an existing directory, on a writable disk
+    file system."""
     _path(value)
     if value:
+        why = _fs_problem(value, True)
+        if why:
+            raise ValidateError(why)
         mode = _exists_as(value)
         if mode is not None and not stat.S_ISREG(mode):
             raise ValidateError("%s is %s; expected a regular file to append to"
@@ -502,7 +567,7 @@ def _cross_checks(values, lines):
     for key, name in (("STATUS_FILE", "status"), ("MANUAL_FILE", "manual")):
         if not values[key]:
             try:
-                _file_path(os.path.join(state, name))
+                _file_path(os.path.join(state, name), writable=True)
             except ValidateError as exc:
                 problems.append((key, lines.get("STATE_DIR", 0), os.path.join(state, name),
                                  "(derived from STATE_DIR) %s" % exc))

@@ -587,3 +587,53 @@ def test_review6_set_refuses_non_utf8_and_control_characters(value, words, tmp_p
 def test_review6_check_refuses_c1_and_del(value):
     refused("MAIL_SUBJECT='%s'\n" % value, "MAIL_SUBJECT", "control character")
     assert config_mod.loads("MAIL_SUBJECT='a\tb \u00e9'\n").MAIL_SUBJECT == "a\tb \u00e9"
+
+
+# -- review of issues 9/11, defect 4: kernel and read-only file systems ------------------------
+@pytest.fixture
+def mounts(tmp_path, monkeypatch):
+    """A mountinfo of our own: tmp_path/kern is a proc mount, tmp_path/ro is read-only."""
+    for name in ("kern", "ro", "disk"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "kern" / "version").write_text("Linux\n")
+    info = tmp_path / "mountinfo"
+    info.write_text("1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                    "2 1 0:5 / %s rw,relatime - proc proc rw\n"
+                    "3 1 8:2 / %s ro,relatime shared:1 - ext4 /dev/sdb1 ro\n"
+                    % (tmp_path / "kern", tmp_path / "ro"))
+    monkeypatch.setattr(config_mod, "MOUNTINFO", str(info))
+    return tmp_path
+
+
+@pytest.mark.parametrize("key,where,words", [
+    ("STATE_DIR", "kern", "proc kernel file system"),
+    ("STATE_DIR", "kern/sub/dir", "proc kernel file system"),
+    ("STATE_DIR", "ro/state", "read-only"),
+    ("LOG_FILE", "kern/version", "proc kernel file system"),
+    ("LOG_FILE", "ro/agent.log", "read-only"),
+    ("STATUS_FILE", "kern/version", "proc kernel file system"),
+    ("MANUAL_FILE", "ro/manual", "read-only")])
+def test_review4_agent_files_on_kernel_or_read_only_file_systems(key, where, words, mounts):
+    refused("%s=%s\n" % (key, mounts / where), key, words)
+    assert config_mod.loads("%s=%s\n" % (key, mounts / "disk" / "x")) is not None
+
+
+def test_review4_the_root_directory_is_not_a_state_dir(mounts):
+    refused("STATE_DIR=/\n", "STATE_DIR", "root directory")
+    refused("STATE_DIR=/..//\n", "STATE_DIR", "root directory")
+
+
+def test_review4_set_refuses_the_same_values(mounts, capsys):
+    path = mounts / "disk" / "c.conf"
+    path.write_text("MAIL_TO=a\n")
+    for key, value, words in (("LOG_FILE", mounts / "kern" / "version", "kernel file system"),
+                              ("DRBD_PROC", "/dev/zero", "character device"),
+                              ("STATE_DIR", mounts / "kern", "kernel file system")):
+        code, out, err = run(capsys, "set", "--config", str(path), key, str(value))
+        assert code == 2 and words in err and "Traceback" not in err, err
+    assert path.read_text() == "MAIL_TO=a\n"
+
+
+def test_review4_proc_files_of_this_host_are_refused(tmp_path):
+    refused("LOG_FILE=/proc/version\n", "LOG_FILE", "kernel file system")
+    refused("STATE_DIR=/proc\n", "STATE_DIR", "kernel file system")
