@@ -61,6 +61,23 @@ def _seconds(args, key="timeout", default=manual_ops.WAIT_TIMEOUT, least=1.0):
     return min(max(value, least), MAX_WAIT)
 
 
+def _flag(args, key):
+    """A boolean argument: exactly true/false/1/0 (absent: false); else :class:`BadArgument`."""
+    raw = args.get(key)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise BadArgument("%s=%r is not a boolean: expected true, false, 1 or 0" % (key, raw))
+
+
+def _known(args, *keys):
+    unknown = sorted(k for k in args if k not in keys)
+    if unknown:
+        raise BadArgument("unknown argument %s (expected %s)" % (
+            ", ".join(repr(k) for k in unknown), ", ".join(keys)))
+
+
 def _refused(message):
     return json.dumps({"ok": False, "code": 2, "host": socket.gethostname(),
                        "lines": [message]}, sort_keys=True)
@@ -127,8 +144,13 @@ def status(session, args):
 
 def become_primary(session, args):
     try:
+        _known(args, "timeout", "wait_peer", "force")
         timeout = _seconds(args)
         wait_peer = _seconds(args, "wait_peer", 0.0, 0.0)
+        if _flag(args, "force"):
+            raise BadArgument("force=true is not offered through the plugin (no forced "
+                              "promotion from a peer): run iscsi-cfg become-primary --force on "
+                              "that host")
     except BadArgument as exc:
         return _refused("become_primary: %s" % exc)
     return run_verb(lambda ctx: manual_ops.become_primary(ctx, force=False, timeout=timeout,
@@ -137,6 +159,7 @@ def become_primary(session, args):
 
 def become_secondary(session, args):
     try:
+        _known(args, "timeout")
         timeout = _seconds(args)
     except BadArgument as exc:
         return _refused("become_secondary: %s" % exc)
@@ -178,11 +201,17 @@ FUNCTIONS = dict((name, answers_json(function)) for name, function in (
     ("identity", identity), ("split_brain", split_brain)))
 
 
+USAGE = "usage: iscsi-ha-plugin {%s} [key=value ...]" % ",".join(sorted(FUNCTIONS))
+
+
 def _cli(argv):
     """``FN [key=value ...]`` -> prints the answer; exit 0, or 2 on a usage error."""
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE + "\n(xapi calls it as /etc/xapi.d/plugins/iscsi-ha with an "
+                         "XML-RPC document)\n")
+        return 0
     if not argv or argv[0] not in FUNCTIONS:
-        sys.stderr.write("usage: iscsi-ha-plugin {%s} [key=value ...]\n" % ",".join(
-            sorted(FUNCTIONS)))
+        sys.stderr.write(USAGE + "\n")
         return 2
     args = dict(item.partition("=")[::2] for item in argv[1:])
     sys.stdout.write(FUNCTIONS[argv[0]](None, args) + "\n")
@@ -191,9 +220,14 @@ def _cli(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in FUNCTIONS or not argv:
+    if not argv or not argv[0].lstrip().startswith("<"):   # xapi passes an XML-RPC document
         return _cli(argv)
-    import XenAPIPlugin   # only in dom0: xapi passes the call as an XML-RPC document
+    try:
+        import XenAPIPlugin   # only in dom0
+    except ImportError as exc:
+        sys.stderr.write("iscsi-ha-plugin: cannot answer xapi: %s (XenAPIPlugin is part of "
+                         "dom0's xapi)\n" % exc)
+        return 2
     XenAPIPlugin.dispatch(FUNCTIONS)
     return 0
 

@@ -637,3 +637,24 @@ def test_review4_set_refuses_the_same_values(mounts, capsys):
 def test_review4_proc_files_of_this_host_are_refused(tmp_path):
     refused("LOG_FILE=/proc/version\n", "LOG_FILE", "kernel file system")
     refused("STATE_DIR=/proc\n", "STATE_DIR", "kernel file system")
+
+
+# -- review of issues 9/11, defect 8: the plugin run by hand, strict booleans ------------------
+@pytest.mark.parametrize("argv,code", [(["nope"], 2), (["--help"], 0), ([], 2),
+                                       (["<?xml version='1.0'?><methodCall/>"], 2)])
+def test_review8_plugin_by_hand_is_one_line_never_a_traceback(argv, code):
+    done = subprocess.run([sys.executable, os.path.join(REPO, "plugins", "iscsi-ha")] + argv,
+                          env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) <= 1
+
+
+@pytest.mark.parametrize("args,words", [
+    ({"force": "maybe"}, "not a boolean"), ({"force": "yes"}, "not a boolean"),
+    ({"force": "true"}, "not offered"), ({"timeout": "5", "bogus": "1"}, "unknown argument")])
+def test_review8_become_primary_arguments_are_strict(args, words, mocker):
+    context = mocker.patch.object(plugin, "_context")
+    answer = json.loads(plugin.FUNCTIONS["become_primary"](None, args))
+    assert answer["code"] == 2 and words in answer["lines"][0]
+    assert not context.called                     # refused before anything is read or written
