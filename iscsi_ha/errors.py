@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     STOPPED = 3       # watchdog check: the agent was stopped by an admin
     INTERNAL = 70     # unexpected error (a bug): one line, the trace in a file (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl+C (SIGINT) where the program had nothing better to say
+    BROKEN_PIPE = 141  # the reader of stdout went away (`iscsi-cfg log | head`): 128 + SIGPIPE
     # names kept from before the codes were shared
     DEGRADED = 1
     ERROR = 2
@@ -133,6 +134,9 @@ def guard(prog, main, *args, **kwargs):
     except KeyboardInterrupt:
         _stderr("%s: interrupted" % prog)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        _drop_stdout()
+        return int(ExitCode.BROKEN_PIPE)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
@@ -159,6 +163,17 @@ def guard_json(prog, function):
     wrapped.__name__ = getattr(function, "__name__", "plugin_function")
     wrapped.__doc__ = getattr(function, "__doc__", None)
     return wrapped
+
+
+def _drop_stdout():
+    """After EPIPE: point stdout at /dev/null, so that the flush at exit does not fail again
+    (Python would print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _log(line):

@@ -9,6 +9,7 @@ UpToDate data``). Every command runs through :func:`run` with the configured tim
 """
 import errno
 import logging
+import os
 import shlex
 
 from iscsi_ha import files
@@ -78,8 +79,11 @@ class DrbdAdapter(object):
         if self._version == "auto":
             detected = detect_version(self.proc_drbd)
             if detected is None:
-                raise DrbdUnavailable("DRBD is not loaded: %s has no version line (DRBD_VERSION"
-                                      "=auto)" % self.proc_drbd)
+                if not os.path.lexists(self.proc_drbd):
+                    raise DrbdUnavailable("DRBD is not loaded: %s does not exist (the drbd "
+                                          "kernel module is not loaded)" % self.proc_drbd)
+                raise DrbdUnavailable("cannot tell the DRBD version: %s has no version line "
+                                      "(DRBD_VERSION=auto)" % self.proc_drbd)
             self._version = detected
         return self._version
 

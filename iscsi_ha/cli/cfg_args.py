@@ -23,7 +23,8 @@ def _positive(text):
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number" % text)
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("%s is not between 0 and 3600" % text)
+        raise argparse.ArgumentTypeError("%s is out of range: expected seconds more than 0 and "
+                                         "at most 3600" % text)
     return value
 
 

@@ -78,8 +78,8 @@ def _show(value):
 
 def cmd_get(ctx, args):
     config = ctx.config
-    if args.key:
-        if not hasattr(config, args.key) or not args.key.isupper():
+    if args.key is not None:
+        if not args.key or not hasattr(config, args.key) or not args.key.isupper():
             raise CliError("unknown key %s" % args.key, 2)
         ctx.say(_show(getattr(config, args.key)))
         return ExitCode.OK
@@ -261,6 +261,8 @@ def _main(argv):
     except EXPECTED as exc:
         sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.FAILED
+    except BrokenPipeError:                    # `iscsi-cfg log | head`: the reader is gone
+        raise                                  # errors.guard ends quietly
     except (OSError, IOError) as exc:          # e.g. the state directory is not writable
         sys.stderr.write("iscsi-cfg: %s\n" % _one_line(exc))
         return ExitCode.DEGRADED

@@ -46,9 +46,11 @@ def banner(config, document):
                   "Likely causes: it was stopped, it refused an invalid configuration "
                   "(`iscsi-ha check`), or it crashed.",
                   "Start it (service iscsi-ha start) and read `iscsi-cfg log`."]
-    if document.get("stale"):
+    if document.get("stale") and "age_s" not in document:
+        lines += ["The agent has published no readable status."]
+    elif document.get("stale"):
         lines += ["The agent's status is %.0f s old (tolerance %.0f s)." % (
-            document.get("age_s", float("inf")), _tolerance(config)),
+            document["age_s"], _tolerance(config)),
             "Likely causes: a pass is hung on a command (DRBD, tgtadm, ip: see the log), the "
             "agent was stopped, or the host is failing over."]
     lines += document.get("problems", [])

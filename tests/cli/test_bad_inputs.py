@@ -658,3 +658,53 @@ def test_review8_become_primary_arguments_are_strict(args, words, mocker):
     answer = json.loads(plugin.FUNCTIONS["become_primary"](None, args))
     assert answer["code"] == 2 and words in answer["lines"][0]
     assert not context.called                     # refused before anything is read or written
+
+
+# -- review of issues 9/11, defect 11: messages ------------------------------------------------
+def test_review11_missing_proc_drbd_says_it_does_not_exist(tmp_path):
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.drbd import DrbdUnavailable
+    with pytest.raises(DrbdUnavailable) as bad:
+        DrbdAdapter("r0", version="auto", proc_drbd=str(tmp_path / "drbd")).version
+    assert "does not exist" in str(bad.value) and "module is not loaded" in str(bad.value)
+    (tmp_path / "drbd").write_text("no version here\n")
+    with pytest.raises(DrbdUnavailable) as bad:
+        DrbdAdapter("r0", version="auto", proc_drbd=str(tmp_path / "drbd")).version
+    assert "has no version line" in str(bad.value)
+
+
+def _small_config(tmp_path, extra=""):
+    path = tmp_path / "c.conf"
+    path.write_text("STATE_DIR=%s/state\nPOOL_CONF=%s/pool.conf\n%s" % (tmp_path, tmp_path, extra))
+    return str(path)
+
+
+def test_review11_timeout_zero_names_the_real_range(tmp_path, capsys):
+    code, out, err = run(capsys, "become-primary", "--config", _small_config(tmp_path),
+                         "--timeout", "0")
+    assert code == 2 and "more than 0 and at most 3600" in err and "between 0" not in err
+
+
+def test_review11_status_without_a_status_file_is_not_inf_seconds_old(tmp_path, capsys):
+    code, out, err = run(capsys, "status", "--config", _small_config(tmp_path))
+    assert code == 2 and "inf" not in out + err and "published no readable status" in out
+
+
+def test_review11_get_of_an_empty_key_is_unknown(tmp_path, capsys):
+    code, out, err = run(capsys, "get", "--config", _small_config(tmp_path), "")
+    assert code == 2 and "unknown key" in err and out == ""
+
+
+def test_review11_a_closed_pipe_ends_quietly_without_a_trace(tmp_path):
+    log = tmp_path / "agent.log"
+    log.write_text("".join("line %d %s\n" % (i, "x" * 60) for i in range(100000)))
+    config = _small_config(tmp_path, "LOG_FILE=%s\n" % log)
+    env = dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-m", "iscsi_ha.cli.cfg_main", "log", "--config",
+                              config, "-n", "100000"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.readline()
+    child.stdout.close()                              # as `| head -1` does
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141 and stderr == "", stderr
+    assert not os.path.exists(str(tmp_path / "state" / "traces"))

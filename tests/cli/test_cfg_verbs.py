@@ -30,7 +30,7 @@ def run(capsys, *argv):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: VERB"),
     (["become-primary", "--timeout", "soon"], "'soon' is not a number"),
-    (["become-primary", "--timeout", "0"], "0 is not between 0 and 3600"),
+    (["become-primary", "--timeout", "0"], "0 is out of range: expected seconds more than 0 and at most 3600"),
     (["log", "--lines", "-3"], "--lines"),
     (["set", "MONITOR_DELAY"], "required: VALUE"),
     (["status", "--bogus"], "unrecognized arguments: --bogus"),
