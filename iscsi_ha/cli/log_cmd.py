@@ -18,6 +18,14 @@ MAX_TAIL_BYTES = 8 * 1024 * 1024
 CHUNK = 64 * 1024
 FOLLOW_POLL = 0.25
 TAG_RE = re.compile(r"\biscsi-ha(\[\d+\])?:")
+# Control characters but TAB (C0, DEL, C1): a log line holding ESC could drive the terminal.
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(line):
+    """``line`` with each control character but TAB shown as ``\\xNN`` (always: a log copied
+    from the terminal reads the same as one piped to a file)."""
+    return _CONTROL_RE.sub(lambda m: "\\x%02x" % ord(m.group(0)), line)
 
 
 def is_agent_line(line):
@@ -80,7 +88,7 @@ def follow(path, offset, keep, say, sleep=time.sleep, max_polls=None):
             for raw in complete:
                 line = raw.decode("utf-8", "replace")
                 if keep is None or keep(line):
-                    say(line)
+                    say(printable(line))
         sleep(FOLLOW_POLL)
 
 
@@ -100,7 +108,7 @@ def show(config, lines, do_follow, say, syslog_files=SYSLOG_FILES):
     except (OSError, IOError) as exc:
         raise CliError("cannot read %s: %s" % (path, exc.strerror or exc))
     for line in found:
-        say(line)
+        say(printable(line))
     if do_follow:
         follow(path, end, keep, say)
     return 0
@@ -125,6 +133,7 @@ def _journal(lines, do_follow, say):
     if failure:
         raise CliError("no agent log found: LOG_FILE is not set, no syslog file can be read "
                        "and %s" % failure)
-    for line in result.stdout.splitlines():
-        say(line)
+    for line in result.stdout.split("\n"):
+        if line:
+            say(printable(line))
     return 0

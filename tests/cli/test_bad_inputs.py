@@ -708,3 +708,12 @@ def test_review11_a_closed_pipe_ends_quietly_without_a_trace(tmp_path):
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=60) == 141 and stderr == "", stderr
     assert not os.path.exists(str(tmp_path / "state" / "traces"))
+
+
+# -- review of issues 9/11, defect 13: the log never drives the terminal ------------------------
+def test_review13_log_escapes_control_characters_but_tab(tmp_path, capsys):
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"a\x1b[2Jb\tc\x00d\x7fe\xc2\x85f\rg\n")
+    code, out, err = run(capsys, "log", "--config", _small_config(tmp_path,
+                                                                 "LOG_FILE=%s\n" % log))
+    assert code == 0 and out == "a\\x1b[2Jb\tc\\x00d\\x7fe\\x85f\\x0dg\n", repr(out)
