@@ -55,6 +55,10 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED = (ExitCode.OK, ExitCode.FAILED, Ex
                                               ExitCode.STOPPED)
 # XAPI message priorities, as iscsi_ha.alerts uses them (1 most urgent .. 5 information).
 SEVERITY_RESTARTED, SEVERITY_NOT_RESTARTED = 3, 2
+# Restarts in a row that did not bring the agent to "running": after the second, the next one
+# waits WATCH_INTERVAL x 2^(n-1), at most BACKOFF_MAX seconds (AGENT_START_COMMAND=/bin/false
+# must not mean a restart every interval forever).
+BACKOFF_MAX = 300.0
 
 AgentView = namedtuple("AgentView", "verdict pid detail")
 
@@ -171,13 +175,18 @@ def alert_hook(config):
 
 
 class Watchdog(object):
-    def __init__(self, settings, alert=None, runner=run, clock=time.time):
+    def __init__(self, settings, alert=None, runner=run, clock=time.time,
+                 monotonic=time.monotonic):
         self.s = settings
         self.alert = alert
         self.runner = runner
         self.clock = clock
+        self.monotonic = monotonic
         self.history = History(settings.WATCHDOG_STATE_FILE)
         self.last_view = None
+        self.streak = 0             # restarts since the agent was last seen running
+        self.not_before = None      # monotonic time before which no restart is tried
+        self.waiting_said = False
 
     def observe(self):
         """What the agent is doing now, as an :class:`AgentView`. Acts on nothing."""
@@ -218,8 +227,19 @@ class Watchdog(object):
         view = self.observe()
         changed = self.last_view is None or view.verdict != self.last_view.verdict
         self.last_view = view
+        if view.verdict == RUNNING and self.streak:
+            log.info("watchdog: agent running again after %d restart(s); backoff reset",
+                     self.streak)
+            self.streak, self.not_before = 0, None
         if view.verdict in (DEAD, STALE):
+            if self.not_before is not None and self.monotonic() < self.not_before:
+                if not self.waiting_said:
+                    self.waiting_said = True
+                    log.warning("watchdog: agent %s (%s); backing off: next restart in %.1f s",
+                                view.verdict, view.detail, self.not_before - self.monotonic())
+                return view
             self.recover(view)
+            self._back_off()
         elif changed:
             log.info("watchdog: agent %s (%s)%s", view.verdict, view.detail,
                      "; it is not restarted" if view.verdict == ADMIN_STOPPED else "")
@@ -245,6 +265,26 @@ class Watchdog(object):
         self._alert("agent-restarted", SEVERITY_RESTARTED if ok else SEVERITY_NOT_RESTARTED,
                     text)
         return ok
+
+    def delay(self, streak):
+        """Seconds to wait after ``streak`` restarts in a row before the next one."""
+        if streak < 2:
+            return 0.0
+        return min(BACKOFF_MAX, self.s.WATCH_INTERVAL * 2 ** min(streak - 1, 32))
+
+    def _back_off(self):
+        self.streak += 1
+        self.waiting_said = False
+        delay = self.delay(self.streak)
+        self.not_before = self.monotonic() + delay if delay else None
+        if delay and (self.streak == 2 or delay >= BACKOFF_MAX > self.delay(self.streak - 1)):
+            text = ("watchdog: %d restarts in a row have not brought the agent to running; "
+                    "backing off: the next restart in %.1f s%s. Check AGENT_START_COMMAND and "
+                    "`iscsi-cfg log`" % (self.streak, delay, ", and every %.0f s from now on"
+                                         % BACKOFF_MAX if delay >= BACKOFF_MAX else
+                                         " (doubling up to %.0f s)" % BACKOFF_MAX))
+            log.error("%s", text)
+            self._alert("agent-restart-backoff", SEVERITY_NOT_RESTARTED, text)
 
     def _alert(self, kind, severity, text):
         if self.alert is None:

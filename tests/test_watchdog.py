@@ -440,3 +440,42 @@ def test_run_loop_is_bounded_by_stop_event(host):
     assert host.starts() == 0
     dog.run(threading.Event(), max_ticks=1)
     assert host.starts() == 1
+
+
+def test_restarts_that_do_not_bring_the_agent_up_back_off_with_a_cap_and_an_alert(host, alerts):
+    host.write_config("/bin/false")
+    now = [1000.0]
+    dog = Watchdog(host.settings(), alert=lambda *a: alerts.append(a),
+                   monotonic=lambda: now[0])
+    interval = dog.s.WATCH_INTERVAL
+    tries, ticks = [], 0
+    while now[0] < 1000.0 + 4 * watchdog.BACKOFF_MAX:   # ticks one interval apart, as run()
+        ticks += 1
+        before = dog.history.restarts
+        assert dog.tick().verdict == DEAD
+        if dog.history.restarts > before:
+            tries.append(now[0])
+        now[0] += interval
+    gaps = [round(b - a, 6) for a, b in zip(tries, tries[1:])]
+    # 1st and 2nd restart one interval apart, then doubling waits, capped at BACKOFF_MAX
+    assert gaps[0] == interval and gaps[1] >= 2 * interval and gaps[2] >= 4 * interval
+    assert max(gaps) <= watchdog.BACKOFF_MAX + interval
+    assert gaps[-1] >= watchdog.BACKOFF_MAX
+    assert len(tries) < 20 and ticks > 5000    # without backoff: one restart per tick
+    kinds = [a[0] for a in alerts]
+    assert kinds.count("agent-restart-backoff") == 2      # when it starts, and at the cap
+    assert "backing off" in [a for a in alerts if a[0] == "agent-restart-backoff"][0][2]
+
+
+def test_backoff_is_reset_once_the_agent_runs(host, alerts):
+    host.write_config("/bin/false")
+    now = [0.0]
+    dog = Watchdog(host.settings(), alert=lambda *a: alerts.append(a), monotonic=lambda: now[0])
+    for _ in range(3):
+        dog.tick()
+        now[0] += 1000
+    assert dog.streak == 3
+    host.write_config(host.start_script)
+    host.start_agent()
+    assert wait_for(verdict(dog, RUNNING))
+    assert dog.tick().verdict == RUNNING and dog.streak == 0 and dog.not_before is None

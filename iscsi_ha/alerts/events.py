@@ -40,6 +40,7 @@ KINDS = {
     "resync-finished": SERVICE_RECOVERED,
     "split-brain": DATA_LOSS_IMMINENT,
     "agent-restarted": SERVICE_DEGRADED,
+    "agent-restart-backoff": SERVICE_LOSS_IMMINENT,
     "pass-hung": SERVICE_LOSS_IMMINENT,
     "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
