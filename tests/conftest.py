@@ -7,7 +7,9 @@
   machine, not only on one that lacks the program. A test that needs a real tool asks for it with
   the ``real_tool`` fixture (``real_tool("drbdadm")`` -> its absolute path; when it is missing
   the test is skipped naming the package, or fails under $ISCSI_HA_REQUIRE_TOOLS=1, which
-  `make test` and .ci/run set after scripts/install-deps installed the tools).
+  `make test` and .ci/run set after scripts/install-deps installed the tools). A config default
+  that names a tool by absolute path (ARPING=/sbin/arping) is pointed at a stand-in of the same
+  name too: PATH alone would not catch it.
 * Real network namespaces that each test creates and always removes.
 """
 import os
@@ -46,6 +48,7 @@ def host_program_stand_ins(request, tmp_path_factory, monkeypatch):
         path = where / name
         path.write_text(STAND_IN.format(name=name, record=record))
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    _stand_in_absolute_defaults(where, record, monkeypatch)
     real = _real_path()
     monkeypatch.setenv("ISCSI_HA_TEST_REAL_PATH", real)
     monkeypatch.setenv("PATH", str(where) + os.pathsep + real)
@@ -55,6 +58,22 @@ def host_program_stand_ins(request, tmp_path_factory, monkeypatch):
         if calls and not request.node.get_closest_marker("reaches_host_programs"):
             pytest.fail("test reached host program(s) it did not set up: %s (fake the adapter, "
                         "or use the real_tool fixture)" % "; ".join(calls), pytrace=False)
+
+
+def _stand_in_absolute_defaults(where, record, monkeypatch):
+    """Every ``command`` key whose default starts with an absolute path gets a stand-in there."""
+    from iscsi_ha import config
+    for key, (check, args, kwargs, default) in list(config.SPEC.items()):
+        words = default.split()
+        if check != "command" or not words or not words[0].startswith("/"):
+            continue
+        name = os.path.basename(words[0])
+        path = where / name
+        if not path.exists():
+            path.write_text(STAND_IN.format(name=name, record=record))
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        monkeypatch.setitem(config.SPEC, key, (check, args, kwargs,
+                                               " ".join([str(path)] + words[1:])))
 
 
 @pytest.fixture

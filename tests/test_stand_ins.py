@@ -18,6 +18,11 @@ def test_reaches_drbdadm():
 def test_reaches_nothing():
     assert True
 
+def test_reaches_the_default_arping():
+    from iscsi_ha import config
+    subprocess.run([config.loads("").ARPING, "-V"], stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+
 @pytest.mark.reaches_host_programs
 def test_means_to_reach_tgtadm():
     proc = subprocess.run(["tgtadm", "--help"], stderr=subprocess.PIPE, universal_newlines=True)
@@ -42,7 +47,10 @@ def test_a_unit_test_that_reaches_a_host_program_fails(tmp_path):
     assert proc.returncode == 1, out
     assert "test reached host program(s) it did not set up: drbdadm get-gi iscsi1" in out
     assert "ERROR at teardown of test_reaches_drbdadm" in out
-    assert "3 passed" in out and "1 error" in out, out
+    # an absolute-path default (ARPING=/sbin/arping) reaches a stand-in too, not the host's
+    assert "ERROR at teardown of test_reaches_the_default_arping" in out
+    assert "it did not set up: arping -V" in out
+    assert "4 passed" in out and "2 errors" in out, out
 
 
 SKIPS = '''
