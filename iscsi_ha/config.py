@@ -363,19 +363,24 @@ def _creatable_dir(path):
     return None
 
 
+def _regular_or_absent(value, writable, expected):
+    """Refuse a path on a kernel (or, when ``writable``, read-only) file system, and one that
+    exists as anything but a regular file."""
+    why = _fs_problem(value, writable)
+    if why:
+        raise ValidateError(why)
+    mode = _exists_as(value)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ValidateError("%s is %s; expected %s" % (value, files.kind_of(mode), expected))
+
+
 def _file_path(value, writable=False):
     """A file the agent reads or writes: absent, or a regular file (never a FIFO/directory),
     not on a kernel file system (/proc/version is a regular file); ``writable``: the agent
     writes it, so not on a read-only mount either."""
     _path(value)
     if value:
-        why = _fs_problem(value, writable)
-        if why:
-            raise ValidateError(why)
-        mode = _exists_as(value)
-        if mode is not None and not stat.S_ISREG(mode):
-            raise ValidateError("%s is %s; expected a regular file (or none yet)"
-                                % (value, files.kind_of(mode)))
+        _regular_or_absent(value, writable, "a regular file (or none yet)")
         why = _creatable_dir(os.path.dirname(value) or "/")
         if why:
             raise ValidateError("its directory cannot hold it: %s" % why)
@@ -402,13 +407,7 @@ def _log_file(value):
     file system."""
     _path(value)
     if value:
-        why = _fs_problem(value, True)
-        if why:
-            raise ValidateError(why)
-        mode = _exists_as(value)
-        if mode is not None and not stat.S_ISREG(mode):
-            raise ValidateError("%s is %s; expected a regular file to append to"
-                                % (value, files.kind_of(mode)))
+        _regular_or_absent(value, True, "a regular file to append to")
         parent = os.path.dirname(value) or "/"
         mode = _exists_as(parent)
         if mode is None or not stat.S_ISDIR(mode):
