@@ -221,14 +221,16 @@ def test_watcher_wakes_when_a_target_process_the_last_pass_saw_is_gone(config, a
     assert watcher.changed() == "target process gone"
 
 
-def _crashed_peer(adapters):
-    """The peer is gone (a crash): the full duplicate-address window applies."""
+def _crashed_peer(adapters, config):
+    """The peer is gone (a crash): the full duplicate-address window applies. These tests are
+    about the address step, not fencing: the pass may promote (the fencing policy's opt-in)."""
+    config.ALLOW_UNFENCED_FAILOVER = True
     adapters.drbd.observe.return_value = {
         "iscsi1": state("Secondary", peer="Unknown", conn="WFConnection", peer_disk="DUnknown")}
 
 
 def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
-    _crashed_peer(adapters)
+    _crashed_peer(adapters, config)
     events = []
     dad_started = threading.Event()
 
@@ -253,7 +255,7 @@ def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
 
 def test_early_dad_that_hears_the_address_refuses_it(config, adapters):
     from iscsi_ha.adapters.vip import VipTaken
-    _crashed_peer(adapters)
+    _crashed_peer(adapters, config)
 
     def taken():
         adapters.vip.last_responders = ["02:00:00:00:00:0B (192.0.2.100)"]
@@ -268,7 +270,7 @@ def test_early_dad_that_hears_the_address_refuses_it(config, adapters):
 
 
 def test_early_dad_is_reaped_when_an_earlier_step_fails(config, adapters):
-    _crashed_peer(adapters)
+    _crashed_peer(adapters, config)
     adapters.target.start.side_effect = RuntimeError("tgtd did not answer")
     adapters.vip.is_free.return_value = True
     agent = Agent(config, adapters)

@@ -247,9 +247,6 @@ FUNCTIONS = dict((name, answers_json(function)) for name, function in (
 USAGE = "usage: iscsi-ha-plugin {%s} [key=value ...]" % ",".join(sorted(FUNCTIONS))
 
 
-USAGE = "usage: iscsi-ha-plugin {%s} [key=value ...]" % ",".join(sorted(FUNCTIONS))
-
-
 def _cli(argv):
     """``FN [key=value ...]`` -> prints the answer; exit 0, or 2 on a usage error."""
     if argv and argv[0] in ("-h", "--help"):
