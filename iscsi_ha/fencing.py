@@ -155,6 +155,23 @@ def read_records(state_dir, resources):
     return found
 
 
+def proven_without_peer(config):
+    """{resource: sentence} of the resources whose fencing was proven on both hosts (the proof
+    the agent remembers in STATE_DIR) and that did not self-fence: read only, the peer is never
+    asked. The CLI uses it to tell a promotion DRBD will fence from a blind one."""
+    proof = _read_json(os.path.join(config.STATE_DIR, PROOF_FILE), {})
+    marked = _read_json(os.path.join(config.STATE_DIR, SELF_FENCED_FILE), [])
+    proof = proof if isinstance(proof, dict) else {}
+    marked = marked if isinstance(marked, list) else []
+    found = {}
+    for name in config.DRBD_RESOURCES:
+        entry = proof.get(name)
+        if isinstance(entry, dict) and entry.get("ok") and name not in marked:
+            found[name] = "fencing verified on both hosts %s" % time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(entry.get("verified", 0)))
+    return found
+
+
 class FencingTracker(object):
     """Builds the :class:`FencingObservation` of each pass (kept by the Agent)."""
 

@@ -83,6 +83,11 @@ class HostContext(object):
         return [name for name in self.config.DRBD_RESOURCES
                 if os.path.exists(os.path.join(self.config.STATE_DIR, "split-brain-" + name))]
 
+    def fencing_proven(self):
+        """{resource: sentence} whose DRBD fencing the agent proved on both hosts."""
+        from iscsi_ha.fencing import proven_without_peer
+        return proven_without_peer(self.config)
+
     def status(self):
         """The agent's status document (see :func:`iscsi_ha.cli.cfg_main.read_status`)."""
         from iscsi_ha.cli.cfg_main import read_status

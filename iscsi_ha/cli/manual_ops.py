@@ -102,13 +102,16 @@ def disable(ctx):
 
 
 # -- become-primary ------------------------------------------------------------------------------
-def _resource_check(name, state):
-    """(blocker, risk) for promoting resource ``name``; each '' when there is none."""
+def _resource_check(name, state, fenced=""):
+    """(blocker, risk) for promoting resource ``name``; each '' when there is none. ``fenced``:
+    why DRBD fencing is proven for it ('' when it is not): then DRBD runs the fence-peer handler
+    before it promotes a disconnected disk and refuses when the peer may be Primary, so an
+    unknown peer is no risk of ours to name."""
     blocker = risk = ""
     if state.peer_role == "Primary":
         blocker = "%s: the peer is Primary: run `iscsi-cfg become-secondary` on the peer " \
                   "first" % name
-    elif state.peer_role != "Secondary":
+    elif state.peer_role != "Secondary" and not (fenced and not state.is_connected):
         risk = ("%s: the peer's role is %s (connection %s, peer disk %s): the peer may be "
                 "Primary; promoting here can make two Primaries (split brain), and the writes "
                 "made on the side whose data is later discarded are lost" % (
@@ -152,8 +155,9 @@ def promotion_checks(ctx):
     states, error = ctx.drbd_states()
     if error:
         blockers.append("cannot read DRBD state: %s" % error)
+    fenced = {} if error else ctx.fencing_proven()
     for name in ([] if error else ctx.config.DRBD_RESOURCES):
-        blocker, risk = _resource_check(name, states[name])
+        blocker, risk = _resource_check(name, states[name], fenced.get(name, ""))
         blockers.extend([blocker] if blocker else [])
         risks.extend([risk] if risk else [])
     if not blockers:

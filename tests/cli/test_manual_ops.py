@@ -147,6 +147,42 @@ def test_become_primary_refuses_an_unknown_peer_and_names_the_risk(host):
     assert host.manual() == model.MANUAL_SECONDARY
 
 
+def _proof(host, proof, self_fenced=None):
+    import json
+    import os
+    with open(os.path.join(host.ctx.config.STATE_DIR, "fencing-proof.json"), "w") as handle:
+        json.dump(proof, handle)
+    if self_fenced is not None:
+        with open(os.path.join(host.ctx.config.STATE_DIR, "self-fenced"), "w") as handle:
+            json.dump(self_fenced, handle)
+
+
+def test_become_primary_with_fencing_proven_promotes_past_an_unknown_peer(host):
+    """Fencing proven on both hosts: DRBD runs the fence-peer handler before it promotes, and
+    refuses if the peer may be Primary; no forced confirmation is asked for."""
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    _proof(host, {"iscsi1": {"ok": True, "verified": time.time()}})
+    assert manual_ops.become_primary(host.ctx, timeout=5) >= 0
+    assert host.manual() == model.MANUAL_PRIMARY and "forced" not in host.text()
+
+
+@pytest.mark.parametrize("proof,marked", [
+    ({"iscsi1": {"ok": False, "verified": 1, "problem": "peer: no fence-peer handler"}}, None),
+    ({"iscsi2": {"ok": True, "verified": 1}}, None),          # proven for the other resource
+    ({"iscsi1": {"ok": True, "verified": 1}}, ["iscsi1"]),    # this host self-fenced
+    ("not a mapping", None),
+])
+def test_become_primary_without_a_usable_proof_still_names_the_risk(host, proof, marked):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    _proof(host, proof, marked)
+    assert "iscsi1: the peer's role is Unknown" in refusal(host)
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
 def test_forced_promotion_without_a_terminal_or_yes_is_refused(host):
     secondary_here(host)
     host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
