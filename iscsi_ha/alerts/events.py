@@ -328,7 +328,9 @@ def _blocked_alerts(previous, current):
     names = ", ".join(sorted(set(b.get("kind", "?") for b in blockers))) or "unknown"
     words = "; ".join(b.get("detail") or b.get("kind", "?") for b in blockers)
     since = (current.get("service") or {}).get("for_s")
-    return [make("service-blocked", "", "nobody serves the storage from this host, which "
+    # resource = the blocker kinds: a new reason is a new alert, never screened as a repeat
+    # of an earlier, different one (MAIL_SCREEN_TIME screens the same (kind, resource))
+    return [make("service-blocked", names, "nobody serves the storage from this host, which "
                  "should: %s (%s)" % (names, words), blockers=names, blocked_for_s=since,
                  verdict=_verdict(current), health=current.get("health"),
                  reason=(current.get("decision") or {}).get("reason", ""),

@@ -277,10 +277,10 @@ def floating_ip_trouble(lab, run):
         netns.exec_in(ns, ["ip", "addr", "add", lab.vip + "/24", "dev", "eth0"], check=True)
         run.wait(lambda: _service_blocked(lab, primary, "floating-ip-conflict"), 15,
                  "service-blocked (floating-ip-conflict) on the primary")
-        # The dispatcher screens a repeat of (service-blocked, host) within MAIL_SCREEN_TIME,
-        # so after an earlier scenario on this host the alert may be held back: noted only.
-        run.note("the service-blocked alert naming the conflict: %s" % ("sent" if _alerted(lab, "service-blocked", since)
-                                    else "held back as a repeat"))
+        # a service-blocked alert is screened per blocker kind: no earlier scenario's
+        # service-blocked alert on this host holds this one back
+        run.wait(lambda: _alerted(lab, "service-blocked", since), 20,
+                 "the service-blocked alert naming the conflict by email and XAPI message")
         run.check(primary.name == lab.primary().name and lab.serving(primary),
                   "the agent gave up the storage over a conflict it cannot fix")
     finally:
@@ -295,10 +295,8 @@ def floating_ip_trouble(lab, run):
                  "the primary seeing its link without carrier")
         run.wait(lambda: _service_blocked(lab, primary, "floating-ip-down"),
                  SERVICE_BLOCKED_AFTER + 10, "service-blocked (floating-ip-down) within the bound")
-        # The dispatcher screens a repeat of (service-blocked, host) within MAIL_SCREEN_TIME,
-        # so after an earlier scenario on this host the alert may be held back: noted only.
-        run.note("the service-blocked alert naming the link: %s" % ("sent" if _alerted(lab, "service-blocked", since)
-                                    else "held back as a repeat"))
+        run.wait(lambda: _alerted(lab, "service-blocked", since), 20,
+                 "the service-blocked alert naming the link by email and XAPI message")
     finally:
         run.role_changed()
         subprocess.run(["ip", "link", "set", link, "up"], timeout=10)
