@@ -25,7 +25,9 @@ def lab(request, tmp_path_factory):
     problems = missing_prerequisites()
     if problems:
         pytest.skip("; ".join(problems))
-    lab = Lab(str(tmp_path_factory.mktemp("lab")), drbd_version=request.param)
+    # a prefix of its own: never the admin's default lab (ihl-), never another test's
+    lab = Lab(str(tmp_path_factory.mktemp("lab")), drbd_version=request.param,
+              prefix="ihlt%df%s-" % (os.getpid() % 10000, request.param.replace(".", "")))
     try:
         lab.up()
         yield lab
