@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
+from iscsi_ha.passlock import PassLock, PassLockBusy, lock_paths
 from iscsi_ha.faults import Faults
 from iscsi_ha.files import SMALL_LIMIT, read_text
 

@@ -35,6 +35,7 @@ from iscsi_ha import __version__, config as config_mod, errors, logsetup
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.errors import ExitCode
 from iscsi_ha.files import atomic_write, read_json
+from iscsi_ha.passlock import lock_paths
 
 # The init scripts' helpers, re-exported for this module's importers.
 from iscsi_ha.service import (  # noqa: F401
@@ -75,10 +76,11 @@ class Settings(object):
         state = config.STATE_DIR
         v.update(WATCHDOG_STATE_FILE=v["WATCHDOG_STATE_FILE"] or os.path.join(
             state, "watchdog.json"), ADMIN_STOP_FILE=os.path.join(state, ADMIN_STOP_NAME),
-            LOCK_FILE=os.path.join(state, "lock"), STATUS_FILE=config.STATUS_FILE,
+            STATUS_FILE=config.STATUS_FILE,
             MANUAL_FILE=config.MANUAL_FILE, XAPI_INIT_COOKIE=config.XAPI_INIT_COOKIE,
             XAPI_INIT_WAIT=config.XAPI_INIT_WAIT,
             STALE_AFTER=config.MONITOR_DELAY + config.PASS_BUDGET + v["WATCH_MARGIN"])
+        v["LOCK_FILE"], v["LOCK_FALLBACK"] = lock_paths(config)
         return cls(**v)
 
 

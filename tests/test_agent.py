@@ -198,7 +198,7 @@ def test_a_tgtd_whose_status_command_fails_still_counts_as_running(config, adapt
 
 
 def test_once_does_not_act_while_another_process_holds_the_pass_lock(config, adapters):
-    from iscsi_ha.agent import PassLock
+    from iscsi_ha.passlock import PassLock
     from iscsi_ha.cli.agent_main import run_once
     config.PASS_BUDGET = 0.2
     with PassLock(config.STATE_DIR + "/lock"):

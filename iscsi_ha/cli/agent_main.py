@@ -235,12 +235,11 @@ class DaemonServices(object):
 def run_once(agent, config, dry_run):
     """One pass; unless it is a dry run, under the pass lock (bounded), as the daemon's passes
     are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
-    from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
+    from iscsi_ha.passlock import PassLock, PassLockBusy
     if dry_run:
         return agent.run_cycle("once")
-    path, fallback = lock_paths(config)
     try:
-        lock = PassLock(path, timeout=config.PASS_BUDGET, fallback=fallback)
+        lock = PassLock.of(config, timeout=config.PASS_BUDGET)
         with lock:
             agent.lock_problem = lock.problem
             return agent.run_cycle("once")
