@@ -249,8 +249,8 @@ def run_once(agent, config, dry_run):
 
 
 def _read_status(config):
-    from iscsi_ha.files import read_json
-    return read_json(config.STATUS_FILE)
+    from iscsi_ha.agent_status import latest
+    return latest(config).document
 
 
 def main(argv=None):

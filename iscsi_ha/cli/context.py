@@ -87,9 +87,9 @@ class HostContext(object):
         return proven_without_peer(self.config)
 
     def status(self):
-        """The agent's status document (see :func:`iscsi_ha.cli.cfg_main.read_status`)."""
-        from iscsi_ha.cli.cfg_main import read_status
-        return read_status(self.config)
+        """The agent's status document (see :func:`iscsi_ha.agent_status.view`)."""
+        from iscsi_ha.agent_status import view
+        return view(self.config)
 
     # -- XAPI ------------------------------------------------------------------------------------
     def xapi(self, timeout=None):

@@ -257,8 +257,8 @@ def test_become_primary_times_out_with_the_agents_reason(host):
 
 
 def test_wait_says_when_the_agent_is_not_running(host, mocker):
-    from iscsi_ha.cli import cfg_main
-    mocker.patch.object(cfg_main, "agent_running", return_value=False)
+    from iscsi_ha import agent_status
+    mocker.patch.object(agent_status, "running", return_value=False)
     secondary_here(host)
     host.write_status()
     with pytest.raises(CliError) as failed:
