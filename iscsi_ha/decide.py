@@ -283,8 +283,9 @@ def _plan_primary(obs, why):
     actions = list(to_promote)
     risks = [fencing_policy.unfenced_promotion(a.resource, obs.drbd[a.resource], obs)[1]
              for a in to_promote if obs.drbd[a.resource].connection not in LINK_UP_STATES]
-    if any(risks):
-        why = "%s; WARNING: %s" % (why, "; ".join(r for r in risks if r))
+    risks = tuple(r for r in risks if r)
+    if risks:
+        why = "%s; WARNING: %s" % (why, "; ".join(risks))
     if obs.target is None or not obs.target.serving:
         actions.append(StartTarget())
     if obs.vip is None or not obs.vip.local:
@@ -297,7 +298,7 @@ def _plan_primary(obs, why):
     verb = ("promoting" if isinstance(first, PromoteDrbd) else
             "starting target" if isinstance(first, StartTarget) else "taking floating IP")
     return Decision(tuple(actions), "%s: %s" % (verb, why), model.PRIMARY, healthy=False,
-                    verdict=Verdict.ACTING)
+                    verdict=Verdict.ACTING, risks=risks)
 
 
 def _vip_health(obs, why):

@@ -238,6 +238,8 @@ class Decision:
     blockers: Tuple[Blocker, ...] = ()
     must_serve: bool = False       # this host should be serving (master, or manual primary)
     serving: bool = False          # it serves now: all Primary, target serving, IP reachable
+    risks: Tuple[str, ...] = ()    # accepted data-loss risks of this plan (ALLOW_UNFENCED_FAILOVER,
+                                   # an admin's forced become-primary): alerted
 
     @property
     def unserved(self):

@@ -383,12 +383,13 @@ def _fencing_alerts(previous, current):
                           "this host stopped serving %s: its I/O stayed frozen because the "
                           "peer could not be outdated; see iscsi-cfg status" % ", ".join(new),
                           reason=(current.get("decision") or {}).get("reason")))
-    reason = (current.get("decision") or {}).get("reason", "")
-    promoting = any(a.startswith("promote ") for a in
-                    (current.get("decision") or {}).get("actions") or [])
-    if promoting and "ALLOW_UNFENCED_FAILOVER" in reason:
+    decision = current.get("decision") or {}
+    promoting = any(isinstance(a, str) and a.startswith("promote ")
+                    for a in decision.get("actions") or [])
+    risks = [r for r in decision.get("risks") or [] if isinstance(r, str)]
+    if promoting and risks:
         found.append(make("unfenced-failover", "", "promoting WITHOUT proof that the data is "
-                          "current: %s" % reason.split("WARNING: ", 1)[-1], reason=reason))
+                          "current: %s" % "; ".join(risks), reason=decision.get("reason", "")))
     return found
 
 

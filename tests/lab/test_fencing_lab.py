@@ -17,7 +17,7 @@ from iscsi_ha.lab.scenarios_fencing import __doc__ as _doc  # noqa: F401  (regis
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FENCING = ["fence-link-cut", "fence-link-cut-then-crash", "fence-primary-crash",
-           "fence-isolated-primary", "fence-not-configured"]
+           "fence-isolated-primary", "fence-not-configured", "fence-forced-promotion"]
 
 
 @pytest.fixture(scope="module", params=["8.4", "9"])
