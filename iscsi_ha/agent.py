@@ -57,7 +57,7 @@ class Agent(object):
 
     def _peer_fencing(self):
         """The peer's fencing (its plugin runs drbdadm dump there), bounded by XAPI_TIMEOUT."""
-        from iscsi_ha.cli import peer as peer_mod
+        from iscsi_ha import peer as peer_mod
         from iscsi_ha.fence_peer import _Peer
         return peer_mod.call(_Peer(self.config), "fencing", {})
 

@@ -68,6 +68,11 @@ def test_running_needs_a_live_process_with_the_agents_command_line():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                              "iscsi-ha", "run"])
     try:
+        import psutil
+        for _ in range(200):          # until the child has exec'd (bounded: 10 s)
+            if "run" in psutil.Process(proc.pid).cmdline():
+                break
+            time.sleep(0.05)
         assert agent_status.running({"agent": {"pid": proc.pid}})
     finally:
         proc.kill()

@@ -49,7 +49,8 @@ def cmd_get(ctx, args):
 
 
 def cmd_status(ctx, args):
-    from iscsi_ha.cli import peer, status_view
+    from iscsi_ha import peer
+    from iscsi_ha.cli import status_view
     document = agent_status.view(ctx.config)
     if args.json:
         if args.peer:

@@ -13,7 +13,8 @@ import threading
 import time
 
 from iscsi_ha import model, preflight
-from iscsi_ha.cli import manual_ops, peer as peer_mod
+from iscsi_ha import peer as peer_mod
+from iscsi_ha.cli import manual_ops
 from iscsi_ha.cli.context import CliError, Refused
 from iscsi_ha.cli.manual_ops import bullet
 
