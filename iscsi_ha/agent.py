@@ -34,7 +34,7 @@ def peer_released_address(observation):
 
 
 class Agent(object):
-    """Observe, decide, act and publish, once per :meth:`run_cycle`."""
+    """Observe, decide, act and publish, once per :meth:`run_pass`."""
 
     def __init__(self, config, adapters=None, dry_run=False, witness=None):
         self.config = config
@@ -255,7 +255,7 @@ class Agent(object):
         return tuple(results)
 
     # -- one pass --------------------------------------------------------------------------
-    def run_cycle(self, trigger="timer"):
+    def run_pass(self, trigger="timer"):
         started, clock = time.time(), time.monotonic()
         observation = self._observation = self.observe()
         decision = decide(observation)

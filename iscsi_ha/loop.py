@@ -135,7 +135,7 @@ class Loop(object):
                             fallback=self.lock_fallback)
             with lock:
                 self.agent.lock_problem = lock.problem
-                box.append(self.agent.run_cycle(trigger))
+                box.append(self.agent.run_pass(trigger))
         except PassLockBusy as exc:
             log.warning("pass skipped: %s (an iscsi-cfg command at work?)", exc)
         except Exception as exc:

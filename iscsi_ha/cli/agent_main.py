@@ -237,12 +237,12 @@ def run_once(agent, config, dry_run):
     are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
     from iscsi_ha.passlock import PassLock, PassLockBusy
     if dry_run:
-        return agent.run_cycle("once")
+        return agent.run_pass("once")
     try:
         lock = PassLock.of(config, timeout=config.PASS_BUDGET)
         with lock:
             agent.lock_problem = lock.problem
-            return agent.run_cycle("once")
+            return agent.run_pass("once")
     except PassLockBusy as exc:
         sys.stderr.write("iscsi-ha: not run: %s\n" % exc)
         return None
