@@ -68,6 +68,20 @@ def _crash_and_make_master(lab, run, old, new):
     return pool_conf_changed_at(new, "master")
 
 
+def _unfenced_crash_refused(lab, run, old, new, hold=False):
+    """Fencing removed: ``old`` crashes, ``new`` is made master and refuses (checked over a
+    few passes with ``hold``). Returns the wall time before the crash."""
+    _wait_proven(lab, run, lab.hosts, proven=False)
+    since = time.time()
+    _crash_and_make_master(lab, run, old, new)
+    run.wait(lambda: "automatic failover is off" in _reason(lab, new), 20,
+             "%s to refuse: fencing not proven" % new.name)
+    if hold:
+        _hold(lab, PASSES)
+    run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
+    return since
+
+
 def _power_on(lab, run, old, new):
     apply_fault(lab, "power-on", old.name)
     run.wait(lambda: settled(lab, new), 90, "%s back, resynced, %s serving" % (old.name,
@@ -166,13 +180,7 @@ def fence_not_configured(lab, run):
         host.remove_fencing(lab.world)
     good = new.read_config()
     try:
-        _wait_proven(lab, run, lab.hosts, proven=False)
-        since = time.time()
-        _crash_and_make_master(lab, run, old, new)
-        run.wait(lambda: "automatic failover is off" in _reason(lab, new), 20,
-                 "%s to refuse: fencing not proven" % new.name)
-        _hold(lab, PASSES)
-        run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
+        since = _unfenced_crash_refused(lab, run, old, new, hold=True)
         mail = run.wait(lambda: alerts_of(lab, "failover-refused", since)[0], 20,
                         "the failover-refused alert") or []
         run.check(any("become-primary --force" in json.dumps(m) for m in mail),
@@ -205,12 +213,7 @@ def fence_forced_promotion(lab, run):
     for host in lab.hosts:
         host.remove_fencing(lab.world)
     try:
-        _wait_proven(lab, run, lab.hosts, proven=False)
-        since = time.time()
-        _crash_and_make_master(lab, run, old, new)
-        run.wait(lambda: "automatic failover is off" in _reason(lab, new), 20,
-                 "%s to refuse: fencing not proven" % new.name)
-        run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
+        since = _unfenced_crash_refused(lab, run, old, new)
         for argv in (["iscsi-cfg", "manual-mode-enable"],
                      ["iscsi-cfg", "become-primary", "--force", "--yes", "--timeout", "30"]):
             if argv[1] == "become-primary":
