@@ -4,6 +4,8 @@ Promote order: DRBD Primary -> target serving -> floating IP (after duplicate-ad
 done by the action) -> gratuitous ARP. Demote order is the reverse. A reason is one sentence in
 the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
+import dataclasses
+
 from iscsi_ha import fencing_policy, model
 from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Blocker, BlockerKind, Decision,
@@ -63,8 +65,7 @@ def _fencing_freeze(obs, desired):
 
 
 def _with_must_serve(plan, value, serving=False):
-    return Decision(plan.actions, plan.reason, plan.desired, plan.healthy, plan.verdict,
-                    plan.blockers, value, serving)
+    return dataclasses.replace(plan, must_serve=value, serving=serving)
 
 
 def must_serve(obs):

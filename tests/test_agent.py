@@ -7,7 +7,9 @@ import time
 import pytest
 
 from iscsi_ha import config as config_mod
-from iscsi_ha import model
+from iscsi_ha import fencing, model
+from iscsi_ha.adapters import manual as manual_adapter
+from iscsi_ha.alerts import StatusAlerts
 from iscsi_ha.agent import Agent
 from iscsi_ha.drbd import DrbdState
 from iscsi_ha.loop import Loop
@@ -374,3 +376,35 @@ def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, a
     alert = [c.args[0] for c in dispatcher.submit.call_args_list
              if c.args[0].kind == "state-dir-failed"][0]
     assert alert.resource == str(blocker) and "File exists" in alert.summary
+
+
+# -- an admin's confirmed forced promotion through the real Agent -------------------------------
+
+
+class Collect(object):
+    def __init__(self):
+        self.alerts = []
+
+    def submit(self, alert, status=None):
+        self.alerts.append(alert)
+        return True
+
+
+def test_a_forced_promotion_is_done_and_alerted(config, adapters):
+    adapters.drbd.observe.return_value = {
+        "iscsi1": state("Secondary", peer="Unknown", conn="WFConnection", peer_disk="DUnknown")}
+    adapters.vip.is_free.return_value = True
+    agent = Agent(config, adapters)
+    sink = Collect()
+    agent.alerts = StatusAlerts(sink)
+    record = agent.run_pass()
+    assert not record.decision.actions                  # fencing unproven: refused
+    manual_adapter.write_manual(config.MANUAL_FILE, model.MANUAL_PRIMARY)
+    record = agent.run_pass()
+    assert not record.decision.actions                  # manual primary alone: still refused
+    fencing.write_forced(config.STATE_DIR, ["iscsi1"], time.time() + 60, "root")
+    record = agent.run_pass()
+    adapters.drbd.promote.assert_called_once_with("iscsi1")
+    assert [a.kind for a in sink.alerts].count("unfenced-failover") == 1
+    alert = [a for a in sink.alerts if a.kind == "unfenced-failover"][0]
+    assert "forced become-primary" in alert.summary
