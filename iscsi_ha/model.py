@@ -254,9 +254,6 @@ class Decision:
         return any(not b.waits for b in self.blockers)
 
 
-Plan = Decision
-
-
 @dataclass(frozen=True)
 class ActionResult:
     action: Action

@@ -43,7 +43,6 @@ KINDS = {
     "pass-hung": SERVICE_LOSS_IMMINENT,
     "state-dir-failed": SERVICE_LOSS_IMMINENT,
     "state-dir-recovered": SERVICE_RECOVERED,
-    "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
     "fence-peer": SERVICE_DEGRADED,
@@ -112,11 +111,6 @@ def pass_hung(seconds, killed):
     return make("pass-hung", "", "a pass hung for %.0f s; %d child process(es) killed"
                 % (seconds, len(names)), seconds=round(float(seconds), 1),
                 killed=", ".join(names) or "none")
-
-
-def config_invalid(path, problems):
-    return make("config-invalid", path, "configuration %s is invalid: %d problem(s)"
-                % (path, len(problems)), problems="\n".join(problems))
 
 
 def sr_replugged(sr_name, detail=""):
