@@ -11,7 +11,8 @@ setup(
     description="Highly available DRBD-replicated iSCSI storage for two-host XCP-ng/XenServer "
                 "pools (successor to HA-Lizard iSCSI-HA)",
     license="GPL-3.0-or-later",
-    packages=find_packages(exclude=["tests", "tests.*"]),
+    # the product only: the lab is its own package (lab/, iscsi-ha-lab), never in this wheel
+    packages=find_packages(include=["iscsi_ha", "iscsi_ha.*"]),
     package_data={"iscsi_ha.alerts": ["templates/*.j2"]},
     python_requires=">=3.6",
     install_requires=[
@@ -31,7 +32,6 @@ setup(
             "iscsi-ha = iscsi_ha.cli.agent_main:main_exit",
             "iscsi-cfg = iscsi_ha.cli.cfg_main:main_exit",
             "iscsi-ha-watchdog = iscsi_ha.watchdog:main_exit",
-            "iscsi-ha-lab = iscsi_ha.lab.cli:main_exit",
         ],
     },
     data_files=[("share/iscsi-ha", ["etc/iscsi-ha/iscsi-ha.conf"])],

@@ -18,7 +18,7 @@ with its LUN, floating IP, one gratuitous ARP (not waited for).
 Two probes run in the client namespace for every move: a fast one (command deadline 0.1 s,
 connect 0.02 s, 2 ms between attempts: the server-side pause to the millisecond) and a patient one
 (command deadline 30 s: its connection dies only when the network ends it, as an open-iscsi
-connection would). The open-iscsi model (:mod:`iscsi_ha.lab.client_model`) replays each
+connection would). The open-iscsi model (:mod:`iscsi_ha_lab.client_model`) replays each
 outage for an XCP-ng host with default and with advised initiator settings.
 """
 import argparse
@@ -30,11 +30,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lab"))
 
-from iscsi_ha.lab import client_model  # noqa: E402
-from iscsi_ha.lab.lab import Lab, LabError, wait_until  # noqa: E402
-from iscsi_ha.lab.probe_control import ProbeRun  # noqa: E402
-from iscsi_ha.lab.scenarios import pool_conf_changed_at, settled  # noqa: E402
+from iscsi_ha_lab import client_model  # noqa: E402
+from iscsi_ha_lab.lab import Lab, LabError, wait_until  # noqa: E402
+from iscsi_ha_lab.probe_control import ProbeRun  # noqa: E402
+from iscsi_ha_lab.scenarios import pool_conf_changed_at, settled  # noqa: E402
 
 MOVES = ("switchover", "handover", "crash")
 # A write every ~2 ms (fast) and ~10 ms (patient): fine enough, and light enough that two
@@ -110,7 +111,7 @@ def floor_move(lab, kind, old):
 
 def _floor_boot(lab, host):
     """Power the crashed host on again, without its agent, and wait for the resync."""
-    from iscsi_ha.lab import netns
+    from iscsi_ha_lab import netns
     netns.set_link(host.ns, "eth0", True)
     netns.exec_in(host.ns, ["ip", "addr", "add", host.address + "/24", "dev", "eth0"],
                   check=True)
@@ -121,7 +122,7 @@ def _floor_boot(lab, host):
 
 # --- the agent -----------------------------------------------------------------------------------
 def _cfg(host, *args):
-    from iscsi_ha.lab.scenarios_manual import host_exec
+    from iscsi_ha_lab.hostexec import host_exec
     proc = host_exec(host, ["iscsi-cfg"] + list(args), 90)
     if proc.returncode != 0:
         raise BenchError("iscsi-cfg %s on %s: exit %d: %s" % (

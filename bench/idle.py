@@ -23,9 +23,10 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lab"))
 
-from iscsi_ha.lab.lab import Lab, LabError, wait_until  # noqa: E402
-from iscsi_ha.lab.scenarios import settled  # noqa: E402
+from iscsi_ha_lab.lab import Lab, LabError, wait_until  # noqa: E402
+from iscsi_ha_lab.scenarios import settled  # noqa: E402
 
 PRODUCTION_MONITOR_DELAY = 10
 

@@ -14,8 +14,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lab"))
 
-from iscsi_ha.lab.rig import Rig  # noqa: E402
+from iscsi_ha_lab.rig import Rig  # noqa: E402
 
 
 def summary(name, values):

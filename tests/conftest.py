@@ -18,7 +18,7 @@ import stat
 
 import pytest
 
-from iscsi_ha.lab import netns
+from iscsi_ha_lab import netns
 
 HOST_PROGRAMS = ("drbdadm", "drbdsetup", "tgtadm", "arping", "xe", "systemctl")
 # Debian package that installs each program (for the message of a missing real tool).

@@ -9,7 +9,7 @@ import pytest
 
 from iscsi_ha import config as config_mod
 from iscsi_ha.cli.agent_main import wait_for_xapi
-from iscsi_ha.lab.rig import Rig
+from iscsi_ha_lab.rig import Rig
 from iscsi_ha.sdnotify import Notifier
 
 
@@ -122,7 +122,7 @@ def test_real_daemon_survives_a_hung_pass_alerts_and_runs_the_next(ns_prefix, tm
     (MONITOR_MAX_STARTS x MONITOR_SCANRATE = 2 s). The daemon kills the pass's children, sends a
     pass-hung alert (to the lab's fake XAPI over the config's Unix socket), stays up, and its
     next passes run."""
-    from iscsi_ha.lab.fake_xapi import FakePool
+    from iscsi_ha_lab.fake_xapi import FakePool
     rig = Rig(str(tmp_path), ns_prefix, ctl=45)
     pool = None
     try:

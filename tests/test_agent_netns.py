@@ -3,7 +3,7 @@ lab's double): one pass promotes in order, one pass demotes in order, a second p
 """
 import pytest
 
-from iscsi_ha.lab.rig import Rig
+from iscsi_ha_lab.rig import Rig
 
 pytestmark = pytest.mark.netns
 

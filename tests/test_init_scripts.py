@@ -307,4 +307,4 @@ def test_the_rpm_builds_and_its_payload_runs_with_only_vendored_dependencies():
                    "/etc/iscsi-ha/iscsi-ha.conf", "/usr/lib/iscsi-ha/vendor/psutil/",
                    "/usr/lib/iscsi-ha/fallback/XenAPI/", "/usr/lib/iscsi-ha/py36/dataclasses.py"):
         assert needed in out, needed
-    assert "/iscsi_ha/lab/" not in out
+    assert "/lab/iscsi_ha_lab/" not in out

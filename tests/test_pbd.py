@@ -9,7 +9,7 @@ import pytest
 from iscsi_ha import model
 from iscsi_ha.adapters.xapi import XapiClient
 from iscsi_ha.drbd import DrbdState
-from iscsi_ha.lab.fake_xapi import FakePool, XapiError
+from iscsi_ha_lab.fake_xapi import FakePool, XapiError
 from iscsi_ha.pbd import PbdReplugger, storage_served
 
 A_IP, B_IP = "192.0.2.11", "192.0.2.12"

@@ -9,7 +9,7 @@ import pytest
 
 from iscsi_ha import config as config_mod, splitbrain
 from iscsi_ha.adapters.drbd import DrbdAdapter
-from iscsi_ha.lab.drbd_double import World, install_wrappers
+from iscsi_ha_lab.drbd_double import World, install_wrappers
 from iscsi_ha.splitbrain import (SplitBrainError, SplitBrainRefused, clear_flag,
                                  compare_generations, flag_path, format_report, inspect,
                                  local_facts, local_part, parse_gi, parse_json_oos,

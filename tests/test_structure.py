@@ -1,23 +1,26 @@
-"""The package's shape (issue 16): no import cycle among the product's modules, counting the
-imports inside functions too, and no product module outside iscsi_ha.cli imports the CLI (the
-daemon, the fence-peer handler and the watchdog stand on their own). Read from the source with
-ast, so a new import that breaks either rule fails here."""
+"""The packages' shape (issue 16): no import cycle among the product's modules nor among the
+lab's, counting the imports inside functions too; no product module outside iscsi_ha.cli
+imports the CLI (the daemon, the fence-peer handler and the watchdog stand on their own); the
+product never imports the lab, which is a package of its own (lab/iscsi_ha_lab) outside the
+product's wheel and RPM. Read from the source with ast, so a new import that breaks a rule fails
+here."""
 import ast
 import os
 
 import iscsi_ha
+import iscsi_ha_lab
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(iscsi_ha.__file__))
-LAB = "iscsi_ha.lab"      # the lab is not shipped; its own layout is checked elsewhere
+LAB_DIR = os.path.dirname(os.path.abspath(iscsi_ha_lab.__file__))
 
 
-def _modules():
+def _modules(package_dir=PACKAGE_DIR):
     found = {}
-    for directory, _dirs, names in os.walk(PACKAGE_DIR):
+    for directory, _dirs, names in os.walk(package_dir):
         for name in names:
             if name.endswith(".py"):
                 path = os.path.join(directory, name)
-                rel = os.path.relpath(path, os.path.dirname(PACKAGE_DIR))[:-3]
+                rel = os.path.relpath(path, os.path.dirname(package_dir))[:-3]
                 module = rel.replace(os.sep, ".")
                 found[module[:-len(".__init__")] if module.endswith(".__init__") else module] \
                     = path
@@ -45,10 +48,11 @@ def _imports(module, path, known):
     return set(m for m in out if m in known and m != module)
 
 
-def _graph():
-    modules = _modules()
-    return dict((m, _imports(m, p, modules)) for m, p in modules.items()
-                if not m.startswith(LAB))
+def _graph(package_dir=PACKAGE_DIR, known=()):
+    """{module: modules it imports}, among the package's modules and ``known`` names."""
+    modules = _modules(package_dir)
+    names = dict(modules, **dict((k, None) for k in known))
+    return dict((m, _imports(m, p, names)) for m, p in modules.items())
 
 
 def _cycles(graph):
@@ -100,6 +104,18 @@ def test_the_checker_finds_a_cycle():
 
 def test_no_import_cycle_in_the_product():
     assert _cycles(_graph()) == []
+
+
+def test_no_import_cycle_in_the_lab():
+    assert _cycles(_graph(LAB_DIR)) == []
+
+
+def test_the_product_never_imports_the_lab_and_holds_no_copy_of_it():
+    lab_modules = list(_modules(LAB_DIR))
+    graph = _graph(PACKAGE_DIR, known=lab_modules)
+    assert sorted(m for m, deps in graph.items() if any(d.startswith("iscsi_ha_lab")
+                                                        for d in deps)) == []
+    assert not os.path.exists(os.path.join(PACKAGE_DIR, "lab"))
 
 
 def test_only_the_cli_imports_the_cli():

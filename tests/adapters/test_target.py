@@ -503,7 +503,7 @@ def test_service_pids_finds_live_processes_and_skips_zombies():
 
 @pytest.mark.netns
 def test_service_pids_ignores_other_namespaces(ns_prefix):
-    from iscsi_ha.lab import netns
+    from iscsi_ha_lab import netns
     ns = ns_prefix + "p"
     netns.add_namespace(ns)
     other = netns.popen_in(ns, ["sleep", "30"])

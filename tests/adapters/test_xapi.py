@@ -10,7 +10,7 @@ import pytest
 from iscsi_ha.adapters.xapi import (ORIGINATOR, OtherConfigCache, PbdInfo, XapiClient,
                                     XapiFailure, XapiUnavailable, make_proxy)
 from iscsi_ha.alerts import SharedParams
-from iscsi_ha.lab.fake_xapi import FakePool
+from iscsi_ha_lab.fake_xapi import FakePool
 
 A_IP, B_IP = "192.0.2.11", "192.0.2.12"
 TIMEOUT = 1.5

@@ -16,7 +16,7 @@ from iscsi_ha.alerts import StatusAlerts, build_dispatcher, events, load_previou
 from iscsi_ha.alerts.email import EmailSender
 from iscsi_ha.alerts.events import SendError
 from iscsi_ha.alerts.queue import AlertDispatcher, XapiMessageSender
-from iscsi_ha.lab.fake_xapi import FakePool
+from iscsi_ha_lab.fake_xapi import FakePool
 
 
 class FakeClock(object):

@@ -7,7 +7,7 @@ from smtp_servers import HOST, closed_port, smtp_server
 from iscsi_ha import config as config_mod
 from iscsi_ha.cli import cfg_main, testalert_cmd
 from iscsi_ha.cli.context import CliError, HostContext
-from iscsi_ha.lab.fake_xapi import FakePool
+from iscsi_ha_lab.fake_xapi import FakePool
 
 CONFIG = """DRBD_RESOURCES=iscsi1
 DRBD_VIRTUAL_IP=192.0.2.100

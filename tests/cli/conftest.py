@@ -16,7 +16,7 @@ from iscsi_ha.adapters.vip import VipAdapter, VipState
 from iscsi_ha.cli import cfg_main
 from iscsi_ha.cli.context import HostContext
 from iscsi_ha.drbd import DrbdState, DrbdUnavailable
-from iscsi_ha.lab.fake_xapi import FakePool
+from iscsi_ha_lab.fake_xapi import FakePool
 
 CONFIG = """# test host
 DRBD_RESOURCES=iscsi1:iscsi2

@@ -10,7 +10,7 @@ from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.drbd import DrbdAdapter
 from iscsi_ha.cli import manual_ops
 from iscsi_ha.cli.context import HostContext, Refused
-from iscsi_ha.lab import netns
+from iscsi_ha_lab import netns
 
 from .conftest import drbd
 

@@ -6,8 +6,8 @@ import os
 import time
 import types
 
-from iscsi_ha.lab import scenarios_manual
-from iscsi_ha.lab.probe import GOOD
+from iscsi_ha_lab import scenarios_manual
+from iscsi_ha_lab.probe import GOOD
 
 
 def test_io_pause_is_the_longest_gap_around_the_move(tmp_path):

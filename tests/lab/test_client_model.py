@@ -1,5 +1,5 @@
 """The open-iscsi client model replayed on hand-made probe records (no lab needed)."""
-from iscsi_ha.lab import client_model as cm
+from iscsi_ha_lab import client_model as cm
 
 
 def _start(io_timeout):

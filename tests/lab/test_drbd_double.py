@@ -1,7 +1,7 @@
 """The DRBD double: DRBD's rules, its error texts and exit codes, and its output formats.
 
 Expected texts come from drbd-utils / DRBD sources and real outputs (cited in
-iscsi_ha/lab/drbd_double_cli.py); the real-format comparisons below use the captured fixtures in
+lab/iscsi_ha_lab/drbd_double_cli.py); the real-format comparisons below use the captured fixtures in
 tests/fixtures/drbd/ (their provenance is in their file names and .msgs files).
 """
 import json
@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from iscsi_ha.lab import drbd_double_cli
-from iscsi_ha.lab.drbd_double import DoubleError, World, install_wrappers
-from iscsi_ha.lab.drbd_double_cli import invoke
+from iscsi_ha_lab.paths import pythonpath
+from iscsi_ha_lab import drbd_double_cli
+from iscsi_ha_lab.drbd_double import DoubleError, World, install_wrappers
+from iscsi_ha_lab.drbd_double_cli import invoke
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "drbd")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -550,10 +551,11 @@ def test_concurrent_promotions_let_exactly_one_win(wrapped):
 
 
 def test_module_entry_point_reports_misuse(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "iscsi_ha.lab.drbd_double", "--world",
+    proc = subprocess.run([sys.executable, "-m", "iscsi_ha_lab.drbd_double_cli", "--world",
                            str(tmp_path), "--host", "a", "drbdadm", "role", "iscsi1"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=30, cwd=REPO)
+                          universal_newlines=True, timeout=30, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=pythonpath()))
     assert proc.returncode == 20 and "no DRBD double world" in proc.stderr
 
 
@@ -583,7 +585,7 @@ def test_split_invocation():
 
 
 def test_dump_shows_the_fencing_the_world_models(tmp_path):
-    from iscsi_ha.lab.drbd_double_cli import invoke
+    from iscsi_ha_lab.drbd_double_cli import invoke
     for version, section in (("8.4", "disk"), ("9", "net")):
         world = World.create(str(tmp_path / version), version=version,
                              fencing="resource-and-stonith")

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 from iscsi_ha import wakeups
-from iscsi_ha.lab.drbd_double import World, install_wrappers
+from iscsi_ha_lab.drbd_double import World, install_wrappers
 
 
 def _world(tmp_path, version):

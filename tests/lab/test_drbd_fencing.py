@@ -1,7 +1,7 @@
 """The DRBD double is strict about fencing: it runs the configured fence-peer handler for real,
 with DRBD's environment, maps its exit code as conn_try_outdate_peer() does, freezes I/O of a
 resource-and-stonith Primary until the kernel's rules let it resume, and never outdates a peer
-by itself (sources cited in iscsi_ha/lab/drbd_double.py)."""
+by itself (sources cited in lab/iscsi_ha_lab/drbd_double.py)."""
 import json
 import os
 import subprocess
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from iscsi_ha.lab.drbd_double import World, install_wrappers
-from iscsi_ha.lab.drbd_double_cli import invoke
+from iscsi_ha_lab.drbd_double import World, install_wrappers
+from iscsi_ha_lab.drbd_double_cli import invoke
 
 # A handler as a test double of ours: it reaches the peer "by another path" (here: the peer's
 # own drbdadm wrapper), records its environment, and maps drbdadm outdate's exit code.
@@ -62,7 +62,7 @@ def holder(fenced):
     proc = subprocess.Popen(["sh", "-c", 'exec 3<>"$0"; while :; do sleep 0.05; done',
                              world.device_path("a", "iscsi1")])
     deadline = time.monotonic() + 5
-    from iscsi_ha.lab.drbd_double import openers
+    from iscsi_ha_lab.drbd_double import openers
     while proc.pid not in openers(world.device_path("a", "iscsi1")):
         assert time.monotonic() < deadline
         time.sleep(0.02)

@@ -1,7 +1,7 @@
 """The fake XAPI, driven with the real XenAPI client over TCP 127.0.0.1 and Unix sockets.
 
 Socket paths live in pytest's tmp_path, whose names contain "_", which XenAPI.xapi_local()
-could not express; the custom transport in iscsi_ha.lab.fake_xapi takes the path as given.
+could not express; the custom transport in iscsi_ha_lab.fake_xapi takes the path as given.
 """
 import http.client
 import os
@@ -14,8 +14,8 @@ import xmlrpc.client
 import pytest
 import XenAPI
 
-from iscsi_ha.lab import fake_xapi_roles
-from iscsi_ha.lab.fake_xapi import FakePool, XapiError, tcp_session, uds_session
+from iscsi_ha_lab import fake_xapi_roles
+from iscsi_ha_lab.fake_xapi import FakePool, XapiError, tcp_session, uds_session
 
 A_IP, B_IP, C_IP = "192.0.2.11", "192.0.2.12", "192.0.2.13"
 TOKEN = re.compile(r"^\d{20},\d{20}$")

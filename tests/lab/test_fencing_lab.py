@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from iscsi_ha.lab.lab import Lab, missing_prerequisites
-from iscsi_ha.lab.scenarios import run_scenario
-from iscsi_ha.lab.scenarios_fencing import __doc__ as _doc  # noqa: F401  (registers them)
+from iscsi_ha_lab.paths import pythonpath
+from iscsi_ha_lab.lab import Lab, missing_prerequisites
+from iscsi_ha_lab.scenarios import run_scenario
+from iscsi_ha_lab.scenarios_fencing import __doc__ as _doc  # noqa: F401  (registers them)
 
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,10 +46,10 @@ def test_fencing_scenario(lab, name):
 
 
 def _cli(directory, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "iscsi_ha.lab.cli", "--dir", directory] +
+    return subprocess.run([sys.executable, "-m", "iscsi_ha_lab.cli", "--dir", directory] +
                           list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=REPO))
+                          env=dict(os.environ, PYTHONPATH=pythonpath()))
 
 
 def _status(directory):
@@ -78,9 +79,9 @@ def test_link_cut_story_through_the_cli_only(tmp_path):
     log = open(str(tmp_path / "up.log"), "wb")
     # a prefix of its own: never the admin's default lab (ihl-), never another test's
     prefix = "ihc%d-" % (os.getpid() % 10000)
-    up = subprocess.Popen([sys.executable, "-m", "iscsi_ha.lab.cli", "--dir", directory,
+    up = subprocess.Popen([sys.executable, "-m", "iscsi_ha_lab.cli", "--dir", directory,
                            "--prefix", prefix, "up"],
-                          stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=REPO),
+                          stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=pythonpath()),
                           start_new_session=True)
     try:
         _until(lambda: os.path.exists(os.path.join(directory, "control.sock")), 120,

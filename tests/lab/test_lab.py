@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from iscsi_ha.lab import netns
-from iscsi_ha.lab.lab import Lab, missing_prerequisites
-from iscsi_ha.lab.scenarios import all_scenarios, run_scenario
+from iscsi_ha_lab import netns
+from iscsi_ha_lab.lab import Lab, missing_prerequisites
+from iscsi_ha_lab.scenarios import all_scenarios, run_scenario
 
 pytestmark = pytest.mark.lab
 

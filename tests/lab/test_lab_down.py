@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from iscsi_ha.lab import lab as lab_mod, netns
-from iscsi_ha.lab.lab import Lab, LabError, control_ports, missing_prerequisites
+from iscsi_ha_lab.paths import pythonpath
+from iscsi_ha_lab import lab as lab_mod, netns
+from iscsi_ha_lab.lab import Lab, LabError, control_ports, missing_prerequisites
 
 pytestmark = pytest.mark.lab
 
@@ -73,8 +74,9 @@ def test_up_clears_what_its_own_crashed_run_recorded(tmp_path, prefix):
 
 def test_the_cli_refusal_is_one_line_and_takes_nothing_down(tmp_path, prefix):
     netns.add_namespace(prefix + "c")
-    env = dict(os.environ, ISCSI_HA_LAB_PREFIX=prefix, ISCSI_HA_LAB_DIR=str(tmp_path / "lab"))
-    proc = subprocess.run([sys.executable, "-m", "iscsi_ha.lab.cli", "demo"], env=env,
+    env = dict(os.environ, ISCSI_HA_LAB_PREFIX=prefix, ISCSI_HA_LAB_DIR=str(tmp_path / "lab"),
+               PYTHONPATH=pythonpath())
+    proc = subprocess.run([sys.executable, "-m", "iscsi_ha_lab.cli", "demo"], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr

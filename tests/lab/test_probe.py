@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iscsi_ha.lab import netns, probe, tgt
+from iscsi_ha_lab.paths import pythonpath
+from iscsi_ha_lab import netns, probe, tgt
 
 REPO = Path(__file__).resolve().parents[2]
 IQN = "iqn.2024-01.org.example:probe-test"
@@ -284,11 +285,11 @@ class Target(object):
         tgt.stop_tgtd(self.control_port, self.proc)
 
     def start_probe(self, record, duration, *extra):
-        argv = [sys.executable, "-m", "iscsi_ha.lab.probe", "--portal", self.portal,
+        argv = [sys.executable, "-m", "iscsi_ha_lab.probe", "--portal", self.portal,
                 "--iqn", IQN, "--lun", str(self.LUN), "--record", str(record),
                 "--duration", str(duration), "--blocks", "256"] + list(extra)
         log = open(str(self.tmp_path / ("probe%d.log" % len(self.probes))), "w")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=pythonpath())
         proc = netns.popen_in(self.client_ns, argv, cwd=str(REPO), env=env, stdout=log,
                               stderr=log)
         log.close()
@@ -361,7 +362,7 @@ def test_steady_run_loses_nothing_and_reads_back_through_the_initiator(target, t
     # no error means every command ended within --io-timeout (2 s)
     assert report.longest_pause_s < 2.0
     dump = tmp_path / "dump.img"
-    code = ("import sys; from iscsi_ha.lab import probe; open(sys.argv[1], 'wb').write("
+    code = ("import sys; from iscsi_ha_lab import probe; open(sys.argv[1], 'wb').write("
             "probe.read_lun_image(%r, %r, %d, 512, 256))" % (target.portal, IQN, target.LUN))
     res = netns.exec_in(target.client_ns, [sys.executable, "-c", code, str(dump)], timeout=60,
                         cwd=str(REPO))

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from iscsi_ha.lab.mediator_net import MediatorNet
+from iscsi_ha_lab.mediator_net import MediatorNet
 
 pytestmark = pytest.mark.netns
 

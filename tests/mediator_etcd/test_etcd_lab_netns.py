@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from iscsi_ha.lab import netns
-from iscsi_ha.lab.etcd_members import EtcdMembers
+from iscsi_ha_lab import netns
+from iscsi_ha_lab.etcd_members import EtcdMembers
 
 import etcd_cluster
 
