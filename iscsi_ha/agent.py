@@ -9,7 +9,7 @@ import logging
 import os
 import time
 
-from iscsi_ha import early_dad, fencing, fencing_policy, model, status, tickle
+from iscsi_ha import early_dad, fencing, fencing_policy, model, statepaths, status, tickle
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.decide import decide
@@ -136,7 +136,7 @@ class Agent(object):
         """Resources that DRBD's split-brain handler flagged in STATE_DIR (split-brain-RES)."""
         flagged = []
         for name in self.config.DRBD_RESOURCES:
-            if os.path.exists(os.path.join(self.config.STATE_DIR, "split-brain-" + name)):
+            if os.path.exists(statepaths.split_brain_flag(self.config.STATE_DIR, name)):
                 flagged.append(name)
         return tuple(flagged)
 
@@ -329,7 +329,7 @@ class Agent(object):
             status.mark_state_problem(document, self.config.STATE_DIR, "cannot write the "
                                       "status %s: %s" % (path, getattr(exc, "strerror", None)
                                                          or exc))
-            fallback = os.path.join(self.config.LOCK_FALLBACK_DIR, "status")
+            fallback = statepaths.status_copy(self.config)
             if os.path.abspath(fallback) != os.path.abspath(path):
                 self.faults.guard("status write %s" % fallback, status.write, fallback,
                                   document)

@@ -10,14 +10,10 @@ the slack for a busy machine. A status older than the sum is stale.
 The status is read from STATUS_FILE, or from the copy in LOCK_FALLBACK_DIR when that is newer
 (an agent whose state directory is read-only or full publishes there).
 """
-import os
 import time
 
-from iscsi_ha import status_read
+from iscsi_ha import statepaths, status_read
 from iscsi_ha.errors import ExitCode
-
-FALLBACK_NAME = "status"
-
 
 def stale_after(config):
     """Seconds after which a status no longer shows a live, unhung agent."""
@@ -26,8 +22,7 @@ def stale_after(config):
 
 def paths(config):
     """(STATUS_FILE, its fallback copy or None)."""
-    fallback = getattr(config, "LOCK_FALLBACK_DIR", "")
-    return config.STATUS_FILE, (os.path.join(fallback, FALLBACK_NAME) if fallback else None)
+    return config.STATUS_FILE, (statepaths.status_copy(config) or None)
 
 
 def latest(config, now=None, full=True):

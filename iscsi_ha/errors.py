@@ -21,7 +21,6 @@ import tempfile
 import time
 import traceback
 
-TRACE_SUBDIR = "traces"
 TRACES_KEPT = 50              # per directory; the oldest go first
 LOG_DIR = "/var/log/iscsi-ha"
 _state_dirs = []
@@ -50,7 +49,8 @@ def note_config(config):
 
 def trace_dirs():
     """Where a trace may be written, best first."""
-    dirs = [os.path.join(d, TRACE_SUBDIR) for d in _state_dirs]
+    from iscsi_ha.statepaths import traces
+    dirs = [traces(d) for d in _state_dirs]
     return dirs + [LOG_DIR, tempfile.gettempdir(), "/tmp"]
 
 

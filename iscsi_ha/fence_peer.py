@@ -104,14 +104,13 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
 
 
 def record(config, resource, event, code, outcome, started, answer=None):
-    from iscsi_ha import fencing
+    from iscsi_ha import fencing, statepaths
     entry = {"resource": resource, "event": event, "exit": code, "outcome": outcome,
              "time": time.time(), "duration_s": round(time.monotonic() - started, 3),
              "host": socket.gethostname(), "peer": (answer or {}).get("host"),
              "drbd_peer_address": os.environ.get("DRBD_PEER_ADDRESS", "")}
     try:
-        fencing._write_json(os.path.join(config.STATE_DIR, fencing.RECORD_PREFIX + resource +
-                                         ".json"), entry)
+        fencing._write_json(statepaths.fence_record(config.STATE_DIR, resource), entry)
     except (OSError, IOError) as exc:
         log.error("drbd-%s: cannot write the record: %s", event, exc)
     return entry

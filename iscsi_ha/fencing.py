@@ -24,17 +24,16 @@ import os
 import re
 import time
 
+from iscsi_ha import statepaths
 from iscsi_ha.fencing_policy import FencingObservation
 
 log = logging.getLogger("iscsi-ha")
 
 REQUIRED_POLICY = "resource-and-stonith"
-PROOF_FILE = "fencing-proof.json"
-SELF_FENCED_FILE = "self-fenced"
-GRANT_PREFIX = "promote-grant-"
-RECORD_PREFIX = "fence-peer-"
+PROOF_FILE = statepaths.FENCING_PROOF
+SELF_FENCED_FILE = statepaths.SELF_FENCED
 GRANT_TTL = 120.0
-FORCED_FILE = "forced-promotion.json"
+FORCED_FILE = statepaths.FORCED_PROMOTION
 
 _RESOURCE_RE = re.compile(r"^resource\s+(\S+)\s*\{", re.M)
 _FENCING_RE = re.compile(r"^\s*fencing\s+([A-Za-z-]+)\s*;", re.M)
@@ -130,13 +129,13 @@ def _write_json(path, value):
 
 
 def write_grant(state_dir, resource, reason, now=None):
-    _write_json(os.path.join(state_dir, GRANT_PREFIX + resource),
+    _write_json(statepaths.promote_grant(state_dir, resource),
                 {"time": time.time() if now is None else now, "reason": reason})
 
 
 def read_grant(state_dir, resource, now=None, ttl=GRANT_TTL):
     """The grant for ``resource`` if it is fresh, else None."""
-    grant = _read_json(os.path.join(state_dir, GRANT_PREFIX + resource), None)
+    grant = _read_json(statepaths.promote_grant(state_dir, resource), None)
     now = time.time() if now is None else now
     if not isinstance(grant, dict) or not isinstance(grant.get("time"), (int, float)):
         return None
@@ -145,7 +144,7 @@ def read_grant(state_dir, resource, now=None, ttl=GRANT_TTL):
 
 def clear_grant(state_dir, resource):
     try:
-        os.unlink(os.path.join(state_dir, GRANT_PREFIX + resource))
+        os.unlink(statepaths.promote_grant(state_dir, resource))
     except OSError:
         pass
 
@@ -153,14 +152,14 @@ def clear_grant(state_dir, resource):
 def write_forced(state_dir, resources, until, by, now=None):
     """Record the admin's confirmed forced promotion of ``resources`` (valid until ``until``,
     wall clock). The caller holds the pass lock."""
-    _write_json(os.path.join(state_dir, FORCED_FILE), {
+    _write_json(statepaths.forced_promotion(state_dir), {
         "resources": sorted(resources), "at": time.time() if now is None else now,
         "until": until, "by": by})
 
 
 def read_forced(state_dir, now=None):
     """The resources of a forced promotion still in force (a tuple; () when none)."""
-    record = _read_json(os.path.join(state_dir, FORCED_FILE), None)
+    record = _read_json(statepaths.forced_promotion(state_dir), None)
     now = time.time() if now is None else now
     if not isinstance(record, dict) or not isinstance(record.get("until"), (int, float)) or \
             not isinstance(record.get("resources"), list) or now > record["until"]:
@@ -170,7 +169,7 @@ def read_forced(state_dir, now=None):
 
 def clear_forced(state_dir):
     try:
-        os.unlink(os.path.join(state_dir, FORCED_FILE))
+        os.unlink(statepaths.forced_promotion(state_dir))
     except OSError:
         pass
 
@@ -179,7 +178,7 @@ def read_records(state_dir, resources):
     """{resource: the last fence-peer record} (those that exist)."""
     found = {}
     for name in resources:
-        record = _read_json(os.path.join(state_dir, RECORD_PREFIX + name + ".json"), None)
+        record = _read_json(statepaths.fence_record(state_dir, name), None)
         if isinstance(record, dict):
             found[name] = record
     return found
@@ -189,8 +188,8 @@ def proven_without_peer(config):
     """{resource: sentence} of the resources whose fencing was proven on both hosts (the proof
     the agent remembers in STATE_DIR) and that did not self-fence: read only, the peer is never
     asked. The CLI uses it to tell a promotion DRBD will fence from a blind one."""
-    proof = _read_json(os.path.join(config.STATE_DIR, PROOF_FILE), {})
-    marked = _read_json(os.path.join(config.STATE_DIR, SELF_FENCED_FILE), [])
+    proof = _read_json(statepaths.fencing_proof(config.STATE_DIR), {})
+    marked = _read_json(statepaths.self_fenced(config.STATE_DIR), [])
     proof = proof if isinstance(proof, dict) else {}
     marked = marked if isinstance(marked, list) else []
     found = {}
@@ -215,11 +214,11 @@ class FencingTracker(object):
 
     @property
     def _proof_path(self):
-        return os.path.join(self.config.STATE_DIR, PROOF_FILE)
+        return statepaths.fencing_proof(self.config.STATE_DIR)
 
     @property
     def _self_fenced_path(self):
-        return os.path.join(self.config.STATE_DIR, SELF_FENCED_FILE)
+        return statepaths.self_fenced(self.config.STATE_DIR)
 
     def observe(self, drbd, drbd_adapter):
         config = self.config
@@ -253,7 +252,7 @@ class FencingTracker(object):
         """The admin's forced promotion still to be done: expired, or every resource of it
         Primary or connected again, it is removed."""
         state_dir = self.config.STATE_DIR
-        if not os.path.exists(os.path.join(state_dir, FORCED_FILE)):
+        if not os.path.exists(statepaths.forced_promotion(state_dir)):
             return ()
         forced = read_forced(state_dir, self.wall())
         pending = tuple(n for n in forced if n in drbd and not drbd[n].is_primary

@@ -11,8 +11,7 @@ import fcntl
 import os
 import time
 
-LOCK_NAME = "lock"
-
+from iscsi_ha import statepaths
 
 class PassLockBusy(Exception):
     """Another process (an iscsi-cfg command, a second agent) holds the pass lock."""
@@ -21,8 +20,7 @@ class PassLockBusy(Exception):
 def lock_paths(config):
     """(STATE_DIR/lock, LOCK_FALLBACK_DIR/lock): the pass lock and where it goes when the state
     directory cannot hold it."""
-    return (os.path.join(config.STATE_DIR, LOCK_NAME),
-            os.path.join(config.LOCK_FALLBACK_DIR, LOCK_NAME))
+    return statepaths.pass_lock(config)
 
 
 def _open_one(path):

@@ -18,11 +18,11 @@ import time
 import psutil
 
 from iscsi_ha import model
-from iscsi_ha import status_read
+from iscsi_ha import statepaths, status_read
 from iscsi_ha.files import atomic_write
 from iscsi_ha.passlock import PassLock, PassLockBusy
 
-ADMIN_STOP_NAME = "stopped-by-admin"
+ADMIN_STOP_NAME = statepaths.ADMIN_STOP
 LOCK_WAIT = 30.0
 
 

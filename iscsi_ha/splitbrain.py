@@ -14,7 +14,6 @@ STATE_DIR/split-brain-RES; while it exists the agent holds that resource (no aut
   with action "victim", "survivor", "clear-flag" or "facts"). Anything unexpected is refused.
 """
 import contextlib
-import os
 import socket
 import time
 

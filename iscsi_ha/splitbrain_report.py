@@ -17,18 +17,18 @@ import errno
 import os
 import socket
 
-from iscsi_ha import files
+from iscsi_ha import files, statepaths
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.drbd import (  # noqa: F401 (the parsers are re-exported)
     LINK_UP_STATES, DrbdParseError, Generations, parse_gi, parse_json_oos, parse_proc_oos)
 from iscsi_ha.files import atomic_write
 
-FLAG_PREFIX = "split-brain-"
+FLAG_PREFIX = statepaths.SPLIT_BRAIN_PREFIX
 
 
 # -- the flag file ----------------------------------------------------------------------------
 def flag_path(state_dir, resource):
-    return os.path.join(state_dir, FLAG_PREFIX + resource)
+    return statepaths.split_brain_flag(state_dir, resource)
 
 
 def read_flag(state_dir, resource):

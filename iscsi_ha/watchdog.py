@@ -32,7 +32,8 @@ from collections import namedtuple
 
 import psutil
 
-from iscsi_ha import __version__, agent_status, config as config_mod, errors, logsetup
+from iscsi_ha import (__version__, agent_status, config as config_mod, errors, logsetup,
+                      statepaths)
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.errors import ExitCode
 from iscsi_ha.files import atomic_write, read_json
@@ -75,8 +76,8 @@ class Settings(object):
     def from_config(cls, config):
         v = {key: getattr(config, key) for key, _ in DEFAULTS}
         state = config.STATE_DIR
-        v.update(WATCHDOG_STATE_FILE=v["WATCHDOG_STATE_FILE"] or os.path.join(
-            state, "watchdog.json"), ADMIN_STOP_FILE=os.path.join(state, ADMIN_STOP_NAME),
+        v.update(WATCHDOG_STATE_FILE=v["WATCHDOG_STATE_FILE"] or statepaths.watchdog_state(
+            state), ADMIN_STOP_FILE=statepaths.admin_stop(state),
             STATUS_FILE=config.STATUS_FILE, STATUS_PATHS=agent_status.paths(config),
             MANUAL_FILE=config.MANUAL_FILE, XAPI_INIT_COOKIE=config.XAPI_INIT_COOKIE,
             XAPI_INIT_WAIT=config.XAPI_INIT_WAIT,

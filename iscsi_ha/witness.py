@@ -20,6 +20,8 @@ import ssl
 import threading
 import time
 
+from iscsi_ha import statepaths
+
 DEFAULT_PORT = 7790
 
 
@@ -477,7 +479,7 @@ def from_config(config, alert=None):
     if not config.MEDIATOR:
         return None
     directory = config.MEDIATOR_DIR
-    paths = [os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")]
+    paths = list(statepaths.mediator_credential(directory))
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise MediatorError("mediator credential missing: %s (run iscsi-cfg mediator enroll)"
@@ -489,8 +491,8 @@ def from_config(config, alert=None):
     except (ssl.SSLError, OSError, IOError, ValueError) as exc:
         raise MediatorError("mediator credential in %s unusable: %s" % (directory,
                                                                       _one_line(exc)))
-    return AgentWitness(client, os.path.join(directory, "state.json"),
-                        os.path.join(directory, "grant.json"),
+    return AgentWitness(client, statepaths.mediator_state(directory),
+                        statepaths.mediator_grant(directory),
                         interval=config.MEDIATOR_INTERVAL, alert=alert)
 
 

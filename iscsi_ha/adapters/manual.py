@@ -46,7 +46,8 @@ def change_path(path):
     """The change record beside the manual file: {mode, at, by, published}. HA-Lizard's file
     holds only the word; this says when and by whom it was set, and whether the pool record
     has it yet."""
-    return path + ".changed"
+    from iscsi_ha.statepaths import manual_changed
+    return manual_changed(path)
 
 
 def read_change(path):

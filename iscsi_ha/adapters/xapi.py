@@ -385,7 +385,6 @@ class OtherConfigCache(object):
     """Pool other-config keys a slave needs without a master: JSON, written atomically, 0600
     (it may hold HA_SMTP_PASS). Reading never raises: a missing or damaged file is empty."""
 
-    FILE_NAME = "pool-other-config.json"
 
     def __init__(self, path, keep=wanted_key):
         self.path = path
@@ -394,7 +393,8 @@ class OtherConfigCache(object):
 
     @classmethod
     def in_state_dir(cls, state_dir):
-        return cls(os.path.join(state_dir, cls.FILE_NAME))
+        from iscsi_ha.statepaths import other_config_cache
+        return cls(other_config_cache(state_dir))
 
     def _read(self):
         try:

@@ -14,7 +14,7 @@ import sys
 import tarfile
 import time
 
-from iscsi_ha import __version__
+from iscsi_ha import __version__, statepaths
 from iscsi_ha.files import read_text
 
 SECRET_KEYS = re.compile(r"(PASS|SECRET|TOKEN|_KEY\b)", re.I)
@@ -51,8 +51,8 @@ def support_bundle(ctx, output=None):
     except (IOError, OSError) as exc:
         members["iscsi-ha.conf"] = "(cannot read %s: %s)\n" % (config.path, exc)
     for label, path in (("status.json", config.STATUS_FILE),
-                        ("mediator-state.json", os.path.join(config.MEDIATOR_DIR, "state.json")),
-                        ("mediator-grant.json", os.path.join(config.MEDIATOR_DIR, "grant.json"))):
+                        ("mediator-state.json", statepaths.mediator_state(config.MEDIATOR_DIR)),
+                        ("mediator-grant.json", statepaths.mediator_grant(config.MEDIATOR_DIR))):
         try:
             members[label] = read_text(path, LIMIT)
         except (IOError, OSError) as exc:
@@ -61,7 +61,7 @@ def support_bundle(ctx, output=None):
         members["agent.log"] = _tail(config.LOG_FILE)
     members["versions.txt"] = "iscsi-ha %s\npython %s\n%s\n" % (
         __version__, sys.version.split()[0], platform.platform())
-    cert = os.path.join(config.MEDIATOR_DIR, "cert.pem")
+    cert = statepaths.mediator_credential(config.MEDIATOR_DIR)[1]
     if os.path.exists(cert):
         members["mediator-cert.pem"] = read_text(cert, LIMIT)   # public part only
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

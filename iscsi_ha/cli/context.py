@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from iscsi_ha import statepaths
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.pool import read_pool_role
 from iscsi_ha.adapters.xapi import OtherConfigCache, XapiClient
@@ -79,7 +80,7 @@ class HostContext(object):
 
     def split_brain_flags(self):
         return [name for name in self.config.DRBD_RESOURCES
-                if os.path.exists(os.path.join(self.config.STATE_DIR, "split-brain-" + name))]
+                if os.path.exists(statepaths.split_brain_flag(self.config.STATE_DIR, name))]
 
     def fencing_proven(self):
         """{resource: sentence} whose DRBD fencing the agent proved on both hosts."""

@@ -15,6 +15,7 @@ import json
 import os
 import time
 
+from iscsi_ha import statepaths
 from iscsi_ha.cli.context import CliError
 
 
@@ -25,7 +26,7 @@ from iscsi_ha.witness import (MediatorClient, MediatorError, parse_addresses, pe
                               read_json)
 
 BUNDLE_FORMAT = "iscsi-ha-mediator-credential/1"
-FILES = (("ca", "ca.pem"), ("cert", "cert.pem"), ("key", "key.pem"))
+FILES = tuple(zip(("ca", "cert", "key"), statepaths.MEDIATOR_CREDENTIAL))
 
 
 def _read_bundle(path):
@@ -61,10 +62,8 @@ def _write_private(path, text):
 def _client(config, directory=None, addresses=None, pool=None, node=None):
     directory = directory or config.MEDIATOR_DIR
     try:
-        return MediatorClient(addresses or parse_addresses(config.MEDIATOR),
-                              os.path.join(directory, "ca.pem"),
-                              os.path.join(directory, "cert.pem"),
-                              os.path.join(directory, "key.pem"),
+        ca, cert, key = statepaths.mediator_credential(directory)
+        return MediatorClient(addresses or parse_addresses(config.MEDIATOR), ca, cert, key,
                               pool or config.MEDIATOR_POOL, node or config.MEDIATOR_NODE,
                               timeout=config.MEDIATOR_TIMEOUT)
     except (OSError, IOError, ValueError) as exc:
@@ -181,7 +180,7 @@ def test(ctx):
 
 def reset(ctx, yes=False):
     config = ctx.config
-    state_file = os.path.join(config.MEDIATOR_DIR, "state.json")
+    state_file = statepaths.mediator_state(config.MEDIATOR_DIR)
     saved = read_json(state_file)
     if not saved.get("rolled_back"):
         ctx.say("nothing to reset: no rollback recorded (highest generation seen %s)"

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from iscsi_ha import statepaths
 from iscsi_ha.adapters.xapi import (ORIGINATOR, OtherConfigCache, PbdInfo, XapiClient,
                                     XapiFailure, XapiUnavailable, make_proxy)
 from iscsi_ha.alerts import SharedParams
@@ -87,7 +88,7 @@ def test_wrong_password_is_an_api_failure(lab):
 
 def test_other_config_set_replace_remove_and_cache(lab, tmp_path):
     pool, _, b, client = lab
-    cache = OtherConfigCache(str(tmp_path / "state_dir" / OtherConfigCache.FILE_NAME))
+    cache = OtherConfigCache(str(tmp_path / "state_dir" / statepaths.OTHER_CONFIG_CACHE))
     xapi = client(b, cache=cache)
     xapi.set_pool_other_config_key("HA_SMTP_SERVER", "192.0.2.25")
     xapi.set_pool_other_config_key("HA_SMTP_SERVER", "192.0.2.26")   # MAP_DUPLICATE_KEY path
@@ -248,7 +249,7 @@ def test_close_logs_out(lab):
 
 def test_cache_survives_master_death(lab, tmp_path):
     pool, a, b, client = lab
-    path = str(tmp_path / "state" / OtherConfigCache.FILE_NAME)
+    path = str(tmp_path / "state" / statepaths.OTHER_CONFIG_CACHE)
     cache = OtherConfigCache(path)
     xapi = client(b, cache=cache)
     xapi.set_pool_other_config_key("HA_MAIL_TO", "ops@example.org")

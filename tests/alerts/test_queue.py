@@ -10,6 +10,7 @@ import time
 import pytest
 from smtp_servers import black_hole, make_config, smtp_server
 
+from iscsi_ha import statepaths
 from iscsi_ha.adapters.xapi import OtherConfigCache, XapiClient
 from iscsi_ha import status as status_module
 from iscsi_ha.alerts import StatusAlerts, build_dispatcher, events, load_previous
@@ -250,7 +251,7 @@ def test_link_cut_gives_one_disconnected_and_one_reconnected_mail_and_message(tm
     a = pool.add_host("xcp_a", "192.0.2.11", str(tmp_path / "a_etc" / "pool.conf"),
                       uds_path=str(tmp_path / "a_run" / "xapi"))
     pool.start()
-    cache = OtherConfigCache(str(tmp_path / "state" / OtherConfigCache.FILE_NAME))
+    cache = OtherConfigCache(str(tmp_path / "state" / statepaths.OTHER_CONFIG_CACHE))
     client = XapiClient("unix://" + pool.endpoint(a).uds_path, "root", "", 2.0, cache=cache)
     try:
         with smtp_server("plain") as (sink, port):
