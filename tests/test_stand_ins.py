@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+CHECKOUT = os.pathsep.join([ROOT, os.path.join(ROOT, "lab")])   # the product and the lab
 
 TESTS = '''
 import os
@@ -41,7 +42,7 @@ def test_a_unit_test_that_reaches_a_host_program_fails(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "--rootdir", str(tmp_path),
          "-o", "testpaths=.", str(tmp_path / "test_generated.py")],
-        cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+        cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=CHECKOUT), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     out = proc.stdout
     assert proc.returncode == 1, out
@@ -73,6 +74,6 @@ def test_in_ci_a_skip_for_something_installable_fails(tmp_path):
     for required, code, summary in (("1", 1, "1 failed, 1 skipped"), ("", 0, "2 skipped")):
         proc = subprocess.run(argv, cwd=str(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=120,
-                              env=dict(os.environ, PYTHONPATH=ROOT,
+                              env=dict(os.environ, PYTHONPATH=CHECKOUT,
                                        ISCSI_HA_REQUIRE_TOOLS=required))
         assert proc.returncode == code and summary in proc.stdout, proc.stdout
