@@ -700,15 +700,6 @@ class EtcdBackend(Storage):
             self.docs_version += 1
 
     # -- documents (credentials: "cred/<pool>") --------------------------------------------
-    def doc(self, name):
-        """(bytes, revision) of a shared document from the cache; (None, 0)."""
-        with self._lock:
-            return self._docs.get(name, (None, 0))
-
-    def docs(self, prefix):
-        with self._lock:
-            return {n: v for n, v in self._docs.items() if n.startswith(prefix)}
-
     def put_doc(self, name, value, expected_revision, audit=None, pool=""):
         """CAS write (``value`` None deletes) with an optional audit entry in the same txn."""
         if isinstance(value, str):

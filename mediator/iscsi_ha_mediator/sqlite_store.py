@@ -196,13 +196,6 @@ class SqliteStorage(LocalLiveness, Storage):
         return [json.loads(r[0]) for r in reversed(rows)]
 
     # -- documents ------------------------------------------------------------------------------
-    def doc(self, name):
-        return self._docs.get(name, (None, 0))
-
-    def docs(self, prefix):
-        with self._lock:
-            return {n: v for n, v in self._docs.items() if n.startswith(prefix)}
-
     def put_doc(self, name, value, expected_revision, audit=None, pool=""):
         if isinstance(value, str):
             value = value.encode()

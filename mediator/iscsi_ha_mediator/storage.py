@@ -139,13 +139,18 @@ class Storage(abc.ABC):
         commits, "generation"."""
 
     # -- documents (credentials: doc "cred/<pool>") ---------------------------------------------
-    @abc.abstractmethod
+    # The documents are served from memory: an implementation keeps them in ``self._docs``
+    # ({name: (bytes, revision)}) under ``self._lock`` and refreshes it on every change it
+    # makes or learns of; these two readers are the same for every backend.
     def doc(self, name):
         """(bytes, revision) from memory; (None, 0) if absent."""
+        with self._lock:
+            return self._docs.get(name, (None, 0))
 
-    @abc.abstractmethod
     def docs(self, prefix):
         """{name: (bytes, revision)} for every document whose name starts with ``prefix``."""
+        with self._lock:
+            return {n: v for n, v in self._docs.items() if n.startswith(prefix)}
 
     @abc.abstractmethod
     def put_doc(self, name, value, expected_revision, audit=None, pool=""):
