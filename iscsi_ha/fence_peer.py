@@ -58,7 +58,7 @@ log = logging.getLogger("iscsi-ha")
 
 
 class _Peer(object):
-    """Just what :func:`iscsi_ha.cli.peer.call` needs: an XAPI client with a timeout."""
+    """Just what :func:`iscsi_ha.peer.call` needs: an XAPI client with a timeout."""
 
     def __init__(self, config):
         self.config = config
@@ -78,7 +78,7 @@ def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=
     """(answer dict or None, last error) after trying until ``deadline`` (monotonic), or, with
     ``stop_when_offline``, until XAPI answers that the peer host is offline (HOST_OFFLINE) or
     this host's xapi refuses the connection."""
-    from iscsi_ha.cli import peer as peer_mod
+    from iscsi_ha import peer as peer_mod
     call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
                                                   {"resource": resource}, timeout=timeout))
     error, pause = "not tried", FIRST_PAUSE

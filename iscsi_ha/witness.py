@@ -382,12 +382,6 @@ class WitnessMonitor(object):
         except Exception:
             pass
 
-    def reset_rollback(self):
-        with self._lock:
-            self._rolled_back = ""
-            self._max_gen = int((self._answer or {}).get("gen") or 0)
-        self._save()
-
     # -- what a pass reads (memory only) ---------------------------------------------------
     def state(self):
         with self._lock:
