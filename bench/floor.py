@@ -13,7 +13,11 @@ Moves, each ``--rounds`` times (alternating direction):
 - master crash: floor = the primary crashes, then the bare promote on the survivor; agent = the
   pool master crashes and pool HA makes the slave master (role change = its pool.conf says so).
 Bare demote: floating IP off, target stop, DRBD Secondary. Bare promote: DRBD Primary, target
-with its LUN, floating IP, one gratuitous ARP (not waited for).
+with its LUN, floating IP, one gratuitous ARP (not waited for). Both lab hosts run DRBD fencing
+(resource-and-stonith with the project's fence-peer handler), so DRBD runs the handler when a
+disconnected survivor is promoted (``drbd_set_role()``: ``SS_PRIMARY_NOP``): the bare promote
+leaves the same promotion grant the agent leaves (STATE_DIR/promote-grant-RES, removed after),
+so the floor pays the handler's run as the agent does, and no more.
 
 Two probes run in the client namespace for every move: a fast one (command deadline 0.1 s,
 connect 0.02 s, 2 ms between attempts: the server-side pause to the millisecond) and a patient one
@@ -51,7 +55,9 @@ ip addr del {vip}/24 dev eth0
 drbdadm secondary {res}
 """
 PROMOTE = """set -e
+printf '{{"time": %s, "reason": "bench floor"}}' "$(date +%s.%N)" > {grant}
 drbdadm primary {res}
+rm -f {grant}
 {bin}/tgtd-service start
 tgtadm -C {ctl} --lld iscsi --op new --mode target --tid 1 -T {iqn}
 tgtadm -C {ctl} --lld iscsi --op new --mode logicalunit --tid 1 --lun {lun} -b {dev}
@@ -69,7 +75,9 @@ class BenchError(Exception):
 def _script(lab, host, template):
     return template.format(vip=lab.vip, bin=host.bin, res=lab.resource, ctl=host.ctl,
                            iqn=lab.iqn, lun=lab.lun,
-                           dev=lab.world.device_path(host.name, lab.resource))
+                           dev=lab.world.device_path(host.name, lab.resource),
+                           grant=os.path.join(host.root, "state",
+                                              "promote-grant-" + lab.resource))
 
 
 STEP_TIMES = []

@@ -4,8 +4,9 @@
 Run as root, under the lab lock:  flock /work/lab.lock .venv/bin/python bench/idle.py
 [--seconds 60] [--versions 8.4,9] [--json FILE]
 
-The lab runs both agents with the production defaults (MONITOR_DELAY 10 s and every poll
-interval at its default); once the pool is settled, each agent process is sampled for
+The lab runs both agents with the production defaults (MONITOR_DELAY 10 s, and the interval
+keys the lab shortens for its tests set back to their configspec defaults: FENCING_RECHECK,
+VIP_CHECK_INTERVAL, DRBD_POLL_INTERVAL, POOL_POLL_INTERVAL); once the pool is settled, each agent process is sampled for
 ``--seconds``: CPU share of one core (its own user+system time, and separately the time of the
 commands it ran, reaped or still runs), wake-ups (voluntary context switches) and RSS (largest sample).
 The lab's DRBD commands are a Python double, so the children's share is far above what C
@@ -29,6 +30,24 @@ from iscsi_ha_lab.lab import Lab, LabError, wait_until  # noqa: E402
 from iscsi_ha_lab.scenarios import settled  # noqa: E402
 
 PRODUCTION_MONITOR_DELAY = 10
+# The lab's config shortens these for its tests; an idle agent in production runs the
+# configspec defaults (read from iscsi_ha.config, not copied here).
+PRODUCTION_KEYS = ("FENCING_RECHECK", "VIP_CHECK_INTERVAL", "DRBD_POLL_INTERVAL",
+                   "POOL_POLL_INTERVAL")
+
+
+def production_values():
+    """{key: the configspec default} for :data:`PRODUCTION_KEYS`."""
+    import re
+    from iscsi_ha import config as config_mod
+    found = {}
+    for key in PRODUCTION_KEYS:
+        match = re.search(r"^%s = \w+\(.*default=([0-9.]+)\)" % key, config_mod.CONFIGSPEC,
+                          re.M)
+        if match is None:
+            raise SystemExit("bench-idle: no default for %s in the configspec" % key)
+        found[key] = match.group(1)
+    return found
 
 
 def _times(proc):
@@ -80,8 +99,16 @@ def measure(version, seconds, base, log, prefix):
               monitor_delay=PRODUCTION_MONITOR_DELAY, prefix=prefix)
     try:
         lab.up()
+        wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None), 90,
+                   what="a settled pool")
+        values = production_values()
+        for host in lab.hosts:        # the last assignment wins; restart with it
+            host.write_config(host.read_config() + "".join(
+                "%s=%s\n" % item for item in sorted(values.items())))
+            host.stop_agent()
+            host.start_agent()
         primary = wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None), 90,
-                             what="a settled pool")
+                             what="a settled pool with the production intervals")
         secondary = lab.peer(primary)
         time.sleep(2.0)                       # let the settling passes finish
         lab.checker.stop()                    # the lab's own checker would wake tgtd and DRBD
@@ -127,6 +154,7 @@ def main():
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"seconds": args.seconds, "monitor_delay": PRODUCTION_MONITOR_DELAY,
+                       "production_values": production_values(),
                        "results": results}, handle, indent=1)
     return 0
 

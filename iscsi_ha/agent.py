@@ -140,6 +140,16 @@ class Agent(object):
                 flagged.append(name)
         return tuple(flagged)
 
+    def _kept_readings_used(self):
+        """True when this pass's observation reused a reading kept while the event streams
+        said nothing changed (see :meth:`iscsi_ha.adapters.vip.VipAdapter.observe`)."""
+        return getattr(self.adapters.vip, "cache_used", False) is True
+
+    def _forget_kept_readings(self):
+        forget = getattr(self.adapters.vip, "forget", None)
+        if forget is not None:
+            forget()
+
     # -- act -------------------------------------------------------------------------------
     def _perform(self, action):
         a = self.adapters
@@ -259,6 +269,12 @@ class Agent(object):
         started, clock = time.time(), time.monotonic()
         observation = self._observation = self.observe()
         decision = decide(observation)
+        if decision.actions and self._kept_readings_used():
+            # A pass that acts decides on fresh readings only: observe again without the
+            # readings kept between unchanged passes (the floating IP's), and decide again.
+            self._forget_kept_readings()
+            observation = self._observation = self.observe()
+            decision = decide(observation)
         self._observation, self._reason = observation, decision.reason
         self._ask_witness(observation, decision)
         results = self.apply(decision.actions)

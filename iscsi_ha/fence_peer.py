@@ -21,12 +21,24 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
 - 7: only while the agent promotes this host after decide() proved it safe (a fresh promotion
   grant in STATE_DIR, see :mod:`iscsi_ha.fencing`) and the peer is unreachable: the peer runs
   resource-and-stonith with this handler, so it holds no write this host lacks and stays frozen.
+  With a grant, an attempt that shows the peer cannot be asked now ends the attempts at once
+  instead of after FENCE_PEER_TIMEOUT: ``HOST_OFFLINE`` (XAPI itself holds the peer host not
+  live, e.g. after pool HA declared it dead) or this host's xapi refusing connections (it
+  restarts for ten seconds and more when this host has just become pool master, the very
+  moment the agent promotes after a master crash). The grant's proof (fencing verified on both
+  hosts, this disk UpToDate when the link was lost) does not depend on the peer's answer: a
+  peer that lost this host froze its I/O (resource-and-stonith) and acknowledged nothing since;
+  the exit code after the timeout would be this same 7. DRBD runs this handler inside
+  ``drbdadm primary`` (8.4 and 9 ``drbd_nl.c`` ``drbd_set_role()``: ``SS_PRIMARY_NOP`` ->
+  ``conn_try_outdate_peer()``), so the wait was the failover's pause. An xapi that hangs, a
+  plugin error and every error without a grant are retried until the timeout.
 - 1: anything else (peer unreachable, plugin error, bad input): DRBD keeps I/O frozen; the
   agent self-fences after SELF_FENCE_AFTER. Never 5 ("unreachable, assumed dead"): DRBD would
   then resume I/O as if the peer were outdated, the very stale-data hole fencing closes.
 
-Bounded by FENCE_PEER_TIMEOUT (attempts every 0.5 s until then). Every run is logged (syslog,
-LOG_FILE) and recorded in STATE_DIR/fence-peer-RES.json, which the agent alerts on.
+Bounded by FENCE_PEER_TIMEOUT (attempts 0.1, 0.2, 0.4 s apart, then every 0.5 s). Every run is
+logged (syslog, LOG_FILE) and recorded in STATE_DIR/fence-peer-RES.json, which the agent alerts
+on.
 """
 import json
 import logging
@@ -38,6 +50,8 @@ import time
 
 PEER_OUTDATED, PEER_INCONSISTENT, PEER_PRIMARY, PEER_FENCED, FAILED = 4, 3, 6, 7, 1
 RETRY_PAUSE = 0.5
+FIRST_PAUSE = 0.1         # the pause doubles from this up to RETRY_PAUSE: a local xapi that
+                          # refuses while it restarts (a new master) is asked again soon
 _RESOURCE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$")
 
 log = logging.getLogger("iscsi-ha")
@@ -56,13 +70,18 @@ class _Peer(object):
                           timeout or config.XAPI_TIMEOUT)
 
 
+HOST_OFFLINE = "HOST_OFFLINE"
+
+
 def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
-                        call=None):
-    """(answer dict or None, last error) after trying until ``deadline`` (monotonic)."""
+                        call=None, stop_when_offline=False):
+    """(answer dict or None, last error) after trying until ``deadline`` (monotonic), or, with
+    ``stop_when_offline``, until XAPI answers that the peer host is offline (HOST_OFFLINE) or
+    this host's xapi refuses the connection."""
     from iscsi_ha import peer as peer_mod
     call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
                                                   {"resource": resource}, timeout=timeout))
-    error = "not tried"
+    error, pause = "not tried", FIRST_PAUSE
     for _ in range(1000):
         left = deadline - clock()
         if left <= 0.05:
@@ -74,16 +93,23 @@ def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=
             error = "the peer answered %s: %s" % (answer.get("outcome"), answer.get("detail"))
         except Exception as exc:  # PeerError, XAPI error, socket timeout: try again in time
             error = str(exc) or type(exc).__name__
-        if deadline - clock() > RETRY_PAUSE:
-            sleep(RETRY_PAUSE)
+            if stop_when_offline and (getattr(exc, "code", None) == HOST_OFFLINE or
+                                      getattr(exc, "refused", False)):
+                break
+        if deadline - clock() > pause:
+            sleep(pause)
+            pause = min(RETRY_PAUSE, pause * 2)
     return None, error
 
 
-def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
+def fence(config, resource, clock=time.monotonic, call=None, now=time.time, sleep=time.sleep):
     """(exit code, outcome sentence, peer answer)."""
     from iscsi_ha import fencing
     deadline = clock() + config.FENCE_PEER_TIMEOUT
-    answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, call=call)
+    grant_ttl = max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2
+    granted = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
+    answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, sleep=sleep,
+                                        call=call, stop_when_offline=granted is not None)
     if answer is not None:
         outcome = answer["outcome"]
         if outcome == "outdated":
@@ -93,8 +119,7 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
                 answer.get("host"),), answer
         return PEER_PRIMARY, ("the peer %s is Primary: DRBD outdates this host"
                               % answer.get("host")), answer
-    grant = fencing.read_grant(config.STATE_DIR, resource, now=now(),
-                               ttl=max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2)
+    grant = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
     if grant is not None:
         return PEER_FENCED, ("the peer is unreachable (%s); this host is being promoted by the "
                              "agent after proof that its data is current (%s)"

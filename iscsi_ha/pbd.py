@@ -156,16 +156,20 @@ class PbdReplugger(object):
             return "timer"
         return None
 
+    def _idle_wait(self):
+        """Seconds the worker sleeps with nothing due: until the timer, or TICK. Only a timer
+        that can fire shortens it (disabled, a past due time woke the worker every 10 ms)."""
+        if self._enabled and self._serving and self._next_due is not None:
+            return min(TICK, max(0.01, self._next_due - self.clock()))
+        return TICK
+
     def _wait_for_work(self):
         with self._cond:
             while not self._closing:
                 reason = self._take_due()
                 if reason is not None:
                     return reason
-                wait = TICK
-                if self._serving and self._next_due is not None:
-                    wait = min(TICK, max(0.01, self._next_due - self.clock()))
-                self._cond.wait(wait)
+                self._cond.wait(self._idle_wait())
             return None
 
     def _run(self):

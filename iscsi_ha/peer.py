@@ -12,7 +12,14 @@ PLUGIN = "iscsi-ha"
 
 
 class PeerError(Exception):
-    """The peer could not be reached or answered something unusable."""
+    """The peer could not be reached or answered something unusable. ``code`` is XAPI's own
+    error code when XAPI said why (``HOST_OFFLINE``: the pool holds the peer host not live);
+    ``refused``: this host's xapi does not listen (stopped, or restarting as a new master)."""
+
+    def __init__(self, message, code=None, refused=False):
+        Exception.__init__(self, message)
+        self.code = code
+        self.refused = refused
 
 
 def peer_ref(xapi):
@@ -34,7 +41,9 @@ def call(ctx, fn, args=None, timeout=None):
         name = xapi.call("host.get_name_label", ref)
         text = xapi.call_plugin(ref, PLUGIN, fn, args or {})
     except XapiError as exc:
-        raise PeerError("cannot reach the peer through XAPI: %s" % exc)
+        raise PeerError("cannot reach the peer through XAPI: %s" % exc,
+                        code=getattr(exc, "code", None),
+                        refused=bool(getattr(exc, "refused", False)))
     finally:
         xapi.close()
     try:

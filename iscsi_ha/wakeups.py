@@ -10,6 +10,9 @@
   of its state words (``cs: ro: ds:``), so an idle poll parses nothing.
 - a signal wakes the select at once (``signal.set_wakeup_fd``), so SIGTERM stops the agent
   without waiting for the next poll.
+- the network: an rtnetlink socket (link and IPv4 address groups) tells the floating-IP
+  adapter whether its last ``ip link``/``ip addr`` reading still holds (no message since), so
+  an idle pass runs no ``ip`` (see :meth:`iscsi_ha.adapters.vip.VipAdapter.observe`).
 
 Nothing here can end the daemon: every failure turns the source back into polling.
 """
@@ -22,6 +25,7 @@ import os
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -225,6 +229,54 @@ class ProcDrbdKey(object):
         self.fd = None
 
 
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 0x1, 0x10
+
+
+class NetlinkChanges(object):
+    """Link and IPv4 address changes of this network namespace (rtnetlink multicast groups),
+    for a caller that keeps the last ``ip`` observation: :meth:`take` says whether anything
+    changed since the last call. No socket (or a broken one, or an overflow): always True, so
+    the caller runs its commands as before."""
+
+    def __init__(self, groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR):
+        self.sock, self.dirty = None, True
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            try:
+                sock.bind((0, groups))
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        except (OSError, AttributeError) as exc:
+            log.info("wake-ups: no rtnetlink socket (%s); the network is read every pass", exc)
+
+    def take(self):
+        """True when a link or address message arrived since the last call (or no socket)."""
+        if self.sock is None:
+            return True
+        for _ in range(10000):
+            try:
+                if not self.sock.recv(65536):
+                    break
+                self.dirty = True
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.dirty = True
+                if exc.errno != errno.ENOBUFS:   # ENOBUFS: messages were lost; read on
+                    self.close()
+                    break
+        dirty, self.dirty = self.dirty, False
+        return dirty or self.sock is None
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
 def for_agent(config, drbd_adapter):
     """The daemon's :class:`Wakeups` (DRBD version resolved by the adapter, if it can)."""
     try:
@@ -242,6 +294,7 @@ class Wakeups(object):
         self.inotify = Inotify([config.POOL_CONF, config.MANUAL_FILE])
         self.events = DrbdEvents(drbdsetup_argv) if drbd_version == "9" else None
         self.proc_key = ProcDrbdKey(config.DRBD_PROC) if drbd_version == "8.4" else None
+        self.network = NetlinkChanges()   # lets the floating-IP adapter skip unchanged reads
         self._pipe = os.pipe()
         for fd in self._pipe:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -310,6 +363,7 @@ class Wakeups(object):
                 pass
             self._old_wakeup_fd = None
         self.inotify.close()
+        self.network.close()
         if self.events is not None:
             self.events.close()
         if self.proc_key is not None:

@@ -50,6 +50,9 @@ class Adapters(object):
 
     def close(self):
         self.vip.close()
+        closer = getattr(self.target, "close", None)
+        if closer is not None:
+            closer()
 
 
 def observe_drbd(adapter):

@@ -408,3 +408,28 @@ def test_a_forced_promotion_is_done_and_alerted(config, adapters):
     assert [a.kind for a in sink.alerts].count("unfenced-failover") == 1
     alert = [a for a in sink.alerts if a.kind == "unfenced-failover"][0]
     assert "forced become-primary" in alert.summary
+
+
+def test_a_pass_that_acts_on_a_kept_reading_observes_afresh_first(config, adapters):
+    """The floating IP's kept reading (no netlink message since) serves idle passes only: a
+    pass whose decision acts drops it, observes again and decides on the fresh readings."""
+    adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
+    adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
+    readings = [FakeVip(local=False), FakeVip(local=True)]
+
+    def observe(*args, **kwargs):
+        adapters.vip.cache_used = len(readings) == 2       # the first reading was kept
+        return readings.pop(0)
+    adapters.vip.observe.side_effect = observe
+    record = Agent(config, adapters).run_pass()
+    adapters.vip.forget.assert_called_once_with()
+    assert adapters.vip.observe.call_count == 2 and readings == []
+    assert record.observation.vip.local and record.decision.actions == ()
+    adapters.vip.add.assert_not_called()
+
+
+def test_a_fresh_reading_that_acts_is_not_read_twice(config, adapters):
+    adapters.vip.cache_used = False
+    Agent(config, adapters).run_pass()
+    adapters.vip.forget.assert_not_called()
+    assert adapters.vip.observe.call_count == 1

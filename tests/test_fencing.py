@@ -99,6 +99,51 @@ def test_handler_reports_fenced_only_with_a_fresh_promotion_grant(config):
     assert code == 1
 
 
+class Offline(Exception):
+    code = "HOST_OFFLINE"
+
+
+def test_handler_stops_at_host_offline_only_with_a_promotion_grant(config):
+    """With the agent's grant, XAPI's HOST_OFFLINE ends the attempts at once (exit 7); without
+    a grant, or for an error that is not HOST_OFFLINE, it tries until FENCE_PEER_TIMEOUT."""
+    clock, calls = Clock(), []
+
+    def offline(timeout):
+        calls.append(timeout)
+        clock.now += 0.1
+        raise Offline("cannot reach the peer through XAPI: HOST_OFFLINE")
+
+    def timing_out(timeout):
+        calls.append(timeout)
+        clock.now += 0.1
+        raise RuntimeError("timed out")
+    sleep = lambda seconds: setattr(clock, "now", clock.now + seconds)
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=offline, sleep=sleep)
+    assert code == 1 and len(calls) >= 3          # no grant: every attempt until the timeout
+    fencing.write_grant(config.STATE_DIR, "iscsi1", "promoting: proven", now=1000.0)
+    del calls[:]
+    code, outcome, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=offline,
+                                        now=lambda: 1001.0, sleep=sleep)
+    assert code == 7 and len(calls) == 1 and "HOST_OFFLINE" in outcome
+    del calls[:]
+
+    def refused(timeout):
+        calls.append(timeout)
+        clock.now += 0.01
+        exc = RuntimeError("cannot reach the peer through XAPI: connection refused")
+        exc.refused = True
+        raise exc
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=refused,
+                                  now=lambda: 1001.0, sleep=sleep)
+    assert code == 7 and len(calls) == 1
+    del calls[:]
+    start = clock.now
+    answer, _ = fence_peer.ask_peer_to_outdate(config, "iscsi1", clock.now + 2, clock=clock,
+                                               sleep=sleep, call=timing_out,
+                                               stop_when_offline=True)
+    assert answer is None and len(calls) >= 3 and clock.now - start >= 1.5
+
+
 def test_handler_script_refuses_bad_input_with_a_failure_code(tmp_path, config):
     env = dict(os.environ, PYTHONPATH=REPO, ISCSI_HA_CONFIG=config.path, DRBD_RESOURCE="")
     script = os.path.join(REPO, "scripts", "drbd-fence-peer")

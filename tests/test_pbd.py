@@ -326,3 +326,18 @@ def test_the_worker_runs_timer_rounds_while_serving(lab):
 def test_interval_must_be_positive():
     with pytest.raises(ValueError):
         PbdReplugger(lambda: None, Recorder(), 0, start=False)
+
+
+def test_a_disabled_worker_sleeps_a_full_tick_past_its_due_time():
+    """PBD_REPLUG=0 while the storage is served: the due time passes but no round may run, so
+    the worker must not wake every 10 ms (it did, for ever)."""
+    from iscsi_ha.pbd import TICK
+    clock = Clock()
+    worker = PbdReplugger(lambda: None, Recorder(), 60.0, clock=clock, enabled=False,
+                          start=False)
+    worker.observe(_observation("Primary", "Secondary", True))
+    clock.now += 600
+    assert worker.pending() is None and worker._idle_wait() == TICK
+    worker.enabled = True
+    assert worker._idle_wait() == 0.01 and worker.pending() == "timer"
+    worker.close()

@@ -207,3 +207,42 @@ def test_without_a_stream_the_fingerprint_decides():
     watcher.drbd_checked = float("-inf")
     assert watcher.changed() is None
     assert len(fingerprints) == 2        # remember() and the check
+
+
+def test_netlink_changes_report_messages_overflow_and_a_missing_socket():
+    import errno as errno_mod
+    import socket
+    from iscsi_ha.wakeups import NetlinkChanges
+    changes = NetlinkChanges()
+    if changes.sock is not None:
+        changes.sock.close()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mine.setblocking(False)
+    changes.sock = mine
+    try:
+        assert changes.take() is True          # nothing read yet: the caller reads
+        assert changes.take() is False
+        theirs.send(b"RTM_NEWADDR")
+        theirs.send(b"RTM_DELADDR")
+        assert changes.take() is True and changes.take() is False
+
+        class Overflow(object):
+            calls = 0
+
+            def recv(self, size):
+                Overflow.calls += 1
+                if Overflow.calls == 1:
+                    raise OSError(errno_mod.ENOBUFS, "No buffer space available")
+                raise BlockingIOError()
+
+            def close(self):
+                pass
+        changes.sock = Overflow()
+        assert changes.take() is True and changes.sock is not None   # lost messages: read
+        assert changes.take() is False
+    finally:
+        mine.close()
+        theirs.close()
+    changes.sock = None
+    assert changes.take() is True and changes.take() is True          # no socket: always read
+

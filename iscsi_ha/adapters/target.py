@@ -80,9 +80,14 @@ def service_pids(name):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/comm" % entry, "rb") as handle:
-                if handle.read().rstrip(b"\n") != want:
-                    continue
+            # os-level open/read/close: no file object per process (the scan runs every pass)
+            fd = os.open("/proc/%s/comm" % entry, os.O_RDONLY)
+            try:
+                comm = os.read(fd, 64)
+            finally:
+                os.close(fd)
+            if comm.rstrip(b"\n") != want:
+                continue
             proc = psutil.Process(int(entry))
             if proc.name() != name or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
@@ -91,6 +96,13 @@ def service_pids(name):
         except (OSError, IOError, psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(pids)
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def kill_pids(pids):
@@ -166,18 +178,46 @@ class TargetAdapter(object):
         self.ready_timeout = ready_timeout
 
     known_pids = ()
+    _stat_fds = None
+
+    def _remember_pids(self, pids):
+        """Keep ``pids`` (found by this observation) and an open /proc/PID/stat of each: the
+        descriptor stays bound to that process, so a reused PID never reads as alive."""
+        fds = self._stat_fds or {}
+        for pid in [p for p in fds if p not in pids]:
+            _close(fds.pop(pid))
+        for pid in pids:
+            if pid not in fds:
+                try:
+                    fds[pid] = os.open("/proc/%d/stat" % pid,
+                                       os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except OSError:
+                    continue
+        self._stat_fds = fds
+        self.known_pids = list(pids)
 
     def liveness(self):
-        """Which of the daemon processes seen by the last :meth:`observe` still live: a cheap
-        check (no process scan, no command) the agent polls to notice at once that tgtd died."""
-        alive = []
+        """Which of the daemon processes seen by the last :meth:`observe` still live (not gone,
+        not a zombie): a cheap check (one pread each, no process scan, no command) the agent
+        polls to notice at once that tgtd died."""
+        alive, fds = [], self._stat_fds or {}
         for pid in self.known_pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.Error:
+            fd = fds.get(pid)
+            if fd is None:
                 continue
+            try:
+                data = os.pread(fd, 512, 0)
+            except OSError:                 # ESRCH: the process is gone (reaped)
+                continue
+            end = data.rfind(b")")
+            if end > 0 and data[end + 2:end + 3] not in (b"Z", b"X", b""):
+                alive.append(pid)
         return tuple(alive)
+
+    def close(self):
+        for fd in (self._stat_fds or {}).values():
+            _close(fd)
+        self._stat_fds = {}
 
     # -- commands ----------------------------------------------------------------------------
     def _status_ok(self):
@@ -211,7 +251,7 @@ class TargetAdapter(object):
     def observe(self):
         """A :class:`TargetState`; running = status command OK and tgtadm answers."""
         pids = service_pids(self.service)
-        self.known_pids = list(pids)
+        self._remember_pids(pids)
         if not self._status_ok():
             stray = " (yet process %s lives here)" % ", ".join(map(str, pids)) if pids else ""
             return TargetState(False, False, {}, ["%s is not running%s" % (self.service, stray)],

@@ -245,9 +245,35 @@ class VipAdapter(object):
         return run(argv, self.timeout)
 
     # -- observe -----------------------------------------------------------------------------
-    def observe(self):
+    # The daemon sets ``change_watch`` (:class:`iscsi_ha.wakeups.NetlinkChanges`): while it
+    # reports no link or address message, the last reading is returned without running ``ip``
+    # (at most CACHE_MAX_AGE s old). A change of ours (add, remove) always reads afresh.
+    change_watch = None
+    CACHE_MAX_AGE = 60.0
+    _cached = None
+    cache_used = False
+
+    def observe(self, fresh=False, clock=time.monotonic):
         """A :class:`VipState`: ``local`` = the address is on ``interface``; ``elsewhere`` lists
-        the address on other interfaces of this host (a misconfiguration)."""
+        the address on other interfaces of this host (a misconfiguration). With a
+        ``change_watch`` and unless ``fresh``, the last reading when nothing changed since."""
+        watch, self.cache_used = self.change_watch, False
+        if watch is None:
+            return self._observe()
+        changed, now, cached = watch.take(), clock(), self._cached
+        if not (fresh or changed) and cached is not None and now - cached[0] < self.CACHE_MAX_AGE:
+            self.cache_used = True
+            return cached[1]
+        self._cached = None
+        state = self._observe()
+        self._cached = (now, state)
+        return state
+
+    def forget(self):
+        """Drop the kept reading: the next :meth:`observe` runs ``ip``."""
+        self._cached = None
+
+    def _observe(self):
         link = self._ip(["-o", "link", "show", "dev", self.interface])
         if not link.ok:
             if "does not exist" not in link.stderr:
@@ -374,7 +400,8 @@ class VipAdapter(object):
     def add(self, released_timeout=None):
         """Add the address after DAD; raise :class:`VipTaken` if another host holds it.
         Idempotent: an address already local is left alone."""
-        state = self.observe()
+        self._cached = None
+        state = self.observe(fresh=True)
         if state.local:
             return "floating IP %s already local" % self.address
         if not state.interface_exists:
@@ -390,17 +417,20 @@ class VipAdapter(object):
         if not free:
             raise VipTaken(self.address, self.last_responders)
         res = self._ip(["addr", "add", self.cidr, "dev", self.interface], change=True)
+        self._cached = None
         if not res.ok and "already assigned" not in res.stderr:
             raise VipError(res.describe())
         return "floating IP %s added on %s" % (self.cidr, self.interface)
 
     def remove(self):
         """Remove the address from ``interface``; idempotent."""
-        entries = [a for a in self.observe().addresses if a.address == self.address]
+        self._cached = None
+        entries = [a for a in self.observe(fresh=True).addresses if a.address == self.address]
         if not entries:
             return "floating IP %s not local" % self.address
         cidr = "%s/%d" % (self.address, entries[0].prefixlen)
         res = self._ip(["addr", "del", cidr, "dev", self.interface], change=True)
+        self._cached = None
         if not res.ok and "not found" not in res.stderr.lower():
             raise VipError(res.describe())
         return "floating IP %s removed from %s" % (cidr, self.interface)

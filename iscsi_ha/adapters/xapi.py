@@ -47,11 +47,12 @@ class XapiError(Exception):
 class XapiUnavailable(XapiError):
     """XAPI cannot answer now. ``code``/``params`` are set when XAPI itself said so."""
 
-    def __init__(self, message, code=None, params=(), reconnect=False):
+    def __init__(self, message, code=None, params=(), reconnect=False, refused=False):
         XapiError.__init__(self, message)
         self.code = code
         self.params = list(params)
         self.reconnect = reconnect   # a fresh connection and login may succeed at once
+        self.refused = refused       # nothing listens (connection refused, no socket file)
 
 
 class XapiFailure(XapiError):
@@ -251,7 +252,9 @@ class XapiClient(object):
         except (ConnectionError, FileNotFoundError, http.client.RemoteDisconnected) as exc:
             self._disconnect()
             raise XapiUnavailable("%s: %s: %s" % (where, method, _describe(exc)),
-                                  reconnect=True)
+                                  reconnect=True,
+                                  refused=isinstance(exc, (ConnectionRefusedError,
+                                                           FileNotFoundError)))
         except (OSError, http.client.HTTPException, xml.parsers.expat.ExpatError) as exc:
             self._disconnect()
             raise XapiUnavailable("%s: %s: %s" % (where, method, _describe(exc)))

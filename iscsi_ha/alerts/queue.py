@@ -139,8 +139,16 @@ class AlertDispatcher(object):
                     return lane.jobs.popleft()
                 if self._closing:
                     return None
-                wait = TICK if lane.retry_at is None else min(TICK, lane.retry_at - now)
-                self._cond.wait(max(0.01, wait))
+                self._cond.wait(self._idle_wait(lane, now))
+
+    @staticmethod
+    def _idle_wait(lane, now):
+        """How long a lane with nothing due sleeps: until its retry time when a job waits for
+        it, else TICK. A retry time left from a job that was dropped since is no reason to wake
+        (it would make the worker spin every 10 ms for ever)."""
+        if lane.retry_at is None or not lane.jobs:
+            return TICK
+        return max(0.01, min(TICK, lane.retry_at - now))
 
     def _run(self, lane):
         while True:

@@ -109,6 +109,7 @@ def cmd_run(path, once, dry_run, as_json):
     wakeups = wakeups_mod.for_agent(config, agent.adapters.drbd)
     wakeups.install_signal_wakeup()
     loop.set_wakeups(wakeups)
+    agent.adapters.vip.change_watch = wakeups.network   # no `ip` while the network is quiet
     services = DaemonServices(config)
     services.attach(agent, loop)
     def on_pass(record):

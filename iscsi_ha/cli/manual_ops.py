@@ -84,17 +84,32 @@ def disable(ctx):
 
 
 # -- become-primary ------------------------------------------------------------------------------
-def vip_blocker(ctx):
+def _peer_released(ctx, states):
+    """Every resource Connected with its peer Secondary: the peer's agent demotes in the order
+    floating IP off, target stop, DRBD Secondary, so the peer released the address (the rule
+    of :func:`iscsi_ha.agent.peer_released_address`, which the agent applies to the same step)."""
+    names = ctx.config.DRBD_RESOURCES
+    return bool(states) and all(
+        n in states and states[n].connection == "Connected" and states[n].peer_role ==
+        "Secondary" for n in names)
+
+
+def vip_blocker(ctx, states=None):
     """Why the floating IP may not be taken here ('' when it may): duplicate-address
-    detection, unless the address is already local."""
+    detection, unless the address is already local; the short one (ARP_DAD_RELEASED_TIMEOUT,
+    one probe) when ``states`` show that the peer released the address."""
     vip = ctx.adapters.vip
+    released = getattr(ctx.config, "ARP_DAD_RELEASED_TIMEOUT", None)
     try:
         state = vip.observe()
         if state.local:
             return ""
         if not state.interface_exists:
             return "interface %s (DRBD_INTERFACE) does not exist" % vip.interface
-        if vip.is_free():
+        if released is not None and _peer_released(ctx, states):
+            if released <= 0 or vip.is_free(count=1, timeout=released):
+                return ""
+        elif vip.is_free():
             return ""
     except (VipError, CommandError) as exc:
         return "duplicate-address detection for the floating IP failed: %s" % exc
@@ -111,7 +126,7 @@ def promotion_checks(ctx):
         ctx.manual_mode(), ctx.split_brain_flags(), states, error, ctx.config.DRBD_RESOURCES,
         {} if error else ctx.fencing_proven())
     if not blockers:
-        blocker = vip_blocker(ctx)
+        blocker = vip_blocker(ctx, states)
         blockers.extend([blocker] if blocker else [])
     return blockers, risks
 

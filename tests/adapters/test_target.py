@@ -705,3 +705,31 @@ def test_real_tgtd_sigstopped_is_killed_and_other_namespace_spared(tgt_lab):
     assert after["running"] is False and after["processes"] == []
     assert psutil.pid_exists(pid_b) and psutil.Process(pid_b).status() != psutil.STATUS_ZOMBIE
     assert _answers(PORT_B)     # the tgtd of the other namespace still serves
+
+
+def test_liveness_follows_the_process_and_not_its_pid():
+    """liveness() reads each daemon process through the /proc/PID/stat descriptor opened when
+    it was found: alive while it runs, not once it is a zombie or reaped."""
+    import signal
+    import subprocess
+    import sys
+    from iscsi_ha.adapters.target import TargetAdapter
+    adapter = TargetAdapter("iqn.2026-11.test:t", {}, "tgtd", "true", "true", "true")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        adapter._remember_pids([child.pid])
+        assert adapter.liveness() == (child.pid,)
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while adapter.liveness() and time.monotonic() < deadline:   # a zombie until reaped
+            time.sleep(0.01)
+        assert adapter.liveness() == ()
+        child.wait(5)
+        assert adapter.liveness() == ()
+        adapter._remember_pids([])
+        assert adapter._stat_fds == {} and adapter.liveness() == ()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+        adapter.close()

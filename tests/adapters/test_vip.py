@@ -523,3 +523,35 @@ def test_real_carrier_loss_is_seen(two_hosts, ns_prefix):
     subprocess.run(["ip", "link", "set", ns_prefix + "va", "down"], check=True, timeout=10)
     state = a.observe()
     assert state.interface_up is True and state.carrier is False
+
+
+class _Watch(object):
+    def __init__(self):
+        self.changed = True
+
+    def take(self):
+        changed, self.changed = self.changed, False
+        return changed
+
+
+def test_observe_keeps_its_reading_while_the_network_is_quiet(monkeypatch):
+    """With a change watch (the daemon's rtnetlink socket), ``ip`` runs only after a link or
+    address message, when the reading is older than CACHE_MAX_AGE, or for a change of ours."""
+    from iscsi_ha.adapters import vip as vip_mod
+    adapter = vip_mod.VipAdapter("192.0.2.100", 24, "eth0")
+    reads = []
+    monkeypatch.setattr(adapter, "_observe", lambda: reads.append(1) or len(reads))
+    assert adapter.observe() == 1 and len(reads) == 1          # no watch: always read
+    watch, now = _Watch(), [100.0]
+    adapter.change_watch = watch
+    clock = lambda: now[0]
+    assert adapter.observe(clock=clock) == 2 and not adapter.cache_used
+    assert adapter.observe(clock=clock) == 2 and adapter.cache_used
+    watch.changed = True                                          # an address message
+    assert adapter.observe(clock=clock) == 3 and not adapter.cache_used
+    assert adapter.observe(fresh=True, clock=clock) == 4
+    now[0] += adapter.CACHE_MAX_AGE
+    assert adapter.observe(clock=clock) == 5
+    adapter.forget()
+    assert adapter.observe(clock=clock) == 6
+    assert adapter.observe(clock=clock) == 6 and adapter.cache_used

@@ -299,3 +299,28 @@ def test_xapi_sender_with_a_dead_master_does_not_delay_mail(tmp_path):
     finally:
         client.close()
         pool.stop()
+
+
+def test_a_lane_whose_last_job_was_dropped_sleeps_a_full_tick():
+    """After a job is dropped, the lane's old retry time must not make its worker wake every
+    10 ms (it did: 100 wake-ups a second for ever, the idle agent's largest CPU cost)."""
+    from iscsi_ha.alerts.queue import TICK
+    rec = Recorder(max_attempts=2)
+    d, clock, _ = dispatcher(0, senders=[rec])
+    lane = d.lanes[0]
+    rec.failures = [SendError("down")] * 2
+    d.submit(link_down("r0"))
+    d.pump()                                         # first failure: a retry time is set
+    clock.now = lane.retry_at + 1
+    d.pump()                                         # second: dropped, the retry time stays
+    assert d.dropped == 1 and not lane.jobs and lane.retry_at is not None
+    clock.now = 100.0
+    assert d._idle_wait(lane, clock.now) == TICK
+    rec.failures = [SendError("down")] * 2
+    rec.max_attempts = 5
+    d.submit(link_down("r1"))
+    d.pump()                                         # fails: retried later, job kept
+    assert lane.jobs and d._idle_wait(lane, clock.now) == pytest.approx(
+        min(TICK, lane.retry_at - clock.now))
+    clock.now = lane.retry_at + 5
+    assert d._idle_wait(lane, clock.now) == 0.01

@@ -97,7 +97,7 @@ class Host(object):
         mocker.patch.object(VipAdapter, "observe", autospec=True,
                             side_effect=lambda adapter: self._vip_state())
         self.is_free = mocker.patch.object(VipAdapter, "is_free", autospec=True,
-                                           side_effect=lambda adapter: self._free())
+                                           side_effect=lambda adapter, **kw: self._free())
         mocker.patch.object(agent_status, "running", return_value=True)
         self.set_drbd(drbd(name="iscsi1"), drbd(name="iscsi2"))
         self.write_status(role="Primary")

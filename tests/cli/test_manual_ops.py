@@ -383,3 +383,23 @@ def test_role_reached_from_the_steps_of_the_pass():
                                   ["stop target"], [("stop target", True)], verdict="blocked")
     assert not manual_ops.role_reached(risk_only, model.PRIMARY, ["iscsi1"])
     assert not manual_ops.role_reached(ok, model.SECONDARY, ["iscsi1"])
+
+
+def test_become_primary_dad_is_the_short_one_when_the_connected_peer_is_secondary(host):
+    """A Connected Secondary peer released the address (its agent demotes IP, target, DRBD in
+    that order): one probe of ARP_DAD_RELEASED_TIMEOUT, as the agent's own address step."""
+    secondary_here(host)
+    manual_ops.become_primary(host.ctx, timeout=5)
+    assert host.is_free.call_count == 1
+    _, kwargs = host.is_free.call_args
+    assert kwargs == {"count": 1, "timeout": host.config.ARP_DAD_RELEASED_TIMEOUT}
+
+
+def test_become_primary_dad_is_the_full_one_when_the_peer_is_not_known_secondary(host):
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"),
+                  drbd("Secondary", "Secondary", name="iscsi2"))
+    host.set_manual(model.MANUAL_SECONDARY)
+    manual_ops.vip_blocker(host.ctx, dict(host.states))
+    _, kwargs = host.is_free.call_args
+    assert kwargs == {}
