@@ -21,6 +21,11 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
 - 7: only while the agent promotes this host after decide() proved it safe (a fresh promotion
   grant in STATE_DIR, see :mod:`iscsi_ha.fencing`) and the peer is unreachable: the peer runs
   resource-and-stonith with this handler, so it holds no write this host lacks and stays frozen.
+- when the peer cannot be reached over the management network and a mediator is configured
+  (MEDIATOR), the mediator is asked (:func:`iscsi_ha.witness.fence_peer_from_config`): 4 it
+  recorded the peer outdated (the peer can no longer get a grant), 3 the peer was already
+  outdated there, 6 this host was deposed (another node is primary at the mediator: DRBD
+  outdates this host and the agent demotes it); no usable answer falls through.
 - 1: anything else (peer unreachable, plugin error, bad input): DRBD keeps I/O frozen; the
   agent self-fences after SELF_FENCE_AFTER. Never 5 ("unreachable, assumed dead"): DRBD would
   then resume I/O as if the peer were outdated, the very stale-data hole fencing closes.
@@ -79,8 +84,15 @@ def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=
     return None, error
 
 
-def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
-    """(exit code, outcome sentence, peer answer)."""
+def ask_mediator(config):
+    """(exit code, reason) from the mediator, or None when MEDIATOR is empty."""
+    from iscsi_ha import witness
+    return witness.fence_peer_from_config(config)
+
+
+def fence(config, resource, clock=time.monotonic, call=None, now=time.time, mediator=None):
+    """(exit code, outcome sentence, peer answer). ``mediator``: the callable asking the
+    mediator (tests), default :func:`ask_mediator`."""
     from iscsi_ha import fencing
     deadline = clock() + config.FENCE_PEER_TIMEOUT
     answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, call=call)
@@ -93,6 +105,17 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time):
                 answer.get("host"),), answer
         return PEER_PRIMARY, ("the peer %s is Primary: DRBD outdates this host"
                               % answer.get("host")), answer
+    asked = (mediator or ask_mediator)(config)
+    if asked is not None:
+        code, why = asked
+        if code in (PEER_OUTDATED, PEER_INCONSISTENT):
+            return code, ("the peer is unreachable over the management network (%s); the "
+                          "mediator recorded it outdated%s" % (error, ": " + why if why
+                                                               else "")), None
+        if code == PEER_PRIMARY:
+            return code, ("the mediator deposed this host (%s): DRBD outdates it and the agent "
+                          "demotes it" % why), None
+        error = "%s; mediator: %s" % (error, why)
     grant = fencing.read_grant(config.STATE_DIR, resource, now=now(),
                                ttl=max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2)
     if grant is not None:
