@@ -76,8 +76,7 @@ def cmd_demo(args, console, names=None):
     from iscsi_ha.lab.scenarios import all_scenarios
     lab = _lab(args, drbd_version=args.drbd_version)
     # the mediator-* scenarios need a lab with a mediator, and the others one without
-    names = names or [n for n in all_scenarios()
-                      if n.startswith("mediator-") == bool(lab.mediator_backend)]
+    names = names or list(all_scenarios(mediator=bool(lab.mediator_backend)))
     started = time.monotonic()
     lab.refuse_foreign()       # before the try: a refusal must not take anything down
     try:

@@ -218,7 +218,8 @@ Result = collections.namedtuple("Result", "scenario passed io_pause_s time_to_se
 
 
 def run_scenario(lab, name, settle_timeout=90):
-    found = all_scenarios().get(name)
+    all_scenarios()
+    found = SCENARIOS.get(name)
     if found is None:
         raise LabError("no scenario %r; known: %s" % (name, ", ".join(SCENARIOS)))
     run = ScenarioRun(lab, name)
@@ -259,9 +260,12 @@ def run_scenario(lab, name, settle_timeout=90):
 
 
 
-def all_scenarios():
-    """Every scenario: the modules of the other issues register theirs when imported."""
+def all_scenarios(mediator=False):
+    """Every scenario: the modules of the other issues register theirs when imported. The
+    ``mediator-*`` ones (a lab with a mediator) only with ``mediator=True``, and then only
+    they."""
     from iscsi_ha.lab import (scenarios_fencing, scenarios_manual,  # noqa: F401
-                              scenarios_resilience,
+                              scenarios_mediator, scenarios_resilience,
                               scenarios_service, scenarios_splitbrain)
-    return SCENARIOS
+    return collections.OrderedDict((name, s) for name, s in SCENARIOS.items()
+                                   if name.startswith("mediator-") == bool(mediator))
