@@ -21,7 +21,6 @@ import threading
 import time
 
 DEFAULT_PORT = 7790
-STEP_DOWN_LEAD = 3.0    # seconds: see AgentWitness.step_down_lead
 
 
 class MediatorError(Exception):
@@ -510,9 +509,11 @@ def from_config(config, alert=None):
     except (ssl.SSLError, OSError, IOError, ValueError) as exc:
         raise MediatorError("mediator credential in %s unusable: %s" % (directory,
                                                                       _one_line(exc)))
-    return AgentWitness(client, os.path.join(directory, "state.json"),
-                        os.path.join(directory, "grant.json"),
-                        interval=config.MEDIATOR_INTERVAL, alert=alert)
+    monitor = AgentWitness(client, os.path.join(directory, "state.json"),
+                           os.path.join(directory, "grant.json"),
+                           interval=config.MEDIATOR_INTERVAL, alert=alert)
+    monitor.demote_s = float(config.TARGET_STOP_TIMEOUT) + float(config.DRBD_TIMEOUT)
+    return monitor
 
 
 class AgentWitness(WitnessMonitor):
@@ -530,13 +531,15 @@ class AgentWitness(WitnessMonitor):
         self._want = threading.Event()
         self._last_promote = None
         self.wake = None            # callable: wake the agent loop (set by the daemon)
+        self.demote_s = 2.0         # TARGET_STOP_TIMEOUT + DRBD_TIMEOUT (from_config)
 
     def step_down_lead(self):
-        """How many seconds before its lease runs out a frozen Primary steps down: 3 s (a
-        frozen agent is unhealthy, so it passes every second: a pass gap, plus the start of
-        the demote), at most half the lease; the mediator's margin covers the demote itself."""
+        """How many seconds before its lease runs out a frozen Primary steps down: one pass
+        gap (a frozen agent is unhealthy: it passes every second) plus what the demote may
+        take (``demote_s``: TARGET_STOP_TIMEOUT + DRBD_TIMEOUT, a frozen tgtd is killed), at
+        most half the lease; the mediator's margin (lease + margin) is the reserve."""
         lease = ((self.state().answer or {}).get("lease_ms") or 10000) / 1000.0
-        return min(STEP_DOWN_LEAD, lease / 2.0)
+        return min(1.0 + self.demote_s, lease / 2.0)
 
     def set_report(self, report):
         self._report = dict(report or {})

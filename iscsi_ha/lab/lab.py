@@ -125,7 +125,7 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
 
 class Lab(object):
     def __init__(self, directory=None, drbd_version="8.4", monitor_delay=2, prefix=None,
-                 fencing=True, mediator=None, mediator_lease=6.0, mediator_margin=1.5):
+                 fencing=True, mediator=None, mediator_lease=10.0, mediator_margin=2.0):
         self.directory = os.path.abspath(directory or default_dir())
         self.prefix = check_prefix(prefix or default_prefix())
         self.fencing = fencing      # both hosts: resource-and-stonith with our handlers

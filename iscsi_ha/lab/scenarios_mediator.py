@@ -4,6 +4,9 @@ heartbeating it. The runner checks every time that no acknowledged write is lost
 invariant checker saw no violation (never two DRBD Primaries, connected or not); each function
 checks its own story and notes its figures:
 
+- mediator-down (first: its alerts must be the first of their kind within MAIL_SCREEN_TIME):
+  the mediator stops with everything else up: no effect on I/O, one alert per host, automatic
+  failover off on both; one alert per host again when it is back.
 - mediator-link-cut: the wire between A and B dies (replication link and their XAPI calls to
   each other; the client still reaches A) while both reach the mediator: A's handler cannot
   reach B, the mediator records B outdated, A's I/O resumes; B's promote is refused.
@@ -11,8 +14,6 @@ checks its own story and notes its figures:
   A's lease (lease + margin after the mediator last heard A) ran out, within the bound below.
 - mediator-site-isolated: A loses B and the mediator (and the pool: XAPI HA makes B master at
   once): A self-fences before its lease runs out, B is promoted after it.
-- mediator-down: the mediator stops with everything else up: no effect on I/O, one alert per
-  host, automatic failover off on both; one alert per host again when it is back.
 - mediator-restart: A loses power while the mediator is down; the mediator starts again long
   after A's lease: it grants nothing within its grace (lease + margin after its start).
 - mediator-stale-primary-returns: A isolated as above, B took over; A reaches the mediator
@@ -154,6 +155,35 @@ def _power_on(lab, run, old, new):
 
 # --- the scenarios ---------------------------------------------------------------------------
 
+@scenario("mediator-down", "the mediator stops, all else up: no I/O effect, alerts, no failover")
+def mediator_down(lab, run):
+    _need(lab)
+    primary = lab.primary()
+    _wait_golden(lab, run, primary)
+    since = time.time()
+    apply_fault(lab, "stop-mediator")
+    run.wait(lambda: all(not _witness(lab, h).get("reachable") for h in lab.hosts), 20,
+             "both agents to see the mediator unreachable")
+    time.sleep(PASSES * lab.monitor_delay)
+    for host in lab.hosts:
+        w = _witness(lab, host)
+        run.check(w.get("auto_failover") is False and "unreachable" in str(
+            w.get("auto_failover_reason")), "%s: automatic failover not off: %r" % (host.name, w))
+    run.check(lab.serving(primary), "%s stopped serving" % primary.name)
+    run.check(_view(lab, lab.peer(primary))["role"] == "Secondary", "the secondary changed")
+    run.wait(lambda: len(alerts_of(lab, "mediator-unreachable", since)[0]) >= 2, 20,
+             "a mediator-unreachable alert from each host")
+    apply_fault(lab, "start-mediator")
+    run.wait(lambda: len(alerts_of(lab, "mediator-reachable", since)[0]) >= 2, 30,
+             "a mediator-reachable alert from each host")
+    _wait_golden(lab, run, primary)       # after the grace: failover possible again
+    time.sleep(1.0)                       # a duplicate would have arrived by now
+    for kind in ("mediator-unreachable", "mediator-reachable"):
+        senders = sorted(m["from"] for m in alerts_of(lab, kind, since)[0])
+        run.check(len(senders) == 2 and len(set(senders)) == 2,
+                  "%s alerts from %s, expected one per host" % (kind, senders))
+
+
 @scenario("mediator-link-cut", "the A-B wire dies, both reach the mediator: A keeps serving, "
           "B is outdated there")
 def mediator_link_cut(lab, run):
@@ -257,6 +287,9 @@ def _isolated_takeover(lab, run, old, new):
     if demoted and promoted:
         run.check(demoted < promoted, "%s promoted before %s stepped down" % (new.name,
                                                                               old.name))
+        run.check(demoted < lease_end, "%s stepped down %.2f s after its lease ran out (the "
+                  "mediator could have granted %s)" % (old.name, demoted - lease_end,
+                                                       new.name))
         run.check(promoted >= lease_end - 0.1, "%s promoted %.2f s before A's lease ran out"
                   % (new.name, lease_end - promoted))
         run.note("A stepped down %.2f s after the cut (%.2f s before the lease ran out); B "
@@ -276,35 +309,6 @@ def mediator_site_isolated(lab, run):
     _rejoin(lab, old)
     run.wait(lambda: settled(lab, new), 90, "%s back as Secondary and resynced" % old.name)
     _wait_golden(lab, run, new)
-
-
-@scenario("mediator-down", "the mediator stops, all else up: no I/O effect, alerts, no failover")
-def mediator_down(lab, run):
-    _need(lab)
-    primary = lab.primary()
-    _wait_golden(lab, run, primary)
-    since = time.time()
-    apply_fault(lab, "stop-mediator")
-    run.wait(lambda: all(not _witness(lab, h).get("reachable") for h in lab.hosts), 20,
-             "both agents to see the mediator unreachable")
-    time.sleep(PASSES * lab.monitor_delay)
-    for host in lab.hosts:
-        w = _witness(lab, host)
-        run.check(w.get("auto_failover") is False and "unreachable" in str(
-            w.get("auto_failover_reason")), "%s: automatic failover not off: %r" % (host.name, w))
-    run.check(lab.serving(primary), "%s stopped serving" % primary.name)
-    run.check(_view(lab, lab.peer(primary))["role"] == "Secondary", "the secondary changed")
-    run.wait(lambda: len(alerts_of(lab, "mediator-unreachable", since)[0]) >= 2, 20,
-             "a mediator-unreachable alert from each host")
-    apply_fault(lab, "start-mediator")
-    run.wait(lambda: len(alerts_of(lab, "mediator-reachable", since)[0]) >= 2, 30,
-             "a mediator-reachable alert from each host")
-    _wait_golden(lab, run, primary)       # after the grace: failover possible again
-    time.sleep(1.0)                       # a duplicate would have arrived by now
-    for kind in ("mediator-unreachable", "mediator-reachable"):
-        senders = sorted(m["from"] for m in alerts_of(lab, kind, since)[0])
-        run.check(len(senders) == 2 and len(set(senders)) == 2,
-                  "%s alerts from %s, expected one per host" % (kind, senders))
 
 
 @scenario("mediator-restart", "the mediator restarts: it grants nothing within its grace")
