@@ -386,9 +386,9 @@ def mediator_both_claim(lab, run):
     b = lab.peer(a)
     _wait_golden(lab, run, a)
     gen = lab.mediator_pool_record().get("generation")
+    _cut_wire(lab, False)
     apply_fault(lab, "make-master", b.name)         # two pool masters: both want the role
     pool_conf_changed_at(b, "master")
-    _cut_wire(lab, False)
     run.role_changed()
     run.wait(lambda: not _view(lab, a)["suspended"] and _record(lab, a) is not None, 30,
              "%s's handler to finish" % a.name)
