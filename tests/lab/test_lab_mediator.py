@@ -61,3 +61,45 @@ def test_agents_heartbeat_the_mediator_and_down_removes_it(lab):
     assert lab.prefix + "m" in namespaces
     assert set(n for n in netns.list_namespaces() if n.startswith(lab.prefix)) <= set(namespaces)
     assert set(netns.list_links(lab.prefix)) <= set(links)
+
+
+def _until(predicate, timeout, what):
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for %s" % what
+        time.sleep(0.2)
+
+
+def test_mediator_fault_verbs(lab):
+    """The lab's mediator faults, each seen by the agents or by a real request: cut/restore a
+    host's path, stall (SIGSTOP), slow (netem), restart (a new grace)."""
+    from iscsi_ha.lab.faults import FaultError, apply_fault
+
+    def reachable(host):
+        return bool(((lab.status(host) or {}).get("witness") or {}).get("reachable"))
+    a, b = lab.hosts
+    apply_fault(lab, "cut-mediator", "b")
+    _until(lambda: not reachable(b), 15, "b to lose the mediator")
+    assert reachable(a)
+    apply_fault(lab, "restore-mediator", "b")
+    _until(lambda: reachable(b), 15, "b to reach the mediator again")
+    assert "stall-mediator done" in apply_fault(lab, "stall-mediator")
+    _until(lambda: not reachable(a) and not reachable(b), 15, "a stalled mediator")
+    _until(lambda: reachable(a) and reachable(b), 30, "the mediator running on")
+    try:
+        apply_fault(lab, "slow-mediator", "a")
+    except Exception as exc:  # sch_netem missing from this kernel
+        pytest.skip("netem unavailable: %s" % exc)
+    try:
+        slow = lab.mediator.call("a", a.mediator_dir, lab.mediator_pool, "ping", timeout=5.0)
+        assert slow.get("ok") and slow["rtt_s"] >= 0.8, slow
+    finally:
+        apply_fault(lab, "restore-mediator", "a")
+    fast = lab.mediator.call("a", a.mediator_dir, lab.mediator_pool, "ping", timeout=5.0)
+    assert fast.get("ok") and fast["rtt_s"] < 0.8, fast
+    apply_fault(lab, "restart-mediator")
+    status = lab.mediator.admin({"op": "status"})
+    assert status.get("ok") and status.get("grace_left_s", 0) > 0, status
+    with pytest.raises(FaultError):
+        apply_fault(lab, "cut-mediator")          # needs a host
