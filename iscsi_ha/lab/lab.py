@@ -307,6 +307,10 @@ class Lab(object):
         """The third site: MediatorNet on the hosts' namespaces, the pool enrolled, each host's
         credential in its MEDIATOR_DIR and its MEDIATOR* keys in its iscsi-ha.conf."""
         from iscsi_ha.lab.mediator_net import MediatorNet
+        if self.mediator_backend == "etcd" and not (shutil.which("etcd") and
+                                                    shutil.which("etcdctl")):
+            raise LabError("the etcd mediator lab needs etcd: apt-get install etcd-server "
+                           "etcd-client")
         self.mediator = MediatorNet(
             self.prefix, os.path.join(self.directory, "mediator"), backend=self.mediator_backend,
             namespaces={"a": self.hosts[0].ns, "b": self.hosts[1].ns, "m": self.prefix + "m"},
