@@ -5,7 +5,6 @@ pool.conf change, a manual-mode change or a DRBD state change (polled cheaply), 
 MONITOR_DELAY timer. Passes never overlap; a pass that outlives its budget
 (MONITOR_MAX_STARTS x MONITOR_SCANRATE) has its child processes killed (MONITOR_KILLALL=1).
 """
-import fcntl
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ def peer_released_address(observation):
 
 
 class Agent(object):
-    """Observe, decide, act and publish, once per :meth:`run_cycle`."""
+    """Observe, decide, act and publish, once per :meth:`run_pass`."""
 
     def __init__(self, config, adapters=None, dry_run=False, witness=None):
         self.config = config
@@ -58,7 +57,7 @@ class Agent(object):
 
     def _peer_fencing(self):
         """The peer's fencing (its plugin runs drbdadm dump there), bounded by XAPI_TIMEOUT."""
-        from iscsi_ha.cli import peer as peer_mod
+        from iscsi_ha import peer as peer_mod
         from iscsi_ha.fence_peer import _Peer
         return peer_mod.call(_Peer(self.config), "fencing", {})
 
@@ -256,7 +255,7 @@ class Agent(object):
         return tuple(results)
 
     # -- one pass --------------------------------------------------------------------------
-    def run_cycle(self, trigger="timer"):
+    def run_pass(self, trigger="timer"):
         started, clock = time.time(), time.monotonic()
         observation = self._observation = self.observe()
         decision = decide(observation)
@@ -382,79 +381,3 @@ def describe_results(results):
                                  "skipped" if r.skipped else "FAILED", r.duration)
              for r in results]
     return " -> " + ", ".join(words)
-
-
-class PassLockBusy(Exception):
-    """Another process (an iscsi-cfg command, a second agent) holds the pass lock."""
-
-
-def lock_paths(config):
-    """(STATE_DIR/lock, LOCK_FALLBACK_DIR/lock): the pass lock and where it goes when the state
-    directory cannot hold it. The agent and iscsi-cfg choose between them the same way
-    (:func:`open_lock`), so they always lock the same file."""
-    return (os.path.join(config.STATE_DIR, "lock"),
-            os.path.join(config.LOCK_FALLBACK_DIR, "lock"))
-
-
-def _open_one(path):
-    directory = os.path.dirname(path)
-    if directory and not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    try:
-        return open(path, "a")
-    except (IOError, OSError):
-        if os.path.isfile(path):     # read-only file system: flock works on a read-only handle
-            return open(path, "r")
-        raise
-
-
-def open_lock(path, fallback=None):
-    """(handle, path used, problem or ''): ``path`` if it can be opened, else ``fallback``; the
-    problem names the directory and the error, for the status and the alerts."""
-    try:
-        return _open_one(path), path, ""
-    except (IOError, OSError) as exc:
-        if not fallback:
-            raise
-        problem = "cannot use the pass lock %s: %s" % (path, exc.strerror or exc)
-    handle = _open_one(fallback)
-    return handle, fallback, problem + "; using %s" % fallback
-
-
-class PassLock(object):
-    """An exclusive lock (STATE_DIR/lock) held for a whole pass; the CLI takes it to switch
-    manual mode, so no pass can act on a role the admin has just changed. With ``timeout``
-    (seconds) waiting is bounded: :class:`PassLockBusy` when it is not had in time. With
-    ``fallback``, a lock file that cannot be opened (read-only or full state directory) is
-    replaced by ``fallback``; ``problem`` then says why."""
-
-    def __init__(self, path, timeout=None, poll=0.05, fallback=None):
-        self.path = path
-        self.fallback = fallback
-        self.timeout = timeout
-        self.poll = poll
-        self.handle = None
-        self.used = None
-        self.problem = ""
-
-    def __enter__(self):
-        self.handle, self.used, self.problem = open_lock(self.path, self.fallback)
-        if self.timeout is None:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
-            return self
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except (IOError, OSError):
-                if time.monotonic() >= deadline:
-                    self.handle.close()
-                    self.handle = None
-                    raise PassLockBusy("%s is held by another process" % self.used)
-                time.sleep(self.poll)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
-        self.handle.close()
-        self.handle = None

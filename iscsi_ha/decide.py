@@ -4,6 +4,8 @@ Promote order: DRBD Primary -> target serving -> floating IP (after duplicate-ad
 done by the action) -> gratuitous ARP. Demote order is the reverse. A reason is one sentence in
 the grammar ``<verb-ing | no action | holding | waiting | refusing>: <why>``.
 """
+import dataclasses
+
 from iscsi_ha import fencing_policy, model
 from iscsi_ha.drbd import LINK_UP_STATES
 from iscsi_ha.model import (AddFloatingIp, AnnounceFloatingIp, Blocker, BlockerKind, Decision,
@@ -63,8 +65,7 @@ def _fencing_freeze(obs, desired):
 
 
 def _with_must_serve(plan, value, serving=False):
-    return Decision(plan.actions, plan.reason, plan.desired, plan.healthy, plan.verdict,
-                    plan.blockers, value, serving)
+    return dataclasses.replace(plan, must_serve=value, serving=serving)
 
 
 def must_serve(obs):
@@ -283,8 +284,9 @@ def _plan_primary(obs, why):
     actions = list(to_promote)
     risks = [fencing_policy.unfenced_promotion(a.resource, obs.drbd[a.resource], obs)[1]
              for a in to_promote if obs.drbd[a.resource].connection not in LINK_UP_STATES]
-    if any(risks):
-        why = "%s; WARNING: %s" % (why, "; ".join(r for r in risks if r))
+    risks = tuple(r for r in risks if r)
+    if risks:
+        why = "%s; WARNING: %s" % (why, "; ".join(risks))
     if obs.target is None or not obs.target.serving:
         actions.append(StartTarget())
     if obs.vip is None or not obs.vip.local:
@@ -297,7 +299,7 @@ def _plan_primary(obs, why):
     verb = ("promoting" if isinstance(first, PromoteDrbd) else
             "starting target" if isinstance(first, StartTarget) else "taking floating IP")
     return Decision(tuple(actions), "%s: %s" % (verb, why), model.PRIMARY, healthy=False,
-                    verdict=Verdict.ACTING)
+                    verdict=Verdict.ACTING, risks=risks)
 
 
 def _vip_health(obs, why):

@@ -49,7 +49,7 @@ log = logging.getLogger("iscsi-ha")
 
 
 class _Peer(object):
-    """Just what :func:`iscsi_ha.cli.peer.call` needs: an XAPI client with a timeout."""
+    """Just what :func:`iscsi_ha.peer.call` needs: an XAPI client with a timeout."""
 
     def __init__(self, config):
         self.config = config
@@ -64,7 +64,7 @@ class _Peer(object):
 def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
                         call=None):
     """(answer dict or None, last error) after trying until ``deadline`` (monotonic)."""
-    from iscsi_ha.cli import peer as peer_mod
+    from iscsi_ha import peer as peer_mod
     call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
                                                   {"resource": resource}, timeout=timeout))
     error = "not tried"

@@ -10,6 +10,10 @@ Files in STATE_DIR:
 - ``promote-grant-RES``: written just before the agent promotes RES while disconnected, after
   decide() allowed it; the fence-peer handler that DRBD runs during that promotion may then
   report the unreachable peer as fenced (see :mod:`iscsi_ha.fence_peer`). Valid GRANT_TTL s.
+- ``forced-promotion.json``: {resources, at, until, by}: the admin's confirmed ``iscsi-cfg
+  become-primary --force``, written by the CLI under the pass lock; until ``until`` (the CLI's
+  wait plus a margin) decide() promotes those resources without proof, naming the risk. Removed
+  once each is Primary or connected again, or when the CLI gives up.
 - ``fence-peer-RES.json``: the last run of the fence-peer handler for RES (the handler writes
   it; the agent reports and alerts it).
 """
@@ -30,6 +34,7 @@ SELF_FENCED_FILE = "self-fenced"
 GRANT_PREFIX = "promote-grant-"
 RECORD_PREFIX = "fence-peer-"
 GRANT_TTL = 120.0
+FORCED_FILE = "forced-promotion.json"
 
 _RESOURCE_RE = re.compile(r"^resource\s+(\S+)\s*\{", re.M)
 _FENCING_RE = re.compile(r"^\s*fencing\s+([A-Za-z-]+)\s*;", re.M)
@@ -145,6 +150,31 @@ def clear_grant(state_dir, resource):
         pass
 
 
+def write_forced(state_dir, resources, until, by, now=None):
+    """Record the admin's confirmed forced promotion of ``resources`` (valid until ``until``,
+    wall clock). The caller holds the pass lock."""
+    _write_json(os.path.join(state_dir, FORCED_FILE), {
+        "resources": sorted(resources), "at": time.time() if now is None else now,
+        "until": until, "by": by})
+
+
+def read_forced(state_dir, now=None):
+    """The resources of a forced promotion still in force (a tuple; () when none)."""
+    record = _read_json(os.path.join(state_dir, FORCED_FILE), None)
+    now = time.time() if now is None else now
+    if not isinstance(record, dict) or not isinstance(record.get("until"), (int, float)) or \
+            not isinstance(record.get("resources"), list) or now > record["until"]:
+        return ()
+    return tuple(r for r in record["resources"] if isinstance(r, str))
+
+
+def clear_forced(state_dir):
+    try:
+        os.unlink(os.path.join(state_dir, FORCED_FILE))
+    except OSError:
+        pass
+
+
 def read_records(state_dir, resources):
     """{resource: the last fence-peer record} (those that exist)."""
     found = {}
@@ -202,6 +232,7 @@ class FencingTracker(object):
             else:
                 self.frozen_since.pop(name, None)
         self_fenced = self._self_fenced(drbd)
+        forced = self._forced(drbd)
         proof = self._proof(drbd, drbd_adapter)
         proven, unproven = {}, {}
         for name in config.DRBD_RESOURCES:
@@ -215,8 +246,21 @@ class FencingTracker(object):
         return FencingObservation(
             proven=proven, unproven=unproven, allow_unfenced=bool(config.ALLOW_UNFENCED_FAILOVER),
             frozen_s=frozen, self_fence_after=float(config.SELF_FENCE_AFTER),
-            self_fenced=tuple(self_fenced),
+            self_fenced=tuple(self_fenced), forced=forced,
             records=read_records(config.STATE_DIR, config.DRBD_RESOURCES))
+
+    def _forced(self, drbd):
+        """The admin's forced promotion still to be done: expired, or every resource of it
+        Primary or connected again, it is removed."""
+        state_dir = self.config.STATE_DIR
+        if not os.path.exists(os.path.join(state_dir, FORCED_FILE)):
+            return ()
+        forced = read_forced(state_dir, self.wall())
+        pending = tuple(n for n in forced if n in drbd and not drbd[n].is_primary
+                        and not drbd[n].is_connected)
+        if not pending:
+            clear_forced(state_dir)
+        return pending
 
     # -- self-fenced mark --------------------------------------------------------------------
     def _self_fenced(self, drbd):

@@ -29,6 +29,7 @@ class FencingObservation:
     frozen_s: Mapping[str, float] = field(default_factory=dict)  # resource -> seconds frozen
     self_fence_after: float = 30.0        # SELF_FENCE_AFTER
     self_fenced: Tuple[str, ...] = ()     # resources this host self-fenced (until reconnected)
+    forced: Tuple[str, ...] = ()          # the admin's confirmed become-primary --force
     records: Mapping[str, Mapping] = field(default_factory=dict)  # last fence-peer run, per res
 
 
@@ -40,6 +41,13 @@ def unfenced_promotion(name, state, obs):
     if obs.witness is not None and obs.witness.granted:
         return "", ""
     fencing = obs.fencing
+    if fencing is not None and name in fencing.forced and (
+            name not in fencing.proven or name in fencing.self_fenced):
+        return "", ("%s promoted by the admin's forced become-primary, without proof that its "
+                    "data is current (%s): writes the peer acknowledged may be lost and a split "
+                    "brain may follow" % (name, fencing.unproven.get(name) or (
+                        "this host self-fenced" if name in fencing.self_fenced else
+                        "fencing not proven")))
     if fencing is not None and name in fencing.self_fenced:
         return ("%s: this host self-fenced (it could not outdate its peer); it is not promoted "
                 "again until the replication link is back, or: %s" % (name, FORCE_HINT)), ""

@@ -17,7 +17,6 @@ REPLACEMENT = "node.session.timeo.replacement_timeout"
 LOGIN_TIMEOUT = "node.conn[0].timeo.login_timeout"
 DEFAULTS = {T2W: 2, NOOP_INTERVAL: 5, NOOP_TIMEOUT: 5, REPLACEMENT: 120, LOGIN_TIMEOUT: 15}
 ADVICE = {T2W: 0, NOOP_INTERVAL: 1, NOOP_TIMEOUT: 1}
-REOPEN_DELAY = 3          # open-iscsi: a reconnect whose TCP connect is refused waits 3 s
 SYN_RTO = 1               # Linux: an unanswered SYN is sent again after 1 s
 
 

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
+from iscsi_ha.passlock import PassLock, PassLockBusy, lock_paths
 from iscsi_ha.faults import Faults
 from iscsi_ha.files import SMALL_LIMIT, read_text
 
@@ -135,7 +135,7 @@ class Loop(object):
                             fallback=self.lock_fallback)
             with lock:
                 self.agent.lock_problem = lock.problem
-                box.append(self.agent.run_cycle(trigger))
+                box.append(self.agent.run_pass(trigger))
         except PassLockBusy as exc:
             log.warning("pass skipped: %s (an iscsi-cfg command at work?)", exc)
         except Exception as exc:

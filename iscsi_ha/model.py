@@ -245,6 +245,8 @@ class Decision:
     blockers: Tuple[Blocker, ...] = ()
     must_serve: bool = False       # this host should be serving (master, or manual primary)
     serving: bool = False          # it serves now: all Primary, target serving, IP reachable
+    risks: Tuple[str, ...] = ()    # accepted data-loss risks of this plan (ALLOW_UNFENCED_FAILOVER,
+                                   # an admin's forced become-primary): alerted
 
     @property
     def unserved(self):
@@ -257,9 +259,6 @@ class Decision:
     def refused(self):
         """A blocker that will not clear by itself."""
         return any(not b.waits for b in self.blockers)
-
-
-Plan = Decision
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ them), and what the watchdog itself uses to find the agent:
     agent's pass lock), then wait until the status shows this host demoted.
 """
 import errno
-import fcntl
 import os
 import time
 
@@ -21,6 +20,7 @@ import psutil
 from iscsi_ha import model
 from iscsi_ha import status_read
 from iscsi_ha.files import atomic_write
+from iscsi_ha.passlock import PassLock, PassLockBusy
 
 ADMIN_STOP_NAME = "stopped-by-admin"
 LOCK_WAIT = 30.0
@@ -86,22 +86,11 @@ def clear_stopped(settings):
 
 # -- demote-stop -------------------------------------------------------------------------------
 def _write_manual_locked(settings, mode, wait=LOCK_WAIT):
-    """Set manual mode under the agent's pass lock, waiting at most ``wait`` seconds."""
+    """Set manual mode under the agent's pass lock (:mod:`iscsi_ha.passlock`: the same file as
+    the agent, its fallback included), waiting at most ``wait`` seconds."""
     from iscsi_ha.adapters.manual import write_manual
-    with open(settings.LOCK_FILE, "a") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except (IOError, OSError) as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        try:
-            write_manual(settings.MANUAL_FILE, mode)
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with PassLock(settings.LOCK_FILE, timeout=wait, fallback=settings.LOCK_FALLBACK):
+        write_manual(settings.MANUAL_FILE, mode)
 
 
 def demoted(doc, since):
@@ -124,7 +113,11 @@ def demote(settings, timeout, poll=0.2):
     if agent_process(pid) is None:
         return False, "the agent is not running, so it cannot demote this host"
     since = time.time()
-    _write_manual_locked(settings, model.MANUAL_SECONDARY)
+    try:
+        _write_manual_locked(settings, model.MANUAL_SECONDARY)
+    except PassLockBusy as exc:
+        return False, "the agent's pass lock stayed busy for %.0f s (a hung pass?): %s; " \
+            "nothing was changed" % (LOCK_WAIT, exc)
     deadline = time.monotonic() + timeout
     reason = "no status"
     while time.monotonic() < deadline:

@@ -14,13 +14,13 @@ STATE_DIR/split-brain-RES; while it exists the agent holds that resource (no aut
   with action "victim", "survivor", "clear-flag" or "facts"). Anything unexpected is refused.
 """
 import contextlib
-import fcntl
 import os
 import socket
 import time
 
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.drbd import DrbdParseError
+from iscsi_ha.passlock import PassLock, PassLockBusy
 
 # The flag file, the facts and the report, re-exported for this module's importers.
 from iscsi_ha.splitbrain_report import (  # noqa: F401
@@ -46,24 +46,18 @@ class SplitBrainRefused(SplitBrainError):
 # -- recovery ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _pass_lock(config, wait=LOCK_WAIT, sleep=time.sleep):
-    """The agent's pass lock (STATE_DIR/lock), so that no pass runs between our steps."""
-    path = os.path.join(config.STATE_DIR, "lock")
-    if not os.path.isdir(config.STATE_DIR):
-        os.makedirs(config.STATE_DIR, 0o755)
-    with open(path, "a") as handle:
-        for _ in range(int(wait / 0.1) + 1):
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except (IOError, OSError):
-                sleep(0.1)
-        else:
-            raise SplitBrainRefused("the agent's pass lock %s stayed busy for %.0f s" % (
-                path, wait))
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    """The agent's pass lock (:mod:`iscsi_ha.passlock`), so that no pass runs between our
+    steps."""
+    lock = PassLock.of(config, timeout=wait, poll=0.1, sleep=sleep)
+    try:
+        lock.acquire()
+    except PassLockBusy:
+        raise SplitBrainRefused("the agent's pass lock %s stayed busy for %.0f s" % (
+            lock.used, wait))
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _state(adapter, resource, error=SplitBrainRefused):

@@ -43,7 +43,7 @@ def fencing_dict(obs):
     return {"proven": dict(fencing.proven), "unproven": dict(fencing.unproven),
             "allow_unfenced_failover": fencing.allow_unfenced,
             "frozen_s": dict(fencing.frozen_s), "self_fence_after_s": fencing.self_fence_after,
-            "self_fenced": list(fencing.self_fenced),
+            "self_fenced": list(fencing.self_fenced), "forced": list(fencing.forced),
             "fence_peer": dict((k, dict(v)) for k, v in fencing.records.items())}
 
 
@@ -122,6 +122,7 @@ def build(record, config, number, started_at, trigger, last_actions):
         "decision": {"reason": decision.reason, "healthy": decision.healthy,
                      "actions": [a.describe() for a in decision.actions],
                      "verdict": decision.verdict.value, "must_serve": decision.must_serve,
+                     "risks": list(decision.risks),
                      "blockers": [b.to_dict() for b in decision.blockers]},
         "verdict": decision.verdict.value,
         "blockers": service.get("blockers", [b.to_dict() for b in decision.blockers]),

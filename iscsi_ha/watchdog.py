@@ -4,8 +4,9 @@ Every WATCH_INTERVAL seconds it looks at the agent:
   - ``stopped by admin``: STATE_DIR/stopped-by-admin exists (the init script writes it on
     ``stop`` and removes it on ``start``): nothing is done, so a stop is never undone;
   - ``dead``: no pid in AGENT_PID_FILE, or that pid is not a live ``iscsi-ha run`` process;
-  - ``stale``: alive, but its status file's ``updated`` is older than MONITOR_DELAY + the pass
-    budget (MONITOR_MAX_STARTS x MONITOR_SCANRATE) + WATCH_MARGIN. A process that has not
+  - ``stale``: alive, but its status's ``updated`` (STATUS_FILE or its LOCK_FALLBACK_DIR copy)
+    is older than the one staleness rule, :func:`iscsi_ha.agent_status.stale_after`
+    (MONITOR_DELAY + the pass budget + WATCH_MARGIN), which iscsi-cfg uses too. A process that has not
     published yet gets the same allowance from its start, plus XAPI_INIT_WAIT while xapi's
     init cookie is missing (the agent waits for xapi before its first pass);
   - ``starting`` / ``running``: fine.
@@ -31,10 +32,11 @@ from collections import namedtuple
 
 import psutil
 
-from iscsi_ha import __version__, config as config_mod, errors, logsetup
+from iscsi_ha import __version__, agent_status, config as config_mod, errors, logsetup
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.errors import ExitCode
 from iscsi_ha.files import atomic_write, read_json
+from iscsi_ha.passlock import lock_paths
 
 # The init scripts' helpers, re-exported for this module's importers.
 from iscsi_ha.service import (  # noqa: F401
@@ -75,10 +77,11 @@ class Settings(object):
         state = config.STATE_DIR
         v.update(WATCHDOG_STATE_FILE=v["WATCHDOG_STATE_FILE"] or os.path.join(
             state, "watchdog.json"), ADMIN_STOP_FILE=os.path.join(state, ADMIN_STOP_NAME),
-            LOCK_FILE=os.path.join(state, "lock"), STATUS_FILE=config.STATUS_FILE,
+            STATUS_FILE=config.STATUS_FILE, STATUS_PATHS=agent_status.paths(config),
             MANUAL_FILE=config.MANUAL_FILE, XAPI_INIT_COOKIE=config.XAPI_INIT_COOKIE,
             XAPI_INIT_WAIT=config.XAPI_INIT_WAIT,
-            STALE_AFTER=config.MONITOR_DELAY + config.PASS_BUDGET + v["WATCH_MARGIN"])
+            STALE_AFTER=agent_status.stale_after(config))
+        v["LOCK_FILE"], v["LOCK_FALLBACK"] = lock_paths(config)
         return cls(**v)
 
 
@@ -109,11 +112,11 @@ def kill_agent(pid, wait=KILL_WAIT):
     return "killed pid %d and %d other process(es)" % (pid, len(victims) - 1)
 
 
-def _status_of(path):
-    """(pid, updated) from the agent's status file, or None (also for a malformed document:
-    NaN, a future ``updated``, wrong types; read by the shared defensive reader)."""
-    from iscsi_ha import status_read
-    doc = status_read.read(path, full=False).document
+def _status_of(status_paths):
+    """(pid, updated) from the agent's status (STATUS_FILE or its fallback copy, the newer), or
+    None (also for a malformed document: NaN, a future ``updated``, wrong types; read by the
+    shared defensive reader)."""
+    doc = agent_status.newer_of(status_paths, full=False).document
     pid = None if doc is None else (doc.get("agent") or {}).get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool):
         return None
@@ -206,7 +209,7 @@ class Watchdog(object):
         return self._freshness(pid, started, self.clock())
 
     def _freshness(self, pid, started, now):
-        status = _status_of(self.s.STATUS_FILE)
+        status = _status_of(self.s.STATUS_PATHS)
         if status is not None and status[0] == pid and status[1] >= started - 1:
             age = now - status[1]
             if age <= self.s.STALE_AFTER:

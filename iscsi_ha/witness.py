@@ -386,12 +386,6 @@ class WitnessMonitor(object):
         except Exception:
             pass
 
-    def reset_rollback(self):
-        with self._lock:
-            self._rolled_back = ""
-            self._max_gen = int((self._answer or {}).get("gen") or 0)
-        self._save()
-
     # -- what a pass reads (memory only) ---------------------------------------------------
     def lease_left(self):
         """Seconds left of this node's lease at the mediator, counted from the sending of the

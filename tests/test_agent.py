@@ -7,7 +7,9 @@ import time
 import pytest
 
 from iscsi_ha import config as config_mod
-from iscsi_ha import model
+from iscsi_ha import fencing, model
+from iscsi_ha.adapters import manual as manual_adapter
+from iscsi_ha.alerts import StatusAlerts
 from iscsi_ha.agent import Agent
 from iscsi_ha.drbd import DrbdState
 from iscsi_ha.loop import Loop
@@ -68,7 +70,7 @@ def test_promote_pass_runs_every_step_in_order(config, adapters):
     adapters.target.start.side_effect = lambda: calls.append(("target", "start"))
     adapters.vip.add.side_effect = lambda **kw: calls.append(("vip", "add"))
     adapters.vip.announce.side_effect = lambda: calls.append(("vip", "announce"))
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     assert calls == [("promote", "iscsi1"), ("target", "start"), ("vip", "add"),
                      ("vip", "announce")]
     # the peer is a connected Secondary: it released the address, so DAD is the short one
@@ -78,7 +80,7 @@ def test_promote_pass_runs_every_step_in_order(config, adapters):
 
 def test_failed_step_skips_the_steps_that_depend_on_it(config, adapters):
     adapters.target.start.side_effect = RuntimeError("tgtd did not answer")
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     outcome = [(r.action.describe(), r.ok, r.skipped) for r in record.results]
     assert outcome == [("promote iscsi1", True, False), ("start target", False, False),
                        ("add floating IP", False, True), ("announce floating IP", False, True)]
@@ -88,7 +90,7 @@ def test_failed_step_skips_the_steps_that_depend_on_it(config, adapters):
 
 def test_status_file_is_published_with_the_decision(config, adapters):
     agent = Agent(config, adapters)
-    agent.run_cycle("start")
+    agent.run_pass("start")
     document = json.loads(open(config.STATUS_FILE).read())
     assert document["decision"]["reason"] == "promoting: this host is pool master"
     assert document["pool"]["role"] == "master"
@@ -99,7 +101,7 @@ def test_status_file_is_published_with_the_decision(config, adapters):
 
 
 def test_dry_run_acts_on_nothing_and_writes_no_status(config, adapters):
-    record = Agent(config, adapters, dry_run=True).run_cycle()
+    record = Agent(config, adapters, dry_run=True).run_pass()
     adapters.drbd.promote.assert_not_called()
     adapters.target.start.assert_not_called()
     assert [a.describe() for a in record.decision.actions][0] == "promote iscsi1"
@@ -110,7 +112,7 @@ def test_dry_run_acts_on_nothing_and_writes_no_status(config, adapters):
 def test_unreadable_drbd_holds_and_touches_nothing(config, adapters):
     adapters.drbd.observe.side_effect = ValueError("unrecognised line 'xyz' in /proc/drbd")
     adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     assert record.decision.actions == ()
     assert "unrecognised line" in record.decision.reason
     adapters.target.stop.assert_not_called()
@@ -120,7 +122,7 @@ def test_adapter_observation_errors_do_not_stop_the_pass(config, adapters):
     adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
     adapters.target.observe.side_effect = RuntimeError("tgtadm hung")
     adapters.vip.observe.return_value = FakeVip(local=True)
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     assert record.observation.target is None
     assert [a.describe() for a in record.decision.actions] == ["start target"]
 
@@ -164,7 +166,7 @@ def test_a_change_during_a_pass_wakes_the_next_pass_at_once(config, adapters):
     adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
     adapters.target.observe.return_value = FakeTarget(running=True, serving=True)
     adapters.vip.observe.return_value = FakeVip(local=True)
-    original = agent.run_cycle
+    original = agent.run_pass
     changed = []
 
     def cycle(trigger="timer"):
@@ -174,7 +176,7 @@ def test_a_change_during_a_pass_wakes_the_next_pass_at_once(config, adapters):
                 handle.write("slave:192.0.2.12")
             changed.append(True)
         return record
-    agent.run_cycle = cycle
+    agent.run_pass = cycle
     config.MONITOR_DELAY = 60.0             # only a wake-up can start the second pass
     loop = Loop(agent)
     triggers = []
@@ -193,12 +195,12 @@ def test_a_tgtd_whose_status_command_fails_still_counts_as_running(config, adapt
         handle.write("slave:192.0.2.12")
     adapters.drbd.observe.return_value = {"iscsi1": state("Primary")}
     adapters.target.observe.return_value = FakeTarget(running=False, processes=[4242])
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     assert [a.describe() for a in record.decision.actions] == ["stop target", "demote iscsi1"]
 
 
 def test_once_does_not_act_while_another_process_holds_the_pass_lock(config, adapters):
-    from iscsi_ha.agent import PassLock
+    from iscsi_ha.passlock import PassLock
     from iscsi_ha.cli.agent_main import run_once
     config.PASS_BUDGET = 0.2
     with PassLock(config.STATE_DIR + "/lock"):
@@ -247,7 +249,7 @@ def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
     adapters.vip.is_free.side_effect = is_free
     adapters.drbd.promote.side_effect = promote
     adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     assert all(r.ok for r in record.results)
     assert events.index("dad start") < events.index("promote") < events.index("dad end")
     assert events[-1] == ("add", {"released_timeout": 0})     # DAD done: not run again
@@ -261,7 +263,7 @@ def test_early_dad_that_hears_the_address_refuses_it(config, adapters):
         adapters.vip.last_responders = ["02:00:00:00:00:0B (192.0.2.100)"]
         return False
     adapters.vip.is_free.side_effect = taken
-    record = Agent(config, adapters).run_cycle()
+    record = Agent(config, adapters).run_pass()
     outcome = dict((r.action.describe(), (r.ok, r.detail)) for r in record.results)
     assert outcome["add floating IP"][0] is False
     assert "02:00:00:00:00:0B" in outcome["add floating IP"][1]
@@ -274,7 +276,7 @@ def test_early_dad_is_reaped_when_an_earlier_step_fails(config, adapters):
     adapters.target.start.side_effect = RuntimeError("tgtd did not answer")
     adapters.vip.is_free.return_value = True
     agent = Agent(config, adapters)
-    record = agent.run_cycle()
+    record = agent.run_pass()
     assert [r.skipped for r in record.results] == [False, False, True, True]
     adapters.vip.add.assert_not_called()
     assert agent._early_dad is None
@@ -374,3 +376,35 @@ def test_unwritable_state_dir_passes_go_on_health_failed_and_alerted(tmp_path, a
     alert = [c.args[0] for c in dispatcher.submit.call_args_list
              if c.args[0].kind == "state-dir-failed"][0]
     assert alert.resource == str(blocker) and "File exists" in alert.summary
+
+
+# -- an admin's confirmed forced promotion through the real Agent -------------------------------
+
+
+class Collect(object):
+    def __init__(self):
+        self.alerts = []
+
+    def submit(self, alert, status=None):
+        self.alerts.append(alert)
+        return True
+
+
+def test_a_forced_promotion_is_done_and_alerted(config, adapters):
+    adapters.drbd.observe.return_value = {
+        "iscsi1": state("Secondary", peer="Unknown", conn="WFConnection", peer_disk="DUnknown")}
+    adapters.vip.is_free.return_value = True
+    agent = Agent(config, adapters)
+    sink = Collect()
+    agent.alerts = StatusAlerts(sink)
+    record = agent.run_pass()
+    assert not record.decision.actions                  # fencing unproven: refused
+    manual_adapter.write_manual(config.MANUAL_FILE, model.MANUAL_PRIMARY)
+    record = agent.run_pass()
+    assert not record.decision.actions                  # manual primary alone: still refused
+    fencing.write_forced(config.STATE_DIR, ["iscsi1"], time.time() + 60, "root")
+    record = agent.run_pass()
+    adapters.drbd.promote.assert_called_once_with("iscsi1")
+    assert [a.kind for a in sink.alerts].count("unfenced-failover") == 1
+    alert = [a for a in sink.alerts if a.kind == "unfenced-failover"][0]
+    assert "forced become-primary" in alert.summary

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from iscsi_ha import agent_status
 from iscsi_ha import config as config_mod
 from iscsi_ha.cli import cfg_main
 
@@ -46,7 +47,7 @@ def test_status_json_without_status_is_unknown_exit_2(conf, capsys):
 
 
 def test_status_json_exit_codes(conf, capsys, mocker):
-    mocker.patch.object(cfg_main, "agent_running", return_value=True)
+    mocker.patch.object(agent_status, "running", return_value=True)
     write_status(conf)
     assert run(capsys, "status", "--json", "--config", conf)[0] == 0
     write_status(conf, health="degraded")

@@ -100,6 +100,20 @@ ROWS = [
      "promoting: %s; WARNING: iscsi1 promoted without proof that its data is current (peer "
      "runs fencing dont-care): ALLOW_UNFENCED_FAILOVER=1 accepts that writes the peer "
      "acknowledged may be lost and a split brain may follow" % P),
+    ("manual primary forced by the admin, not proven", obs(
+        SEC_ALONE, manual=model.MANUAL_PRIMARY, fencing=FencingObservation(
+            unproven={"iscsi1": "peer runs fencing dont-care"}, forced=("iscsi1",))),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP,
+     "promoting: manual mode, admin chose primary; WARNING: iscsi1 promoted by the admin's "
+     "forced become-primary, without proof that its data is current (peer runs fencing "
+     "dont-care): writes the peer acknowledged may be lost and a split brain may follow"),
+    ("manual primary forced by the admin after a self-fence", obs(
+        SEC_ALONE, manual=model.MANUAL_PRIMARY, fencing=FencingObservation(
+            proven={"iscsi1": "x"}, self_fenced=("iscsi1",), forced=("iscsi1",))),
+     (PromoteDrbd("iscsi1"), StartTarget()) + UP,
+     "promoting: manual mode, admin chose primary; WARNING: iscsi1 promoted by the admin's "
+     "forced become-primary, without proof that its data is current (this host self-fenced): "
+     "writes the peer acknowledged may be lost and a split brain may follow"),
     ("master: self-fenced earlier, link still down", obs(SEC_ALONE, fencing=FencingObservation(
         proven={"iscsi1": "x"}, self_fenced=("iscsi1",))), (),
      "refusing: %s, but iscsi1: this host self-fenced (it could not outdate its peer); it is "

@@ -165,6 +165,26 @@ def test_tracker_measures_frozen_io_and_self_fenced_marks(config):
     assert tracker.observe({"iscsi1": state()}, adapter).self_fenced == ()   # reconnected
 
 
+def test_tracker_reads_a_forced_promotion_until_done_or_expired(config):
+    clock = Clock()
+    tracker = fencing.FencingTracker(config, clock=clock, wall=lambda: 1000.0)
+    adapter = Adapter()
+    alone = {"iscsi1": state("WFConnection", False, "Secondary")}
+    assert tracker.observe(alone, adapter).forced == ()
+    fencing.write_forced(config.STATE_DIR, ["iscsi1"], until=1030.0, by="root")
+    assert tracker.observe(alone, adapter).forced == ("iscsi1",)
+    late = fencing.FencingTracker(config, clock=clock, wall=lambda: 1031.0)
+    assert late.observe(alone, adapter).forced == ()                       # expired
+    assert not os.path.exists(os.path.join(config.STATE_DIR, fencing.FORCED_FILE))
+    fencing.write_forced(config.STATE_DIR, ["iscsi1"], until=1030.0, by="root")
+    promoted = {"iscsi1": state("WFConnection", False, "Primary")}
+    assert tracker.observe(promoted, adapter).forced == ()                 # done
+    assert not os.path.exists(os.path.join(config.STATE_DIR, fencing.FORCED_FILE))
+    with open(os.path.join(config.STATE_DIR, fencing.FORCED_FILE), "w") as handle:
+        handle.write('{"resources": "iscsi1", "until": 2000}')              # malformed
+    assert tracker.observe(alone, adapter).forced == ()
+
+
 def test_drbd_config_prints_each_versions_syntax(config):
     text84 = drbd_config_cmd.stanza(config, "8.4")
     assert "    disk {\n        fencing resource-and-stonith;\n    }" in text84
@@ -195,12 +215,16 @@ def test_alerts_for_fencing():
     fenced = doc(self_fenced=["iscsi1"])
     assert [a.kind for a in alerts_for_transition(before, fenced)] == ["self-fenced"]
     risky = doc()
-    risky["decision"] = {"reason": "promoting: x; WARNING: iscsi1 promoted without proof "
-                                   "(y): ALLOW_UNFENCED_FAILOVER=1 accepts ...",
-                         "actions": ["promote iscsi1"]}
+    risky["decision"] = {"reason": "promoting: x; WARNING: ...", "actions": ["promote iscsi1"],
+                         "risks": ["iscsi1 promoted without proof (y): ALLOW_UNFENCED_FAILOVER=1 "
+                                   "accepts ..."]}
     alerts = alerts_for_transition(before, risky)
     assert [a.kind for a in alerts] == ["unfenced-failover"]
     assert "ALLOW_UNFENCED_FAILOVER" in alerts[0].summary
+    words = doc()                   # the reason sentence alone is never read
+    words["decision"] = dict(risky["decision"], risks=[])
+    words["decision"]["reason"] += " ALLOW_UNFENCED_FAILOVER"
+    assert alerts_for_transition(before, words) == []
 
 
 def test_status_view_says_what_to_do_after_a_self_fence():

@@ -43,7 +43,6 @@ KINDS = {
     "pass-hung": SERVICE_LOSS_IMMINENT,
     "state-dir-failed": SERVICE_LOSS_IMMINENT,
     "state-dir-recovered": SERVICE_RECOVERED,
-    "config-invalid": DATA_LOSS_IMMINENT,
     "sr-replugged": SERVICE_RECOVERED,
     "sr-replug-failed": SERVICE_LOSS_IMMINENT,
     "fence-peer": SERVICE_DEGRADED,
@@ -112,11 +111,6 @@ def pass_hung(seconds, killed):
     return make("pass-hung", "", "a pass hung for %.0f s; %d child process(es) killed"
                 % (seconds, len(names)), seconds=round(float(seconds), 1),
                 killed=", ".join(names) or "none")
-
-
-def config_invalid(path, problems):
-    return make("config-invalid", path, "configuration %s is invalid: %d problem(s)"
-                % (path, len(problems)), problems="\n".join(problems))
 
 
 def sr_replugged(sr_name, detail=""):
@@ -328,7 +322,9 @@ def _blocked_alerts(previous, current):
     names = ", ".join(sorted(set(b.get("kind", "?") for b in blockers))) or "unknown"
     words = "; ".join(b.get("detail") or b.get("kind", "?") for b in blockers)
     since = (current.get("service") or {}).get("for_s")
-    return [make("service-blocked", "", "nobody serves the storage from this host, which "
+    # resource = the blocker kinds: a new reason is a new alert, never screened as a repeat
+    # of an earlier, different one (MAIL_SCREEN_TIME screens the same (kind, resource))
+    return [make("service-blocked", names, "nobody serves the storage from this host, which "
                  "should: %s (%s)" % (names, words), blockers=names, blocked_for_s=since,
                  verdict=_verdict(current), health=current.get("health"),
                  reason=(current.get("decision") or {}).get("reason", ""),
@@ -381,12 +377,13 @@ def _fencing_alerts(previous, current):
                           "this host stopped serving %s: its I/O stayed frozen because the "
                           "peer could not be outdated; see iscsi-cfg status" % ", ".join(new),
                           reason=(current.get("decision") or {}).get("reason")))
-    reason = (current.get("decision") or {}).get("reason", "")
-    promoting = any(a.startswith("promote ") for a in
-                    (current.get("decision") or {}).get("actions") or [])
-    if promoting and "ALLOW_UNFENCED_FAILOVER" in reason:
+    decision = current.get("decision") or {}
+    promoting = any(isinstance(a, str) and a.startswith("promote ")
+                    for a in decision.get("actions") or [])
+    risks = [r for r in decision.get("risks") or [] if isinstance(r, str)]
+    if promoting and risks:
         found.append(make("unfenced-failover", "", "promoting WITHOUT proof that the data is "
-                          "current: %s" % reason.split("WARNING: ", 1)[-1], reason=reason))
+                          "current: %s" % "; ".join(risks), reason=decision.get("reason", "")))
     return found
 
 

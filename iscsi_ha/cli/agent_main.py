@@ -235,23 +235,22 @@ class DaemonServices(object):
 def run_once(agent, config, dry_run):
     """One pass; unless it is a dry run, under the pass lock (bounded), as the daemon's passes
     are, so that it can never act beside a running daemon's pass or an iscsi-cfg switch."""
-    from iscsi_ha.agent import PassLock, PassLockBusy, lock_paths
+    from iscsi_ha.passlock import PassLock, PassLockBusy
     if dry_run:
-        return agent.run_cycle("once")
-    path, fallback = lock_paths(config)
+        return agent.run_pass("once")
     try:
-        lock = PassLock(path, timeout=config.PASS_BUDGET, fallback=fallback)
+        lock = PassLock.of(config, timeout=config.PASS_BUDGET)
         with lock:
             agent.lock_problem = lock.problem
-            return agent.run_cycle("once")
+            return agent.run_pass("once")
     except PassLockBusy as exc:
         sys.stderr.write("iscsi-ha: not run: %s\n" % exc)
         return None
 
 
 def _read_status(config):
-    from iscsi_ha.files import read_json
-    return read_json(config.STATUS_FILE)
+    from iscsi_ha.agent_status import latest
+    return latest(config).document
 
 
 def main(argv=None):

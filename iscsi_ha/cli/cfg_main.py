@@ -9,11 +9,9 @@ status unknown; 70 unexpected error (a bug).
 import json
 import os
 import sys
-import time
 
-import psutil
 
-from iscsi_ha import __version__, config as config_mod, errors
+from iscsi_ha import __version__, agent_status, config as config_mod, errors
 from iscsi_ha.adapters.manual import ManualModeError
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.adapters.xapi import XapiError
@@ -24,53 +22,6 @@ from iscsi_ha.errors import ExitCode  # noqa: F401 (re-exported)
 
 # Errors a verb may end with that need no trace: what they say is the whole story.
 EXPECTED = (ManualModeError, CommandError, XapiError, DrbdParseError)
-
-
-def agent_running(document):
-    pid = (document.get("agent") or {}).get("pid")
-    if not pid or not psutil.pid_exists(pid):
-        return False
-    try:
-        command = " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return False
-    return "iscsi-ha" in command or "iscsi_ha" in command
-
-
-def stale_after(config):
-    """How old the status may be before it is stale: one timer period plus a hung-pass scan."""
-    return config.MONITOR_DELAY + config.MONITOR_SCANRATE + 5
-
-
-def read_status(config, now=None):
-    """The agent's status document with ``agent_running``, ``age_s`` and ``stale`` added."""
-    from iscsi_ha import status_read
-    now = time.time() if now is None else now
-    found = status_read.read(config.STATUS_FILE, now)
-    # An agent that cannot write STATE_DIR publishes a copy in LOCK_FALLBACK_DIR (issue 10):
-    # the newer of the two is the truth.
-    fallback = getattr(config, "LOCK_FALLBACK_DIR", "")
-    copy = status_read.read(os.path.join(fallback, "status"), now) if fallback else found
-    if copy.document is not None and (found.document is None or float(
-            copy.document["updated"]) > float(found.document["updated"])):
-        found = copy
-    if found.document is None:
-        return {"health": "unknown", "agent_running": False, "stale": True,
-                "status_unknown": None if found.missing else found.problem,
-                "problems": [found.problem]}
-    document = found.document
-    age = now - float(document["updated"])
-    document["age_s"] = round(age, 3)
-    document["stale"] = age > stale_after(config)
-    document["agent_running"] = agent_running(document)
-    return document
-
-
-def exit_code_for(document):
-    if document.get("status_unknown") or not document.get("agent_running") or \
-            document.get("stale"):
-        return ExitCode.ERROR
-    return ExitCode.OK if document.get("health") == "ok" else ExitCode.DEGRADED
 
 
 def _show(value):
@@ -98,14 +49,15 @@ def cmd_get(ctx, args):
 
 
 def cmd_status(ctx, args):
-    from iscsi_ha.cli import peer, status_view
-    document = read_status(ctx.config)
+    from iscsi_ha import peer
+    from iscsi_ha.cli import status_view
+    document = agent_status.view(ctx.config)
     if args.json:
         if args.peer:
             theirs, error, _ = peer.PeerWatcher(ctx).fetch_once()
             document["peer"] = theirs if theirs is not None else {"error": error}
         ctx.say(json.dumps(document, indent=1, sort_keys=True))
-        return exit_code_for(document)
+        return agent_status.exit_code(document)
     if document.get("status_unknown"):       # one line saying why, never a partial view
         ctx.say("status unknown: %s" % document["status_unknown"])
         return ExitCode.ERROR
@@ -116,7 +68,7 @@ def cmd_status(ctx, args):
         snapshot = peer.PeerWatcher(ctx).fetch_once()
     document = status_view.show(ctx.config, document, once=args.once, refresh=args.refresh,
                                 watcher=watcher, peer=snapshot)
-    return exit_code_for(document)
+    return agent_status.exit_code(document)
 
 
 def cmd_log(ctx, args):
@@ -199,7 +151,7 @@ def cmd_mediator(ctx, args):
         return mediator_cmd.enroll(ctx, args.bundle, addresses=args.address,
                                    check=not args.no_test, config_path=args.config_path)
     if args.action == "status":
-        return mediator_cmd.status(ctx, read_status(ctx.config), as_json=args.json)
+        return mediator_cmd.status(ctx, agent_status.view(ctx.config), as_json=args.json)
     if args.action == "test":
         return mediator_cmd.test(ctx)
     return mediator_cmd.reset(ctx, yes=args.yes)

@@ -11,7 +11,7 @@ import shutil
 
 from iscsi_ha.adapters.run import split_command
 from iscsi_ha.adapters.xapi import XapiError
-from iscsi_ha.cli import peer as peer_mod
+from iscsi_ha import peer as peer_mod
 
 OK, PROBLEM, INFO = "ok", "PROBLEM", "info"
 

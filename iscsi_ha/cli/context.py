@@ -5,8 +5,6 @@ The verbs' library code takes a :class:`HostContext` and writes its sentences th
 ``ctx.say`` so that the same code serves the CLI (stdout) and the XAPI plugin (collected lines).
 """
 import contextlib
-import errno
-import fcntl
 import os
 import sys
 import time
@@ -89,9 +87,9 @@ class HostContext(object):
         return proven_without_peer(self.config)
 
     def status(self):
-        """The agent's status document (see :func:`iscsi_ha.cli.cfg_main.read_status`)."""
-        from iscsi_ha.cli.cfg_main import read_status
-        return read_status(self.config)
+        """The agent's status document (see :func:`iscsi_ha.agent_status.view`)."""
+        from iscsi_ha.agent_status import view
+        return view(self.config)
 
     # -- XAPI ------------------------------------------------------------------------------------
     def xapi(self, timeout=None):
@@ -105,7 +103,7 @@ class HostContext(object):
     @property
     def lock_path(self):
         """The file the agent flocks for a whole pass (iscsi_ha.loop: STATE_DIR/lock)."""
-        from iscsi_ha.agent import lock_paths
+        from iscsi_ha.passlock import lock_paths
         return lock_paths(self.config)[0]
 
     def lock_timeout(self):
@@ -116,33 +114,19 @@ class HostContext(object):
     def pass_lock(self, timeout=None):
         """Hold the agent's pass lock: no pass runs while the block runs (bounded wait)."""
         timeout = self.lock_timeout() if timeout is None else timeout
-        from iscsi_ha.agent import lock_paths, open_lock
-        handle, used, _problem = open_lock(*lock_paths(self.config))
+        from iscsi_ha.passlock import PassLock, PassLockBusy
+        lock = PassLock.of(self.config, timeout=timeout, poll=LOCK_POLL, clock=self.clock,
+                           sleep=self.sleep)
         try:
-            _acquire(handle, timeout, self.clock, self.sleep, used)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            lock.acquire()
+        except PassLockBusy:
+            raise CliError("an agent pass has held %s for more than %.0f s (a hung pass?): "
+                           "nothing was changed; see `iscsi-cfg log`" % (lock.used, timeout))
+        try:
+            yield
         finally:
-            handle.close()
+            lock.release()
 
     def write_manual(self, mode):
         """Write the manual mode file (caller holds the pass lock)."""
         manual_adapter.write_manual(self.config.MANUAL_FILE, mode)
-
-
-def _acquire(handle, timeout, clock, sleep, path):
-    deadline = clock() + timeout
-    for _ in range(int(timeout / LOCK_POLL) + 2):
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except (IOError, OSError) as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        if clock() >= deadline:
-            break
-        sleep(LOCK_POLL)
-    raise CliError("an agent pass has held %s for more than %.0f s (a hung pass?): nothing "
-                   "was changed; see `iscsi-cfg log`" % (path, timeout))

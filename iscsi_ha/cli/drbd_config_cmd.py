@@ -9,7 +9,7 @@ in 9 ``fencing`` is a ``net`` option and ``unfence-peer`` exists.
 import os
 
 from iscsi_ha import fencing
-from iscsi_ha.cli import peer as peer_mod
+from iscsi_ha import peer as peer_mod
 
 OK, PROBLEM, INFO = "ok", "PROBLEM", "info"
 RISK = ("without it a failover after a replication-link failure may promote stale data, so "

@@ -10,7 +10,7 @@ no counterpart here.
 """
 import time
 
-from iscsi_ha import model
+from iscsi_ha import model, preflight
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.adapters.vip import VipError
 from iscsi_ha.cli import pool_manual
@@ -20,6 +20,7 @@ WORD = {model.PRIMARY: "Primary", model.SECONDARY: "Secondary"}
 MODE_OF = {model.PRIMARY: model.MANUAL_PRIMARY, model.SECONDARY: model.MANUAL_SECONDARY}
 WAIT_TIMEOUT = 30.0
 WAIT_POLL = 0.05
+FORCED_MARGIN = 30.0   # a forced promotion stays in force this long after the CLI's wait
 HA_NOTE = ("note: disable pool HA (ha-cfg) before shutting down or rebooting a host, and run "
            "this on both hosts")
 
@@ -38,17 +39,7 @@ def bullet(sentences):
 def _pin(ctx):
     """The manual mode that keeps this host as it is now, and why."""
     states, error = ctx.drbd_states()
-    if error:
-        return model.MANUAL_HOLD, "DRBD cannot be read (%s): the agent holds everything as " \
-            "it is until you choose a role" % error
-    roles = set(states[name].role for name in ctx.config.DRBD_RESOURCES)
-    if roles == {"Primary"}:
-        return model.MANUAL_PRIMARY, "this host holds the storage, so it stays primary"
-    if roles == {"Secondary"}:
-        return model.MANUAL_SECONDARY, "this host is secondary and stays secondary"
-    return model.MANUAL_HOLD, "the resources are in mixed roles (%s): the agent holds them " \
-        "as they are until you choose a role" % ", ".join(
-            "%s %s" % (n, states[n].role) for n in ctx.config.DRBD_RESOURCES)
+    return preflight.pin(states, error, ctx.config.DRBD_RESOURCES)
 
 
 def enable(ctx):
@@ -70,19 +61,10 @@ def enable(ctx):
 def native_role_problems(ctx):
     """Sentences naming each resource that is not in this host's native role."""
     pool = ctx.pool_role()
-    if pool.role == model.MASTER:
-        want, who, verb = "Primary", "pool master", "become-primary"
-    elif pool.role == model.SLAVE:
-        want, who, verb = "Secondary", "a pool slave", "become-secondary"
-    else:
-        return ["this host's pool role is %s (%s), so its native storage role is unknown"
-                % (pool.role, pool.detail)]
+    if pool.role not in (model.MASTER, model.SLAVE):
+        return preflight.native_role_problems(pool, {}, "", ctx.config.DRBD_RESOURCES)
     states, error = ctx.drbd_states()
-    if error:
-        return ["cannot read DRBD state: %s" % error]
-    return ["%s is %s, but this host is %s, so its native role is %s: run `iscsi-cfg %s` "
-            "first" % (name, states[name].role, who, want, verb)
-            for name in ctx.config.DRBD_RESOURCES if states[name].role != want]
+    return preflight.native_role_problems(pool, states, error, ctx.config.DRBD_RESOURCES)
 
 
 def disable(ctx):
@@ -102,28 +84,6 @@ def disable(ctx):
 
 
 # -- become-primary ------------------------------------------------------------------------------
-def _resource_check(name, state, fenced=""):
-    """(blocker, risk) for promoting resource ``name``; each '' when there is none. ``fenced``:
-    why DRBD fencing is proven for it ('' when it is not): then DRBD runs the fence-peer handler
-    before it promotes a disconnected disk and refuses when the peer may be Primary, so an
-    unknown peer is no risk of ours to name."""
-    blocker = risk = ""
-    if state.peer_role == "Primary":
-        blocker = "%s: the peer is Primary: run `iscsi-cfg become-secondary` on the peer " \
-                  "first" % name
-    elif state.peer_role != "Secondary" and not (fenced and not state.is_connected):
-        risk = ("%s: the peer's role is %s (connection %s, peer disk %s): the peer may be "
-                "Primary; promoting here can make two Primaries (split brain), and the writes "
-                "made on the side whose data is later discarded are lost" % (
-                    name, state.peer_role, state.connection, state.peer_disk))
-    if not blocker and state.disk != "UpToDate":
-        progress = "" if state.sync_percent is None else " (resync %.1f%% done)" % (
-            state.sync_percent)
-        blocker = "%s: the local disk is %s, not UpToDate%s: wait until it is" % (
-            name, state.disk, progress)
-    return blocker, risk
-
-
 def vip_blocker(ctx):
     """Why the floating IP may not be taken here ('' when it may): duplicate-address
     detection, unless the address is already local."""
@@ -144,22 +104,12 @@ def vip_blocker(ctx):
 
 
 def promotion_checks(ctx):
-    """(blockers, risks): blockers always refuse; risks refuse unless forced and confirmed."""
-    blockers, risks = [], []
-    if ctx.manual_mode() == model.MANUAL_OFF:
-        blockers.append("manual mode is off on this host: run `iscsi-cfg manual-mode-enable` "
-                        "on both hosts first")
-    flagged = ctx.split_brain_flags()
-    if flagged:
-        blockers.append("split brain flagged on %s: recover it first" % ", ".join(flagged))
+    """(blockers, risks): blockers always refuse; risks refuse unless forced and confirmed
+    (:func:`iscsi_ha.preflight.promotion`, then the floating-IP probe)."""
     states, error = ctx.drbd_states()
-    if error:
-        blockers.append("cannot read DRBD state: %s" % error)
-    fenced = {} if error else ctx.fencing_proven()
-    for name in ([] if error else ctx.config.DRBD_RESOURCES):
-        blocker, risk = _resource_check(name, states[name], fenced.get(name, ""))
-        blockers.extend([blocker] if blocker else [])
-        risks.extend([risk] if risk else [])
+    blockers, risks = preflight.promotion(
+        ctx.manual_mode(), ctx.split_brain_flags(), states, error, ctx.config.DRBD_RESOURCES,
+        {} if error else ctx.fencing_proven())
     if not blockers:
         blocker = vip_blocker(ctx)
         blockers.extend([blocker] if blocker else [])
@@ -201,6 +151,8 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
             if blockers:
                 raise Refused("refusing to become primary:" + bullet(blockers + risks))
             if all(r in confirmed for r in risks):
+                if confirmed:
+                    _record_forced(ctx, timeout)
                 ctx.write_manual(model.MANUAL_PRIMARY)
                 written = time.time()
                 break
@@ -224,6 +176,23 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
         raise RoleTimeout("%s%s" % (exc, _hold_if_not_primary(ctx)))
 
 
+def _record_forced(ctx, timeout):
+    """The agent promotes an unproven, disconnected resource only for a forced promotion the
+    admin confirmed: record it (caller holds the pass lock), valid while the CLI waits."""
+    from iscsi_ha import fencing
+    from iscsi_ha.adapters.manual import who_am_i
+    states, error = ctx.drbd_states()
+    names = [] if error else [n for n in ctx.config.DRBD_RESOURCES
+                              if n in states and not states[n].is_connected]
+    fencing.write_forced(ctx.config.STATE_DIR, names, time.time() + timeout + FORCED_MARGIN,
+                         who_am_i())
+
+
+def _clear_forced(ctx):
+    from iscsi_ha import fencing
+    fencing.clear_forced(ctx.config.STATE_DIR)
+
+
 def _hold_if_not_primary(ctx):
     """After a promotion that did not happen in time: a role "primary" left behind would let the
     agent promote on its own later (when the peer disappears), long after the admin was told
@@ -233,6 +202,7 @@ def _hold_if_not_primary(ctx):
     if not error and all(n in states and states[n].role == "Primary" for n in names):
         return ""
     with ctx.pass_lock():
+        _clear_forced(ctx)
         if ctx.manual_mode() == model.MANUAL_PRIMARY:
             ctx.write_manual(model.MANUAL_HOLD)
     return ("\n  this host was not promoted: manual mode now holds it as it is (no role), so "
@@ -253,10 +223,7 @@ def wait_and_publish(ctx, role, timeout, written):
 # -- become-secondary ----------------------------------------------------------------------------
 def _orphan_warning(ctx):
     states, error = ctx.drbd_states()
-    if error:
-        return ""
-    alone = [n for n in ctx.config.DRBD_RESOURCES
-             if states[n].role == "Primary" and states[n].peer_role != "Primary"]
+    alone = preflight.left_alone(states, error, ctx.config.DRBD_RESOURCES)
     if not alone:
         return ""
     return ("warning: the peer is not Primary on %s: no host will serve the storage until you "
@@ -268,6 +235,7 @@ def set_secondary(ctx, warn=True):
     warning = _orphan_warning(ctx) if warn else ""
     with ctx.pass_lock():
         was = ctx.manual_mode()
+        _clear_forced(ctx)
         ctx.write_manual(model.MANUAL_SECONDARY)
         written = time.time()
     if was == model.MANUAL_OFF:

@@ -139,9 +139,9 @@ def run_verb(verb, config_path=None):
 
 
 def status(session, args):
-    from iscsi_ha.cli.cfg_main import read_status
+    from iscsi_ha.agent_status import view
     config = config_mod.load(config_mod.default_path())
-    return json.dumps(read_status(config), sort_keys=True)
+    return json.dumps(view(config), sort_keys=True)
 
 
 def become_primary(session, args):

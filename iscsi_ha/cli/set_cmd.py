@@ -104,9 +104,9 @@ def _refuse_moving_state(text, path, key):
     if key not in STATE_KEYS:
         return
     from iscsi_ha import service
-    from iscsi_ha.cli.cfg_main import read_status
+    from iscsi_ha.agent_status import view
     config = _current_places(text, path)
-    document = read_status(config)
+    document = view(config)
     stop = ("stop it (service iscsi-ha stop -w), set it, move the files, start it")
     if document.get("agent_running"):
         raise CliError("refusing to change %s while the agent runs (it keeps using the old "

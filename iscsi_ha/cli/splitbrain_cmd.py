@@ -8,7 +8,7 @@ import json
 import socket
 
 from iscsi_ha import splitbrain
-from iscsi_ha.cli import peer as peer_mod
+from iscsi_ha import peer as peer_mod
 from iscsi_ha.cli.context import CliError, Refused
 
 # A victim step may wait for the peer agent's pass lock (30 s) and run three DRBD commands.

@@ -274,7 +274,7 @@ def _witness_panel(document):
 def show(config, document, once=False, console=None, refresh=2.0, watcher=None, peer=None):
     """Print one frame (``once`` or not a terminal), else refresh until Ctrl+C. Returns the
     last document shown (its health gives the exit code)."""
-    from iscsi_ha.cli.cfg_main import read_status
+    from iscsi_ha.agent_status import view as read_status
     console = console or Console()
     if once or not console.is_terminal:
         console.print(render(config, document, peer))

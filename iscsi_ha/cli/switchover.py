@@ -12,8 +12,9 @@ storage, this host takes it back.
 import threading
 import time
 
-from iscsi_ha import model
-from iscsi_ha.cli import manual_ops, peer as peer_mod
+from iscsi_ha import model, preflight
+from iscsi_ha import peer as peer_mod
+from iscsi_ha.cli import manual_ops
 from iscsi_ha.cli.context import CliError, Refused
 from iscsi_ha.cli.manual_ops import bullet
 
@@ -21,66 +22,10 @@ PLUGIN_MARGIN = 15.0   # seconds the XAPI call may outlive the peer's own wait
 
 
 def local_problems(ctx):
-    """Why this host is not ready to hand the storage over."""
-    problems = []
-    document = ctx.status()
-    if not document.get("agent_running") or document.get("stale"):
-        problems.append("the agent here is not running or its status is stale")
-    if ctx.manual_mode() == model.MANUAL_SECONDARY:
-        problems.append("manual mode here already says secondary; wait for the agent or run "
-                        "`iscsi-cfg become-primary`")
-    flagged = ctx.split_brain_flags()
-    if flagged:
-        problems.append("split brain flagged on %s" % ", ".join(flagged))
+    """Why this host is not ready to hand the storage over (:mod:`iscsi_ha.preflight`)."""
     states, error = ctx.drbd_states()
-    if error:
-        return problems + ["cannot read DRBD state: %s" % error]
-    for name in ctx.config.DRBD_RESOURCES:
-        state = states[name]
-        if (state.role, state.peer_role, state.connection, state.disk, state.peer_disk) != (
-                "Primary", "Secondary", "Connected", "UpToDate", "UpToDate"):
-            problems.append("%s is %s; a switchover needs Primary/Secondary Connected "
-                            "UpToDate/UpToDate" % (name, state.describe()))
-    if not (document.get("target") or {}).get("serving"):
-        problems.append("the target is not serving here: run switchover on the storage primary")
-    if not (document.get("floating_ip") or {}).get("local"):
-        problems.append("the floating IP is not on this host")
-    return problems
-
-
-def peer_problems(document, resources):
-    """Why the peer (its status document) is not ready to take the storage."""
-    name = document.get("hostname") or "the peer"
-    problems = []
-    if not document.get("agent_running") or document.get("stale"):
-        problems.append("%s: its agent is not running or its status is stale" % name)
-    if document.get("manual_mode") == model.MANUAL_PRIMARY:
-        problems.append("%s: manual mode there says primary while this host serves" % name)
-    blockers = [b for b in (document.get("decision") or {}).get("blockers") or []
-                if isinstance(b, dict)]
-    split = list(document.get("split_brain") or []) + [
-        b.get("resource", "?") for b in blockers if b.get("kind") == "split-brain"]
-    if split:
-        problems.append("%s: split brain: %s" % (name, ", ".join(sorted(set(split)))))
-    refusals = [b for b in blockers if b.get("kind") != "split-brain" and not b.get("waits")]
-    if refusals:
-        problems.append("%s: its agent refuses storage actions: %s" % (name, "; ".join(
-            b.get("detail") or b.get("kind", "?") for b in refusals)))
-    drbd = document.get("drbd") or {}
-    for resource in resources:
-        state = drbd.get(resource)
-        if state is None:
-            problems.append("%s: no DRBD state for %s" % (name, resource))
-        elif (state["role"], state["connection"], state["disk"]) != (
-                "Secondary", "Connected", "UpToDate"):
-            problems.append("%s: %s is %s %s %s; it must be Secondary, Connected, UpToDate"
-                            % (name, resource, state["role"], state["connection"],
-                               state["disk"]))
-    if (document.get("target") or {}).get("running"):
-        problems.append("%s: its target is running" % name)
-    if (document.get("floating_ip") or {}).get("local"):
-        problems.append("%s: it holds the floating IP" % name)
-    return problems
+    return preflight.switchover_local(ctx.status(), ctx.manual_mode(), ctx.split_brain_flags(),
+                                      states, error, ctx.config.DRBD_RESOURCES)
 
 
 def _say_peer(ctx, answer):
@@ -147,7 +92,7 @@ def switchover(ctx, timeout=manual_ops.WAIT_TIMEOUT):
     problems = local_problems(ctx)
     try:
         theirs = peer_mod.status(ctx)
-        problems += peer_problems(theirs, ctx.config.DRBD_RESOURCES)
+        problems += preflight.switchover_peer(theirs, ctx.config.DRBD_RESOURCES)
     except peer_mod.PeerError as exc:
         theirs = {}
         problems.append(str(exc))

@@ -14,6 +14,9 @@ its own story:
   promoted only once the pool makes it master.
 - fence-not-configured: no fencing on either host: B refuses and alerts; with
   ALLOW_UNFENCED_FAILOVER=1 it promotes and the alert names the risk.
+- fence-forced-promotion: no fencing, A crashes, B refuses; the admin on B runs what the alert
+  says (`iscsi-cfg manual-mode-enable`, `become-primary --force --yes`): B serves, the alert
+  names the risk, and manual mode is left once A is back.
 """
 import json
 import os
@@ -22,6 +25,7 @@ import time
 
 from iscsi_ha.lab.faults import apply_fault
 from iscsi_ha.lab.scenarios import alerts_of, pool_conf_changed_at, scenario, settled
+from iscsi_ha.lab.scenarios_manual import host_exec
 
 PASSES = 2.5          # agent passes to wait when checking that something does NOT happen
 
@@ -62,6 +66,20 @@ def _crash_and_make_master(lab, run, old, new):
     apply_fault(lab, "crash", old.name)
     apply_fault(lab, "make-master", new.name)
     return pool_conf_changed_at(new, "master")
+
+
+def _unfenced_crash_refused(lab, run, old, new, hold=False):
+    """Fencing removed: ``old`` crashes, ``new`` is made master and refuses (checked over a
+    few passes with ``hold``). Returns the wall time before the crash."""
+    _wait_proven(lab, run, lab.hosts, proven=False)
+    since = time.time()
+    _crash_and_make_master(lab, run, old, new)
+    run.wait(lambda: "automatic failover is off" in _reason(lab, new), 20,
+             "%s to refuse: fencing not proven" % new.name)
+    if hold:
+        _hold(lab, PASSES)
+    run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
+    return since
 
 
 def _power_on(lab, run, old, new):
@@ -162,13 +180,7 @@ def fence_not_configured(lab, run):
         host.remove_fencing(lab.world)
     good = new.read_config()
     try:
-        _wait_proven(lab, run, lab.hosts, proven=False)
-        since = time.time()
-        _crash_and_make_master(lab, run, old, new)
-        run.wait(lambda: "automatic failover is off" in _reason(lab, new), 20,
-                 "%s to refuse: fencing not proven" % new.name)
-        _hold(lab, PASSES)
-        run.check(_view(lab, new)["role"] == "Secondary", "%s promoted without proof" % new.name)
+        since = _unfenced_crash_refused(lab, run, old, new, hold=True)
         mail = run.wait(lambda: alerts_of(lab, "failover-refused", since)[0], 20,
                         "the failover-refused alert") or []
         run.check(any("become-primary --force" in json.dumps(m) for m in mail),
@@ -190,4 +202,37 @@ def fence_not_configured(lab, run):
         for host in lab.hosts:
             host.install_fencing(lab.world)
     _power_on(lab, run, old, new)
+    _wait_proven(lab, run, lab.hosts)
+
+
+@scenario("fence-forced-promotion", "no fencing, A crashes: B refuses; the admin's "
+          "become-primary --force promotes B, and the alert names the risk")
+def fence_forced_promotion(lab, run):
+    old = lab.primary()
+    new = lab.peer(old)
+    for host in lab.hosts:
+        host.remove_fencing(lab.world)
+    try:
+        since = _unfenced_crash_refused(lab, run, old, new)
+        for argv in (["iscsi-cfg", "manual-mode-enable"],
+                     ["iscsi-cfg", "become-primary", "--force", "--yes", "--timeout", "30"]):
+            if argv[1] == "become-primary":
+                run.role_changed()
+            done = host_exec(new, argv, 90)
+            run.check(done.returncode == 0, "%s: %s" % (" ".join(argv[1:2]), (
+                done.stdout + done.stderr).strip()[-300:]))
+        run.wait(lambda: lab.serving(new), 30, "%s serving after the forced promotion" % new.name)
+        risky = run.wait(lambda: alerts_of(lab, "unfenced-failover", since)[0], 20,
+                         "the unfenced-failover alert") or []
+        run.check(any("forced become-primary" in json.dumps(m) for m in risky),
+                  "the alert does not name the admin's forced promotion")
+        run.check(not os.path.exists(os.path.join(new.root, "state", "forced-promotion.json")),
+                  "the forced promotion was not cleared once done")
+    finally:
+        for host in lab.hosts:
+            host.install_fencing(lab.world)
+    _power_on(lab, run, old, new)
+    done = host_exec(new, ["iscsi-cfg", "manual-mode-disable"], 90)
+    run.check(done.returncode == 0, "manual-mode-disable: %s" % (done.stdout + done.stderr)
+              .strip()[-300:])
     _wait_proven(lab, run, lab.hosts)

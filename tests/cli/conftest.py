@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from iscsi_ha import agent_status
 from iscsi_ha import config as config_mod, model
 from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.drbd import DrbdAdapter
@@ -97,7 +98,7 @@ class Host(object):
                             side_effect=lambda adapter: self._vip_state())
         self.is_free = mocker.patch.object(VipAdapter, "is_free", autospec=True,
                                            side_effect=lambda adapter: self._free())
-        mocker.patch.object(cfg_main, "agent_running", return_value=True)
+        mocker.patch.object(agent_status, "running", return_value=True)
         self.set_drbd(drbd(name="iscsi1"), drbd(name="iscsi2"))
         self.write_status(role="Primary")
 

@@ -486,9 +486,12 @@ def test_d6_the_watchdog_reads_the_status_with_the_same_reader(text, tmp_path):
     from iscsi_ha import watchdog
     path = tmp_path / "status"
     path.write_text(text)
-    assert watchdog._status_of(str(path)) is None        # never "running" forever, no crash
+    assert watchdog._status_of((str(path), None)) is None   # never "running" forever, no crash
     path.write_text('{"updated": 5, "agent": {"pid": 7}}')
-    assert watchdog._status_of(str(path)) == (7, 5.0)
+    assert watchdog._status_of((str(path), None)) == (7, 5.0)
+    copy = tmp_path / "fallback-status"                   # the newer of the two counts
+    copy.write_text('{"updated": 9, "agent": {"pid": 7}}')
+    assert watchdog._status_of((str(path), str(copy))) == (7, 9.0)
 
 
 def test_d7_set_can_repair_an_invalid_state_dir_when_no_agent_runs(tmp_path, capsys):

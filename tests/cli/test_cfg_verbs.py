@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from rich.console import Console
 
+from iscsi_ha import agent_status
 from iscsi_ha import model
 from iscsi_ha.cli import cfg_args, cfg_main, status_view
 
@@ -190,7 +191,7 @@ def test_status_once_exit_codes(host, capsys, mocker):
     with open(host.config.STATUS_FILE, "w") as handle:
         json.dump(document, handle)
     assert run(capsys, "status", "--once", "--config", host.path)[0] == 1
-    mocker.patch.object(cfg_main, "agent_running", return_value=False)
+    mocker.patch.object(agent_status, "running", return_value=False)
     code, out, _ = run(capsys, "status", "--once", "--config", host.path)
     assert code == 2 and "agent is not running" in out
 

@@ -195,6 +195,7 @@ def test_forced_promotion_without_a_terminal_or_yes_is_refused(host):
 
 
 def test_forced_and_confirmed_promotion_proceeds(host):
+    from iscsi_ha import fencing
     secondary_here(host)
     host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
                        name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
@@ -202,6 +203,19 @@ def test_forced_and_confirmed_promotion_proceeds(host):
                                         timeout=5)
     assert elapsed >= 0 and host.manual() == model.MANUAL_PRIMARY
     assert "forced, risk accepted" in host.text()
+    # the agent promotes only what the admin forced: the disconnected resource, for a while
+    assert fencing.read_forced(host.config.STATE_DIR) == ("iscsi1",)
+    assert fencing.read_forced(host.config.STATE_DIR, now=time.time() + 5 +
+                               manual_ops.FORCED_MARGIN + 1) == ()
+    manual_ops.become_secondary(host.ctx, timeout=5)                      # changed its mind
+    assert fencing.read_forced(host.config.STATE_DIR) == ()
+
+
+def test_an_unforced_promotion_records_no_force(host):
+    from iscsi_ha import fencing
+    secondary_here(host)
+    manual_ops.become_primary(host.ctx, timeout=5)
+    assert fencing.read_forced(host.config.STATE_DIR) == ()
 
 
 def test_become_primary_refuses_a_disk_that_is_not_uptodate(host):
@@ -257,8 +271,8 @@ def test_become_primary_times_out_with_the_agents_reason(host):
 
 
 def test_wait_says_when_the_agent_is_not_running(host, mocker):
-    from iscsi_ha.cli import cfg_main
-    mocker.patch.object(cfg_main, "agent_running", return_value=False)
+    from iscsi_ha import agent_status
+    mocker.patch.object(agent_status, "running", return_value=False)
     secondary_here(host)
     host.write_status()
     with pytest.raises(CliError) as failed:

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from iscsi_ha import model
-from iscsi_ha.cli import peer as peer_mod, switchover
+from iscsi_ha import peer as peer_mod
+from iscsi_ha.cli import switchover
 from iscsi_ha.cli.context import CliError, Refused
 
 from .conftest import drbd

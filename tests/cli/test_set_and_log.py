@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from iscsi_ha import agent_status
 from iscsi_ha import config as config_mod
 from iscsi_ha.cli import cfg_main, log_cmd, set_cmd
 from iscsi_ha.cli.context import CliError
@@ -162,13 +163,13 @@ def test_log_without_any_source_says_so(host, mocker):
 
 
 def test_set_refuses_to_move_the_state_under_a_running_agent(halizard_conf, capsys, mocker):
-    mocker.patch.object(cfg_main, "read_status", return_value={"agent_running": True})
+    mocker.patch.object(agent_status, "view", return_value={"agent_running": True})
     before = open(halizard_conf).read()
     code, _, err = run(capsys, "set", "STATE_DIR", "/var/lib/iscsi-ha", "--config",
                        str(halizard_conf))
     assert code == 1 and "while the agent runs" in err
     assert open(halizard_conf).read() == before
-    mocker.patch.object(cfg_main, "read_status", return_value={"agent_running": False})
+    mocker.patch.object(agent_status, "view", return_value={"agent_running": False})
     code, _, _ = run(capsys, "set", "STATE_DIR", "/var/lib/iscsi-ha", "--config",
                      str(halizard_conf))
     assert code == 0 and "STATE_DIR=/var/lib/iscsi-ha" in open(halizard_conf).read()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from iscsi_ha import splitbrain
-from iscsi_ha.cli import peer as peer_mod
+from iscsi_ha import peer as peer_mod
 from iscsi_ha.cli import splitbrain_cmd
 from iscsi_ha.cli.context import CliError, Refused
 

@@ -17,7 +17,7 @@ from iscsi_ha.lab.scenarios_fencing import __doc__ as _doc  # noqa: F401  (regis
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FENCING = ["fence-link-cut", "fence-link-cut-then-crash", "fence-primary-crash",
-           "fence-isolated-primary", "fence-not-configured"]
+           "fence-isolated-primary", "fence-not-configured", "fence-forced-promotion"]
 
 
 @pytest.fixture(scope="module", params=["8.4", "9"])
@@ -25,7 +25,9 @@ def lab(request, tmp_path_factory):
     problems = missing_prerequisites()
     if problems:
         pytest.skip("; ".join(problems))
-    lab = Lab(str(tmp_path_factory.mktemp("lab")), drbd_version=request.param)
+    # a prefix of its own: never the admin's default lab (ihl-), never another test's
+    lab = Lab(str(tmp_path_factory.mktemp("lab")), drbd_version=request.param,
+              prefix="ihlt%df%s-" % (os.getpid() % 10000, request.param.replace(".", "")))
     try:
         lab.up()
         yield lab

@@ -185,7 +185,7 @@ def test_disconnected_secondary_promotes_only_with_persisted_grant(med, tmp_path
     agent = Agent(agent_config(tmp_path, "b"), adapters, witness=w)
     try:
         assert wait_for(lambda: w.state().reachable)
-        record = agent.run_cycle()
+        record = agent.run_pass()
         assert not record.decision.actions or not any(
             isinstance(x, model.PromoteDrbd) for x in record.decision.actions)
         assert "witness" in record.decision.reason
@@ -196,7 +196,7 @@ def test_disconnected_secondary_promotes_only_with_persisted_grant(med, tmp_path
         while not promoted:
             assert time.monotonic() - t0 < 8, record.decision.reason
             time.sleep(0.2)
-            record = agent.run_cycle()
+            record = agent.run_pass()
         assert promoted[0][0] == "iscsi1" and promoted[0][1]["gen"] == gen + 1
         assert med.server.store.read("p1")[0]["primary"] == "b"
         doc = json.load(open(agent.config.STATUS_FILE))
@@ -223,7 +223,7 @@ def test_deposed_primary_demotes(med, tmp_path, mocker):
     w.set_report(drbd("Primary", conn="Connecting", peer_disk="DUnknown"))
     w.beat()
     agent = Agent(agent_config(tmp_path, "a"), adapters, witness=w)
-    record = agent.run_cycle()
+    record = agent.run_pass()
     assert any(isinstance(x, model.DemoteDrbd) for x in record.decision.actions)
     assert "deposed" in record.decision.reason
     doc = json.load(open(agent.config.STATUS_FILE))
@@ -305,7 +305,7 @@ def test_agent_heals_split_brain_as_victim_then_clears_flag(tmp_path, mocker):
         "connect --discard-my-data" if discard_my_data else "connect")
     w = StubWitness(model.WitnessGrant(False, "b is primary at generation 5", deposed=True))
     agent = Agent(cfg, adapters, witness=w)
-    record = agent.run_cycle()
+    record = agent.run_pass()
     assert [r.action.describe() for r in record.results][-1] == \
         "heal split brain of iscsi1 as victim"
     assert all(r.ok for r in record.results), [r.detail for r in record.results]
@@ -313,7 +313,7 @@ def test_agent_heals_split_brain_as_victim_then_clears_flag(tmp_path, mocker):
     assert read_flag(cfg.STATE_DIR, "iscsi1") is not None      # held until in sync
     adapters.drbd.observe.return_value = {"iscsi1": DrbdState(
         "iscsi1", "1", "Secondary", "Primary", "Connected", "UpToDate", "UpToDate")}
-    record = agent.run_cycle()
+    record = agent.run_pass()
     assert [r.action.describe() for r in record.results] == ["clear split-brain flag of iscsi1"]
     assert read_flag(cfg.STATE_DIR, "iscsi1") is None
 
