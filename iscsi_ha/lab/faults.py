@@ -84,10 +84,10 @@ def apply_fault(lab, name, host_name=None):
                 netns.set_link(each.ns, "rep0", False)
         lab.world.set_link(False)
     elif name == "rejoin":
+        _management(lab, host, True)   # the network first: its xapi then sees the live master
         endpoint = lab.xapi.pool.endpoint(lab.xapi.refs[host.name])
         if not endpoint.serving:       # as after a crash: back as the new master's slave
             lab.xapi.host_returns(host, lab.peer(host))
-        _management(lab, host, True)
         lab.restore_replication()
     elif name == "crash":
         lab.crash(host)
