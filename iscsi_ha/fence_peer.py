@@ -32,6 +32,11 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
   ``drbdadm primary`` (8.4 and 9 ``drbd_nl.c`` ``drbd_set_role()``: ``SS_PRIMARY_NOP`` ->
   ``conn_try_outdate_peer()``), so the wait was the failover's pause. An xapi that hangs, a
   plugin error and every error without a grant are retried until the timeout.
+- when the peer cannot be reached over the management network and a mediator is configured
+  (MEDIATOR), the mediator is asked (:func:`iscsi_ha.witness.fence_peer_from_config`): 4 it
+  recorded the peer outdated (the peer can no longer get a grant), 3 the peer was already
+  outdated there, 6 this host was deposed (another node is primary at the mediator: DRBD
+  outdates this host and the agent demotes it); no usable answer falls through.
 - 1: anything else (peer unreachable, plugin error, bad input): DRBD keeps I/O frozen; the
   agent self-fences after SELF_FENCE_AFTER. Never 5 ("unreachable, assumed dead"): DRBD would
   then resume I/O as if the peer were outdated, the very stale-data hole fencing closes.
@@ -102,8 +107,16 @@ def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=
     return None, error
 
 
-def fence(config, resource, clock=time.monotonic, call=None, now=time.time, sleep=time.sleep):
-    """(exit code, outcome sentence, peer answer)."""
+def ask_mediator(config):
+    """(exit code, reason) from the mediator, or None when MEDIATOR is empty."""
+    from iscsi_ha import witness
+    return witness.fence_peer_from_config(config)
+
+
+def fence(config, resource, clock=time.monotonic, call=None, now=time.time, sleep=time.sleep,
+          mediator=None):
+    """(exit code, outcome sentence, peer answer). ``mediator``: the callable asking the
+    mediator (tests), default :func:`ask_mediator`."""
     from iscsi_ha import fencing
     deadline = clock() + config.FENCE_PEER_TIMEOUT
     grant_ttl = max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2
@@ -119,6 +132,17 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time, slee
                 answer.get("host"),), answer
         return PEER_PRIMARY, ("the peer %s is Primary: DRBD outdates this host"
                               % answer.get("host")), answer
+    asked = (mediator or ask_mediator)(config)
+    if asked is not None:
+        code, why = asked
+        if code in (PEER_OUTDATED, PEER_INCONSISTENT):
+            return code, ("the peer is unreachable over the management network (%s); the "
+                          "mediator recorded it outdated%s" % (error, ": " + why if why
+                                                               else "")), None
+        if code == PEER_PRIMARY:
+            return code, ("the mediator deposed this host (%s): DRBD outdates it and the agent "
+                          "demotes it" % why), None
+        error = "%s; mediator: %s" % (error, why)
     grant = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
     if grant is not None:
         return PEER_FENCED, ("the peer is unreachable (%s); this host is being promoted by the "

@@ -86,12 +86,39 @@ def frozen_resources(obs):
 
 
 def self_fence_due(obs):
-    """The resources frozen for longer than SELF_FENCE_AFTER ([] when none)."""
+    """The resources frozen for longer than SELF_FENCE_AFTER, or frozen while the witness's
+    lease runs out or the witness deposed this host ([] when none)."""
     fencing = obs.fencing
     if fencing is None:
         return []
+    if witness_step_down(obs):
+        return [name for name, _ in frozen_resources(obs)]
     return [name for name, seconds in frozen_resources(obs)
             if seconds >= fencing.self_fence_after]
+
+
+def witness_step_down(obs):
+    """'' or why a Primary whose I/O is frozen must step down now because of the witness.
+
+    With a mediator, the peer may be granted the primary role lease + margin after the
+    mediator last heard this host. A frozen Primary acknowledges nothing, but it must also be
+    Secondary before the peer is promoted (never two Primaries, and no serving again when the
+    network heals): so it steps down when its lease, counted from the sending of the last
+    heartbeat the mediator answered (no later than the mediator's own mark), has fewer than
+    ``step_down_lead_s`` seconds left, or no heartbeat was answered since the agent started;
+    and at once when the mediator deposed it (another node is primary there)."""
+    w = obs.witness
+    if w is None or not frozen_resources(obs):
+        return ""
+    if w.deposed:
+        return "the mediator deposed this host (%s)" % (w.reason or "another node is primary")
+    if w.lease_left_s is None:
+        return "no heartbeat answered by the mediator since the agent started, so its lease " \
+            "may have run out"
+    if w.lease_left_s < w.step_down_lead_s:
+        return "its lease at the mediator runs out in %.1f s (no answer since), after which " \
+            "the peer may be granted the primary role" % max(0.0, w.lease_left_s)
+    return ""
 
 
 def frozen_reason(obs):
@@ -106,6 +133,11 @@ def frozen_reason(obs):
 
 
 def self_fence_reason(obs, names):
+    why = witness_step_down(obs)
+    if why:
+        return ("stopping service: self-fencing, I/O on %s is frozen by DRBD fencing and %s: "
+                "this host stops serving (floating IP, target, DRBD Secondary) before the peer "
+                "can be promoted; see iscsi-cfg status" % (", ".join(names), why))
     return ("stopping service: self-fencing, I/O on %s stayed frozen for more than %.0f s: the fence-peer handler "
             "could not outdate the peer, so this host stops serving (floating IP, target, DRBD "
             "Secondary) before the network heals; see iscsi-cfg status"

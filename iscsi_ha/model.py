@@ -76,6 +76,13 @@ class WitnessGrant:
     failover_allowed: bool = True
     peer_outdated: bool = False     # this host is the primary and the mediator outdated the peer
     status: Mapping[str, object] = field(default_factory=dict)
+    # Seconds left of this host's lease at the mediator, counted from the SENDING of the last
+    # heartbeat it answered (the mediator counts from its receipt, later): None when no
+    # heartbeat was answered since the agent started. ``step_down_lead_s``: a Primary whose
+    # I/O is frozen steps down (self-fences) once fewer seconds than this are left, so it is
+    # Secondary before the mediator can grant its peer (lease + margin after the receipt).
+    lease_left_s: Optional[float] = None
+    step_down_lead_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,7 @@ class WitnessMonitor(object):
         self._error = "no answer yet"
         self._reachable = False
         self._alerted_down = False
+        self._ok_sent_at = None     # clock() when the last answered heartbeat was sent
 
     # -- thread ----------------------------------------------------------------------------
     def start(self):
@@ -325,12 +326,13 @@ class WitnessMonitor(object):
             drbd = self.report() or {}
         except Exception:
             drbd = {}
+        sent = self.clock()
         try:
             answer = self.client.call("heartbeat", gen=self._max_gen or None, drbd=drbd)
         except MediatorError as exc:
             self._unreachable(str(exc))
             return None
-        self._reached(answer)
+        self._reached(answer, sent)
         return answer
 
     def _unreachable(self, error):
@@ -343,10 +345,12 @@ class WitnessMonitor(object):
             self._safe_alert("mediator unreachable: %s; automatic failover is off (no effect "
                              "on I/O)" % error)
 
-    def _reached(self, answer):
+    def _reached(self, answer, sent=None):
         gen = answer.get("gen")
         rolled = ""
         with self._lock:
+            if sent is not None:
+                self._ok_sent_at = sent
             was_down = self._alerted_down
             if isinstance(gen, int) and gen < self._max_gen and not self._rolled_back:
                 rolled = ("mediator generation %d is lower than %d seen before: it was rolled "
@@ -385,6 +389,16 @@ class WitnessMonitor(object):
             pass
 
     # -- what a pass reads (memory only) ---------------------------------------------------
+    def lease_left(self):
+        """Seconds left of this node's lease at the mediator, counted from the sending of the
+        last answered heartbeat (the mediator's mark is its receipt, no earlier); None when
+        no heartbeat was answered yet."""
+        with self._lock:
+            if self._ok_sent_at is None:
+                return None
+            lease = ((self._answer or {}).get("lease_ms") or 10000) / 1000.0
+            return lease - (self.clock() - self._ok_sent_at)
+
     def state(self):
         with self._lock:
             age = None if self._answer_at is None else self.clock() - self._answer_at
@@ -491,9 +505,11 @@ def from_config(config, alert=None):
     except (ssl.SSLError, OSError, IOError, ValueError) as exc:
         raise MediatorError("mediator credential in %s unusable: %s" % (directory,
                                                                       _one_line(exc)))
-    return AgentWitness(client, statepaths.mediator_state(directory),
-                        statepaths.mediator_grant(directory),
-                        interval=config.MEDIATOR_INTERVAL, alert=alert)
+    monitor = AgentWitness(client, statepaths.mediator_state(directory),
+                           statepaths.mediator_grant(directory),
+                           interval=config.MEDIATOR_INTERVAL, alert=alert)
+    monitor.demote_s = float(config.TARGET_STOP_TIMEOUT) + float(config.DRBD_TIMEOUT)
+    return monitor
 
 
 class AgentWitness(WitnessMonitor):
@@ -511,6 +527,15 @@ class AgentWitness(WitnessMonitor):
         self._want = threading.Event()
         self._last_promote = None
         self.wake = None            # callable: wake the agent loop (set by the daemon)
+        self.demote_s = 2.0         # TARGET_STOP_TIMEOUT + DRBD_TIMEOUT (from_config)
+
+    def step_down_lead(self):
+        """How many seconds before its lease runs out a frozen Primary steps down: one pass
+        gap (a frozen agent is unhealthy: it passes every second) plus what the demote may
+        take (``demote_s``: TARGET_STOP_TIMEOUT + DRBD_TIMEOUT, a frozen tgtd is killed), at
+        most half the lease; the mediator's margin (lease + margin) is the reserve."""
+        lease = ((self.state().answer or {}).get("lease_ms") or 10000) / 1000.0
+        return min(1.0 + self.demote_s, lease / 2.0)
 
     def set_report(self, report):
         self._report = dict(report or {})
@@ -587,10 +612,13 @@ class AgentWitness(WitnessMonitor):
         peer_outdated = bool(st.reachable and a.get("primary") == self.client.node and peer
                              and peer in (a.get("outdated") or []))
         status = st.as_dict()
+        left = self.lease_left()
         status.update(granted=granted, reason=reason, node=self.client.node,
-                      pool=self.client.pool, peer_outdated=peer_outdated)
+                      pool=self.client.pool, peer_outdated=peer_outdated,
+                      lease_left_s=None if left is None else round(left, 1))
         return WitnessGrant(granted=granted, reason=reason, deposed=deposed,
-                            failover_allowed=ok, peer_outdated=peer_outdated, status=status)
+                            failover_allowed=ok, peer_outdated=peer_outdated, status=status,
+                            lease_left_s=left, step_down_lead_s=self.step_down_lead())
 
 
 class BrokenWitness(object):

@@ -76,3 +76,67 @@ def test_split_brain_flag_cleared_once_in_sync_and_waits_while_resyncing():
     d = decide(obs(st("Secondary", "Connected", peer_disk="UpToDate", peer_role="Primary"), w,
                    split=("r1",), serving=True))
     assert names(d) == ["remove floating IP", "stop target", "clear split-brain flag of r1"]
+
+
+def frozen_obs(witness, seconds=2.0):
+    from iscsi_ha.fencing_policy import FencingObservation
+    state = DrbdState("r1", "1", "Primary", "Unknown", "WFConnection", "UpToDate", "DUnknown",
+                      suspended=True)
+    return model.Observation(pool=MASTER, manual=model.MANUAL_OFF, drbd={"r1": state},
+                             target=None, vip=model.VipObservation(local=True), witness=witness,
+                             resources=("r1",), fencing=FencingObservation(
+                                 proven={"r1": "dump"}, frozen_s={"r1": seconds},
+                                 self_fence_after=30.0))
+
+
+def test_frozen_primary_steps_down_before_its_mediator_lease_runs_out():
+    """With a mediator the peer can be granted lease + margin after the mediator last heard
+    this host: a frozen Primary whose lease (from the send of its last answered heartbeat) is
+    about to run out self-fences long before SELF_FENCE_AFTER, so two Primaries never exist."""
+    live = model.WitnessGrant(True, "primary", lease_left_s=5.0, step_down_lead_s=3.0)
+    held = decide(frozen_obs(live))
+    assert held.actions == () and held.reason.startswith("holding:")   # the handler may win
+    for w in (model.WitnessGrant(False, "unreachable", failover_allowed=False,
+                                 lease_left_s=2.5, step_down_lead_s=3.0),
+              model.WitnessGrant(False, "no answer yet", failover_allowed=False),
+              model.WitnessGrant(False, "b is primary", deposed=True, lease_left_s=9.0,
+                                 step_down_lead_s=3.0)):
+        d = decide(frozen_obs(w))
+        assert names(d) == ["remove floating IP", "stop target", "demote r1"], w
+        assert d.reason.startswith("stopping service: self-fencing") and "mediator" in d.reason
+    # without a witness only SELF_FENCE_AFTER counts
+    assert decide(frozen_obs(None)).actions == ()
+
+
+def test_lease_left_counts_from_the_send_of_the_last_answered_heartbeat(tmp_path):
+    from iscsi_ha.witness import MediatorError, WitnessMonitor
+
+    class Clock(object):
+        now = 100.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+
+    class Client(object):
+        address, pool, node = "m:1", "p", "a"
+        fail = False
+
+        def call(self, op, **fields):
+            clock.now += 0.4                       # the request takes 0.4 s
+            if self.fail:
+                raise MediatorError("unreachable")
+            return {"ok": True, "gen": 3, "lease_ms": 6000, "can_grant": True}
+
+        def close(self):
+            pass
+    client = Client()
+    monitor = WitnessMonitor(client, str(tmp_path / "state.json"), clock=clock)
+    assert monitor.lease_left() is None
+    monitor.beat()                                  # sent at 100.0, answered at 100.4
+    assert abs(monitor.lease_left() - 5.6) < 1e-9
+    client.fail = True
+    clock.now += 3.0
+    monitor.beat()                                  # no answer: the old send time stays
+    assert abs(monitor.lease_left() - 2.2) < 1e-9

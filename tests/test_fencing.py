@@ -296,3 +296,28 @@ def test_a_fencing_refusal_is_one_failover_refused_alert():
     assert [a.kind for a in alerts] == ["failover-refused"]
     assert "become-primary --force" in alerts[0].summary
     assert alerts_for_transition(refusing, refusing) == []
+
+
+def test_handler_asks_the_mediator_when_the_peer_is_unreachable(config):
+    """Management network down: the mediator's answer decides (4/3 peer outdated there, 6 this
+    host deposed); no answer keeps I/O frozen unless the agent left a promotion grant."""
+    clock = Clock()
+
+    def unreachable(timeout):
+        clock.now += 1.0
+        raise RuntimeError("HOST_OFFLINE")
+    for answer_, code in (((4, ""), 4), ((3, ""), 3), ((6, "b is primary at generation 9"), 6),
+                          ((1, "mediator unreachable"), 1)):
+        got, outcome, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable,
+                                           mediator=lambda c, a=answer_: a)
+        assert got == code, outcome
+        assert "mediator" in outcome
+    fencing.write_grant(config.STATE_DIR, "iscsi1", "promoting: granted", now=1000.0)
+    got, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable,
+                                 mediator=lambda c: (1, "no answer"), now=lambda: 1001.0)
+    assert got == 7
+    got, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=unreachable,
+                                 mediator=lambda c: (6, "deposed"), now=lambda: 1001.0)
+    assert got == 6                  # deposed wins over the local grant
+    # without MEDIATOR the handler never asks one
+    assert fence_peer.ask_mediator(config) is None

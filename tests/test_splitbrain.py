@@ -265,10 +265,11 @@ def test_recover_keeps_the_chosen_side(split, keep_local):
                      timeout=60, connect_timeout=30, poll=0.05, sleep=ticking(world))
     kept, lost = (a, b) if keep_local else (b, a)
     [question] = questions
-    # (the double does not model DRBD's bitmap: its oos / out-of-sync stays 0 after the split)
+    # (the double does not model DRBD's bitmap: its oos / out-of-sync stays 0 after the split;
+    # its drbdadm get-gi gives the lost side's current generation)
     assert question.startswith("Recover the split brain of iscsi1: keeping %s discards every "
                                "change %s made to iscsi1 since the split (0 KiB marked out of "
-                               "sync there)" % (kept.name, lost.name))
+                               "sync there, its generation " % (kept.name, lost.name))
     assert "; %s then resyncs from %s (data: " % (lost.name, kept.name) in question
     assert question.endswith("Type yes to go on: ")
     assert lost.read() == kept.read() == (b"kept by a......." if keep_local

@@ -387,6 +387,14 @@ def _fencing_alerts(previous, current):
     return found
 
 
+def _deposed_primary(document):
+    """The witness deposed this host while one of its DRBD resources is Primary."""
+    document = document or {}
+    return bool((document.get("witness") or {}).get("deposed") and any(
+        (state or {}).get("role") == "Primary" for state in (document.get("drbd") or {}).values()
+        if isinstance(state, dict)))
+
+
 def _witness_alerts(previous, current):
     """One alert when the mediator becomes unreachable, one when it is back, one when it was
     rolled back, one when it deposed this host."""
@@ -407,7 +415,9 @@ def _witness_alerts(previous, current):
                           "%s)" % (where, now.get("generation")), address=where))
     if now.get("rolled_back") and not before.get("rolled_back"):
         found.append(make("mediator-rolled-back", "", now["rolled_back"], address=where))
-    if now.get("deposed") and not before.get("deposed"):
+    # deposed matters (and the agent demotes) only on a Primary: a Secondary that is outdated
+    # at the mediator (back after a failover, still resyncing) is not about to lose data
+    if _deposed_primary(current) and not _deposed_primary(previous):
         found.append(make("mediator-deposed", "", "the mediator made %s primary at generation "
                           "%s and lists this host as outdated: demoting"
                           % (now.get("primary"), now.get("generation")), address=where))

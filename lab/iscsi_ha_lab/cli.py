@@ -3,6 +3,11 @@
     iscsi-ha-lab demo [--json FILE]     up, every scenario, a table, down
     iscsi-ha-lab scenario NAME          up, one scenario, down
     iscsi-ha-lab up                     up, then hold the lab (fake XAPI, DRBD) until Ctrl+C
+    iscsi-ha-lab up --mediator [sqlite|etcd]
+                                        the same with the third-site mediator (etcd: two
+                                        instances over a three-member etcd); the agents need
+                                        its grant to fail over (demo/scenario take it too:
+                                        then the mediator-* scenarios run)
     iscsi-ha-lab exec HOST -- CMD...    run CMD in host a, b or c (client), with the host's config
     iscsi-ha-lab status [--json]        both hosts' status as their agents published it;
                                         --json: each host's DRBD view, the checker's
@@ -69,8 +74,9 @@ def run_scenarios(lab, names, console):
 
 def cmd_demo(args, console, names=None):
     from iscsi_ha_lab.scenarios import all_scenarios
-    names = names or list(all_scenarios())
     lab = _lab(args, drbd_version=args.drbd_version)
+    # the mediator-* scenarios need a lab with a mediator, and the others one without
+    names = names or list(all_scenarios(mediator=bool(lab.mediator_backend)))
     started = time.monotonic()
     lab.refuse_foreign()       # before the try: a refusal must not take anything down
     try:
@@ -88,7 +94,8 @@ def cmd_demo(args, console, names=None):
 
 
 def _lab(args, **kwargs):
-    return Lab(args.dir, prefix=args.prefix, **kwargs)
+    return Lab(args.dir, prefix=args.prefix, mediator=getattr(args, "mediator", None),
+               **kwargs)
 
 
 def _naming(lab):
@@ -222,7 +229,11 @@ def _parser():
     one = sub.add_parser("scenario", help="run one scenario")
     one.add_argument("name")
     one.add_argument("--json", metavar="FILE")
-    sub.add_parser("up", help="bring the lab up and hold it until Ctrl+C")
+    up = sub.add_parser("up", help="bring the lab up and hold it until Ctrl+C")
+    for each in (demo, one, up):
+        each.add_argument("--mediator", nargs="?", const="sqlite", choices=("sqlite", "etcd"),
+                          help="with the third-site mediator (default backend sqlite; etcd: "
+                               "two instances over a three-member etcd)")
     sub.add_parser("down", help="remove the lab")
     ex = sub.add_parser("exec", help="run a command in a lab host")
     ex.add_argument("host", help="a, b or c (the client)")

@@ -45,7 +45,7 @@ VERSION_TEXT = {
                     "DRBDADM_VERSION=9.22.0\n",
 }
 ADM_COMMANDS = ("primary", "secondary", "connect", "disconnect", "up", "down", "role", "cstate",
-                "dstate", "status", "sh-minor", "dump", "outdate", "resume-io")
+                "dstate", "status", "sh-minor", "dump", "outdate", "resume-io", "get-gi")
 ADM_OPTIONS = {"primary": ("--force",), "connect": ("--discard-my-data",)}
 
 
@@ -191,6 +191,9 @@ def _adm_one(world, st, host, command, options, res, reply):
     if command == "dump":
         reply.out.append(_dump(st, host, res))
         return
+    if command == "get-gi":
+        reply.out.append(_get_gi(st, host, res))
+        return
     if command == "up":
         return _adm_up(world, st, host, res, reply)
     if command == "outdate":
@@ -206,6 +209,40 @@ def _adm_one(world, st, host, command, options, res, reply):
     reply.err.extend(sub.err)
     if sub.rc >= 10:
         reply.fail(sub.rc, "Command '%s' terminated with exit code %d\n" % (" ".join(argv), sub.rc))
+
+
+def _get_gi(st, host, res):
+    """``drbdadm get-gi RES``: drbd-utils ``dt_print_uuids()`` (8.4: four UUIDs, then the flags
+    consistent, was-up-to-date, primary, connected, full-sync, peer-outdated, crashed-primary)
+    and ``dt_print_v9_uuids()`` (9: four UUIDs, the local flags consistent, was-up-to-date,
+    primary, crashed-primary, al-clean, al-disabled, primary-lost-quorum, then the peer's
+    connected, outdated, fencing, full-sync, device-seen), in drbdtool_common.c of
+    user/v84 and user/v9. The flags follow the kernel's meta-data rules (8.4 drbd_state.c
+    ``after_state_ch()``: consistent when the disk is better than Inconsistent, was-up-to-date
+    when better than Outdated, peer-outdated when the peer's disk is Outdated or
+    Inconsistent). The double's data generations are small numbers, shown as UUIDs
+    (generation << 1, the lowest bit set while Primary, as DRBD marks its current UUID); the
+    history slots hold the two previous generations; the bitmap UUID is not modelled (0)."""
+    disk = st["disks"][res][host]
+    order = ["Diskless", "Attaching", "Failed", "Negotiating", "Inconsistent", "Outdated",
+             "DUnknown", "Consistent", "UpToDate"]
+    rank = order.index(disk["disk"]) if disk["disk"] in order else 0
+    primary = disk["role"] == "Primary"
+    gens = list(disk["generations"])
+    current = (gens[-1] << 1) | (1 if primary else 0)
+    history = [g << 1 for g in reversed(gens[:-1])][:2]
+    history += [0] * (2 - len(history))
+    uuids = ":".join("%016X" % u for u in [current, 0] + history)
+    connected = bool(st["links"][res]["connected"]) and disk["up"]
+    peer_out = disk["pdsk"] in ("Outdated", "Inconsistent")
+    consistent, was_utd = rank > order.index("Inconsistent"), rank > order.index("Outdated")
+    if st["version"] == "8.4":
+        flags = [consistent, was_utd, primary, connected, False, peer_out, False]
+    else:
+        fencing = st["hosts"][host]["fencing"] != "dont-care"
+        flags = [consistent, was_utd, primary, False, False, False, False,
+                 connected, peer_out, fencing, False, True]
+    return "%s:%s\n" % (uuids, ":".join("1" if f else "0" for f in flags))
 
 
 def _adm_outdate(world, st, host, res, reply):

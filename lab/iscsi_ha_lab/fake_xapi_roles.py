@@ -114,7 +114,11 @@ class PoolRoles(object):
     def boot(self, endpoint):
         """xapi start-up: role from pool.conf, check for other masters, else emergency mode."""
         role, address = read_pool_conf(endpoint.pool_conf_path)
-        others = [e for e in self.endpoints.values() if e is not endpoint and e.is_master()]
+        # xapi's check_no_other_masters asks the others over the management network: a master
+        # it cannot reach (that network cut, FakePool.cut_off) is not seen
+        cut = getattr(self, "cut_off", set())
+        others = [e for e in self.endpoints.values() if e is not endpoint and e.is_master()
+                  and endpoint.host_ref not in cut and e.host_ref not in cut]
         if role == "master" and others:  # xapi's check_no_other_masters: become its slave
             role, address = "slave", others[0].address
             write_pool_conf(endpoint.pool_conf_path, "slave:" + address)

@@ -17,6 +17,18 @@ Faults (HOST is a or b; "-" where none is needed):
     hang-tgtd HOST / resume-tgtd HOST     SIGSTOP / SIGCONT of HOST's tgtd
     make-master HOST                      pool.emergency_transition_to_master on HOST (what an
                                           admin or XAPI HA does when the master is gone)
+
+The mediator's path (a lab brought up with ``--mediator``):
+
+    cut-mediator HOST / restore-mediator HOST
+                                          HOST's link to the mediator down / up (restore also
+                                          ends a slow-mediator)
+    stop-mediator / start-mediator        the mediator process(es) stopped / started again (the
+                                          same state: a restart, with its grant-nothing grace)
+    restart-mediator                      both at once
+    stall-mediator                        the mediator frozen (SIGSTOP) for lease + margin + 1 s,
+                                          then it runs on (a hung mediator)
+    slow-mediator HOST                    800 ms more on every answer to HOST (netem)
 """
 import json
 import os
@@ -32,7 +44,11 @@ FAULTS = {
     "cut-management": True, "heal-management": True, "isolate": True, "rejoin": True,
     "crash": True, "power-on": True, "hang-tgtd": True, "resume-tgtd": True,
     "make-master": True,
+    "cut-mediator": True, "restore-mediator": True, "stop-mediator": False,
+    "start-mediator": False, "restart-mediator": False, "stall-mediator": False,
+    "slow-mediator": True,
 }
+SLOW_MEDIATOR_MS = 800
 CONTROL_SOCKET = "control.sock"
 BLOCK = 512
 
@@ -68,10 +84,10 @@ def apply_fault(lab, name, host_name=None):
                 netns.set_link(each.ns, "rep0", False)
         lab.world.set_link(False)
     elif name == "rejoin":
+        _management(lab, host, True)   # the network first: its xapi then sees the live master
         endpoint = lab.xapi.pool.endpoint(lab.xapi.refs[host.name])
         if not endpoint.serving:       # as after a crash: back as the new master's slave
             lab.xapi.host_returns(host, lab.peer(host))
-        _management(lab, host, True)
         lab.restore_replication()
     elif name == "crash":
         lab.crash(host)
@@ -87,7 +103,36 @@ def apply_fault(lab, name, host_name=None):
         os.kill(pid, signal.SIGSTOP if name == "hang-tgtd" else signal.SIGCONT)
     elif name == "make-master":
         lab.xapi.emergency_transition(host)
+    elif name.endswith("-mediator"):
+        return _mediator_fault(lab, name, host)
     lab.world.settle()
+    return "%s%s done" % (name, " " + host.name if host else "")
+
+
+def _mediator_fault(lab, name, host):
+    net = lab.mediator
+    if net is None:
+        raise FaultError("fault %s: this lab runs without a mediator (iscsi-ha-lab up "
+                         "--mediator [sqlite|etcd])" % name)
+    if name == "cut-mediator":
+        net.cut(host.name)
+    elif name == "restore-mediator":
+        net.restore(host.name)
+    elif name == "stop-mediator":
+        net.stop()
+    elif name == "start-mediator":
+        net.start()
+    elif name == "restart-mediator":
+        net.stop()
+        net.start()
+    elif name == "stall-mediator":
+        seconds = lab.mediator_lease + lab.mediator_margin + 1
+        for instance, proc in enumerate(net.procs):
+            if proc is not None and proc.poll() is None:
+                net.stall(seconds, instance=instance)
+        return "stall-mediator done (for %.1f s)" % seconds
+    elif name == "slow-mediator":
+        net.slow(host.name, SLOW_MEDIATOR_MS)
     return "%s%s done" % (name, " " + host.name if host else "")
 
 

@@ -213,6 +213,11 @@ class LabHost(object):
         return os.path.join(self.root, "state", "status")
 
     @property
+    def mediator_dir(self):
+        """MEDIATOR_DIR (its default, STATE_DIR/mediator): the host's mediator credential."""
+        return os.path.join(self.root, "state", "mediator")
+
+    @property
     def pool_conf(self):
         return os.path.join(self.root, "pool.conf")
 

@@ -7,6 +7,12 @@ prefix, ``ihl-`` unless ``--prefix`` / ``$ISCSI_HA_LAB_PREFIX`` says otherwise):
 - ``ihl-c`` (192.0.2.50): the client, where the I/O probe (libiscsi) runs.
 - a direct veth ``rep0`` between A (198.51.100.1/30) and B (198.51.100.2/30): the replication
   link, which a scenario cuts and restores on its own (with the DRBD double's link).
+- with ``mediator="sqlite"`` or ``"etcd"`` (``iscsi-ha-lab up --mediator``): ``ihl-m``, the
+  third site, on its own network 198.51.100.64/27 (a direct link ``witness0`` from each host,
+  :mod:`iscsi_ha_lab.mediator_net`), running ``iscsi-ha-mediator`` (etcd: two instances over a
+  three-member etcd inside that namespace). The pool ``lab`` is enrolled with nodes ``a`` and
+  ``b``, each host holds its own credential in STATE_DIR/mediator and its agent heartbeats the
+  mediator (MEDIATOR* keys), so failover needs the mediator's grant.
 Two labs (an admin's and the tests') can run side by side with different prefixes and
 directories: everything else is derived from them (tgtd's control sockets
 /var/run/tgtd/socket.N, the only names outside the namespaces and the directory). ``up`` records
@@ -119,7 +125,7 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
 
 class Lab(object):
     def __init__(self, directory=None, drbd_version="8.4", monitor_delay=2, prefix=None,
-                 fencing=True):
+                 fencing=True, mediator=None, mediator_lease=10.0, mediator_margin=2.0):
         self.directory = os.path.abspath(directory or default_dir())
         self.prefix = check_prefix(prefix or default_prefix())
         self.fencing = fencing      # both hosts: resource-and-stonith with our handlers
@@ -139,6 +145,12 @@ class Lab(object):
         self.hosts = [LabHost(self, "a", self.prefix + "a", "192.0.2.11", ctl_a),
                       LabHost(self, "b", self.prefix + "b", "192.0.2.12", ctl_b)]
         self.down_hosts = set()
+        if mediator not in (None, "sqlite", "etcd"):
+            raise LabError("mediator backend %r: sqlite or etcd" % (mediator,))
+        self.mediator_backend = mediator     # None: no mediator (the agents run without one)
+        self.mediator_lease, self.mediator_margin = mediator_lease, mediator_margin
+        self.mediator_pool = "lab"
+        self.mediator = None                 # MediatorNet once up
         self.world = None
         self.xapi = None
         self.checker = None
@@ -182,7 +194,16 @@ class Lab(object):
         namespaces = [h.ns for h in self.hosts] + [self.client_ns]
         links = [self.bridge] + [self.prefix + "v" + h.name for h in self.hosts] + [
             self.prefix + "vc", self.prefix + "ra", self.prefix + "rb"]
+        if self.mediator_backend:
+            namespaces.append(self.prefix + "m")
+            for pair in self._mediator_links().values():
+                links.extend(pair)
         return namespaces, links
+
+    def _mediator_links(self):
+        """Root-namespace names of the witness links while they are made (prefix + 2)."""
+        return {"a": (self.prefix + "wa", self.prefix + "ma"),
+                "b": (self.prefix + "wb", self.prefix + "mb")}
 
     def recorded(self):
         """The names DIR/created.json says this lab (this directory, this prefix) created."""
@@ -239,7 +260,7 @@ class Lab(object):
             raise
         self.down()
         self._record()
-        for old in ("hosts", "drbd", "xapi", "probe"):
+        for old in ("hosts", "drbd", "xapi", "probe", "mediator", "mediator-2"):
             shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
         for old in ("mail.jsonl", "smtp.log"):
             if os.path.exists(os.path.join(self.directory, old)):
@@ -255,6 +276,8 @@ class Lab(object):
                                    {"ISCSI_HA_CONFIG": host.config_path})
             if self.fencing:
                 host.install_fencing(self.world)
+        if self.mediator_backend:
+            self._start_mediator()
         self._start_smtp()
         self.xapi = LabXapi(self)
         self.xapi.start(master=self.hosts[0])
@@ -279,6 +302,46 @@ class Lab(object):
                                self.client_address + "/24")
         netns.connect_direct(self.hosts[0].ns, "rep0", "198.51.100.1/30",
                              self.hosts[1].ns, "rep0", "198.51.100.2/30", self.prefix)
+
+    def _start_mediator(self):
+        """The third site: MediatorNet on the hosts' namespaces, the pool enrolled, each host's
+        credential in its MEDIATOR_DIR and its MEDIATOR* keys in its iscsi-ha.conf."""
+        from iscsi_ha_lab.mediator_net import MediatorNet
+        if self.mediator_backend == "etcd" and not (shutil.which("etcd") and
+                                                    shutil.which("etcdctl")):
+            raise LabError("the etcd mediator lab needs etcd: apt-get install etcd-server "
+                           "etcd-client")
+        self.mediator = MediatorNet(
+            self.prefix, os.path.join(self.directory, "mediator"), backend=self.mediator_backend,
+            namespaces={"a": self.hosts[0].ns, "b": self.hosts[1].ns, "m": self.prefix + "m"},
+            link_names=self._mediator_links())
+        self.mediator.up()
+        self.mediator.init(lease=self.mediator_lease, margin=self.mediator_margin)
+        self.mediator.start()
+        answer = self.mediator.admin({"op": "pool-add", "pool": self.mediator_pool,
+                                      "nodes": [h.name for h in self.hosts],
+                                      "lease": self.mediator_lease})
+        if not answer.get("ok"):
+            raise LabError("mediator pool-add: %s" % answer.get("error"))
+        for host in self.hosts:
+            self.mediator.enroll(self.mediator_pool, host.name, host.mediator_dir)
+            host.write_config(host.read_config() + (
+                "MEDIATOR=%s\nMEDIATOR_POOL=%s\nMEDIATOR_NODE=%s\nMEDIATOR_INTERVAL=1\n"
+                "MEDIATOR_TIMEOUT=1\n" % (self.mediator.addresses(host.name),
+                                          self.mediator_pool, host.name)))
+
+    def mediator_pool_record(self):
+        """The pool's record at the mediator (admin socket of the first instance), or {}."""
+        if self.mediator is None:
+            return {}
+        for instance in range(len(self.mediator.procs)):
+            if self.mediator.procs[instance] is None:
+                continue
+            answer = self.mediator.admin({"op": "pool-show", "pool": self.mediator_pool},
+                                         instance=instance)
+            if answer.get("ok"):
+                return answer["pool"]
+        return {}
 
     def _start_smtp(self):
         """A real SMTP server (aiosmtpd) in the client namespace, recording every alert."""
@@ -316,6 +379,9 @@ class Lab(object):
         if self.xapi is not None:
             self.xapi.stop()
             self.xapi = None
+        if self.mediator is not None:
+            self.mediator.down()
+            self.mediator = None
         if self.smtp is not None:
             self.smtp.terminate()
             try:

@@ -44,7 +44,11 @@ def mediator_address(host):
 
 class MediatorNet(object):
     def __init__(self, prefix, state_dir, python=sys.executable, mediator_path=None,
-                 backend="sqlite"):
+                 backend="sqlite", namespaces=None, link_names=None):
+        """``namespaces`` ({"a": NS, "b": NS, "m": NS}): use these names (the lab's hosts
+        already exist: only "m" is created then); ``link_names`` ({"a": (TMP1, TMP2), ...}):
+        the root-namespace names of each veth while it is made (each must start with the
+        caller's prefix, at most 15 characters)."""
         if backend not in BACKENDS:
             raise ValueError("mediator lab backend %r: %s" % (backend, " or ".join(BACKENDS)))
         self.backend = backend
@@ -59,23 +63,31 @@ class MediatorNet(object):
         from iscsi_ha_lab.paths import REPO as root
         self.mediator_path = mediator_path or os.path.join(root, "mediator")
         self.root = root
-        self.ns = {h: prefix + "-" + h for h in ("a", "b", "m")}
+        self.ns = dict(namespaces) if namespaces else {h: prefix + "-" + h
+                                                         for h in ("a", "b", "m")}
+        self.own_hosts = not namespaces        # up() creates the host namespaces too
+        self.link_names = link_names or {}
         self.conf = os.path.join(state_dir, "mediator.conf")
 
     # -- topology ----------------------------------------------------------------------------
     def up(self):
-        for ns in self.ns.values():
-            netns.add_namespace(ns)
+        for name, ns in sorted(self.ns.items()):
+            if self.own_hosts or name == "m":
+                netns.add_namespace(ns)
         for host in ("a", "b"):
             netns.connect_direct(self.ns[host], "witness0", NET[host][0], self.ns["m"],
-                                 "host-" + host, NET[host][1], self.prefix + host)
+                                 "host-" + host, NET[host][1], self.prefix + host,
+                                 tmp_names=self.link_names.get(host))
         return self
 
     def down(self):
         self.stop()
         if self.etcd is not None:
             self.etcd.stop()
-        netns.cleanup(self.prefix)
+        if self.own_hosts:
+            netns.cleanup(self.prefix)
+        else:           # the lab's host namespaces are the lab's to remove (their witness0 too)
+            netns.delete_namespace(self.ns["m"])
 
     # -- the mediator --------------------------------------------------------------------------
     def env(self):
@@ -181,10 +193,10 @@ class MediatorNet(object):
         netns.set_link(self.ns["m"], "host-" + host, True)
         self.unslow(host)
 
-    def stall(self, seconds):
+    def stall(self, seconds, instance=0):
         """Freeze the mediator for ``seconds`` (SIGSTOP now, SIGCONT from a timer thread)."""
         import threading
-        pgid = self.proc.pid
+        pgid = self.procs[instance].pid
         os.killpg(pgid, signal.SIGSTOP)
         timer = threading.Timer(seconds, lambda: os.killpg(pgid, signal.SIGCONT))
         timer.daemon = True
@@ -200,11 +212,16 @@ class MediatorNet(object):
         netns.exec_in(self.ns["m"], ["tc", "qdisc", "del", "dev", "host-" + host, "root"])
 
     # -- a node's request ----------------------------------------------------------------------
-    def call(self, host, cred_dir, pool, op, fields=None, timeout=2.0):
-        """One request from inside ``host``'s namespace; the answer dict, or {"error": ...}."""
+    def addresses(self, host):
+        """The MEDIATOR value for ``host``: every instance, as seen from its namespace."""
+        return ",".join("%s:%d" % (mediator_address(host), p) for p in self.ports)
+
+    def call(self, host, cred_dir, pool, op, fields=None, timeout=2.0, node=None):
+        """One request from inside ``host``'s namespace (as node ``node``, default the host's
+        name); the answer dict, or {"error": ...}."""
         proc = netns.exec_in(self.ns[host], [
             self.python, "-m", "iscsi_ha_lab.mediator_net", "call", cred_dir,
-            ",".join("%s:%d" % (mediator_address(host), p) for p in self.ports), pool, host, op,
+            self.addresses(host), pool, node or host, op,
             json.dumps(fields or {}), str(timeout)], timeout=timeout + 30, env=self.env())
         try:
             return json.loads(proc.stdout.strip().splitlines()[-1])

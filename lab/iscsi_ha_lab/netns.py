@@ -103,11 +103,12 @@ def attach_to_bridge(ns, bridge, host_if, ns_if, cidr):
     exec_in(ns, ["ip", "link", "set", ns_if, "up"], check=True)
 
 
-def connect_direct(ns_a, if_a, cidr_a, ns_b, if_b, cidr_b, tmp_prefix):
+def connect_direct(ns_a, if_a, cidr_a, ns_b, if_b, cidr_b, tmp_prefix, tmp_names=None):
     """A veth straight from ``ns_a`` to ``ns_b`` (the replication link). Its two ends are created
-    in the root namespace as ``<tmp_prefix>ra``/``rb`` (found by cleanup if anything fails) and
-    renamed once they are inside their namespaces."""
-    tmp_a, tmp_b = tmp_prefix + "ra", tmp_prefix + "rb"
+    in the root namespace as ``<tmp_prefix>ra``/``rb`` (or the two ``tmp_names``, which must
+    start with the caller's prefix; found by cleanup if anything fails) and renamed once they
+    are inside their namespaces."""
+    tmp_a, tmp_b = tmp_names or (tmp_prefix + "ra", tmp_prefix + "rb")
     _ip(["link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
     _ip(["link", "set", tmp_a, "netns", ns_a])
     _ip(["link", "set", tmp_b, "netns", ns_b])

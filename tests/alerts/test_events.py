@@ -186,3 +186,22 @@ def test_alert_validation():
     assert events.make("test").key == ("test", "")
     assert events.pass_hung(31.0, ["7 drbdadm"]).kind == "pass-hung"
     assert events.sr_replug_failed("sr", "HOST_OFFLINE").resource == "sr"
+
+
+def test_mediator_deposed_alert_only_for_a_primary():
+    """A Secondary back after a failover is outdated at the mediator (deposed in its witness
+    view) until it resynced: no 'deposed: demoting' alert for it; a Primary gets one, once."""
+    from iscsi_ha.alerts.events import alerts_for_transition
+
+    def doc(role, deposed):
+        return {"drbd": {"iscsi1": {"role": role}},
+                "witness": {"reachable": True, "deposed": deposed, "primary": "a",
+                            "generation": 6, "address": "m:7790"}}
+
+    def kinds(previous, current):
+        return [a.kind for a in alerts_for_transition(previous, current)
+                if a.kind.startswith("mediator")]
+    assert kinds(None, doc("Secondary", True)) == []
+    assert kinds(doc("Secondary", False), doc("Secondary", True)) == []
+    assert kinds(doc("Primary", False), doc("Primary", True)) == ["mediator-deposed"]
+    assert kinds(doc("Primary", True), doc("Primary", True)) == []

@@ -599,3 +599,24 @@ def test_dump_shows_the_fencing_the_world_models(tmp_path):
         unfenced = World.create(str(tmp_path / (version + "u")), version=version, fencing=False)
         rc, out, _ = invoke(unfenced, "a", "drbdadm", ["dump", "iscsi1"])
         assert rc == 0 and "fencing" not in out
+
+
+def test_get_gi_prints_drbd_utils_format_and_generations(world):
+    """drbdadm get-gi: the line parse_gi reads (real formats in tests/test_splitbrain.py); the
+    current generation moves when a disconnected Primary starts a new one, the role bit is
+    set while Primary, and two connected in-sync disks show the same masked current UUID."""
+    from iscsi_ha.drbd import parse_gi
+    for host in ("a", "b"):
+        adm(world, host, "up", "iscsi1")
+    world.settle()
+    adm(world, "a", "primary", "iscsi1")
+    rc, out, _ = adm(world, "a", "get-gi", "iscsi1")
+    assert rc == 0
+    flags = out.strip().split(":")[4:]
+    assert len(flags) == (7 if version(world) == "8.4" else 12)
+    a, b = parse_gi(out), parse_gi(adm(world, "b", "get-gi", "iscsi1")[1])
+    assert int(a.current, 16) & 1 == 1 and int(b.current, 16) & 1 == 0
+    assert int(a.current, 16) & ~1 == int(b.current, 16) & ~1
+    assert flags[:3] == ["1", "1", "1"]
+    rc, _, err = adm(world, "a", "get-gi", "nosuch")
+    assert rc != 0 and "not defined" in err

@@ -552,3 +552,17 @@ def test_stop_ends_hung_calls_threads_and_sockets(tmp_path):
     assert not os.path.exists(pool.endpoint(a).uds_path)
     with pytest.raises(ConnectionRefusedError):
         tcp_session(url, 1.0).login_with_password("root", "")
+
+
+def test_emergency_transition_behind_a_cut_management_network_makes_a_second_master(lab):
+    """xapi's check_no_other_masters asks over the management network: with it cut, a slave
+    made master by emergency_transition_to_master does not see the live master and stays
+    master (two masters: what a split pool looks like); with it up, it becomes a slave."""
+    pool, a, b = lab
+    pool.set_management_link(b, False)
+    pool.emergency_transition_to_master(b)
+    assert wait_for(lambda: pool.endpoint(b).is_master())
+    assert pool.pool_conf(b) == "master" and pool.endpoint(a).is_master()
+    pool.set_management_link(b, True)
+    pool.restart_host(b)
+    assert wait_for(lambda: pool.pool_conf(b) == "slave:" + A_IP)
