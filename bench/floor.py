@@ -114,18 +114,7 @@ def floor_move(lab, kind, old):
     lab.crash(old)
     t_change = time.monotonic()
     bare(lab, new, PROMOTE)
-    return new, t_change, lambda: _floor_boot(lab, old)
-
-
-def _floor_boot(lab, host):
-    """Power the crashed host on again, without its agent, and wait for the resync."""
-    from iscsi_ha_lab import netns
-    netns.set_link(host.ns, "eth0", True)
-    netns.exec_in(host.ns, ["ip", "addr", "add", host.address + "/24", "dev", "eth0"],
-                  check=True)
-    netns.set_link(host.ns, "rep0", True)
-    lab.down_hosts.discard(host.name)
-    lab.world.boot(host.name)
+    return new, t_change, lambda: lab.boot(old, agent=False)   # powered on, no agent
 
 
 # --- the agent -----------------------------------------------------------------------------------

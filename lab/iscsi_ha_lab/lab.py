@@ -414,15 +414,17 @@ class Lab(object):
         self.down_hosts.add(host.name)
         self.world.crash(host.name)
 
-    def boot(self, host):
-        """Power on: network back, DRBD up (it reconnects and resyncs), agent started."""
+    def boot(self, host, agent=True):
+        """Power on: network back, DRBD up (it reconnects and resyncs), agent started (unless
+        ``agent`` is False: the benchmarks' bare-command floor)."""
         netns.set_link(host.ns, "eth0", True)
         netns.exec_in(host.ns, ["ip", "addr", "add", host.address + "/24", "dev", "eth0"],
                       check=True)
         netns.set_link(host.ns, "rep0", True)
         self.down_hosts.discard(host.name)
         self.world.boot(host.name)
-        host.start_agent()
+        if agent:
+            host.start_agent()
 
     def cut_replication(self):
         for host in self.hosts:
