@@ -115,7 +115,8 @@ def floor_move(lab, kind, old):
     # (its xapi restarts), and the role change is the survivor's pool.conf saying so.
     lab.crash(old)
     lab.xapi.master_dies(old)
-    lab.xapi.emergency_transition(new)
+    # not waited for: the bare promote starts at the role change, as the agent may
+    lab.xapi.pool.emergency_transition_to_master(lab.xapi.refs[new.name], wait=False)
     t_change = pool_conf_changed_at(new, "master")
     bare(lab, new, PROMOTE)
 
