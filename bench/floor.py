@@ -10,8 +10,9 @@ Moves, each ``--rounds`` times (alternating direction):
   peer; agent = ``iscsi-cfg switchover`` on the primary (role change = the command starts);
 - pool-master handover: floor = the same bare sequence; agent = pool.designate_new_master
   (role change = the first pool.conf rewrite);
-- master crash: floor = the primary crashes, then the bare promote on the survivor; agent = the
-  pool master crashes and pool HA makes the slave master (role change = its pool.conf says so).
+- master crash: the primary crashes (its xapi too) and the pool makes the survivor master
+  (role change = its pool.conf says so); floor = then the bare promote on the survivor; agent =
+  its agent's own promotion.
 Bare demote: floating IP off, target stop, DRBD Secondary. Bare promote: DRBD Primary, target
 with its LUN, floating IP, one gratuitous ARP (not waited for). Both lab hosts run DRBD fencing
 (resource-and-stonith with the project's fence-peer handler), so DRBD runs the handler when a
@@ -111,10 +112,19 @@ def floor_move(lab, kind, old):
         bare(lab, old, DEMOTE)
         bare(lab, new, PROMOTE)
         return new, t_change, None
+    # As in the agent's move: the host and its xapi die, the pool makes the survivor master
+    # (its xapi restarts), and the role change is the survivor's pool.conf saying so.
     lab.crash(old)
-    t_change = time.monotonic()
+    lab.xapi.master_dies(old)
+    # not waited for: the bare promote starts at the role change, as the agent may
+    lab.xapi.pool.emergency_transition_to_master(lab.xapi.refs[new.name], wait=False)
+    t_change = pool_conf_changed_at(new, "master")
     bare(lab, new, PROMOTE)
-    return new, t_change, lambda: lab.boot(old, agent=False)   # powered on, no agent
+
+    def recover():
+        lab.xapi.host_returns(old, new)
+        lab.boot(old, agent=False)            # powered on, no agent
+    return new, t_change, recover
 
 
 # --- the agent -----------------------------------------------------------------------------------

@@ -162,10 +162,7 @@ class Agent(object):
         if isinstance(action, StopTarget):
             return a.target.stop()
         if isinstance(action, AddFloatingIp):
-            released = self._released_timeout()
-            if released is not None:
-                return a.vip.add(released_timeout=released)
-            return self._add_after_early_dad(a.vip)
+            return self._add_after_early_dad(a.vip, self._released_timeout())
         if isinstance(action, RemoveFloatingIp):
             return tickle.remove_with_tickle(self.config, a.vip.remove)
         if isinstance(action, AnnounceFloatingIp):
@@ -199,25 +196,29 @@ class Agent(object):
             return None
         return getattr(self.config, "ARP_DAD_RELEASED_TIMEOUT", None)
 
-    def _add_after_early_dad(self, vip):
-        """The address step of a promote pass whose DAD ran beside the promotion."""
+    def _add_after_early_dad(self, vip, released=None):
+        """The address step of a promote pass whose DAD ran beside the promotion (the short
+        probe when ``released``, see :meth:`_released_timeout`)."""
         early, self._early_dad = getattr(self, "_early_dad", None), None
         free = early.verdict(self.config.NET_TIMEOUT) if early is not None else None
         if free is None:
-            return vip.add()
+            return vip.add() if released is None else vip.add(released_timeout=released)
         if not free:
             from iscsi_ha.adapters.vip import VipTaken
             raise VipTaken(self.config.DRBD_VIRTUAL_IP, early.responders)
         return vip.add(released_timeout=0)
 
     def _start_early_dad(self, actions):
-        """Start DAD with the pass when the address comes after other steps and needs the full
-        window (see :mod:`iscsi_ha.early_dad`)."""
+        """Start DAD with the pass when the address comes after other steps: the full window,
+        or the short probe after an orderly release (see :mod:`iscsi_ha.early_dad`)."""
         self._early_dad = None
-        if self.dry_run or self._released_timeout() is not None:
+        if self.dry_run or not any(isinstance(a, AddFloatingIp) for a in actions[1:]):
             return
-        if any(isinstance(a, AddFloatingIp) for a in actions[1:]):
+        released = self._released_timeout()
+        if released is None:
             self._early_dad = early_dad.start(self.adapters.vip)
+        elif released > 0:   # the short probe, beside the promotion too
+            self._early_dad = early_dad.start(self.adapters.vip, count=1, timeout=released)
 
     def _heal_split_brain(self, action):
         """The steps of ``iscsi-cfg split-brain --keep`` for this host's side, inside the pass

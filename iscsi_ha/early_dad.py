@@ -6,6 +6,8 @@ does not depend on DRBD or the target, so when the full window applies (no order
 the peer: a crash, a cut link) it starts with the pass's first action and runs beside them; the
 address step then takes its verdict. The window still ends right before the address is added
 when the promotion is shorter than the window, and a few tenths of a second before otherwise.
+After an orderly release the short probe (ARP_DAD_RELEASED_TIMEOUT) starts with the pass too:
+the peer released the address before it demoted DRBD, so any probe of this pass comes after.
 """
 import logging
 import threading
@@ -14,15 +16,16 @@ log = logging.getLogger("iscsi-ha")
 
 
 class EarlyDad(threading.Thread):
-    def __init__(self, vip):
+    def __init__(self, vip, **window):
         threading.Thread.__init__(self, name="early-dad")
         self.daemon = True
         self.vip = vip
+        self.window = window          # is_free()'s count/timeout; none: the full window
         self.free, self.error, self.responders = None, None, []
 
     def run(self):
         try:
-            self.free = self.vip.is_free()
+            self.free = self.vip.is_free(**self.window)
             self.responders = list(getattr(self.vip, "last_responders", None) or [])
         except Exception as exc:  # handed to the address step, never lost
             self.error = exc
@@ -40,7 +43,7 @@ class EarlyDad(threading.Thread):
         return self.free if self.free in (True, False) else None
 
 
-def start(vip):
-    probe = EarlyDad(vip)
+def start(vip, **window):
+    probe = EarlyDad(vip, **window)
     probe.start()
     return probe

@@ -433,3 +433,26 @@ def test_a_fresh_reading_that_acts_is_not_read_twice(config, adapters):
     Agent(config, adapters).run_pass()
     adapters.vip.forget.assert_not_called()
     assert adapters.vip.observe.call_count == 1
+
+
+def test_the_short_probe_after_an_orderly_release_also_runs_beside_the_promotion(config,
+                                                                                   adapters):
+    """The peer is a connected Secondary (it released the address): the one short probe
+    starts with the pass and the address step takes its verdict instead of probing again."""
+    events, started = [], threading.Event()
+
+    def is_free(**window):
+        events.append(("dad", window))
+        started.set()
+        return True
+
+    def promote(resource):
+        assert started.wait(2), "the short probe did not start with the pass"
+        events.append("promote")
+    adapters.vip.is_free.side_effect = is_free
+    adapters.drbd.promote.side_effect = promote
+    adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
+    record = Agent(config, adapters).run_pass()
+    assert all(r.ok for r in record.results)
+    assert events[0] == ("dad", {"count": 1, "timeout": config.ARP_DAD_RELEASED_TIMEOUT})
+    assert events[-1] == ("add", {"released_timeout": 0})
