@@ -163,11 +163,13 @@ def manual_disable_xapi_down(lab, run):
     run.check(not os.path.exists(manual), "the manual file is still there after disable")
     host.stop_agent(signal.SIGTERM)                # the next agent start (before: undone here)
     host.start_agent()
-    run.wait(lambda: _pool_manual_entry(lab, host)[0] is None, 30,
-             "the newer local disable pushed to the pool record")
-    change = _pool_manual_entry(lab, host)[1]
-    run.check(change is not None and change[0] == "off", "MANUAL_MODE_CHANGED says %r" % (
-        change,))
+    # MANUAL_MODE and MANUAL_MODE_CHANGED are two XAPI writes: wait for both, not the first
+    def pushed():
+        entry, change = _pool_manual_entry(lab, host)
+        return entry is None and change is not None and change[0] == "off"
+    if not run.wait(pushed, 30, "the newer local disable pushed to the pool record "
+                    "(MANUAL_MODE without this host, MANUAL_MODE_CHANGED saying off)"):
+        run.note("pool record now: %r" % (_pool_manual_entry(lab, host),))
     time.sleep(2 * lab.monitor_delay)
     run.check(not os.path.exists(manual), "the agent restored the stale manual mode")
     run.wait(lambda: settled(lab, host), 30, "the master serving with manual mode off")
