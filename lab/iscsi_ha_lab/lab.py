@@ -125,7 +125,7 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
 
 class Lab(object):
     def __init__(self, directory=None, drbd_version="8.4", monitor_delay=2, prefix=None,
-                 fencing=True, mediator=None, mediator_lease=10.0, mediator_margin=2.0):
+                 fencing=True, mediator=None, mediator_lease=10.0, mediator_margin=14.0):
         self.directory = os.path.abspath(directory or default_dir())
         self.prefix = check_prefix(prefix or default_prefix())
         self.fencing = fencing      # both hosts: resource-and-stonith with our handlers
@@ -148,6 +148,10 @@ class Lab(object):
         if mediator not in (None, "sqlite", "etcd"):
             raise LabError("mediator backend %r: sqlite or etcd" % (mediator,))
         self.mediator_backend = mediator     # None: no mediator (the agents run without one)
+        # The margin is the old primary's reserve to step down before its peer can be granted:
+        # a pass already hung on a target that DRBD froze mid-pass ends only at the pass budget
+        # (MONITOR_MAX_STARTS x MONITOR_SCANRATE = 10 s here), then the step-down pass stops the
+        # frozen target and demotes (up to TARGET_STOP_TIMEOUT + DRBD_TIMEOUT): 10 + 4 s.
         self.mediator_lease, self.mediator_margin = mediator_lease, mediator_margin
         self.mediator_pool = "lab"
         self.mediator = None                 # MediatorNet once up

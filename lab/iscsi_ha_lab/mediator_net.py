@@ -105,6 +105,8 @@ class MediatorNet(object):
             extra = "backend = etcd\netcd_endpoints = %s\n" % ",".join(self.etcd.endpoints)
         for i, (state, port) in enumerate(zip(self.state_dirs, self.ports)):
             if i:  # one service, several processes: the same CA and server certificate
+                os.makedirs(state, mode=0o700, exist_ok=True)
+                os.chmod(state, 0o700)        # the mediator refuses a state dir others read
                 shutil.copytree(os.path.join(self.state_dir, "tls"), os.path.join(state, "tls"))
             with open(os.path.join(state, "mediator.conf"), "w") as handle:
                 handle.write("[mediator]\nstate_dir = %s\nlisten = 0.0.0.0\nport = %d\n"

@@ -108,7 +108,8 @@ def _dumps(obj):
 
 class _PoolView(object):
     """What this instance knows of one pool, in memory."""
-    __slots__ = ("record", "revision", "watch_since", "heard", "local", "remote_gone")
+    __slots__ = ("record", "revision", "watch_since", "heard", "local", "remote_gone",
+                 "local_gone")
 
     def __init__(self):
         self.record = None
@@ -117,6 +118,7 @@ class _PoolView(object):
         self.heard = 0.0          # last local heartbeat from any node of the pool
         self.local = {}           # node -> last local heartbeat (monotonic)
         self.remote_gone = {}     # node -> monotonic time its last remote presence vanished
+        self.local_gone = {}      # node -> its last local heartbeat, once expired from local
 
 
 class EtcdBackend(Storage):
@@ -411,6 +413,8 @@ class EtcdBackend(Storage):
                 for node, last in list(view.local.items()):
                     if now - last > self.lease:
                         del view.local[node]
+                        # keep the mark: its lease runs out at last + L + M, not at expiry
+                        view.local_gone[node] = last
                         self._pending.append(("delete", pool, node))
                 if view.watch_since is not None and now - view.heard > self.lease:
                     view.watch_since = None
@@ -480,7 +484,8 @@ class EtcdBackend(Storage):
                 return float("inf")  # heard by another instance right now
             marks = [view.watch_since if view.watch_since is not None else self.clock()]
             if node is not None:
-                marks += [view.local.get(node), view.remote_gone.get(node)]
+                marks += [view.local.get(node), view.remote_gone.get(node),
+                          view.local_gone.get(node)]
             return max(m for m in marks if m is not None) + self._pool_lease(view) + self.margin
 
     def grant_allowed(self, pool, holder):

@@ -299,3 +299,30 @@ def test_many_nodes_arriving_announce_presence_in_batches(backends):
                     10)
     writes = etcd_revision(a.client) - before
     assert writes <= 20, writes
+
+
+def test_a_node_expired_locally_keeps_its_lease_mark():
+    """Found by the lab (mediator-primary-power-loss on etcd, lease 10 s + margin 14 s): once
+    expire_local() dropped the crashed primary (not heard for one lease), its last heartbeat
+    was forgotten and the peer was granted at last + L instead of last + L + M. No etcd is
+    needed: the liveness rule is in memory."""
+    class Clock(object):
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
+    clock = Clock()
+    clock.now = 900.0
+    b = eb.EtcdBackend(ec.EtcdSettings(["http://127.0.0.1:1"]), lease=10.0, margin=14.0,
+                       clock=clock)
+    while clock.now < 1000.0:          # this instance has heard the pool since 900
+        b.node_seen("p", "b")
+        b.node_seen("p", "a")
+        clock.now += 1.0
+    b.node_seen("p", "a")              # a's last heartbeat at 1000
+    for _ in range(12):                # b keeps heartbeating, a is gone
+        clock.now += 1.0
+        b.node_seen("p", "b")
+        b.expire_local()
+    assert "a" not in b._pools["p"].local
+    assert b.lease_over_at("p", "a") == 1000.0 + 10.0 + 14.0
