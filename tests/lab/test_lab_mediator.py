@@ -19,6 +19,14 @@ from iscsi_ha_lab.scenarios import all_scenarios, run_scenario
 pytestmark = pytest.mark.lab
 NAMES = list(all_scenarios(mediator=True))
 MAX_PAUSE_MEDIATOR_DOWN = 1.5     # seconds: the mediator's absence must not touch I/O
+# Known failures of the two-instance etcd backend (issue 14 stays open until they pass). Strict:
+# the day one passes, this test fails until it is taken off the list.
+ETCD_KNOWN_FAILURES = {
+    "mediator-site-isolated": "the mediator never marks both nodes eligible again after the "
+                              "resync: each instance keeps the DRBD reports in its own memory",
+    "mediator-stale-primary-returns": "same cause as mediator-site-isolated",
+    "mediator-restart": "B was granted 0.7 s after both instances restarted, inside the grace",
+}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "etcd"])
@@ -39,7 +47,9 @@ def lab(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_mediator_scenario(lab, name):
+def test_mediator_scenario(request, lab, name):
+    if lab.mediator_backend == "etcd" and name in ETCD_KNOWN_FAILURES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ETCD_KNOWN_FAILURES[name]))
     result = run_scenario(lab, name)
     print("mediator %s %s: longest I/O pause %.3f s, lost writes %s; %s" % (
         lab.mediator_backend, name, result.io_pause_s, result.lost_writes,
