@@ -10,6 +10,7 @@ loss, resync progress), as the DRBD module would on its own. Violations:
 Reads are ordered so that a legitimate move between two reads is never taken for a violation:
 a host counts as serving only if tgtd exported the LUN both before and after DRBD was read.
 """
+import subprocess
 import threading
 import time
 
@@ -66,8 +67,13 @@ class Checker(object):
             pid = host.tgtd_pid()
             if pid is None or _stopped(pid):
                 continue          # a stopped (SIGSTOP) tgtd answers nobody: it serves nothing
-            proc = netns.exec_in(host.ns, ["tgtadm", "-C", str(host.ctl), "--lld", "iscsi",
-                                           "--op", "show", "--mode", "target"], timeout=5)
+            try:
+                proc = netns.exec_in(host.ns, ["tgtadm", "-C", str(host.ctl), "--lld", "iscsi",
+                                               "--op", "show", "--mode", "target"], timeout=5)
+            except subprocess.TimeoutExpired:
+                if _stopped(pid):
+                    continue      # stopped between the look and the question: serves nothing
+                raise             # a running tgtd that does not answer: a checker error
             if proc.returncode != 0:
                 continue
             targets = parse_tgtadm_targets(proc.stdout)
