@@ -10,9 +10,11 @@ Secondary, connected and UpToDate), starts the I/O probe, runs the function, sto
 gives the verdict: every check passed, no invariant violated, no acknowledged write lost.
 """
 import collections
+import json
 import os
 import time
 
+from iscsi_ha import statepaths
 from iscsi_ha_lab.lab import LabError, wait_until
 from iscsi_ha_lab.probe_control import ProbeRun
 
@@ -66,6 +68,15 @@ def pool_conf_changed_at(host, content):
     wait_until(says, 30, what="pool.conf of %s to say %s" % (host.name, content))
     age = time.time() - os.stat(host.pool_conf).st_mtime
     return time.monotonic() - max(age, 0.0)
+
+
+def fence_record(lab, host):
+    """The last fence-peer handler run recorded on ``host`` for the lab's resource, or None."""
+    try:
+        with open(statepaths.fence_record(os.path.join(host.root, "state"), lab.resource)) as f:
+            return json.load(f)
+    except (OSError, IOError, ValueError):
+        return None
 
 
 def settled(lab, serving_host):

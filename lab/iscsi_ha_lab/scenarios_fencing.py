@@ -24,7 +24,8 @@ import signal
 import time
 
 from iscsi_ha_lab.faults import apply_fault
-from iscsi_ha_lab.scenario_kit import alerts_of, pool_conf_changed_at, scenario, settled
+from iscsi_ha_lab.scenario_kit import (alerts_of, fence_record, pool_conf_changed_at, scenario,
+                                       settled)
 from iscsi_ha_lab.hostexec import host_exec
 
 PASSES = 2.5          # agent passes to wait when checking that something does NOT happen
@@ -32,15 +33,6 @@ PASSES = 2.5          # agent passes to wait when checking that something does N
 
 def _view(lab, host):
     return lab.world.snapshot()["views"][lab.resource][host.name]
-
-
-def _record(lab, host):
-    path = os.path.join(host.root, "state", "fence-peer-%s.json" % lab.resource)
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, IOError, ValueError):
-        return None
 
 
 def _reason(lab, host):
@@ -97,7 +89,7 @@ def fence_link_cut(lab, run):
     run.wait(lambda: _view(lab, secondary)["disk"] == "Outdated", 20,
              "the handler to outdate %s over XAPI" % secondary.name)
     run.wait(lambda: not _view(lab, primary)["suspended"], 20, "I/O on the primary to resume")
-    record = _record(lab, primary) or {}
+    record = fence_record(lab, primary) or {}
     run.check(record.get("exit") == 4, "fence-peer record on %s: %r" % (primary.name, record))
     run.note("fence-peer handler took %s s" % record.get("duration_s"))
     _hold(lab, PASSES)
@@ -137,7 +129,7 @@ def fence_primary_crash(lab, run):
     _wait_proven(lab, run, [new])
     run.role_changed(_crash_and_make_master(lab, run, old, new))
     run.wait(lambda: lab.serving(new), 30, "%s serving" % new.name)
-    record = _record(lab, new) or {}
+    record = fence_record(lab, new) or {}
     run.check(record.get("exit") == 7, "fence-peer record on %s: %r" % (new.name, record))
     _power_on(lab, run, old, new)
 
@@ -151,7 +143,7 @@ def fence_isolated_primary(lab, run):
     since = time.time()
     apply_fault(lab, "isolate", old.name)
     run.wait(lambda: _view(lab, old)["suspended"], 10, "I/O frozen on %s" % old.name)
-    run.wait(lambda: (_record(lab, old) or {}).get("exit") == 1, 20,
+    run.wait(lambda: (fence_record(lab, old) or {}).get("exit") == 1, 20,
              "%s's handler to fail (peer unreachable)" % old.name)
     run.check(_view(lab, old)["suspended"], "I/O resumed on %s without fencing" % old.name)
     run.check(_view(lab, new)["disk"] == "UpToDate" and _view(lab, new)["role"] == "Secondary",

@@ -32,13 +32,13 @@ while not serving) + 1 s (the pass that promotes) + FENCE_PEER_TIMEOUT (B's hand
 XAPI first) + MEDIATOR_TIMEOUT (then asks the mediator) + TARGET_TIMEOUT (tgtd start, floating
 IP with duplicate-address detection).
 """
-import json
 import os
 import time
 
 from iscsi_ha_lab.faults import apply_fault
 from iscsi_ha_lab.lab import LabError
-from iscsi_ha_lab.scenario_kit import alerts_of, pool_conf_changed_at, scenario, settled
+from iscsi_ha_lab.scenario_kit import (alerts_of, fence_record, pool_conf_changed_at, scenario,
+                                       settled)
 
 PASSES = 2.5          # agent passes to wait when checking that something does NOT happen
 
@@ -71,15 +71,6 @@ def _view(lab, host):
 
 def _witness(lab, host):
     return (lab.status(host) or {}).get("witness") or {}
-
-
-def _record(lab, host):
-    path = os.path.join(host.root, "state", "fence-peer-%s.json" % lab.resource)
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, IOError, ValueError):
-        return None
 
 
 def _self_fenced(lab, host):
@@ -197,7 +188,7 @@ def mediator_link_cut(lab, run):
     run.wait(lambda: _view(lab, primary)["suspended"], 10, "I/O frozen on %s" % primary.name)
     resumed = _first(run, lambda: not _view(lab, primary)["suspended"], 30,
                      "I/O on %s to resume through the mediator" % primary.name)
-    record = _record(lab, primary) or {}
+    record = fence_record(lab, primary) or {}
     run.check(record.get("exit") == 4 and "mediator" in record.get("outcome", ""),
               "fence-peer record on %s: %r" % (primary.name, record))
     if resumed:
@@ -246,7 +237,7 @@ def mediator_primary_power_loss(lab, run):
                   % (serving - lease_end, bound))
         run.note("B serving %.2f s after the lease ran out (bound %.1f s), %.2f s after the "
                  "crash" % (serving - lease_end, bound, serving - t_crash))
-    record = _record(lab, new) or {}
+    record = fence_record(lab, new) or {}
     run.note("B's fence-peer: exit %s (%s)" % (record.get("exit"), record.get("outcome")))
     rec = lab.mediator_pool_record()
     run.check(rec.get("primary") == new.name and old.name in rec.get("outdated", []),
@@ -282,8 +273,8 @@ def _isolated_takeover(lab, run, old, new):
                       "%s promoted" % new.name)
     run.wait(lambda: lab.serving(new), 30, "%s serving" % new.name)
     run.check(_self_fenced(lab, old), "%s does not report itself self-fenced" % old.name)
-    run.check((_record(lab, old) or {}).get("exit") == 1,
-              "%s's handler: %r" % (old.name, _record(lab, old)))
+    run.check((fence_record(lab, old) or {}).get("exit") == 1,
+              "%s's handler: %r" % (old.name, fence_record(lab, old)))
     if demoted and promoted:
         run.check(demoted < promoted, "%s promoted before %s stepped down" % (new.name,
                                                                               old.name))
@@ -390,7 +381,7 @@ def mediator_both_claim(lab, run):
     apply_fault(lab, "make-master", b.name)         # two pool masters: both want the role
     pool_conf_changed_at(b, "master")
     run.role_changed()
-    run.wait(lambda: not _view(lab, a)["suspended"] and _record(lab, a) is not None, 30,
+    run.wait(lambda: not _view(lab, a)["suspended"] and fence_record(lab, a) is not None, 30,
              "%s's handler to finish" % a.name)
     run.wait(lambda: "outdated" in str(_witness(lab, b).get("reason")), 20,
              "%s's promote to be refused" % b.name)
@@ -401,7 +392,7 @@ def mediator_both_claim(lab, run):
     run.check(_view(lab, b)["role"] == "Secondary", "%s was promoted too" % b.name)
     run.check(lab.serving(a), "%s does not serve" % a.name)
     run.note("winner %s (fence-peer exit %s); %s: %s" % (
-        a.name, (_record(lab, a) or {}).get("exit"), b.name, _witness(lab, b).get("reason")))
+        a.name, (fence_record(lab, a) or {}).get("exit"), b.name, _witness(lab, b).get("reason")))
     # the admin makes B a slave of A again (pool.emergency_reset_master), the wire heals
     endpoint = lab.xapi.pool.endpoint(lab.xapi.refs[b.name])
     lab.xapi.pool.become_slave_of(endpoint, a.address)
