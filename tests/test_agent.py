@@ -231,6 +231,20 @@ def _crashed_peer(adapters, config):
         "iscsi1": state("Secondary", peer="Unknown", conn="WFConnection", peer_disk="DUnknown")}
 
 
+def _promote_pass(config, adapters, events, is_free, probe_started):
+    """One promoting pass whose DRBD promote checks that the address probe (``is_free``,
+    which sets ``probe_started``) began with the pass; every step must succeed."""
+    def promote(resource):
+        assert probe_started.wait(2), "the address probe did not start with the pass"
+        events.append("promote")
+    adapters.vip.is_free.side_effect = is_free
+    adapters.drbd.promote.side_effect = promote
+    adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
+    record = Agent(config, adapters).run_pass()
+    assert all(r.ok for r in record.results)
+    return record
+
+
 def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
     _crashed_peer(adapters, config)
     events = []
@@ -243,14 +257,7 @@ def test_promote_after_a_crash_runs_dad_beside_the_promotion(config, adapters):
         events.append("dad end")
         return True
 
-    def promote(resource):
-        assert dad_started.wait(2), "DAD did not start with the pass"
-        events.append("promote")
-    adapters.vip.is_free.side_effect = is_free
-    adapters.drbd.promote.side_effect = promote
-    adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
-    record = Agent(config, adapters).run_pass()
-    assert all(r.ok for r in record.results)
+    _promote_pass(config, adapters, events, is_free, dad_started)
     assert events.index("dad start") < events.index("promote") < events.index("dad end")
     assert events[-1] == ("add", {"released_timeout": 0})     # DAD done: not run again
 
@@ -446,13 +453,6 @@ def test_the_short_probe_after_an_orderly_release_also_runs_beside_the_promotion
         started.set()
         return True
 
-    def promote(resource):
-        assert started.wait(2), "the short probe did not start with the pass"
-        events.append("promote")
-    adapters.vip.is_free.side_effect = is_free
-    adapters.drbd.promote.side_effect = promote
-    adapters.vip.add.side_effect = lambda **kw: events.append(("add", kw))
-    record = Agent(config, adapters).run_pass()
-    assert all(r.ok for r in record.results)
+    _promote_pass(config, adapters, events, is_free, started)
     assert events[0] == ("dad", {"count": 1, "timeout": config.ARP_DAD_RELEASED_TIMEOUT})
     assert events[-1] == ("add", {"released_timeout": 0})
