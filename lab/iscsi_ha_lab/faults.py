@@ -39,6 +39,8 @@ import threading
 
 from iscsi_ha_lab import netns
 
+ANSWER_LIMIT = 1 << 20      # bytes of the control socket's one-line JSON answer
+
 FAULTS = {
     "cut-replication": False, "heal-replication": False,
     "cut-management": True, "heal-management": True, "isolate": True, "rejoin": True,
@@ -320,12 +322,7 @@ def request(directory, payload, timeout=120):
                          % (directory, exc.strerror or exc))
     with sock:
         sock.sendall((json.dumps(payload) + "\n").encode("utf-8"))
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = sock.makefile("rb").readline(ANSWER_LIMIT)      # one line, bounded
     try:
         return json.loads(data.decode("utf-8"))
     except ValueError:

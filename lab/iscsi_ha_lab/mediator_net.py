@@ -167,12 +167,7 @@ class MediatorNet(object):
         try:
             s.connect(os.path.join(self.state_dirs[instance], "admin.sock"))
             s.sendall(json.dumps(req).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = s.makefile("rb").readline(1 << 20)      # the one-line answer, bounded
         except OSError as exc:
             return {"ok": False, "error": str(exc)}
         finally:

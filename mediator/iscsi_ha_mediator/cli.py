@@ -57,12 +57,7 @@ def admin_call(settings, req, timeout=30.0):
     try:
         sock.connect(path)
         sock.sendall(json.dumps(req).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = sock.makefile("rb").readline(1 << 20)        # the one-line answer, bounded
     except FileNotFoundError:
         raise CliError("the mediator is not running (no admin socket %s)" % path)
     except PermissionError:
