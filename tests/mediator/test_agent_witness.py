@@ -21,13 +21,6 @@ UUID = "8E0E9B2D3B0E1B4C"
 Gi = collections.namedtuple("Gi", "current bitmap history")
 
 
-@pytest.fixture
-def med(tmp_path):
-    m = Running(tmp_path / "state")
-    yield m
-    m.stop()
-
-
 def witness_for(med, cred, node, tmp_path, addresses=None, alerts=None, interval=0.1):
     client = MediatorClient(addresses or [("127.0.0.1", med.port)], cred + "/ca.pem",
                             cred + "/cert.pem", cred + "/key.pem", "p1", node, timeout=1.0)

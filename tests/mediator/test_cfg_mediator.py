@@ -7,15 +7,8 @@ import pytest
 
 from iscsi_ha.cli import cfg_main
 
-from harness import Running, drbd
+from harness import drbd
 from test_mediator_tls import sync_pool
-
-
-@pytest.fixture
-def med(tmp_path):
-    m = Running(tmp_path / "state")
-    yield m
-    m.stop()
 
 
 @pytest.fixture

@@ -4,19 +4,11 @@ import os
 import stat
 import tarfile
 
-import pytest
 
 from iscsi_ha_mediator import cli
 
-from harness import Running, drbd
+from harness import drbd
 from test_mediator_tls import sync_pool
-
-
-@pytest.fixture
-def med(tmp_path):
-    m = Running(tmp_path / "state")
-    yield m
-    m.stop()
 
 
 def run(med, capsys, *argv):

@@ -14,13 +14,6 @@ U2 = "1234567890ABCDE0"
 
 
 @pytest.fixture
-def med(tmp_path):
-    m = Running(tmp_path / "state")
-    yield m
-    m.stop()
-
-
-@pytest.fixture
 def pool(med, tmp_path):
     med.admin(op="pool-add", pool="p1", nodes=["a", "b"])
     a = med.client(med.enroll(tmp_path, "p1", "a"), "p1", "a")

@@ -8,14 +8,7 @@ import pytest
 
 from iscsi_ha.witness import MediatorError
 
-from harness import Running, drbd
-
-
-@pytest.fixture
-def med(tmp_path):
-    m = Running(tmp_path / "state")
-    yield m
-    m.stop()
+from harness import drbd
 
 
 def wait_for(pred, timeout=5.0):

@@ -379,3 +379,15 @@ class TlsFiles(object):
         ctx = ssl.create_default_context(cafile=self.ca_cert)
         ctx.load_cert_chain(self.client_cert, self.client_key)
         return ctx
+
+
+def wait_for(cond, timeout=5.0, step=0.02):
+    """True once ``cond()`` is (polled every ``step`` s, at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 2):
+        if cond():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(step)
+    return cond()

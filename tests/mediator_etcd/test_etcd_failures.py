@@ -7,21 +7,13 @@ import pytest
 
 from iscsi_ha_mediator import etcd_backend as eb
 from iscsi_ha_mediator import etcd_client as ec
+from etcd_cluster import wait_for
 from tcp_proxy import LossyProxy
 
 pytestmark = pytest.mark.etcd
 
 LEASE, MARGIN = 2.0, 0.5
 LEADER_PAUSE_BOUND = 6.0  # election timeout 1 s + client timeouts; documented bound
-
-
-def wait_for(cond, timeout=5.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def make_backend(endpoints, **kw):
