@@ -4,7 +4,6 @@ import os
 import stat
 import tarfile
 
-
 from iscsi_ha_mediator import cli
 
 from harness import drbd
