@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from lab_fixture import running_lab
+from iscsi_ha_lab.lab import missing_prerequisites
 from iscsi_ha_lab.paths import pythonpath
-from iscsi_ha_lab.lab import Lab, missing_prerequisites
 from iscsi_ha_lab.scenarios import run_scenario
 from iscsi_ha_lab.scenarios_fencing import __doc__ as _doc  # noqa: F401  (registers them)
 
@@ -23,17 +24,8 @@ FENCING = ["fence-link-cut", "fence-link-cut-then-crash", "fence-primary-crash",
 
 @pytest.fixture(scope="module", params=["8.4", "9"])
 def lab(request, tmp_path_factory):
-    problems = missing_prerequisites()
-    if problems:
-        pytest.skip("; ".join(problems))
-    # a prefix of its own: never the admin's default lab (ihl-), never another test's
-    lab = Lab(str(tmp_path_factory.mktemp("lab")), drbd_version=request.param,
-              prefix="ihlt%df%s-" % (os.getpid() % 10000, request.param.replace(".", "")))
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
+    yield from running_lab(tmp_path_factory, tag="f" + request.param.replace(".", ""),
+                           drbd_version=request.param)
 
 
 @pytest.mark.parametrize("name", FENCING)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
+from lab_fixture import running_lab
 from iscsi_ha_lab import netns
-from iscsi_ha_lab.lab import Lab, missing_prerequisites
 from iscsi_ha_lab.scenarios import all_scenarios, run_scenario
 
 pytestmark = pytest.mark.lab
@@ -13,16 +13,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    problems = missing_prerequisites()
-    if problems:
-        pytest.skip("; ".join(problems))
-    # its own prefix: never the ihl- lab an admin may be running on this machine
-    lab = Lab(str(tmp_path_factory.mktemp("lab")), prefix="ihlt%d-" % (os.getpid() % 10000))
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
+    yield from running_lab(tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", list(all_scenarios()))

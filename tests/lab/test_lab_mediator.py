@@ -7,13 +7,12 @@ under the lab lock:
 
     flock /work/lab.lock python -m pytest tests/lab/test_lab_mediator.py -k sqlite
 """
-import os
 import shutil
 
 import pytest
 
+from lab_fixture import running_lab
 from iscsi_ha_lab import netns
-from iscsi_ha_lab.lab import Lab, missing_prerequisites
 from iscsi_ha_lab.scenarios import all_scenarios, run_scenario
 
 pytestmark = pytest.mark.lab
@@ -31,19 +30,12 @@ ETCD_KNOWN_FAILURES = {
 
 @pytest.fixture(scope="module", params=["sqlite", "etcd"])
 def lab(request, tmp_path_factory):
-    problems = missing_prerequisites()
+    problems = []
     if request.param == "etcd" and (shutil.which("etcd") is None or
                                     shutil.which("etcdctl") is None):
         problems.append("etcd is not installed: apt-get install etcd-server etcd-client")
-    if problems:
-        pytest.skip("; ".join(problems))
-    lab = Lab(str(tmp_path_factory.mktemp("lab")), mediator=request.param,
-              prefix="ihlt%dm-" % (os.getpid() % 10000))
-    try:
-        lab.up()
-        yield lab
-    finally:
-        lab.down()
+    yield from running_lab(tmp_path_factory, tag="m", extra_problems=problems,
+                           mediator=request.param)
 
 
 @pytest.mark.parametrize("name", NAMES)
