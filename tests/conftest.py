@@ -111,7 +111,9 @@ def require():
 # kernel built without sch_netem) or a machine that is busy with something else (another tgtd
 # on a fixed control port).
 CI_ALLOWED_SKIPS = ("wheels could not be fetched", "already answers on control port",
-                    "the kernel has no sch_netem")
+                    "the kernel has no sch_netem",
+                    # issue 14 (open): its known failures are documented in the skip itself
+                    "the etcd lab run is off by default while issue 14 is open")
 
 
 @pytest.hookimpl(hookwrapper=True)
