@@ -184,21 +184,30 @@ def read_records(state_dir, resources):
     return found
 
 
+def split_proof(proof, resources):
+    """({resource: how it was proven}, {resource: why not}) from the remembered proof."""
+    proven, unproven = {}, {}
+    for name in resources:
+        entry = proof.get(name) if isinstance(proof, dict) else None
+        if isinstance(entry, dict) and entry.get("ok"):
+            proven[name] = "verified on both hosts %s" % time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(entry.get("verified", 0)))
+        else:
+            unproven[name] = (entry or {}).get("problem") or \
+                "fencing was never verified on both hosts while connected"
+    return proven, unproven
+
+
 def proven_without_peer(config):
     """{resource: sentence} of the resources whose fencing was proven on both hosts (the proof
     the agent remembers in STATE_DIR) and that did not self-fence: read only, the peer is never
     asked. The CLI uses it to tell a promotion DRBD will fence from a blind one."""
-    proof = _read_json(statepaths.fencing_proof(config.STATE_DIR), {})
     marked = _read_json(statepaths.self_fenced(config.STATE_DIR), [])
-    proof = proof if isinstance(proof, dict) else {}
     marked = marked if isinstance(marked, list) else []
-    found = {}
-    for name in config.DRBD_RESOURCES:
-        entry = proof.get(name)
-        if isinstance(entry, dict) and entry.get("ok") and name not in marked:
-            found[name] = "fencing verified on both hosts %s" % time.strftime(
-                "%Y-%m-%d %H:%M:%S", time.localtime(entry.get("verified", 0)))
-    return found
+    proven, _ = split_proof(_read_json(statepaths.fencing_proof(config.STATE_DIR), {}),
+                            config.DRBD_RESOURCES)
+    return dict((name, "fencing " + how) for name, how in proven.items()
+                if name not in marked)
 
 
 class FencingTracker(object):
@@ -233,15 +242,7 @@ class FencingTracker(object):
         self_fenced = self._self_fenced(drbd)
         forced = self._forced(drbd)
         proof = self._proof(drbd, drbd_adapter)
-        proven, unproven = {}, {}
-        for name in config.DRBD_RESOURCES:
-            entry = proof.get(name)
-            if entry and entry.get("ok"):
-                proven[name] = "verified on both hosts %s" % time.strftime(
-                    "%Y-%m-%d %H:%M:%S", time.localtime(entry.get("verified", 0)))
-            else:
-                unproven[name] = (entry or {}).get("problem") or \
-                    "fencing was never verified on both hosts while connected"
+        proven, unproven = split_proof(proof, config.DRBD_RESOURCES)
         return FencingObservation(
             proven=proven, unproven=unproven, allow_unfenced=bool(config.ALLOW_UNFENCED_FAILOVER),
             frozen_s=frozen, self_fence_after=float(config.SELF_FENCE_AFTER),
