@@ -384,43 +384,6 @@ def _json_progress(device, connection, where):
 
 # ---- DRBD 8.4 drbdadm role / cstate / dstate ------------------------------------------------
 
-def _one_line(text, source):
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if len(lines) != 1:
-        raise DrbdParseError("%s: expected one line, got %d: %r" % (source, len(lines), text))
-    if lines[0] == UNCONFIGURED:
-        raise DrbdUnavailable("%s: DRBD reports the resource Unconfigured (it is not up)" % source)
-    return lines[0]
-
-
-def _pair(text, vocabulary, what, source):
-    line = _one_line(text, source)
-    parts = line.split("/")
-    if len(parts) != 2:
-        raise DrbdParseError("%s: expected LOCAL/PEER, got %r" % (source, line))
-    where = " in %s output %r" % (source, line)
-    return _word(parts[0], vocabulary, what, where), _word(parts[1], vocabulary, what, where)
-
-
-@_own_errors
-def parse_role(text):
-    """``("Primary", "Secondary")`` from 8.4 ``drbdadm role RES``."""
-    return _pair(text, ROLES, "role", "drbdadm role")
-
-
-@_own_errors
-def parse_cstate(text):
-    """``"Connected"`` from 8.4 ``drbdadm cstate RES``."""
-    line = _one_line(text, "drbdadm cstate")
-    return _word(line, CONNECTION_STATES_84, "connection state", " in drbdadm cstate output")
-
-
-@_own_errors
-def parse_dstate(text):
-    """``("UpToDate", "UpToDate")`` from 8.4 ``drbdadm dstate RES``."""
-    return _pair(text, DISK_STATES, "disk state", "drbdadm dstate")
-
-
 # ---- split brain: data generations (drbdadm get-gi) and data marked out of sync ------------
 
 Generations = namedtuple("Generations", "current bitmap history")

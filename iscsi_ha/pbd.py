@@ -311,17 +311,6 @@ class PbdReplugger(object):
             return not self._thread.is_alive()
         return True
 
-    def wait_rounds(self, count, timeout):
-        """Wait (bounded) until ``count`` rounds have finished; True if they have."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.rounds < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.05))
-        return True
-
     def _close_client(self):
         client, self._client = self._client, None
         if client is not None and self.close_client:

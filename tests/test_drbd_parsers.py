@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from iscsi_ha.drbd import (DrbdParseError, DrbdState, DrbdUnavailable, drbd_error_text,
-                           parse_cstate, parse_dstate, parse_proc_drbd, parse_role,
+                           parse_proc_drbd,
                            parse_status_json)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "drbd"
@@ -288,41 +288,6 @@ def _second_peer(resource):
 def test_status_json_errors_name_what_was_wrong(text, message):
     with pytest.raises(DrbdParseError, match=message):
         parse_status_json(text)
-
-
-# ---- drbdadm role / cstate / dstate (8.4) ---------------------------------------------------
-# Formats: drbd-utils user/v84/drbdsetup.c role_scmd/cstate_scmd/dstate_scmd print
-# "%s/%s\n" (role, peer role), "%s\n" (connection) and "%s/%s\n" (disk, peer disk), or
-# "Unconfigured\n"; the values below are the words of the real /proc/drbd captures above.
-
-def test_one_line_outputs():
-    assert parse_role("Primary/Secondary\n") == ("Primary", "Secondary")
-    assert parse_role("Secondary/Unknown\n") == ("Secondary", "Unknown")
-    assert parse_cstate("Connected\n") == "Connected"
-    assert parse_cstate("WFConnection\n") == "WFConnection"
-    assert parse_dstate("UpToDate/UpToDate\n") == ("UpToDate", "UpToDate")
-    assert parse_dstate("Inconsistent/DUnknown\n") == ("Inconsistent", "DUnknown")
-
-
-@pytest.mark.parametrize("parser", [parse_role, parse_cstate, parse_dstate])
-def test_one_line_unconfigured_means_unavailable(parser):
-    with pytest.raises(DrbdUnavailable, match="Unconfigured"):
-        parser("Unconfigured\n")
-
-
-@pytest.mark.parametrize("parser, text, message", [
-    (parse_role, "", "expected one line, got 0"),
-    (parse_role, "Primary\n", "expected LOCAL/PEER"),
-    (parse_role, "Primary/Secondary\nPrimary/Secondary\n", "expected one line, got 2"),
-    (parse_role, "Primary/Master\n", "unknown DRBD role 'Master'"),
-    (parse_cstate, "Connecting\n", "unknown DRBD connection state 'Connecting'"),
-    (parse_cstate, "Connected/Connected\n", "unknown DRBD connection state"),
-    (parse_dstate, "UpToDate/Up\n", "unknown DRBD disk state 'Up'"),
-    (parse_dstate, "UpToDate/UpToDate/UpToDate\n", "expected LOCAL/PEER"),
-])
-def test_one_line_garbage(parser, text, message):
-    with pytest.raises(DrbdParseError, match=message):
-        parser(text)
 
 
 # ---- error text -----------------------------------------------------------------------------

@@ -17,6 +17,16 @@ SR = "iscsi_ha_sr"
 FAST = (0.01, 0.02)          # retry delays for tests
 
 
+def wait_rounds(worker, count, timeout):
+    """Wait (bounded) until the replugger has finished ``count`` rounds; True if it has."""
+    deadline = time.monotonic() + timeout
+    while worker.rounds < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class Recorder(object):
     """Stands in for the AlertDispatcher: submit() records the alerts."""
 
@@ -101,7 +111,7 @@ def test_unplugged_pbd_is_plugged_after_a_kick(lab):
     alerts = Recorder()
     worker = replugger(recorder=alerts)
     assert worker.kick("this host became storage primary") is True
-    assert worker.wait_rounds(1, 20.0)
+    assert wait_rounds(worker, 1, 20.0)
     assert attached(pool, pbd) is True
     assert attached(pool, pbd_of(pool, a, sr)) is True           # a's PBD was never touched
     assert len(plug_calls(pool, a)) == 1                         # forwarded to the master
@@ -318,7 +328,7 @@ def test_the_worker_runs_timer_rounds_while_serving(lab):
     pool, a, b, sr, replugger = lab
     worker = replugger(recorder=Recorder(), interval=0.05)
     worker.serving = True
-    assert worker.wait_rounds(3, 20.0)
+    assert wait_rounds(worker, 3, 20.0)
     worker.serving = False
     assert worker.close(timeout=10.0) is True
 

@@ -362,13 +362,6 @@ class XapiClient(object):
         return self.call("host.call_plugin", host_ref, plugin, fn,
                          dict((str(k), str(v)) for k, v in args.items()))
 
-    def host_by_address(self, address):
-        """The ref of the host whose management address is ``address``, or None."""
-        for ref, record in sorted(self.call("host.get_all_records").items()):
-            if record.get("address") == address:
-                return ref
-        return None
-
 
 def _describe(exc):
     text = str(exc) or type(exc).__name__

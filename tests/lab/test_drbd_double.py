@@ -468,11 +468,12 @@ def _parsed(world, host):
     drbd = _parsers()
     if version(world) == "8.4":
         state = drbd.parse_proc_drbd(world.proc_drbd_text(host))["1"]
-        assert drbd.parse_role(adm(world, host, "role", "iscsi1")[1]) == (
-            state.role, state.peer_role)
-        assert drbd.parse_dstate(adm(world, host, "dstate", "iscsi1")[1]) == (
-            state.disk, state.peer_disk)
-        assert drbd.parse_cstate(adm(world, host, "cstate", "iscsi1")[1]) == state.connection
+        # drbd-utils user/v84/drbdsetup.c role_scmd/dstate_scmd/cstate_scmd print
+        # "%s/%s\n", "%s/%s\n" and "%s\n": the double's one-liners agree with /proc/drbd.
+        assert adm(world, host, "role", "iscsi1")[1] == "%s/%s\n" % (state.role, state.peer_role)
+        assert adm(world, host, "dstate", "iscsi1")[1] == "%s/%s\n" % (state.disk,
+                                                                       state.peer_disk)
+        assert adm(world, host, "cstate", "iscsi1")[1] == "%s\n" % state.connection
         return state
     return drbd.parse_status_json(setup(world, host, "status", "--json")[1])["iscsi1"]
 
