@@ -434,14 +434,29 @@ class WitnessMonitor(object):
         return answer
 
     def fence_peer(self):
-        """For the DRBD fence-peer handler: returns the exit code to use (4 outdated, 3
-        already outdated, 6 deposed: demote, 1 no answer: keep I/O frozen)."""
-        st = self.state()
-        try:
-            answer = self.client.call("fence-peer", gen=st.generation)
-        except MediatorError:
-            return 1, "mediator unreachable: I/O stays frozen"
-        return int(answer.get("exit", 1)), answer.get("reason") or answer.get("result", "")
+        """For the DRBD fence-peer handler: ask the mediator, each address once, to outdate the
+        peer. Returns (exit code, one-line reason): 4 peer outdated, 3 already outdated, 6 this
+        host was deposed (outdate yourself; the agent demotes), 1 no usable answer (DRBD keeps
+        I/O frozen). A higher generation in the answer is remembered."""
+        reason = "mediator unreachable: I/O stays frozen"
+        for _ in range(len(self.client.addresses)):
+            try:
+                answer = self.client.call("fence-peer", gen=self.state().max_gen or None)
+            except MediatorError as exc:
+                reason = str(exc)
+                continue
+            code = answer.get("exit")
+            if code in (3, 4, 6):
+                gen = answer.get("gen")
+                if isinstance(gen, int) and gen > self.state().max_gen:
+                    with self._lock:
+                        self._max_gen = gen
+                    self._save()
+                return code, answer.get("reason") or answer.get("result") or ""
+            reason = "mediator answered %s: %s" % (answer.get("result"), answer.get("reason"))
+            if answer.get("result") == "observer":
+                return 1, reason
+        return 1, reason
 
 
 # -- agent wiring --------------------------------------------------------------------------------
@@ -664,24 +679,7 @@ def fence_peer_from_config(config):
         monitor = from_config(config)
     except MediatorError as exc:
         return 1, str(exc)
-    client = monitor.client
     try:
-        for _ in range(len(client.addresses)):
-            try:
-                answer = client.call("fence-peer", gen=monitor.state().max_gen or None)
-            except MediatorError as exc:
-                reason = str(exc)
-                continue
-            code = answer.get("exit")
-            if code in (3, 4, 6):
-                gen = answer.get("gen")
-                if isinstance(gen, int) and gen > monitor.state().max_gen:
-                    monitor._max_gen = gen                  # remember the generation
-                    monitor._save()
-                return code, answer.get("reason") or answer.get("result") or ""
-            reason = "mediator answered %s: %s" % (answer.get("result"), answer.get("reason"))
-            if answer.get("result") == "observer":
-                return 1, reason
-        return 1, reason
+        return monitor.fence_peer()
     finally:
-        client.close()
+        monitor.client.close()
