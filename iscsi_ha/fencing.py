@@ -30,10 +30,7 @@ from iscsi_ha.fencing_policy import FencingObservation
 log = logging.getLogger("iscsi-ha")
 
 REQUIRED_POLICY = "resource-and-stonith"
-PROOF_FILE = statepaths.FENCING_PROOF
-SELF_FENCED_FILE = statepaths.SELF_FENCED
 GRANT_TTL = 120.0
-FORCED_FILE = statepaths.FORCED_PROMOTION
 
 _RESOURCE_RE = re.compile(r"^resource\s+(\S+)\s*\{", re.M)
 _FENCING_RE = re.compile(r"^\s*fencing\s+([A-Za-z-]+)\s*;", re.M)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from iscsi_ha import config as config_mod, fence_peer, fencing
+from iscsi_ha import config as config_mod, fence_peer, fencing, statepaths
 from iscsi_ha.alerts.events import alerts_for_transition
 from iscsi_ha.cli import drbd_config_cmd
 from iscsi_ha.drbd import DrbdState
@@ -189,7 +189,7 @@ def test_tracker_proves_fencing_while_connected_and_remembers_it(config):
     assert "iscsi1" in again.observe({"iscsi1": state("WFConnection")}, adapter).proven
     peer["resources"]["iscsi1"]["problems"] = ["fencing is dont-care, needs "
                                                "resource-and-stonith"]
-    os.unlink(os.path.join(config.STATE_DIR, fencing.PROOF_FILE))
+    os.unlink(os.path.join(config.STATE_DIR, statepaths.FENCING_PROOF))
     obs = fencing.FencingTracker(config, peer_fencing=lambda: peer, clock=clock).observe(
         {"iscsi1": state()}, adapter)
     assert obs.unproven["iscsi1"] == "peer: fencing is dont-care, needs resource-and-stonith"
@@ -220,12 +220,12 @@ def test_tracker_reads_a_forced_promotion_until_done_or_expired(config):
     assert tracker.observe(alone, adapter).forced == ("iscsi1",)
     late = fencing.FencingTracker(config, clock=clock, wall=lambda: 1031.0)
     assert late.observe(alone, adapter).forced == ()                       # expired
-    assert not os.path.exists(os.path.join(config.STATE_DIR, fencing.FORCED_FILE))
+    assert not os.path.exists(os.path.join(config.STATE_DIR, statepaths.FORCED_PROMOTION))
     fencing.write_forced(config.STATE_DIR, ["iscsi1"], until=1030.0, by="root")
     promoted = {"iscsi1": state("WFConnection", False, "Primary")}
     assert tracker.observe(promoted, adapter).forced == ()                 # done
-    assert not os.path.exists(os.path.join(config.STATE_DIR, fencing.FORCED_FILE))
-    with open(os.path.join(config.STATE_DIR, fencing.FORCED_FILE), "w") as handle:
+    assert not os.path.exists(os.path.join(config.STATE_DIR, statepaths.FORCED_PROMOTION))
+    with open(os.path.join(config.STATE_DIR, statepaths.FORCED_PROMOTION), "w") as handle:
         handle.write('{"resources": "iscsi1", "until": 2000}')              # malformed
     assert tracker.observe(alone, adapter).forced == ()
 

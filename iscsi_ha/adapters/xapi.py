@@ -332,11 +332,6 @@ class XapiClient(object):
         if self.cache is not None:
             self.cache.set_key(key, value)
 
-    def remove_pool_other_config_key(self, key):
-        self.call("pool.remove_from_other_config", self.pool(), key)
-        if self.cache is not None:
-            self.cache.remove_key(key)
-
     def create_message(self, name, priority, body):
         """``message.create`` on the pool object (XenCenter / Xen Orchestra show it)."""
         pool_uuid = self.call("pool.get_uuid", self.pool())
@@ -424,20 +419,11 @@ class OtherConfigCache(object):
             self._write(values)
 
     def set_key(self, key, value):
-        self._change(key, value)
-
-    def remove_key(self, key):
-        self._change(key, None)
-
-    def _change(self, key, value):
         if not self.keep(key):
             return
         with self._lock:
             values = self._read()[1]
-            if value is None:
-                values.pop(key, None)
-            else:
-                values[key] = value
+            values[key] = value
             self._write(values)
 
 
