@@ -93,6 +93,23 @@ __all__ = ["EtcdBackend", "settings_from_config", "Conflict", "StorageError",
            "StorageUnavailable", "StorageUnknown"]
 
 
+# A published DRBD report (presence key value): the node's generation, DRBD state and data
+# generation, and "rev", the pool record revision the publishing instance held when it took
+# the heartbeat (a report counts only for that revision of the record).
+REPORT_FIELDS = ("gen", "role", "disk", "conn", "peer_disk", "uuid", "rev")
+
+
+def _report_of(value):
+    """The report dict in a presence key's value, or None (b"1": presence only)."""
+    if not value or value[:1] != b"{":
+        return None
+    try:
+        report = json.loads(value.decode())
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def _q(name):
     """A pool or node name as one key segment ("/" and "%" escaped)."""
     return urllib.parse.quote(name, safe="")
@@ -138,6 +155,8 @@ class EtcdBackend(Storage):
         self._lock = threading.RLock()
         self._pools = {}          # pool -> _PoolView
         self._presence = {}       # (pool, node) -> set(instance)
+        self._reports_out = {}    # (pool, node) -> (signature, JSON bytes): what we publish
+        self._shared = {}         # (pool, node) -> {instance: (report dict, mod_revision)}
         self._docs = {}           # name -> (value, revision)
         self.docs_version = 0     # bumped whenever a document changes (any instance)
         self._lease_id = None
@@ -272,13 +291,17 @@ class EtcdBackend(Storage):
                 "revision": str(rev)})
             kvs += [ec.KeyValue(kv) for kv in out.get("kvs") or []]
         now = self.clock()
-        pools, presence, docs = {}, {}, {}
+        pools, presence, docs, shared = {}, {}, {}, {}
         for kv in kvs:
             kind, parts = self._split(kv.key)
             if kind == "pools" and len(parts) == 1:
                 pools[_uq(parts[0])] = (json.loads(kv.value.decode()), kv.mod_revision)
             elif kind == "presence" and len(parts) == 3:
-                presence.setdefault((_uq(parts[0]), _uq(parts[1])), set()).add(parts[2])
+                key = (_uq(parts[0]), _uq(parts[1]))
+                presence.setdefault(key, set()).add(parts[2])
+                report = _report_of(kv.value)
+                if report is not None:
+                    shared.setdefault(key, {})[parts[2]] = (report, kv.mod_revision)
             elif kind == "docs":
                 docs["/".join(parts)] = (kv.value, kv.mod_revision)
         with self._lock:
@@ -286,6 +309,7 @@ class EtcdBackend(Storage):
                 if self._others(insts) and not self._others(presence.get(key, set())):
                     self._view(key[0]).remote_gone[key[1]] = now  # vanished while we were away
             self._presence = presence
+            self._shared = shared
             if docs != self._docs:
                 self.docs_version += 1
             self._docs = docs
@@ -374,12 +398,19 @@ class EtcdBackend(Storage):
                 elif kind == "presence" and len(parts) == 3:
                     key = (_uq(parts[0]), _uq(parts[1]))
                     insts = self._presence.setdefault(key, set())
+                    reports = self._shared.setdefault(key, {})
                     if deleted:
                         insts.discard(parts[2])
+                        reports.pop(parts[2], None)
                         if parts[2] != self.instance and not self._others(insts):
                             self._view(key[0]).remote_gone[key[1]] = now
                     else:
                         insts.add(parts[2])
+                        report = _report_of(kv.value)
+                        if report is None:
+                            reports.pop(parts[2], None)
+                        else:
+                            reports[parts[2]] = (report, kv.mod_revision)
                 elif kind == "docs":
                     name = "/".join(parts)
                     if deleted:
@@ -448,7 +479,9 @@ class EtcdBackend(Storage):
                     if op == "put":
                         if self._lease_id is None:
                             continue
-                        ops.append(ec.op_put(key, b"1", lease=self._lease_id))
+                        with self._lock:
+                            value = self._reports_out.get((pool, node), (None, b"1"))[1]
+                        ops.append(ec.op_put(key, value, lease=self._lease_id))
                     else:
                         ops.append(ec.op_delete(key))
                 if not ops:
@@ -462,6 +495,40 @@ class EtcdBackend(Storage):
                 with self._lock:
                     self._pending = failed + self._pending
                 self._stop.wait(0.5)
+
+    def publish_report(self, pool, node, signature):
+        """The DRBD report ``node`` just sent to this instance (after ``node_seen``), as the
+        tuple ``REPORT_FIELDS`` (the last item: the pool record revision this instance had
+        when it took the heartbeat). Published to the other instances as the value of this
+        instance's presence key for the node, and only when it differs from what was last
+        published: a heartbeat that reports what the previous one did writes nothing."""
+        key = (pool, node)
+        last = self._reports_out.get(key)
+        if last is not None and last[0] == signature:
+            return False                      # the hot path: nothing changed
+        value = _dumps(dict(zip(REPORT_FIELDS, signature))).encode()
+        with self._lock:
+            view = self._pools.get(pool)
+            if view is None or node not in view.local:
+                return False                  # not heard here (no presence to carry it)
+            self._reports_out[key] = (signature, value)
+            self._pending.append(("put", pool, node))
+            self._wake.notify_all()
+        return True
+
+    def shared_report(self, pool, node):
+        """The latest DRBD report of ``node`` published by ANOTHER instance that hears it now
+        (a dict with the keys of ``REPORT_FIELDS``), or None. The newest by etcd revision when
+        several instances hear the node (it moved)."""
+        with self._lock:
+            reports = self._shared.get((pool, node))
+            if not reports:
+                return None
+            best = None
+            for inst, (report, mod) in reports.items():
+                if inst != self.instance and (best is None or mod > best[1]):
+                    best = (report, mod)
+            return None if best is None else dict(best[0])
 
     def heard_elsewhere(self, pool, node):
         """Instances other than this one that announced hearing ``node`` now (from the watch)."""

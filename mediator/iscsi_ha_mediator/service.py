@@ -100,6 +100,8 @@ class Mediator(object):
         self._bases = {}       # pool -> (revision, {node: answer part}, lease, primary, settled)
         self._masks = {}       # raw DRBD UUID -> masked
         self._elsewhere = getattr(store, "heard_elsewhere", None)   # multi-instance backends
+        self._publish = getattr(store, "publish_report", None)      # reports shared between
+        self._shared = getattr(store, "shared_report", None)        # instances (etcd)
         self._margin = float(getattr(store, "margin", st.DEFAULT_MARGIN))
         self.counters = {"heartbeat": 0, "promote": 0, "fence-peer": 0, "refused": 0}
 
@@ -136,16 +138,28 @@ class Mediator(object):
         last = self._seen.get((pool, node))
         return None if last is None else now - last
 
-    def _fresh_report(self, pool, node, rec, now):
+    def _fresh_report(self, pool, node, rec, now, rev=None):
         """The node's report if it is newer than the record's last change, at the current
-        generation and younger than one lease; else None."""
+        generation and younger than one lease; else None.
+
+        With several instances (``shared_report``), a node heard by another instance has its
+        report there: it counts when it was taken at the record revision ``rev`` the decision
+        is made on (so after the record's last change) and at the current generation; it
+        exists only while that instance hears the node (its presence key, withdrawn after one
+        lease of silence or with the instance)."""
         rep = self._reports.get((pool, node))
         lease = float(rec.get("lease") or st.DEFAULT_LEASE)
-        if rep is None or rep.gen != rec["generation"]:
+        if rep is not None and rep.gen == rec["generation"] and \
+                rep.mono > self._changed_at(pool) and now - rep.mono <= lease:
+            return rep
+        if self._shared is None or rev is None:
             return None
-        if rep.mono <= self._changed_at(pool) or now - rep.mono > lease:
+        other = self._shared(pool, node)
+        if other is None or other.get("rev") != rev or other.get("gen") != rec["generation"]:
             return None
-        return rep
+        return Report(now, other.get("gen"), {
+            "role": other.get("role"), "disk": other.get("disk"), "conn": other.get("conn"),
+            "peer_disk": other.get("peer_disk"), "current_uuid": other.get("uuid")})
 
     def _audit_soon(self, pool, entry, key=None):
         """Append an audit entry in the background (answers that change nothing). With ``key``,
@@ -208,6 +222,9 @@ class Mediator(object):
         if "drbd" in req:
             rep = self._reports[(pool, node)] = Report(now, req.get("gen"), req.get("drbd"),
                                                        self._masks)
+            if self._publish is not None:
+                self._publish(pool, node, (rep.gen, rep.role, rep.disk, rep.conn,
+                                           rep.peer_disk, rep.uuid, rev))
         answer = dict(mine)
         lease = base[2]
         peer = answer["peer"]
@@ -232,7 +249,7 @@ class Mediator(object):
             return answer                   # settled: nothing the reports could change
         lock = self._locks.get(pool)
         if lock is None or not lock.locked():
-            change = self._sync_change(pool, rec, now)
+            change = self._sync_change(pool, rec, now, rev)
             if change is not None:
                 task = asyncio.ensure_future(self._apply_sync(pool, rev, change))
                 self._bg.add(task)
@@ -281,10 +298,11 @@ class Mediator(object):
                               and rep.role == "Primary")
         return out
 
-    def _sync_change(self, pool, rec, now):
-        """The record change the fresh reports call for, or None."""
+    def _sync_change(self, pool, rec, now, rev=None):
+        """The record change the fresh reports call for, or None (``rev``: the revision of
+        ``rec``, for reports other instances took)."""
         nodes = rec.get("nodes", [])
-        reps = {n: self._fresh_report(pool, n, rec, now) for n in nodes}
+        reps = {n: self._fresh_report(pool, n, rec, now, rev) for n in nodes}
         if len(nodes) == 2 and all(r is not None and r.in_sync() for r in reps.values()) \
                 and len({r.uuid for r in reps.values()}) == 1:
             uuid = next(iter(reps.values())).uuid
@@ -465,7 +483,7 @@ class Mediator(object):
         async with self._lock(pool):
             rec, rev = self._record(pool)
             self._reports[(pool, node)].mono = max(now, self._changed_at(pool) + 1e-6)
-            change = self._sync_change(pool, rec, self.clock())
+            change = self._sync_change(pool, rec, self.clock(), rev)
             if change is None:
                 if not rec.get("outdated") and len(rec.get("eligible", [])) == len(
                         rec.get("nodes", [])):
@@ -503,8 +521,8 @@ class Mediator(object):
             elif not self.store.available:
                 reason = "cannot change: storage unavailable"
             else:
-                mine = self._fresh_report(pool, node, rec, now)
-                theirs = self._fresh_report(pool, target, rec, now)
+                mine = self._fresh_report(pool, node, rec, now, rev)
+                theirs = self._fresh_report(pool, target, rec, now, rev)
                 if target not in rec.get("eligible", []) or mine is None or theirs is None \
                         or not (mine.in_sync() and theirs.in_sync()
                                 and mine.uuid == theirs.uuid):

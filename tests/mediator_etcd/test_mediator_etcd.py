@@ -278,3 +278,106 @@ def test_leader_killed_promote_after_bounded_pause(etcd3):
         print("promote granted %.2fs after the etcd leader was killed" % took)
     finally:
         store.stop()
+
+
+def after_failover(store, pool):
+    """B was granted (A outdated), A has resynced from B: what the lab's failover scenarios
+    leave before the mediator may mark both nodes eligible again."""
+    rec = st.new_record(pool, ["a", "b"], lease=LEASE)
+    rec.update(generation=3, primary="b", eligible=["b"], outdated=["a"], synced_uuid=UUID)
+    return store.commit(pool, 0, rec, {"event": "pool-add"})
+
+
+def test_nodes_at_two_instances_are_proven_in_sync(etcd3):
+    """After a failover the two nodes may talk to two instances (an agent moves to the next
+    address when one fails). Each instance then hears one node: the in-sync proof needs the
+    other node's report, published by its instance in etcd. Found by the lab
+    (mediator-site-isolated, mediator-stale-primary-returns, mediator-restart on etcd: the pool
+    never became golden again)."""
+    x_store, y_store = backend(etcd3.endpoints), backend(etcd3.endpoints[::-1])
+    synced = dict(IN_SYNC, current_uuid="1234567890ABCDE0")
+    try:
+        async def body():
+            x, y = Mediator(x_store), Mediator(y_store)
+            rev = after_failover(x_store, "p")
+            await wait_cached(y_store, "p", rev)
+            await asyncio.gather(beat(x, "p", "a", synced, 1.0),
+                                 beat(y, "p", "b", dict(synced, role="Primary"), 1.0))
+        run(body())
+        rec, _ = x_store.read("p")
+        assert rec["eligible"] == ["a", "b"] and rec["outdated"] == [], rec
+        assert rec["primary"] == "b" and rec["synced_uuid"] == "1234567890ABCDE0"
+        assert rec["generation"] == 4
+        assert [e["event"] for e in x_store.audit("p")][-1] == "in-sync"
+    finally:
+        x_store.stop()
+        y_store.stop()
+
+
+def test_shared_reports_are_written_only_when_they_change(etcd1):
+    """A report published in etcd is rewritten only when it changes (DRBD state, data
+    generation, the node's generation or the record's revision): a storm of identical
+    heartbeats writes nothing."""
+    x_store, y_store = backend(etcd1.endpoints), backend(etcd1.endpoints)
+    try:
+        async def body():
+            x = Mediator(x_store)
+            rev = after_failover(x_store, "p")
+            await wait_cached(y_store, "p", rev)
+            x.heartbeat("p", "a", {"gen": 3, "drbd": CUT_OFF})
+            end = time.monotonic() + 3
+            while (y_store.shared_report("p", "a") or {}).get("conn") != "StandAlone":
+                assert time.monotonic() < end
+                await asyncio.sleep(0.02)
+            before = int(x_store.client.status()["header"]["revision"])
+            for _ in range(2000):
+                x.heartbeat("p", "a", {"gen": 3, "drbd": CUT_OFF})
+            await asyncio.sleep(0.5)
+            quiet = int(x_store.client.status()["header"]["revision"]) - before
+            x.heartbeat("p", "a", {"gen": 3, "drbd": dict(CUT_OFF, conn="Connecting")})
+            end = time.monotonic() + 3
+            while (y_store.shared_report("p", "a") or {}).get("conn") != "Connecting":
+                assert time.monotonic() < end
+                await asyncio.sleep(0.02)
+            return quiet, int(x_store.client.status()["header"]["revision"]) - before
+        quiet, changed = run(body())
+        assert quiet == 0 and changed == 1, (quiet, changed)
+        assert x_store.shared_report("p", "a") is None     # its own report is not "shared"
+        print("2000 identical heartbeats: %d etcd writes; one changed report: %d"
+              % (quiet, changed))
+    finally:
+        x_store.stop()
+        y_store.stop()
+
+
+def test_a_shared_report_from_before_a_record_change_does_not_count(etcd1):
+    """B's report (in sync) was taken at Y before A's fence-peer at X outdated B: X must not
+    use it to undo the fence. It counts again once B reports at the new revision."""
+    x_store, y_store = backend(etcd1.endpoints), backend(etcd1.endpoints)
+    try:
+        async def body():
+            x, y = Mediator(x_store), Mediator(y_store)
+            rev = golden_pool(x_store, "p")
+            await wait_cached(y_store, "p", rev)
+            y.heartbeat("p", "b", {"gen": 1, "drbd": IN_SYNC})
+            end = time.monotonic() + 3
+            while x_store.shared_report("p", "b") is None:
+                assert time.monotonic() < end
+                await asyncio.sleep(0.02)
+            fence = await x.fence_peer("p", "a", {"gen": 1})
+            rec, rev2 = x_store.cached("p")
+            stale = x._fresh_report("p", "b", rec, time.monotonic(), rev2)
+            await wait_cached(y_store, "p", rev2)
+            y.heartbeat("p", "b", {"gen": 2, "drbd": IN_SYNC})      # taken after the fence
+            end = time.monotonic() + 3
+            while (x_store.shared_report("p", "b") or {}).get("rev") != rev2:
+                assert time.monotonic() < end
+                await asyncio.sleep(0.02)
+            return fence, stale, rec, x._fresh_report("p", "b", rec, time.monotonic(), rev2)
+        fence, stale, rec, fresh = run(body())
+        assert fence["result"] == "outdated" and rec["outdated"] == ["b"]
+        assert stale is None
+        assert fresh is not None and fresh.in_sync() and fresh.gen == 2
+    finally:
+        x_store.stop()
+        y_store.stop()
