@@ -11,8 +11,10 @@ Layout under the configured prefix (default ``/iscsi-ha-mediator/``)::
                                      etcd revision. ``audit-mediator/<id>``: mediator-wide ones
     presence/<pool>/<node>/<inst>    "instance <inst> hears <node> now"; attached to the
                                      instance's etcd lease, written only when a node starts or
-                                     stops talking to an instance (never per heartbeat),
-                                     batched up to 100 per transaction
+                                     stops talking to an instance or its DRBD report changes
+                                     (never per heartbeat), batched up to 100 per transaction.
+                                     Its value is the node's latest DRBD report at <inst>
+                                     (JSON, ``REPORT_FIELDS``) or ``1`` before the first one
     docs/<name>                      other shared documents (credentials ``cred/<pool>``) with
                                      CAS; ``docs_version`` counts their changes from any
                                      instance so the credential index can rebuild
@@ -25,6 +27,19 @@ Rules
 - Heartbeats never write to etcd. Liveness stays in memory (``node_seen``); only the
   *transitions* (a node starts or stops heartbeating at this instance) are written, as presence
   keys bound to this instance's etcd lease, so they vanish by themselves when the instance dies.
+- The nodes' DRBD reports are shared through those presence keys (``publish_report``,
+  ``shared_report``): proving the two nodes in sync after a resync (which makes both eligible
+  again) needs both reports, and the two nodes may talk to two instances (an agent moves to the
+  next address when one fails, and stays there). A report is rewritten only when it changes:
+  its DRBD role, disk and connection states, data generation (masked current UUID), the
+  node's generation, or the pool record revision the instance held when it took the
+  heartbeat. All are stable between failovers, so a heartbeat that repeats the previous
+  report writes nothing (measured: 2000 identical heartbeats, 0 writes). Another instance
+  uses a shared report only if it was taken at the very record revision its decision reads
+  (so after the record's last change: a report from before a fence-peer cannot undo it, the
+  same rule as for the instance's own reports) and at the current generation; it exists only
+  while its instance hears the node (withdrawn after one lease of silence, or with the
+  instance's etcd lease).
 - Every instance follows the prefix with one etcd watch (reopened on another member when one
   dies; a full reload of pools, presence and documents at one revision when it was broken or
   compacted); heartbeat answers come from that cache and cost no etcd round trip.

@@ -15,7 +15,9 @@ Differences from the protocol sketch (reference/mediator.md section 3), and why:
   same current data generation, the mediator marks both eligible, clears "outdated" and records
   that data generation as the synced one. The explicit ``unfence`` call only supplies a fresh
   report; it is checked the same way. Reports older than the last record change never count, so
-  a report from before a fence-peer cannot undo it.
+  a report from before a fence-peer cannot undo it. With several instances (etcd), a node heard
+  by another instance counts through the report that instance published (``shared_report``),
+  if it was taken at the record revision the decision reads.
 - retries and repeated refusals are audited once per (node, operation, answer) until the answer
   changes, so a candidate retrying every 2 s cannot flood the audit log.
 """
