@@ -58,11 +58,16 @@ The grace rule for several instances, and why it cannot grant two primaries
 ----------------------------------------------------------------------------
 Let L be the lease and M the margin. Instance I keeps, per pool, ``watch_since`` (monotonic
 time since which I has continuously heard at least one node of the pool; reset when I starts
-or when it heard none of them for L) and, per node N, ``last_heard_I(N)``: the latest of I's
-own last heartbeat from N and the last moment I's watch showed N present at another instance
-(now while it is present; the deletion time once it is gone). I considers N's lease over only
-when ``now >= max(last_heard_I(N), watch_since) + L + M`` and, in the granting transaction,
-etcd confirms that no presence key for N exists (a range compare, ``version == 0``).
+or when it heard none of them for L), ``sight_since`` (monotonic time since which I has seen
+every presence change: I's start, or its reload after it was cut off from etcd or its watch's
+history was compacted away, when presence keys may have come and gone unseen) and, per node
+N, ``last_heard_I(N)``: the latest of I's own last heartbeat from N and the last moment I's
+watch showed N present at another instance (now while it is present; the deletion time once
+it is gone). I considers N's lease over only when
+``now >= max(last_heard_I(N), watch_since, sight_since) + L + M`` and, in the granting
+transaction, etcd confirms that no presence key for N exists (a range compare,
+``version == 0``). All three marks are I's own monotonic times, never read from etcd, so a
+restarted instance grants nothing for L + M after its own start whatever etcd holds.
 
 Claim: the mediator never grants two primaries, whatever the number of instances.
 1. One truth, one order. A grant for pool P is a txn that compares ``mod_revision(pools/P)``
@@ -184,6 +189,11 @@ class EtcdBackend(Storage):
         self._pending = []        # presence writes waiting for the writer thread
         self._wake = threading.Condition(self._lock)
         self._watching = threading.Event()
+        # Monotonic time since which this instance has seen every presence change: its start,
+        # or the last reload after it was cut off from etcd or its watch's history was
+        # compacted away. Nothing is granted before it + L + M: a node heard by another
+        # instance meanwhile may be alive.
+        self.sight_since = None
 
     # -- keys --------------------------------------------------------------------------------
     def _k_pool(self, pool):
@@ -211,6 +221,7 @@ class EtcdBackend(Storage):
         Raises StorageUnavailable when etcd does not answer within ``timeout``; the instance
         must not serve then."""
         deadline = time.monotonic() + timeout
+        self.sight_since = self.clock()
         while True:
             try:
                 self._register()
@@ -355,11 +366,19 @@ class EtcdBackend(Storage):
         failures = 0
         while not self._stop.is_set():
             try:
+                if failures > 1:
+                    self.sight_since = self.clock()   # see below; before anyone marks us up
                 self._watch = ec.WatchStream(self.client, self.prefix,
                                              ec.prefix_end(self.prefix),
                                              self._revision + 1).open()
                 if failures:
                     self._resync()  # catch up on what happened while we were away
+                    if failures > 1:
+                        # This instance was cut off from etcd (the watch could not be reopened
+                        # at once on another member): if etcd compacted its history meanwhile,
+                        # presence keys came and went unseen. As after a start, nothing is
+                        # granted for one lease plus margin from the reload.
+                        self.sight_since = self.clock()
                 failures = 0
                 self._mark(True)
                 self._watching.set()
@@ -388,8 +407,12 @@ class EtcdBackend(Storage):
                     self._mark(False, "etcd unreachable: %s" % exc)
                     self._stop.wait(0.3)
                 if self._revision == 0:
+                    # The watch's history was compacted away: presence keys may have come and
+                    # gone unseen (a node heard elsewhere, then not). As after a start, nothing
+                    # is granted for one lease plus margin from the reload.
                     try:
                         self._resync()
+                        self.sight_since = self.clock()
                     except ec.EtcdError:
                         pass
         watch, self._watch = self._watch, None
@@ -564,7 +587,8 @@ class EtcdBackend(Storage):
             view = self._view(pool)
             if node is not None and self._others(self._presence.get((pool, node), set())):
                 return float("inf")  # heard by another instance right now
-            marks = [view.watch_since if view.watch_since is not None else self.clock()]
+            marks = [view.watch_since if view.watch_since is not None else self.clock(),
+                     self.sight_since]
             if node is not None:
                 marks += [view.local.get(node), view.remote_gone.get(node),
                           view.local_gone.get(node)]

@@ -318,3 +318,44 @@ def test_a_node_expired_locally_keeps_its_lease_mark():
         b.expire_local()
     assert "a" not in b._pools["p"].local
     assert b.lease_over_at("p", "a") == 1000.0 + 10.0 + 14.0
+
+
+def test_no_grant_for_a_lease_after_a_gap_in_the_watch(etcd1, backends):
+    """Y hears B; A talks to X. Y is cut off from etcd, and meanwhile A's presence at X comes
+    and goes and etcd's history is compacted: Y's watch cannot replay what it missed and Y
+    reloads. Y never saw A heard elsewhere, so (like a fresh start) it must grant nothing for
+    one lease plus margin from the reload; before this rule it granted at once."""
+    proxy = LossyProxy(etcd1.members[0].client_port)
+    try:
+        x, y = backends(), backends(endpoints=[proxy.url])
+        x.commit("p", 0, {"generation": 1, "primary": "A", "lease": LEASE}, {"event": "create"})
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < LEASE + MARGIN + 0.2:   # Y has heard B for long enough
+            y.node_seen("p", "B")
+            time.sleep(0.1)
+        assert y.grant_allowed("p", "A")[0]
+        proxy.cut()
+        x.node_seen("p", "A")                                  # A at X, unseen by Y
+        key = x.prefix + "presence/p/A/" + x.instance
+        assert wait_for(lambda: x.client.get(key) is not None, 3)
+        x.client.delete(key)                                   # ... and gone again
+        rev = etcd_revision(x.client)
+        x.client.call("/v3/kv/compaction", {"revision": str(rev), "physical": True})
+        assert wait_for(lambda: not y.available, 5)
+        proxy.restore()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not y.available:       # watch reopened: reloaded
+            y.node_seen("p", "B")
+            time.sleep(0.02)
+        back = time.monotonic()
+        assert y.available, "Y did not come back after the gap"
+        y.node_seen("p", "B")
+        ok, retry = y.grant_allowed("p", "A")
+        assert not ok and retry > LEASE, (ok, retry)
+        assert wait_for(lambda: (y.node_seen("p", "B"), y.grant_allowed("p", "A")[0])[1],
+                        LEASE + MARGIN + 2)
+        print("after the gap: first grant allowed %.2f s after Y was back (lease + margin "
+              "%.1f s)" % (time.monotonic() - back, LEASE + MARGIN))
+        assert time.monotonic() - back >= LEASE + MARGIN - 0.3
+    finally:
+        proxy.close()
