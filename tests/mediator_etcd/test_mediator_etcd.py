@@ -381,3 +381,51 @@ def test_a_shared_report_from_before_a_record_change_does_not_count(etcd1):
     finally:
         x_store.stop()
         y_store.stop()
+
+
+def test_both_instances_restarted_grant_nothing_within_their_own_grace(etcd3):
+    """The lab's mediator-restart on etcd: A at X, B at Y; both instances stop, A dies; two
+    new instances start over the same etcd (whose pool record, audit and everything else
+    survived). B heartbeats and asks to be promoted at the new instances over and over: no
+    grant before lease + margin after the start of the instance that grants."""
+    x_store, y_store = backend(etcd3.endpoints), backend(etcd3.endpoints[::-1])
+    try:
+        async def before():
+            x, y = Mediator(x_store), Mediator(y_store)
+            rev = golden_pool(x_store, "p")
+            await wait_cached(y_store, "p", rev)
+            await asyncio.gather(beat(x, "p", "a", dict(IN_SYNC, role="Primary"), 0.5),
+                                 beat(y, "p", "b", IN_SYNC, 0.5))
+        run(before())
+    finally:
+        x_store.stop()
+        y_store.stop()
+    time.sleep(LEASE + MARGIN + 0.2)          # A's lease is long over, for any instance
+    started = {}
+    x2 = backend(etcd3.endpoints)
+    started[x2.instance] = time.monotonic()
+    y2 = backend(etcd3.endpoints[::-1])
+    started[y2.instance] = time.monotonic()
+    try:
+        async def after():
+            meds = [Mediator(x2), Mediator(y2)]
+            end = time.monotonic() + 3 * (LEASE + MARGIN)
+            n = 0
+            while time.monotonic() < end:
+                med = meds[n % 2]                 # B's agent moves between the instances
+                n += 1
+                med.heartbeat("p", "b", {"gen": 1, "drbd": CUT_OFF})
+                answer = await med.promote("p", "b", {"gen": 1, "drbd": CUT_OFF})
+                if answer["result"] == "granted":
+                    return med.store.instance, time.monotonic()
+                assert answer["result"] == "retry", answer
+                await asyncio.sleep(0.05)
+            return None, None
+        who, when = run(after())
+        assert who is not None, "B was never granted"
+        print("granted by a restarted instance %.2f s after its start (lease + margin %.1f s)"
+              % (when - started[who], LEASE + MARGIN))
+        assert when - started[who] >= LEASE + MARGIN
+    finally:
+        x2.stop()
+        y2.stop()
