@@ -7,7 +7,6 @@ under the lab lock:
 
     flock /work/lab.lock python -m pytest tests/lab/test_lab_mediator.py -k sqlite
 """
-import os
 import shutil
 
 import pytest
@@ -19,22 +18,15 @@ from iscsi_ha_lab.scenarios import all_scenarios, run_scenario
 pytestmark = pytest.mark.lab
 NAMES = list(all_scenarios(mediator=True))
 MAX_PAUSE_MEDIATOR_DOWN = 1.5     # seconds: the mediator's absence must not touch I/O
-# Known failures of the two-instance etcd backend (issue 14 stays open until they pass). Strict:
-# the day one passes, this test fails until it is taken off the list.
-ETCD_KNOWN_FAILURES = {
-    "mediator-site-isolated": "the mediator never marks both nodes eligible again after the "
-                              "resync: each instance keeps the DRBD reports in its own memory",
-    "mediator-stale-primary-returns": "same cause as mediator-site-isolated",
-    "mediator-restart": "B was granted 0.7 s after both instances restarted, inside the grace",
-}
+# Known failures of the two-instance etcd backend. Strict: the day one passes, this test fails
+# until it is taken off the list. (Issue 14's three -- mediator-site-isolated,
+# mediator-stale-primary-returns, mediator-restart -- pass since the nodes' DRBD reports are
+# shared between the instances in etcd.)
+ETCD_KNOWN_FAILURES = {}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "etcd"])
 def lab(request, tmp_path_factory):
-    if request.param == "etcd" and os.environ.get("ISCSI_HA_LAB_ETCD") != "1":
-        pytest.skip("the etcd lab run is off by default while issue 14 is open (the pool does "
-                    "not become golden again after a failover, and a grant came inside the "
-                    "restart grace; the rest cascades): ISCSI_HA_LAB_ETCD=1 runs it")
     problems = []
     if request.param == "etcd" and (shutil.which("etcd") is None or
                                     shutil.which("etcdctl") is None):
