@@ -24,9 +24,10 @@ Rules
 - Every change of a pool (generation, primary, eligible or outdated set) is ONE etcd ``txn``
   whose first compare is ``mod_revision(pools/<pool>) == the revision the decision read``;
   it puts the new record and its audit entry together. Nothing else writes a pool record.
-- Heartbeats never write to etcd. Liveness stays in memory (``node_seen``); only the
-  *transitions* (a node starts or stops heartbeating at this instance) are written, as presence
-  keys bound to this instance's etcd lease, so they vanish by themselves when the instance dies.
+- Heartbeats never wait for etcd, and never write to it per heartbeat. Liveness stays in
+  memory (``node_seen``); only the *transitions* (a node starts or stops heartbeating at this
+  instance; its DRBD report changes, below) are written, in the background, as presence keys
+  bound to this instance's etcd lease, so they vanish by themselves when the instance dies.
 - The nodes' DRBD reports are shared through those presence keys (``publish_report``,
   ``shared_report``): proving the two nodes in sync after a resync (which makes both eligible
   again) needs both reports, and the two nodes may talk to two instances (an agent moves to the
