@@ -335,17 +335,32 @@ class Lab(object):
                                           self.mediator_pool, host.name)))
 
     def mediator_pool_record(self):
-        """The pool's record at the mediator (admin socket of the first instance), or {}."""
+        """The pool's record at the mediator, or {}: the first running instance's answer;
+        with several instances (etcd), each node's liveness is the freshest any of them has
+        (each instance knows only the heartbeats it received itself, and the two nodes may
+        talk to two instances)."""
         if self.mediator is None:
             return {}
+        merged = None
         for instance in range(len(self.mediator.procs)):
             if self.mediator.procs[instance] is None:
                 continue
             answer = self.mediator.admin({"op": "pool-show", "pool": self.mediator_pool},
                                          instance=instance)
-            if answer.get("ok"):
-                return answer["pool"]
-        return {}
+            if not answer.get("ok"):
+                continue
+            if merged is None:
+                merged = answer["pool"]
+                continue
+            for node in merged.get("nodes", []):
+                for other in answer["pool"].get("nodes", []):
+                    seen = other.get("last_seen_ms")
+                    if other.get("node") == node.get("node") and seen is not None and (
+                            node.get("last_seen_ms") is None or seen < node["last_seen_ms"]):
+                        node.update(other, primary=node.get("primary"),
+                                    eligible=node.get("eligible"),
+                                    outdated=node.get("outdated"))
+        return merged or {}
 
     def _start_smtp(self):
         """A real SMTP server (aiosmtpd) in the client namespace, recording every alert."""
