@@ -38,9 +38,13 @@ def unfenced_promotion(name, state, obs):
 
     ``blocker`` is '' when it may be promoted; ``risk`` is '' unless the promotion is allowed
     only by ALLOW_UNFENCED_FAILOVER (the sentence names the risk)."""
-    if obs.witness is not None and obs.witness.granted:
-        return "", ""
     fencing = obs.fencing
+    self_fenced_here = fencing is not None and name in fencing.self_fenced
+    # A grant outweighs the self-fence only while the mediator answers: the self-fence says
+    # this host lost its peer and the mediator, so a grant it holds from before is no proof.
+    if obs.witness is not None and obs.witness.granted and (
+            not self_fenced_here or obs.witness.failover_allowed):
+        return "", ""
     if fencing is not None and name in fencing.forced and (
             name not in fencing.proven or name in fencing.self_fenced):
         return "", ("%s promoted by the admin's forced become-primary, without proof that its "

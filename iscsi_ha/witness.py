@@ -587,19 +587,35 @@ class AgentWitness(WitnessMonitor):
                 except Exception:
                     pass
 
-    def grant(self):
-        """The persisted grant if it is for this node at the mediator's current generation."""
+    def grant(self, wall=time.time):
+        """The persisted grant if it still stands: the mediator, reachable, names this node
+        primary at the grant's generation; or, the mediator unreachable since, the grant is
+        the promotion this node just asked for: the newest generation seen, at most one lease
+        old, and this node's lease still live by more than the step-down lead.
+
+        Unreachable, the cached answer proves nothing: the mediator may have moved on (a
+        resync makes the peer eligible again at the next generation, and lease + margin after
+        it last heard this node it grants the peer). An old grant honoured then would promote
+        a node that self-fenced, or rebooted, as its lease ran out, on the handler's exit 7
+        (the agent's promotion grant), while the peer is promoted too: two Primaries."""
         grant = read_json(self.grant_file)
         st = self.state()
         a = st.answer or {}
         if not grant or grant.get("node") != self.client.node or grant.get("pool") != \
                 self.client.pool:
             return None
-        if a.get("primary") == self.client.node and a.get("gen") == grant.get("gen"):
-            return grant
-        if not st.reachable and grant.get("gen") == st.max_gen:
-            return grant        # granted, then unreachable: still the newest generation
-        return None
+        if st.reachable:
+            if a.get("primary") == self.client.node and a.get("gen") == grant.get("gen"):
+                return grant
+            return None
+        if grant.get("gen") != st.max_gen or not isinstance(grant.get("time"), (int, float)):
+            return None
+        lease = (a.get("lease_ms") or 10000) / 1000.0
+        left = self.lease_left()
+        if left is None or left <= self.step_down_lead() or \
+                not 0 <= wall() - grant["time"] <= lease:
+            return None
+        return grant            # granted, then unreachable: the promotion it was asked for
 
     def observation(self):
         """A model.WitnessGrant for this pass (memory and one small local file only)."""

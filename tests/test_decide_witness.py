@@ -140,3 +140,97 @@ def test_lease_left_counts_from_the_send_of_the_last_answered_heartbeat(tmp_path
     clock.now += 3.0
     monitor.beat()                                  # no answer: the old send time stays
     assert abs(monitor.lease_left() - 2.2) < 1e-9
+
+
+def self_fenced_obs(witness):
+    """The isolated old primary after its self-fence (issue 13, mediator-site-isolated): pool
+    master, Secondary, the link down, fencing proven, self-fenced."""
+    from iscsi_ha.fencing_policy import FencingObservation
+    return model.Observation(pool=MASTER, manual=model.MANUAL_OFF, drbd={"r1": st("Secondary")},
+                             target=None, vip=model.VipObservation(local=False),
+                             witness=witness, resources=("r1",), fencing=FencingObservation(
+                                 proven={"r1": "dump"}, self_fenced=("r1",)))
+
+
+def test_a_self_fenced_host_is_promoted_on_a_grant_only_while_the_mediator_answers():
+    """The self-fence says this host lost its peer and the mediator: a grant it still holds
+    is then no proof that the peer was not promoted since. Only a mediator that answers (and
+    names this host primary) outweighs the self-fence."""
+    held = decide(self_fenced_obs(model.WitnessGrant(True, "granted at generation 6",
+                                                     failover_allowed=False)))
+    assert not any(isinstance(a, model.PromoteDrbd) for a in held.actions)
+    assert "self-fenced" in held.reason
+    live = decide(self_fenced_obs(model.WitnessGrant(True, "this node is the primary at "
+                                                     "generation 6")))
+    assert names(live)[0] == "promote r1"
+
+
+class _Clock(object):
+    now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _witness_with_grant(tmp_path, clock, grant_age, gen=6):
+    """An AgentWitness of node b holding a grant at ``gen`` persisted ``grant_age`` s ago; its
+    mediator answers (lease 10 s, b primary at ``gen``) until ``client.fail`` is set."""
+    import json
+    import time
+    from iscsi_ha.witness import AgentWitness, MediatorError
+
+    class Client(object):
+        address, pool, node = "m:1", "p", "b"
+        fail = False
+
+        def call(self, op, **fields):
+            if self.fail:
+                raise MediatorError("unreachable")
+            return {"ok": True, "gen": gen, "primary": "b", "lease_ms": 10000,
+                    "can_grant": True}
+
+        def close(self):
+            pass
+    grant_file = tmp_path / "grant.json"
+    grant_file.write_text(json.dumps({"pool": "p", "node": "b", "gen": gen,
+                                      "time": time.time() - grant_age}))
+    client = Client()
+    return AgentWitness(client, str(tmp_path / "state.json"), str(grant_file),
+                        clock=clock), client
+
+
+def test_an_old_grant_is_void_once_the_mediator_is_unreachable(tmp_path):
+    """Issue 13: B, granted at generation 6 in an earlier failover, serves; its last answer
+    still says "b primary at 6" when it loses peer and mediator (isolated within a heartbeat
+    of the mediator's next generation). That cached answer must not make the grant stand:
+    the self-fenced B was promoted again on it (handler exit 7) while A was granted."""
+    clock = _Clock()
+    w, client = _witness_with_grant(tmp_path, clock, grant_age=300.0)
+    w.beat()
+    assert w.grant() is not None and w.observation().granted          # the mediator says so
+    client.fail = True
+    clock.now += 0.5
+    w.beat()
+    assert not w.state().reachable and w.state().answer["primary"] == "b"   # cached answer
+    assert w.grant() is None
+    assert w.observation().granted is False
+
+
+def test_a_fresh_grant_stands_while_unreachable_only_while_the_lease_is_live(tmp_path):
+    """Granted, then unreachable: the promotion asked for may go on while this node's lease
+    is live by more than the step-down lead; not after, and not after a restart (no lease
+    known)."""
+    clock = _Clock()
+    w, client = _witness_with_grant(tmp_path, clock, grant_age=1.0)
+    w.beat()
+    client.fail = True
+    clock.now += 1.0
+    w.beat()
+    assert not w.state().reachable
+    assert w.grant() is not None and w.observation().granted
+    clock.now += 10.0 - 1.0 - w.step_down_lead() + 0.1                 # lead not kept any more
+    assert w.grant() is None
+    restarted, client = _witness_with_grant(tmp_path, _Clock(), grant_age=1.0)
+    client.fail = True
+    restarted.beat()                                # max_gen 6 persisted, no lease known
+    assert restarted.state().max_gen == 6 and restarted.grant() is None

@@ -813,14 +813,17 @@ class World(object):
             st.setdefault("handlers", {}).setdefault(host, {}).pop(name, None)
 
     def _run_handler(self, st, host, name, res):
+        """Run ``host``'s handler ``name`` now, on that host (its ``exec_prefix``: the kernel
+        of that node calls it, whichever process made the transaction here)."""
         handler = st.get("handlers", {}).get(host, {}).get(name)
         if handler is None:
             return
         env = dict(os.environ, **handler["env"])
         env.update(self.handler_env(st, host, res))
         env.update(DRBD_PEER_NODE_ID=str(st["hosts"][self._peer(st, host)]["node_id"]))
+        argv = list(st["hosts"][host].get("exec_prefix") or []) + list(handler["argv"])
         try:
-            done = subprocess.run(handler["argv"], env=env, stdout=subprocess.PIPE,
+            done = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=HANDLER_TIMEOUT)
             rc = done.returncode
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -275,6 +275,11 @@ def _isolated_takeover(lab, run, old, new):
     run.check(_self_fenced(lab, old), "%s does not report itself self-fenced" % old.name)
     run.check((fence_record(lab, old) or {}).get("exit") == 1,
               "%s's handler: %r" % (old.name, fence_record(lab, old)))
+    # issue 13: a grant from an earlier failover, with the mediator's last answer still at its
+    # generation, promoted the self-fenced host again (handler exit 7 on the agent's grant)
+    run.check(_view(lab, old)["role"] == "Secondary" and _witness(lab, old).get("granted")
+              is False, "%s promoted again after its self-fence: %s, witness %r" % (
+                  old.name, _view(lab, old)["role"], _witness(lab, old)))
     if demoted and promoted:
         run.check(demoted < promoted, "%s promoted before %s stepped down" % (new.name,
                                                                               old.name))
