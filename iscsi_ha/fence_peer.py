@@ -25,7 +25,13 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
   instead of after FENCE_PEER_TIMEOUT: ``HOST_OFFLINE`` (XAPI itself holds the peer host not
   live, e.g. after pool HA declared it dead) or this host's xapi refusing connections (it
   restarts for ten seconds and more when this host has just become pool master, the very
-  moment the agent promotes after a master crash). The grant's proof (fencing verified on both
+  moment the agent promotes after a master crash). Before that restart the local xapi is
+  still the slave of the dead master, and a slave's Unix-socket login needs its master, so
+  every call hangs: with a grant, the handler first asks the local xapi for a login within
+  GRANT_PROBE_TIMEOUT (:func:`local_xapi_stuck`); no answer (or a refusal) ends the attempts
+  at once too. A working local xapi logs in within milliseconds; a busy one that misses the
+  bound only costs the peer's Outdated mark, never safety (the exit code is the 7 the timeout
+  would give). The grant's proof (fencing verified on both
   hosts, this disk UpToDate when the link was lost) does not depend on the peer's answer: a
   peer that lost this host froze its I/O (resource-and-stonith) and acknowledged nothing since;
   the exit code after the timeout would be this same 7. DRBD runs this handler inside
@@ -54,6 +60,7 @@ import sys
 import time
 
 PEER_OUTDATED, PEER_INCONSISTENT, PEER_PRIMARY, PEER_FENCED, FAILED = 4, 3, 6, 7, 1
+GRANT_PROBE_TIMEOUT = 0.15  # a local xapi login (Unix socket, root) answers in milliseconds
 RETRY_PAUSE = 0.5
 FIRST_PAUSE = 0.1         # the pause doubles from this up to RETRY_PAUSE: a local xapi that
                           # refuses while it restarts (a new master) is asked again soon
@@ -78,11 +85,33 @@ class _Peer(object):
 HOST_OFFLINE = "HOST_OFFLINE"
 
 
+def local_xapi_stuck(config, timeout=GRANT_PROBE_TIMEOUT):
+    """Why this host's xapi cannot pass a call to the peer now, or None: it does not log in
+    within ``timeout`` (a slave whose master is gone hangs), or nothing listens. Any other
+    answer, error included, is None: the attempts decide as before."""
+    from iscsi_ha.adapters.xapi import XapiClient, XapiError
+    client = XapiClient(config.XAPI_URL, config.XAPI_USER, config.XAPI_PASSWORD, timeout)
+    try:
+        client.this_host()
+        return None
+    except XapiError as exc:
+        if getattr(exc, "timed_out", False) or getattr(exc, "refused", False):
+            return "this host's xapi cannot ask the peer now: %s" % exc
+        return None
+    finally:
+        client.close()
+
+
 def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
-                        call=None, stop_when_offline=False):
+                        call=None, stop_when_offline=False, probe=None):
     """(answer dict or None, last error) after trying until ``deadline`` (monotonic), or, with
     ``stop_when_offline``, until XAPI answers that the peer host is offline (HOST_OFFLINE) or
-    this host's xapi refuses the connection."""
+    this host's xapi refuses the connection, or at once when ``probe()`` (with
+    ``stop_when_offline``: :func:`local_xapi_stuck`) says why the peer cannot be asked now."""
+    if stop_when_offline and probe is not None:
+        why = probe()
+        if why:
+            return None, why
     from iscsi_ha import peer as peer_mod
     call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
                                                   {"resource": resource}, timeout=timeout))
@@ -114,15 +143,19 @@ def ask_mediator(config):
 
 
 def fence(config, resource, clock=time.monotonic, call=None, now=time.time, sleep=time.sleep,
-          mediator=None):
+          mediator=None, probe=None):
     """(exit code, outcome sentence, peer answer). ``mediator``: the callable asking the
-    mediator (tests), default :func:`ask_mediator`."""
+    mediator (tests), default :func:`ask_mediator`; ``probe``: the local xapi check before the
+    attempts under a grant, default :func:`local_xapi_stuck` (none when ``call`` is given)."""
     from iscsi_ha import fencing
     deadline = clock() + config.FENCE_PEER_TIMEOUT
     grant_ttl = max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2
     granted = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
+    if probe is None and call is None:
+        probe = lambda: local_xapi_stuck(config)
     answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, sleep=sleep,
-                                        call=call, stop_when_offline=granted is not None)
+                                        call=call, stop_when_offline=granted is not None,
+                                        probe=probe)
     if answer is not None:
         outcome = answer["outcome"]
         if outcome == "outdated":

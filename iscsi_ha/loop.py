@@ -2,8 +2,14 @@
 
 Wake-ups: pool.conf or the manual-mode file changed (checked every POOL_POLL_INTERVAL), DRBD's
 state changed (the adapter's cheap fingerprint, every DRBD_POLL_INTERVAL), a target daemon
-process the last pass saw is gone (same period), or MONITOR_DELAY elapsed. While the host is not as it should be, the timer is short (RETRY_DELAY) so that a
-failed step is retried promptly.
+process the last pass saw is gone (same period), or MONITOR_DELAY elapsed. While the host is not
+as it should be, the timer is short (RETRY_DELAY) so that a failed step is retried promptly.
+
+With the event sources of :mod:`iscsi_ha.wakeups` (inotify, the DRBD 9 event stream) the idle
+loop sleeps until an event or the timer, and wakes every DRBD_POLL_INTERVAL only for what no
+event reports (:meth:`Watcher.must_poll`): DRBD without a stream (8.4), target daemon processes
+to watch (no event tells their death), and a move's fast window. A secondary on DRBD 9 then
+wakes only for events and the MONITOR_DELAY pass.
 """
 import logging
 import threading
@@ -72,6 +78,18 @@ class Watcher(object):
         """After a pass: the target daemon's processes that pass saw (and which live now)."""
         self.target_seen = self._target()
 
+    def must_poll(self, now=None):
+        """Whether the idle loop must look every :meth:`poll_interval` (else an event or the
+        timer wakes it): in a move's fast window, while DRBD has no event stream, and while the
+        last pass saw target daemon processes (their death is polled; an unreadable liveness
+        counts as processes)."""
+        now = self.clock() if now is None else now
+        if now < self.fast_until:
+            return True
+        if self.wakeups is None or not self.wakeups.drbd_event_driven:
+            return True
+        return bool(self.target_seen)
+
     def poll_interval(self, now=None):
         now = self.clock() if now is None else now
         if now < self.fast_until:
@@ -119,11 +137,12 @@ class Loop(object):
         if self.wakeups is None:
             self.stop.wait(poll)
             return
-        if self.wakeups.files_event_driven:
-            poll = self.watcher.poll_interval()     # target liveness (and DRBD 8.4) only
-        else:
-            poll = min(poll, self.watcher.poll_interval())
-        self.wakeups.wait(min(poll, max(0.0, due - time.monotonic())))
+        timeout = max(0.0, due - time.monotonic())
+        if not self.wakeups.files_event_driven:
+            timeout = min(timeout, poll, self.watcher.poll_interval())
+        elif self.watcher.must_poll():      # target liveness, DRBD 8.4, a move's fast window
+            timeout = min(timeout, self.watcher.poll_interval())
+        self.wakeups.wait(timeout)
 
     @property
     def hung_passes(self):

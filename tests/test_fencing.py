@@ -144,6 +144,34 @@ def test_handler_stops_at_host_offline_only_with_a_promotion_grant(config):
     assert answer is None and len(calls) >= 3 and clock.now - start >= 1.5
 
 
+def test_a_stuck_local_xapi_ends_the_attempts_only_with_a_grant(config):
+    """Under a grant, a local xapi that cannot ask the peer now (a slave of a dead master
+    hangs on the login) ends the attempts before the first one: exit 7. Without a grant the
+    probe is not asked and the attempts run until FENCE_PEER_TIMEOUT."""
+    clock, calls, probes = Clock(), [], []
+    sleep = lambda seconds: setattr(clock, "now", clock.now + seconds)
+
+    def timing_out(timeout):
+        calls.append(timeout)
+        clock.now += 0.5
+        raise RuntimeError("timed out")
+
+    def stuck():
+        probes.append(1)
+        return "this host's xapi cannot ask the peer now: login did not answer"
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=timing_out, sleep=sleep,
+                                  probe=stuck)
+    assert code == 1 and probes == [] and len(calls) >= 3
+    fencing.write_grant(config.STATE_DIR, "iscsi1", "promoting: proven", now=1000.0)
+    del calls[:]
+    code, outcome, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=timing_out,
+                                        now=lambda: 1001.0, sleep=sleep, probe=stuck)
+    assert code == 7 and calls == [] and probes == [1] and "login did not answer" in outcome
+    code, _, _ = fence_peer.fence(config, "iscsi1", clock=clock, call=timing_out,
+                                  now=lambda: 1001.0, sleep=sleep, probe=lambda: None)
+    assert code == 7 and len(calls) >= 3      # a working local xapi: attempts as before
+
+
 def test_handler_script_refuses_bad_input_with_a_failure_code(tmp_path, config):
     env = dict(os.environ, PYTHONPATH=REPO, ISCSI_HA_CONFIG=config.path, DRBD_RESOURCE="")
     script = os.path.join(REPO, "scripts", "drbd-fence-peer")

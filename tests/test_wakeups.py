@@ -246,3 +246,97 @@ def test_netlink_changes_report_messages_overflow_and_a_missing_socket():
     changes.sock = None
     assert changes.take() is True and changes.take() is True          # no socket: always read
 
+
+
+def test_the_idle_loop_polls_only_what_no_event_reports():
+    fake = _FakeWakeups(streaming=True)
+    watcher = _watcher(fake, [])
+    watcher.remember()
+    watcher.remember_target()                    # no target daemon process seen
+    assert watcher.must_poll() is False          # events and the timer wake the loop
+    watcher.target_seen = (4242,)                # a tgtd to watch: its death is polled
+    assert watcher.must_poll() is True
+    watcher.target_seen = "<OSError>"            # liveness unreadable: poll
+    assert watcher.must_poll() is True
+    watcher.target_seen = ()
+    watcher.fast_until = watcher.clock() + 60    # a move's fast window
+    assert watcher.must_poll() is True
+    watcher.fast_until = float("-inf")
+    fake.drbd_event_driven = False               # DRBD 8.4, or the stream is down
+    assert watcher.must_poll() is True
+    assert _watcher(None, []).must_poll() is True
+
+
+def test_an_idle_secondary_sleeps_to_the_timer_and_a_drbd_event_still_wakes_it(
+        tmp_path, monkeypatch):
+    """DRBD 9 stream up, no target daemon: the loop waits for an event or the MONITOR_DELAY
+    timer, not DRBD_POLL_INTERVAL; a line of the event stream still starts a pass at once."""
+    from iscsi_ha import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "FAST_WINDOW", 0.0)
+    fifo = str(tmp_path / "events")
+    os.mkfifo(fifo)
+
+    class Config(_Config):
+        MONITOR_DELAY = 3600.0
+        POOL_POLL_INTERVAL = 0.1
+        DRBD_POLL_INTERVAL = 0.2
+        MONITOR_SCANRATE = 5.0
+        MONITOR_MAX_STARTS = 5
+        PASS_BUDGET = 25.0
+    config = Config(tmp_path)
+    config.STATE_DIR = str(tmp_path / "state")
+    config.LOCK_FALLBACK_DIR = str(tmp_path / "run")
+    # `drbdsetup events2 all` stand-in: prints what the test writes into the FIFO
+    w = wakeups.Wakeups(config, "9", ["sh", "-c", 'exec cat "$0"', fifo])
+    timeouts, triggers, passed = [], [], threading.Event()
+    real_wait = w.wait
+
+    def wait(timeout):
+        timeouts.append(timeout)
+        real_wait(min(timeout, 30.0))            # never hang the test
+    w.wait = wait
+
+    class Record(object):
+        class decision(object):
+            healthy = True
+        results = ()
+
+    class Agent(object):
+        pass
+    agent = Agent()
+    agent.config = config
+    agent.adapters = Agent()
+    agent.adapters.drbd = type("D", (), {"fingerprint": lambda self: "same"})()
+    agent.adapters.target = type("T", (), {"liveness": lambda self: ()})()
+
+    def run_pass(trigger):
+        triggers.append(trigger)
+        passed.set()
+        return Record()
+    agent.run_pass = run_pass
+    loop = loop_mod.Loop(agent)
+    loop.set_wakeups(w)
+    worker = threading.Thread(target=loop.run, kwargs={"max_passes": 2})
+    worker.daemon = True
+    writer = None
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                w.drbd_event_driven and timeouts and timeouts[-1] > 60):
+            time.sleep(0.01)
+        assert w.drbd_event_driven and triggers == ["start"]
+        assert timeouts[-1] > 60                 # asleep until the timer (3600 s) or an event
+        writer = open(fifo, "w")
+        writer.write("change resource name:r0 role:Secondary\n")
+        writer.flush()
+        worker.join(30)
+        assert not worker.is_alive()
+        assert triggers == ["start", "drbd"]
+    finally:
+        loop.stop.set()
+        w.wake()
+        if writer is not None:
+            writer.close()
+        w.close()

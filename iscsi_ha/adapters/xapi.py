@@ -47,12 +47,14 @@ class XapiError(Exception):
 class XapiUnavailable(XapiError):
     """XAPI cannot answer now. ``code``/``params`` are set when XAPI itself said so."""
 
-    def __init__(self, message, code=None, params=(), reconnect=False, refused=False):
+    def __init__(self, message, code=None, params=(), reconnect=False, refused=False,
+                 timed_out=False):
         XapiError.__init__(self, message)
         self.code = code
         self.params = list(params)
         self.reconnect = reconnect   # a fresh connection and login may succeed at once
         self.refused = refused       # nothing listens (connection refused, no socket file)
+        self.timed_out = timed_out   # no answer within the socket timeout
 
 
 class XapiFailure(XapiError):
@@ -240,7 +242,7 @@ class XapiClient(object):
         except socket.timeout:
             self._disconnect()
             raise XapiUnavailable("%s did not answer %s within %.1f s" % (
-                where, method, self.timeout))
+                where, method, self.timeout), timed_out=True)
         except xmlrpc.client.ProtocolError as exc:
             self._disconnect()
             raise XapiUnavailable("%s answered %s with HTTP %s %s" % (

@@ -170,6 +170,27 @@ def test_black_holed_endpoint_times_out(lab):
     with pytest.raises(XapiUnavailable) as info:
         xapi.create_message("X", 1, "y")
     assert "within %.1f s" % TIMEOUT in str(info.value) and not info.value.refused
+    assert info.value.timed_out
+
+
+@pytest.mark.timeout(20)
+def test_fence_peer_probe_of_the_local_xapi(lab, tmp_path):
+    """The fence-peer handler's check under a grant: a slave whose master died hangs on the
+    login (stuck), a missing socket is stuck, a working master is not."""
+    import types
+    from iscsi_ha.fence_peer import local_xapi_stuck
+    pool, a, b, _ = lab
+
+    def config(host):
+        return types.SimpleNamespace(XAPI_URL="unix://" + pool.endpoint(host).uds_path,
+                                     XAPI_USER="root", XAPI_PASSWORD="secret")
+    assert local_xapi_stuck(config(a), timeout=2.0) is None
+    missing = types.SimpleNamespace(XAPI_URL="unix://%s" % (tmp_path / "no-xapi"),
+                                    XAPI_USER="root", XAPI_PASSWORD="secret")
+    assert "cannot ask the peer" in local_xapi_stuck(missing, timeout=0.5)
+    pool.master_dies()                      # b: a slave of a dead master, as after a crash
+    why = local_xapi_stuck(config(b), timeout=0.3)
+    assert why is not None and "did not answer" in why
 
 
 def test_refused_and_missing_socket(lab, tmp_path):
