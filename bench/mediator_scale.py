@@ -134,7 +134,7 @@ def wait_admin(settings, timeout=60):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            return mcli.admin_call(settings, {"op": "status"}, timeout=5)
+            return mcli.admin_call(settings, {"op": "status", "pools": False}, timeout=5)
         except mcli.CliError:
             time.sleep(0.1)
     raise SystemExit("mediator did not start")
@@ -206,7 +206,7 @@ def _run_size(n_pools, args, work, backend, etcd):
         floor = ping_floor(state, port, fps[(pools[0], "a")][1])
         while status.get("grace_left_s"):
             time.sleep(min(1.0, status["grace_left_s"]))
-            status = mcli.admin_call(settings, {"op": "status"})
+            status = mcli.admin_call(settings, {"op": "status", "pools": False})
         spec = {"port": port, "ca": os.path.join(state, "tls", "ca.crt"), "uuid": UUID,
                 "nodes": [[p, n, fps[(p, n)][1], 2] for p in pools for n in ("a", "b")] +
                 # the candidates heartbeat too, as agents do (on their own connection)

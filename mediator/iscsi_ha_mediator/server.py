@@ -270,8 +270,11 @@ class MediatorServer(object):
         op = req.get("op")
         m = self.mediator
         if op == "status":
-            pools = [m.pool_status(p) for p in self.store.pools()]
+            # "pools": false: the summary only (no per-pool part; cheap at 10,000 pools)
+            names = self.store.pools()
+            pools = [m.pool_status(p) for p in names] if req.get("pools", True) else None
             return {"ok": True, "version": __version__, "backend": self.store.name,
+                    "pool_count": len(names),
                     "storage_available": self.store.available,
                     "uptime_s": int(time.time() - self.started_wall),
                     "grace_left_s": max(0.0, round(m.started + self.settings.lease +
