@@ -19,6 +19,8 @@ from .transport import NodeConnection, SourceLimiter, server_context
 
 LOG = logging.getLogger("iscsi-ha-mediator")
 
+_decode = json.JSONDecoder().decode
+
 NODE_OPS = ("heartbeat", "promote", "fence-peer", "unfence", "handover", "ping")
 
 
@@ -170,10 +172,10 @@ class MediatorServer(object):
     def handle(self, conn, line):
         self.stats["requests"] += 1
         try:
-            req = json.loads(line)
+            req = _decode(line.decode())      # UnicodeDecodeError is a ValueError
             if not isinstance(req, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             conn.send({"ok": False, "error": "request is not a JSON object"})
             self.limiter.failed(conn.src)
             return
@@ -195,7 +197,8 @@ class MediatorServer(object):
         op = req.get("op")
         try:
             if op == "heartbeat":
-                out = self.mediator.heartbeat(pool, node, req)
+                conn.send_line(self.mediator.heartbeat_line(pool, node, req, rid))
+                return
             elif op == "ping":
                 out = {"ok": True, "version": __version__}
             elif op in NODE_OPS:
