@@ -12,6 +12,7 @@ Protocol on stdout: "CONNECTED <n> <seconds>" when all are connected, then the r
 """
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -186,6 +187,12 @@ async def main(args):
     sem = asyncio.Semaphore(args.parallel)
     nodes = await asyncio.gather(*[connect(i, sem) for i in spec["nodes"]])
     promoters = await asyncio.gather(*[connect(i, sem) for i in spec.get("promotes", [])])
+    # A measuring tool with a bounded run: no cyclic GC pauses (a full collection over 10,000
+    # connections' objects takes 100+ ms) in the measured latencies; memory is freed by
+    # reference counting as usual.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     sys.stdout.write("CONNECTED %d %.1f\n" % (len(nodes), time.monotonic() - t0))
     sys.stdout.flush()
     # wait for GO on stdin (all load generators connected), without blocking the loop

@@ -201,6 +201,8 @@ def _run_size(n_pools, args, work, backend, etcd):
     try:
         if args.pin:
             os.sched_setaffinity(med.pid, {0})
+        if args.nice:
+            os.setpriority(os.PRIO_PROCESS, med.pid, args.nice)
         settings = mconfig.load(conf)
         status = wait_admin(settings)
         floor = ping_floor(state, port, fps[(pools[0], "a")][1])
@@ -233,6 +235,8 @@ def _run_size(n_pools, args, work, backend, etcd):
                                     universal_newlines=True)
             if args.pin:
                 os.sched_setaffinity(proc.pid, {1})
+            if args.nice:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, args.nice)
             loads.append((proc, out_path))
         load = loads
         connect_s = 0.0
@@ -312,6 +316,10 @@ def main():
     ap.add_argument("--uvloop", action="store_true", help="mediator and load generator on uvloop")
     ap.add_argument("--pin", action="store_true", help="pin the mediator to CPU 0 and the load "
                     "generators to CPU 1 (only on an otherwise idle machine)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling priority of the mediator and the load generators (e.g. "
+                    "-10 as root on a machine shared with other work, so that it does not "
+                    "preempt them in the measured window)")
     ap.add_argument("--backends", default="sqlite,etcd",
                     help="storage backends to run side by side (sqlite, etcd)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -347,9 +355,10 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("iscsi-ha-mediator scale benchmark: 1 mediator process%s, TLS on 127.0.0.1, heartbeat "
-          "every 2 s per node, %s event loop, %.0f s window" % (
+          "every 2 s per node, %s event loop, %.0f s window%s" % (
               " on CPU 0, load generators on CPU 1" if args.pin else " and its load generators "
-              "unpinned", "uvloop" if args.uvloop else "asyncio", args.duration))
+              "unpinned", "uvloop" if args.uvloop else "asyncio", args.duration,
+              ", nice %d" % args.nice if args.nice else ""))
     print("%-7s %7s %7s %8s %8s %8s %8s %7s %8s %9s %9s %8s %6s" % (
         "backend", "pools", "hb/s", "p50 ms", "p99 ms", "max ms", "p99/flr", "CPU %",
         "RSS MB", "prom p50", "prom max", "floor ms", "errs"))
@@ -379,6 +388,18 @@ def main():
                                                  r["connect_all_s"] or 0,
                                                  r["loadgen_tick_lateness_p99_ms"],
                                                  r["unanswered_at_end"]))
+    for r in rows:
+        if r["us_cpu_per_heartbeat"]:
+            per_core = 1e6 / r["us_cpu_per_heartbeat"]
+            print("  %s, %d pools: at %.0f us per heartbeat one core would carry at most %.0f "
+                  "heartbeats/s (%.0f pools at one per node per 2 s) with no headroom" % (
+                      r["backend"], r["pools"], r["us_cpu_per_heartbeat"], per_core,
+                      per_core))
+        if r["loadgen_tick_lateness_p99_ms"] > 10 or r["loadgen_cpu_share"] > 0.9:
+            print("  WARNING %s, %d pools: the load generators ran late (tick lateness p99 %.1f "
+                  "ms, %.0f %% CPU, load average %.1f): their own delay is in these latencies"
+                  % (r["backend"], r["pools"], r["loadgen_tick_lateness_p99_ms"],
+                     100 * r["loadgen_cpu_share"], r["loadavg_1m_at_start"]))
     for backend in backends:
         big = [r for r in rows if r["backend"] == backend and
                (r["pools"] >= 10000 or r["pools"] in capped)]
