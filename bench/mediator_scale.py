@@ -215,7 +215,11 @@ def _run_size(n_pools, args, work, backend, etcd):
                 [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools],
                 "promotes": [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools]}
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        per = max(100, min(hard - 200, 5000))     # several generators: connect in parallel
+        # as few generator processes as the open-file limit allows (fewer processes taking
+        # turns on the generators' core: less lateness of their own); --generators N for more
+        per = max(100, hard - 200)
+        if args.generators:
+            per = min(per, -(-len(spec["nodes"]) // args.generators))
         chunks = [spec["nodes"][i:i + per] for i in range(0, len(spec["nodes"]), per)]
         loads = []
         for i, chunk in enumerate(chunks):
@@ -316,6 +320,9 @@ def main():
     ap.add_argument("--uvloop", action="store_true", help="mediator and load generator on uvloop")
     ap.add_argument("--pin", action="store_true", help="pin the mediator to CPU 0 and the load "
                     "generators to CPU 1 (only on an otherwise idle machine)")
+    ap.add_argument("--generators", type=int, default=0,
+                    help="load generator processes (default: as few as the open-file limit "
+                    "allows, 2 at 10,000 pools)")
     ap.add_argument("--nice", type=int, default=0,
                     help="scheduling priority of the mediator and the load generators (e.g. "
                     "-10 as root on a machine shared with other work, so that it does not "
