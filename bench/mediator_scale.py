@@ -395,8 +395,14 @@ def main():
                                                  r["connect_all_s"] or 0,
                                                  r["loadgen_tick_lateness_p99_ms"],
                                                  r["unanswered_at_end"]))
+    largest = {}
     for r in rows:
-        if r["us_cpu_per_heartbeat"]:
+        if r["pools"] >= largest.get(r["backend"], 0):
+            largest[r["backend"]] = r["pools"]
+    for r in rows:
+        # only at the largest size: at small ones fixed costs (timers, etcd keepalives) are
+        # divided by few heartbeats
+        if r["us_cpu_per_heartbeat"] and r["pools"] == largest[r["backend"]]:
             per_core = 1e6 / r["us_cpu_per_heartbeat"]
             print("  %s, %d pools: at %.0f us per heartbeat one core would carry at most %.0f "
                   "heartbeats/s (%.0f pools at one per node per 2 s) with no headroom" % (
