@@ -257,7 +257,9 @@ def _run_size(n_pools, args, work, backend, etcd):
         lcpu0 = sum(proc_cpu(p.pid) for p, _ in loads)
         etcd_cpu0 = mbe.proc_cpu_seconds(etcd.pids()) if etcd is not None else 0.0
         load1 = os.getloadavg()[0]
+        window = [time.time()]
         time.sleep(args.duration)
+        window.append(time.time())
         cpu = (proc_cpu(med.pid) - cpu0) / (time.monotonic() - t_start)
         etcd_cpu = ((mbe.proc_cpu_seconds(etcd.pids()) - etcd_cpu0) /
                     (time.monotonic() - t_start)) if etcd is not None else None
@@ -304,7 +306,7 @@ def _run_size(n_pools, args, work, backend, etcd):
         "unanswered_at_end": res["unanswered"],
         "loadgen_tick_lateness_p99_ms": res["tick_lateness_p99_ms"],
         "connect_all_s": connect_s, "setup_s": setup_s, "load_generators": len(loads),
-        "loadavg_1m_at_start": load1, "loadgen_cpu_share": lcpu,
+        "loadavg_1m_at_start": load1, "window_wall_time": window, "loadgen_cpu_share": lcpu,
         "us_cpu_per_heartbeat": 1e6 * cpu / (len(hb) / args.duration) if hb else None,
     }
     shutil.rmtree(certs, ignore_errors=True)
