@@ -134,7 +134,7 @@ def wait_admin(settings, timeout=60):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            return mcli.admin_call(settings, {"op": "status"}, timeout=5)
+            return mcli.admin_call(settings, {"op": "status", "pools": False}, timeout=5)
         except mcli.CliError:
             time.sleep(0.1)
     raise SystemExit("mediator did not start")
@@ -201,19 +201,25 @@ def _run_size(n_pools, args, work, backend, etcd):
     try:
         if args.pin:
             os.sched_setaffinity(med.pid, {0})
+        if args.nice:
+            os.setpriority(os.PRIO_PROCESS, med.pid, args.nice)
         settings = mconfig.load(conf)
         status = wait_admin(settings)
         floor = ping_floor(state, port, fps[(pools[0], "a")][1])
         while status.get("grace_left_s"):
             time.sleep(min(1.0, status["grace_left_s"]))
-            status = mcli.admin_call(settings, {"op": "status"})
+            status = mcli.admin_call(settings, {"op": "status", "pools": False})
         spec = {"port": port, "ca": os.path.join(state, "tls", "ca.crt"), "uuid": UUID,
                 "nodes": [[p, n, fps[(p, n)][1], 2] for p in pools for n in ("a", "b")] +
                 # the candidates heartbeat too, as agents do (on their own connection)
                 [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools],
                 "promotes": [[p, "b", fps[(p, "b")][1], 2] for p in promote_pools]}
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        per = max(100, min(hard - 200, 5000))     # several generators: connect in parallel
+        # as few generator processes as the open-file limit allows (fewer processes taking
+        # turns on the generators' core: less lateness of their own); --generators N for more
+        per = max(100, hard - 200)
+        if args.generators:
+            per = min(per, -(-len(spec["nodes"]) // args.generators))
         chunks = [spec["nodes"][i:i + per] for i in range(0, len(spec["nodes"]), per)]
         loads = []
         for i, chunk in enumerate(chunks):
@@ -233,6 +239,8 @@ def _run_size(n_pools, args, work, backend, etcd):
                                     universal_newlines=True)
             if args.pin:
                 os.sched_setaffinity(proc.pid, {1})
+            if args.nice:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, args.nice)
             loads.append((proc, out_path))
         load = loads
         connect_s = 0.0
@@ -249,7 +257,9 @@ def _run_size(n_pools, args, work, backend, etcd):
         lcpu0 = sum(proc_cpu(p.pid) for p, _ in loads)
         etcd_cpu0 = mbe.proc_cpu_seconds(etcd.pids()) if etcd is not None else 0.0
         load1 = os.getloadavg()[0]
+        window = [time.time()]
         time.sleep(args.duration)
+        window.append(time.time())
         cpu = (proc_cpu(med.pid) - cpu0) / (time.monotonic() - t_start)
         etcd_cpu = ((mbe.proc_cpu_seconds(etcd.pids()) - etcd_cpu0) /
                     (time.monotonic() - t_start)) if etcd is not None else None
@@ -296,7 +306,7 @@ def _run_size(n_pools, args, work, backend, etcd):
         "unanswered_at_end": res["unanswered"],
         "loadgen_tick_lateness_p99_ms": res["tick_lateness_p99_ms"],
         "connect_all_s": connect_s, "setup_s": setup_s, "load_generators": len(loads),
-        "loadavg_1m_at_start": load1, "loadgen_cpu_share": lcpu,
+        "loadavg_1m_at_start": load1, "window_wall_time": window, "loadgen_cpu_share": lcpu,
         "us_cpu_per_heartbeat": 1e6 * cpu / (len(hb) / args.duration) if hb else None,
     }
     shutil.rmtree(certs, ignore_errors=True)
@@ -312,6 +322,13 @@ def main():
     ap.add_argument("--uvloop", action="store_true", help="mediator and load generator on uvloop")
     ap.add_argument("--pin", action="store_true", help="pin the mediator to CPU 0 and the load "
                     "generators to CPU 1 (only on an otherwise idle machine)")
+    ap.add_argument("--generators", type=int, default=0,
+                    help="load generator processes (default: as few as the open-file limit "
+                    "allows, 2 at 10,000 pools)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling priority of the mediator and the load generators (e.g. "
+                    "-10 as root on a machine shared with other work, so that it does not "
+                    "preempt them in the measured window)")
     ap.add_argument("--backends", default="sqlite,etcd",
                     help="storage backends to run side by side (sqlite, etcd)")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -347,9 +364,10 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("iscsi-ha-mediator scale benchmark: 1 mediator process%s, TLS on 127.0.0.1, heartbeat "
-          "every 2 s per node, %s event loop, %.0f s window" % (
+          "every 2 s per node, %s event loop, %.0f s window%s" % (
               " on CPU 0, load generators on CPU 1" if args.pin else " and its load generators "
-              "unpinned", "uvloop" if args.uvloop else "asyncio", args.duration))
+              "unpinned", "uvloop" if args.uvloop else "asyncio", args.duration,
+              ", nice %d" % args.nice if args.nice else ""))
     print("%-7s %7s %7s %8s %8s %8s %8s %7s %8s %9s %9s %8s %6s" % (
         "backend", "pools", "hb/s", "p50 ms", "p99 ms", "max ms", "p99/flr", "CPU %",
         "RSS MB", "prom p50", "prom max", "floor ms", "errs"))
@@ -379,6 +397,24 @@ def main():
                                                  r["connect_all_s"] or 0,
                                                  r["loadgen_tick_lateness_p99_ms"],
                                                  r["unanswered_at_end"]))
+    largest = {}
+    for r in rows:
+        if r["pools"] >= largest.get(r["backend"], 0):
+            largest[r["backend"]] = r["pools"]
+    for r in rows:
+        # only at the largest size: at small ones fixed costs (timers, etcd keepalives) are
+        # divided by few heartbeats
+        if r["us_cpu_per_heartbeat"] and r["pools"] == largest[r["backend"]]:
+            per_core = 1e6 / r["us_cpu_per_heartbeat"]
+            print("  %s, %d pools: at %.0f us per heartbeat one core would carry at most %.0f "
+                  "heartbeats/s (%.0f pools at one per node per 2 s) with no headroom" % (
+                      r["backend"], r["pools"], r["us_cpu_per_heartbeat"], per_core,
+                      per_core))
+        if r["loadgen_tick_lateness_p99_ms"] > 10 or r["loadgen_cpu_share"] > 0.9:
+            print("  WARNING %s, %d pools: the load generators ran late (tick lateness p99 %.1f "
+                  "ms, %.0f %% CPU, load average %.1f): their own delay is in these latencies"
+                  % (r["backend"], r["pools"], r["loadgen_tick_lateness_p99_ms"],
+                     100 * r["loadgen_cpu_share"], r["loadavg_1m_at_start"]))
     for backend in backends:
         big = [r for r in rows if r["backend"] == backend and
                (r["pools"] >= 10000 or r["pools"] in capped)]

@@ -50,6 +50,9 @@ def _onoff(text):
 
 
 # -- admin socket ------------------------------------------------------------------------------
+ADMIN_ANSWER_MAX = 256 << 20
+
+
 def admin_call(settings, req, timeout=30.0):
     path = settings.path("admin_socket", "admin.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -57,7 +60,9 @@ def admin_call(settings, req, timeout=30.0):
     try:
         sock.connect(path)
         sock.sendall(json.dumps(req).encode() + b"\n")
-        data = sock.makefile("rb").readline(1 << 20)        # the one-line answer, bounded
+        # the one-line answer, bounded: a pool's status with both nodes' reports is ~1 KB and
+        # max_pools is 100,000 (a 1 MiB bound broke "status" at ~1,000 live pools)
+        data = sock.makefile("rb").readline(ADMIN_ANSWER_MAX)
     except FileNotFoundError:
         raise CliError("the mediator is not running (no admin socket %s)" % path)
     except PermissionError:

@@ -1,6 +1,7 @@
 """The mediator process: node listener (TLS), admin listener (local unix socket), wiring."""
 import asyncio
 import concurrent.futures
+import gc
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ from .service import Mediator, RequestError
 from .transport import NodeConnection, SourceLimiter, server_context
 
 LOG = logging.getLogger("iscsi-ha-mediator")
+
+_decode = json.JSONDecoder().decode
 
 NODE_OPS = ("heartbeat", "promote", "fence-peer", "unfence", "handover", "ping")
 
@@ -170,10 +173,10 @@ class MediatorServer(object):
     def handle(self, conn, line):
         self.stats["requests"] += 1
         try:
-            req = json.loads(line)
+            req = _decode(line.decode())      # UnicodeDecodeError is a ValueError
             if not isinstance(req, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             conn.send({"ok": False, "error": "request is not a JSON object"})
             self.limiter.failed(conn.src)
             return
@@ -195,7 +198,8 @@ class MediatorServer(object):
         op = req.get("op")
         try:
             if op == "heartbeat":
-                out = self.mediator.heartbeat(pool, node, req)
+                conn.send_line(self.mediator.heartbeat_line(pool, node, req, rid))
+                return
             elif op == "ping":
                 out = {"ok": True, "version": __version__}
             elif op in NODE_OPS:
@@ -270,8 +274,11 @@ class MediatorServer(object):
         op = req.get("op")
         m = self.mediator
         if op == "status":
-            pools = [m.pool_status(p) for p in self.store.pools()]
+            # "pools": false: the summary only (no per-pool part; cheap at 10,000 pools)
+            names = self.store.pools()
+            pools = [m.pool_status(p) for p in names] if req.get("pools", True) else None
             return {"ok": True, "version": __version__, "backend": self.store.name,
+                    "pool_count": len(names),
                     "storage_available": self.store.available,
                     "uptime_s": int(time.time() - self.started_wall),
                     "grace_left_s": max(0.0, round(m.started + self.settings.lease +
@@ -398,6 +405,11 @@ class MediatorServer(object):
 async def serve(settings, ready=None, stop_event=None):
     server = MediatorServer(settings)
     await server.start()
+    # What start() loaded (records, credentials, TLS contexts) lives as long as the process:
+    # kept out of the cyclic GC's full collections, which scan every tracked object (their
+    # pause grows with the pool count and is paid by the heartbeats in flight).
+    gc.collect()
+    gc.freeze()
     if ready is not None:
         ready(server)
     stop_event = stop_event or asyncio.Event()

@@ -184,9 +184,10 @@ class NodeConnection(asyncio.Protocol):
             self.ready = True
             self.server.stats["authenticated"] += 1
         chunks = []
+        inbio, sslobj = self.inbio, self.sslobj
         while True:
             try:
-                chunk = self.sslobj.read(READ_CHUNK)
+                chunk = sslobj.read(READ_CHUNK)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -200,7 +201,10 @@ class NodeConnection(asyncio.Protocol):
                 self.close()
                 return
             chunks.append(chunk)
-        self._flush()
+            if not inbio.pending and not sslobj.pending():
+                break       # all read (saves the raise of SSLWantReadError per message)
+        if self.outbio.pending:
+            self._flush()
         if not chunks:
             return
         self.last_active = time.monotonic()
@@ -231,6 +235,17 @@ class NodeConnection(asyncio.Protocol):
         self._flush()
 
     send = _send
+
+    def send_line(self, data):
+        """Send one already encoded answer line (bytes ending in a newline)."""
+        if self.closed:
+            return
+        try:
+            self.sslobj.write(data)
+        except ssl.SSLError:
+            self.close()
+            return
+        self.transport.write(self.outbio.read())
 
     def eof_received(self):
         return False
