@@ -93,6 +93,12 @@ def settled(lab, serving_host):
             and not peer_status["floating_ip"]["local"])
 
 
+def fencing_proven(lab, host):
+    """``host``'s agent reports DRBD fencing proven for the lab's resource."""
+    status = lab.status(host) or {}
+    return lab.resource in ((status.get("fencing") or {}).get("proven") or {})
+
+
 # --- the scenarios ------------------------------------------------------------------------------
 
 def alerts_of(lab, kind, since):
@@ -126,6 +132,13 @@ def run_scenario(lab, name, settle_timeout=90):
     run = ScenarioRun(lab, name)
     baseline = wait_until(lambda: next((h for h in lab.hosts if settled(lab, h)), None),
                           settle_timeout, what="a settled pool before %s" % name)
+    if lab.fencing:
+        # The lab's baseline has fencing configured and proven on both hosts. A scenario that
+        # ran without it (fence-not-configured, fence-forced-promotion) leaves a failed proof,
+        # which the agents re-verify at most every 30 s: a scenario that relies on the proof
+        # (become-primary without --force on an unknown peer) must not start before it.
+        wait_until(lambda: all(fencing_proven(lab, h) for h in lab.hosts), settle_timeout,
+                   what="fencing proven on both hosts before %s" % name)
     lab.checker.violations = []
     lab.checker.allow_two_primaries = False
     ticks = lab.checker.ticks
