@@ -70,6 +70,19 @@ def problems_of(parsed, config):
     return problems
 
 
+DUMP_FAILED = "drbdadm dump failed"
+
+
+def _findings(entry):
+    """The problems of one host's fencing entry that are findings about its configuration (not
+    a failure to read it)."""
+    return [p for p in (entry or {}).get("problems", []) if not p.startswith(DUMP_FAILED)]
+
+
+def _unreadable(entry):
+    return any(p.startswith(DUMP_FAILED) for p in (entry or {}).get("problems", []))
+
+
 def local_fencing(adapter, config):
     """{resource: {"fencing", "handlers", "problems"}} of this host, from ``drbdadm dump``."""
     answer = {}
@@ -78,7 +91,7 @@ def local_fencing(adapter, config):
             parsed = parse_dump(adapter.dump(name)).get(name)
         except Exception as exc:  # drbdadm missing, resource unknown: reported, not raised
             answer[name] = {"fencing": None, "handlers": {},
-                            "problems": ["drbdadm dump failed: %s" % exc]}
+                            "problems": ["%s: %s" % (DUMP_FAILED, exc)]}
             continue
         entry = dict(parsed or {"fencing": None, "handlers": {}})
         entry["problems"] = problems_of(parsed, config)
@@ -313,10 +326,17 @@ class FencingTracker(object):
         for name in connected:
             mine = local.get(name) or {"problems": ["not in drbdadm dump"]}
             theirs = ((peer or {}).get("resources") or {}).get(name)
+            # A side whose configuration could not be read now (the peer unreachable, or its
+            # or our `drbdadm dump` failing, as on a host that is going down) proves nothing
+            # either way: keep an earlier proof and try again later. Otherwise a crash of the
+            # peer during a re-check would take the proof, and with it failover, away.
+            unreadable = (theirs is None and peer_error) or _unreadable(mine) or \
+                _unreadable(theirs)
+            if unreadable and (proof.get(name) or {}).get("ok") and not _findings(mine) and \
+                    not _findings(theirs):
+                continue
             problems = ["this host: " + p for p in mine.get("problems", [])]
             if theirs is None:
-                if peer_error and (proof.get(name) or {}).get("ok") and not problems:
-                    continue               # keep the earlier proof; try again later
                 problems.append("peer: " + (peer_error or "resource unknown there"))
             else:
                 problems.extend("peer: " + p for p in theirs.get("problems", []))

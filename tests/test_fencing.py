@@ -223,6 +223,43 @@ def test_tracker_proves_fencing_while_connected_and_remembers_it(config):
     assert obs.unproven["iscsi1"] == "peer: fencing is dont-care, needs resource-and-stonith"
 
 
+def test_a_recheck_that_cannot_read_a_side_keeps_the_earlier_proof(config):
+    """The peer crashing during a re-check (seen in the lab: its plugin's `drbdadm dump`
+    failed, or it did not answer) proves nothing: the earlier proof stands, so the crash does
+    not take failover away. A finding about a configuration still replaces it."""
+    clock = Clock()
+    wall = [5000.0]
+    peer = {"host": "b", "resources": {"iscsi1": {"problems": []}}}
+    answers = [lambda: peer]
+    tracker = fencing.FencingTracker(config, peer_fencing=lambda: answers[0](), clock=clock,
+                                     wall=lambda: wall[0])
+    adapter = Adapter()
+    assert "iscsi1" in tracker.observe({"iscsi1": state()}, adapter).proven
+
+    def recheck():
+        clock.now += config.FENCING_RECHECK + 1
+        wall[0] += config.FENCING_RECHECK + 1
+        return tracker.observe({"iscsi1": state()}, adapter)
+    peer["resources"]["iscsi1"]["problems"] = ["drbdadm dump failed: exit 20"]
+    obs = recheck()
+    assert "iscsi1" in obs.proven, obs.unproven
+
+    def unreachable():
+        raise RuntimeError("HOST_OFFLINE")
+    answers[0] = unreachable
+    assert "iscsi1" in recheck().proven
+    answers[0] = lambda: peer
+    broken = Adapter(text="")
+    broken.dump = lambda name: (_ for _ in ()).throw(OSError("timed out"))
+    clock.now += config.FENCING_RECHECK + 1
+    wall[0] += config.FENCING_RECHECK + 1
+    assert "iscsi1" in tracker.observe({"iscsi1": state()}, broken).proven   # our dump failed
+    peer["resources"]["iscsi1"]["problems"] = ["fencing is dont-care, needs "
+                                               "resource-and-stonith"]
+    obs = recheck()
+    assert obs.unproven["iscsi1"] == "peer: fencing is dont-care, needs resource-and-stonith"
+
+
 def test_tracker_measures_frozen_io_and_self_fenced_marks(config):
     clock = Clock()
     tracker = fencing.FencingTracker(config, clock=clock)
