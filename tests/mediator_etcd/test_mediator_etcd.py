@@ -59,6 +59,14 @@ async def wait_cached(store, pool, rev, timeout=3.0):
     assert store.cached(pool)[1] >= rev
 
 
+async def golden_at_two(x_store, y_store, pool="p"):
+    """Two Mediators over the two instances' stores; ``pool`` golden (written through X and
+    seen in Y's cache)."""
+    x, y = Mediator(x_store), Mediator(y_store)
+    await wait_cached(y_store, pool, golden_pool(x_store, pool))
+    return x, y
+
+
 def primaries(store, pool):
     rec, _ = store.read(pool)
     return rec["primary"], rec
@@ -81,9 +89,7 @@ def test_two_instances_primary_heard_at_one_candidate_at_other(etcd3):
     x_store, y_store = backend(etcd3.endpoints), backend(etcd3.endpoints[::-1])
     try:
         async def body():
-            x, y = Mediator(x_store), Mediator(y_store)
-            rev = golden_pool(x_store, "p")
-            await wait_cached(y_store, "p", rev)
+            x, y = await golden_at_two(x_store, y_store)
             await asyncio.gather(beat(x, "p", "a", PRIMARY_CUT, LEASE + MARGIN + 0.3),
                                  beat(y, "p", "b", CUT_OFF, LEASE + MARGIN + 0.3))
             assert y_store.heard_elsewhere("p", "a") == [x_store.instance]
@@ -356,9 +362,7 @@ def test_a_shared_report_from_before_a_record_change_does_not_count(etcd1):
     x_store, y_store = backend(etcd1.endpoints), backend(etcd1.endpoints)
     try:
         async def body():
-            x, y = Mediator(x_store), Mediator(y_store)
-            rev = golden_pool(x_store, "p")
-            await wait_cached(y_store, "p", rev)
+            x, y = await golden_at_two(x_store, y_store)
             y.heartbeat("p", "b", {"gen": 1, "drbd": IN_SYNC})
             end = time.monotonic() + 3
             while x_store.shared_report("p", "b") is None:
@@ -391,9 +395,7 @@ def test_both_instances_restarted_grant_nothing_within_their_own_grace(etcd3):
     x_store, y_store = backend(etcd3.endpoints), backend(etcd3.endpoints[::-1])
     try:
         async def before():
-            x, y = Mediator(x_store), Mediator(y_store)
-            rev = golden_pool(x_store, "p")
-            await wait_cached(y_store, "p", rev)
+            x, y = await golden_at_two(x_store, y_store)
             await asyncio.gather(beat(x, "p", "a", dict(IN_SYNC, role="Primary"), 0.5),
                                  beat(y, "p", "b", IN_SYNC, 0.5))
         run(before())
