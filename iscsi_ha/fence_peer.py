@@ -103,15 +103,10 @@ def local_xapi_stuck(config, timeout=GRANT_PROBE_TIMEOUT):
 
 
 def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
-                        call=None, stop_when_offline=False, probe=None):
+                        call=None, stop_when_offline=False):
     """(answer dict or None, last error) after trying until ``deadline`` (monotonic), or, with
     ``stop_when_offline``, until XAPI answers that the peer host is offline (HOST_OFFLINE) or
-    this host's xapi refuses the connection, or at once when ``probe()`` (with
-    ``stop_when_offline``: :func:`local_xapi_stuck`) says why the peer cannot be asked now."""
-    if stop_when_offline and probe is not None:
-        why = probe()
-        if why:
-            return None, why
+    this host's xapi refuses the connection."""
     from iscsi_ha import peer as peer_mod
     call = call or (lambda timeout: peer_mod.call(_Peer(config), "outdate",
                                                   {"resource": resource}, timeout=timeout))
@@ -153,9 +148,13 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time, slee
     granted = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
     if probe is None and call is None:
         probe = lambda: local_xapi_stuck(config)
-    answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock, sleep=sleep,
-                                        call=call, stop_when_offline=granted is not None,
-                                        probe=probe)
+    stuck = probe() if granted is not None and probe is not None else None
+    if stuck:      # under a grant, a local xapi that cannot pass the call ends the attempts
+        answer, error = None, stuck
+    else:
+        answer, error = ask_peer_to_outdate(config, resource, deadline, clock=clock,
+                                            sleep=sleep, call=call,
+                                            stop_when_offline=granted is not None)
     if answer is not None:
         outcome = answer["outcome"]
         if outcome == "outdated":
