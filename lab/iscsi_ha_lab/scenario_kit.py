@@ -9,6 +9,7 @@ The runner around it brings the lab to a baseline (one host primary and serving,
 Secondary, connected and UpToDate), starts the I/O probe, runs the function, stops the probe and
 gives the verdict: every check passed, no invariant violated, no acknowledged write lost.
 """
+import calendar
 import collections
 import json
 import os
@@ -102,18 +103,35 @@ def fencing_proven(lab, host):
 # --- the scenarios ------------------------------------------------------------------------------
 
 def alerts_of(lab, kind, since):
-    """(emails, XAPI messages) of alert ``kind`` since ``since`` (wall clock)."""
-    mail = [m for m in lab.mail() if m["time"] >= since
+    """(emails, XAPI messages) of alert ``kind`` about events seen since ``since`` (wall clock).
+    Both carry the time the agent saw the event (``Time:``, to the second): a message sent late
+    (its sender backed off while XAPI was down in an earlier scenario) belongs to that scenario,
+    not to the one it arrived in."""
+    floor = int(since)                              # the stamps are whole seconds
+    mail = [m for m in lab.mail()
+            if _seen(m.get("body"), m["time"]) >= floor
             and m["alert"].strip().startswith(kind + ";")]     # the header may be folded
     name = "ISCSI_HA_" + kind.upper().replace("-", "_")
     messages = [m for m in lab.xapi.pool.messages(name)
-                if _epoch(m.get("timestamp")) >= since - 1]
+                if _seen(m.get("body"), _epoch(m.get("timestamp"))) >= floor]
     return mail, messages
+
+
+def _seen(body, delivered):
+    """The epoch second of the body's ``Time:`` line (``2026-12-03 11:42:12 +0000``), else
+    ``delivered``."""
+    for line in str(body or "").splitlines():
+        if line.startswith("Time:"):
+            try:
+                stamp = time.strptime(line[len("Time:"):].strip(), "%Y-%m-%d %H:%M:%S %z")
+            except ValueError:
+                break
+            return calendar.timegm(stamp) - stamp.tm_gmtoff
+    return delivered
 
 
 def _epoch(stamp):
     """XAPI's datetime (``20261122T04:40:00Z``, or an xmlrpc DateTime) as epoch seconds."""
-    import calendar
     text = str(getattr(stamp, "value", stamp) or "")
     try:
         return calendar.timegm(time.strptime(text.replace("-", ""), "%Y%m%dT%H:%M:%SZ"))

@@ -1,5 +1,6 @@
 """Alert mail through real SMTP servers (aiosmtpd on 127.0.0.1): plain, STARTTLS, implicit TLS,
 AUTH LOGIN; servers that refuse, hang or answer 4xx/5xx; HA-Lizard's shared settings; templates."""
+import calendar
 import logging
 import socket
 import time
@@ -66,6 +67,20 @@ def test_alert_mail_renders_event_and_status(tmp_path):
     assert "DRBD r0: Primary/Unknown WFConnection UpToDate/DUnknown" in body
     assert "DRBD r1: Primary/Secondary SyncSource UpToDate/Inconsistent 37.5%" in body
     assert "state: Primary/Unknown WFConnection" in body
+
+
+def test_xapi_message_says_when_the_event_was_seen_not_when_it_was_sent():
+    """A message sent late (XAPI refused it during a failover and the retry came 5 s later)
+    must still say when the event happened: XAPI stamps the message with its creation."""
+    seen = time.mktime((2026, 12, 3, 11, 42, 12, 0, 0, -1))
+    late = Entry(entry().alert, {"hostname": "xcp-b"}, seen, None)
+    body = Renderer().xapi_body(late)
+    assert body.splitlines()[0] == "r0: replication link down (WFConnection)"
+    assert "Host: xcp-b. Event: drbd-disconnected (r0), severity 2." in body
+    (line,) = [x for x in body.splitlines() if x.startswith("Time: ")]
+    assert line.startswith("Time: 2026-12-03 11:42:12 ")
+    stamp = time.strptime(line[len("Time: "):], "%Y-%m-%d %H:%M:%S %z")
+    assert abs(calendar.timegm(stamp) - stamp.tm_gmtoff - seen) < 1
 
 
 def test_repeat_summary_subject():
