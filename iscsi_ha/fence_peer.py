@@ -29,7 +29,9 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
   still the slave of the dead master, and a slave's Unix-socket login needs its master, so
   every call hangs: with a grant, the handler first asks the local xapi for a login within
   GRANT_PROBE_TIMEOUT (:func:`local_xapi_stuck`); no answer (or a refusal) ends the attempts
-  at once too. A working local xapi logs in within milliseconds; a busy one that misses the
+  at once too. Before even that, a pool.conf that turned ``master`` less than MASTER_FUSE s
+  ago (:func:`new_master_fuse`) says the same without the wait: xapi restarts that long after
+  writing it, and until then it is the dead master's slave. A working local xapi logs in within milliseconds; a busy one that misses the
   bound only costs the peer's Outdated mark, never safety (the exit code is the 7 the timeout
   would give). The grant's proof (fencing verified on both
   hosts, this disk UpToDate when the link was lost) does not depend on the peer's answer: a
@@ -61,6 +63,7 @@ import time
 
 PEER_OUTDATED, PEER_INCONSISTENT, PEER_PRIMARY, PEER_FENCED, FAILED = 4, 3, 6, 7, 1
 GRANT_PROBE_TIMEOUT = 0.15  # a local xapi login (Unix socket, root) answers in milliseconds
+MASTER_FUSE = 10.0        # xapi restarts this long after it wrote pool.conf "master" ("fuse")
 RETRY_PAUSE = 0.5
 FIRST_PAUSE = 0.1         # the pause doubles from this up to RETRY_PAUSE: a local xapi that
                           # refuses while it restarts (a new master) is asked again soon
@@ -102,6 +105,26 @@ def local_xapi_stuck(config, timeout=GRANT_PROBE_TIMEOUT):
         client.close()
 
 
+def new_master_fuse(config, now=None, window=MASTER_FUSE):
+    """Why this host's xapi cannot pass a call to the peer because this host has just become
+    pool master, or None. xapi writes pool.conf ``master`` and restarts MASTER_FUSE s later
+    (emergency_transition_to_master, HA's master election, designate_new_master); until then
+    it is still the slave of the old master and its login waits for that master, then it
+    restarts. pool.conf ``master`` written less than ``window`` s ago says so at the cost of one
+    stat and one small read, where the login probe costs GRANT_PROBE_TIMEOUT."""
+    from iscsi_ha.files import SMALL_LIMIT, read_text
+    try:
+        changed = os.stat(config.POOL_CONF).st_mtime
+        role = read_text(config.POOL_CONF, SMALL_LIMIT).strip()
+    except (OSError, IOError, AttributeError):
+        return None
+    age = (time.time() if now is None else now) - changed
+    if role != "master" or not 0 <= age < window:
+        return None
+    return ("this host became pool master %.1f s ago: its xapi restarts and cannot ask the "
+            "peer now" % age)
+
+
 def ask_peer_to_outdate(config, resource, deadline, clock=time.monotonic, sleep=time.sleep,
                         call=None, stop_when_offline=False):
     """(answer dict or None, last error) after trying until ``deadline`` (monotonic), or, with
@@ -141,13 +164,14 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time, slee
           mediator=None, probe=None):
     """(exit code, outcome sentence, peer answer). ``mediator``: the callable asking the
     mediator (tests), default :func:`ask_mediator`; ``probe``: the local xapi check before the
-    attempts under a grant, default :func:`local_xapi_stuck` (none when ``call`` is given)."""
+    attempts under a grant, default :func:`new_master_fuse` then :func:`local_xapi_stuck`
+    (none when ``call`` is given)."""
     from iscsi_ha import fencing
     deadline = clock() + config.FENCE_PEER_TIMEOUT
     grant_ttl = max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2
     granted = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
     if probe is None and call is None:
-        probe = lambda: local_xapi_stuck(config)
+        probe = lambda: new_master_fuse(config) or local_xapi_stuck(config)
     stuck = probe() if granted is not None and probe is not None else None
     if stuck:      # under a grant, a local xapi that cannot pass the call ends the attempts
         answer, error = None, stuck

@@ -172,6 +172,72 @@ def test_a_stuck_local_xapi_ends_the_attempts_only_with_a_grant(config):
     assert code == 7 and len(calls) >= 3      # a working local xapi: attempts as before
 
 
+def test_new_master_fuse_reads_pool_conf(tmp_path):
+    import types
+    conf = tmp_path / "pool.conf"
+    config = types.SimpleNamespace(POOL_CONF=str(conf))
+    assert fence_peer.new_master_fuse(config) is None                  # no pool.conf
+    conf.write_text("slave:192.0.2.10\n")
+    assert fence_peer.new_master_fuse(config) is None                  # still a slave
+    conf.write_text("master\n")
+    written = os.stat(str(conf)).st_mtime
+    why = fence_peer.new_master_fuse(config, now=written + 2.5)
+    assert "became pool master 2.5 s ago" in why
+    assert fence_peer.new_master_fuse(config, now=written + fence_peer.MASTER_FUSE) is None
+    assert fence_peer.new_master_fuse(config, now=written - 5) is None  # clock stepped back
+
+
+def _handler_under_grant(tmp_path, pool_conf_age):
+    """Run scripts/drbd-fence-peer under a grant, its XAPI a Unix socket that accepts and never
+    answers (a slave of a dead master); returns (exit code, record, connections seen)."""
+    import socket
+    import time
+    tmp_path.mkdir()
+    state = tmp_path / "state"
+    conf = tmp_path / "pool.conf"
+    conf.write_text("master\n")
+    then = time.time() - pool_conf_age
+    os.utime(str(conf), (then, then))
+    xapi = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    xapi.bind(str(tmp_path / "xapi.sock"))
+    xapi.listen(8)
+    path = tmp_path / "iscsi-ha.conf"
+    path.write_text("DRBD_RESOURCES=iscsi1\nSTATE_DIR=%s\nFENCE_PEER_TIMEOUT=5\n"
+                    "XAPI_TIMEOUT=1\nPOOL_CONF=%s\nXAPI_URL=unix://%s\nLOG_FILE=\n"
+                    % (state, conf, tmp_path / "xapi.sock"))
+    fencing.write_grant(str(state), "iscsi1", "promoting: proven")
+    env = dict(os.environ, PYTHONPATH=REPO, ISCSI_HA_CONFIG=str(path), DRBD_RESOURCE="iscsi1")
+    try:
+        done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "drbd-fence-peer")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=60)
+        xapi.settimeout(0.01)
+        seen = 0
+        for _ in range(20):
+            try:
+                xapi.accept()[0].close()
+                seen += 1
+            except socket.timeout:
+                break
+    finally:
+        xapi.close()
+    record = json.load(open(str(state / "fence-peer-iscsi1.json")))
+    return done.returncode, record, seen
+
+
+def test_handler_just_after_becoming_master_does_not_wait_for_its_xapi(tmp_path):
+    """The crash failover: pool.conf turned master a moment ago, so the local xapi is the dead
+    master's slave until its restart. The handler, run for real, exits 7 at once under the
+    grant without touching XAPI; with a pool.conf older than the fuse it probes the login as
+    before (and still exits 7 when that hangs)."""
+    code, record, seen = _handler_under_grant(tmp_path / "fresh", 1.0)
+    assert code == 7 and seen == 0, record
+    assert "became pool master" in record["outcome"]
+    code, record, seen = _handler_under_grant(tmp_path / "old", fence_peer.MASTER_FUSE + 30)
+    assert code == 7 and seen == 1, record
+    assert "did not answer" in record["outcome"] or "cannot ask the peer" in record["outcome"]
+
+
 def test_handler_script_refuses_bad_input_with_a_failure_code(tmp_path, config):
     env = dict(os.environ, PYTHONPATH=REPO, ISCSI_HA_CONFIG=config.path, DRBD_RESOURCE="")
     script = os.path.join(REPO, "scripts", "drbd-fence-peer")
