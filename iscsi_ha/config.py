@@ -275,7 +275,10 @@ _MEDIATOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _mediator_addresses(value):
-    """'' (no mediator) or HOST[:PORT] items separated by commas (tried in order)."""
+    """'' (no mediator) or HOST[:PORT] items separated by commas (tried in order). The mediator
+    client (and ssl) is imported only when there is one."""
+    if not value.strip():
+        return ""
     from iscsi_ha.witness import parse_addresses
     try:
         parse_addresses(value)
@@ -427,11 +430,12 @@ def _socket_path(value):
 
 
 def _xapi_url(value):
-    """The URL the XAPI client connects to, checked by the code that builds its proxy."""
-    from iscsi_ha.adapters import xapi
+    """The URL the XAPI client connects to, checked as the client checks it before connecting
+    (without importing the client: the fence-peer handler reads this file in a failover)."""
+    from iscsi_ha import xapi_url
     try:
-        xapi.make_proxy(value, 1.0)
-    except xapi.XapiUrlError as exc:
+        xapi_url.check(value)
+    except xapi_url.UrlError as exc:
         raise ValidateError(str(exc))
     return value
 

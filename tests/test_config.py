@@ -88,6 +88,11 @@ BAD = [
     ("ISCSI_LUNS=10:/dev/drbd1", "ISCSI_LUNS", "LUN=DEVICE"),
     ("ISCSI_LUNS=0=/dev/drbd1", "ISCSI_LUNS", "1..255"),
     ("ISCSI_TARGET_IQN=target1", "ISCSI_TARGET_IQN", "iSCSI name"),
+    ("XAPI_URL=ftp://192.0.2.10", "XAPI_URL", "neither unix:///PATH nor http(s)://HOST"),
+    ("XAPI_URL=unix://", "XAPI_URL", "names no socket path"),
+    ("XAPI_URL=https://192.0.2.10:70000", "XAPI_URL", "cannot be parsed"),
+    ("XAPI_URL=http://192.0.2.10:", "XAPI_URL", "':' without a port"),
+    ("XAPI_URL='http://a b'", "XAPI_URL", "blank or control character"),
 ]
 
 
@@ -101,6 +106,26 @@ def test_bad_value_names_key_line_value_and_rule(line, key, words):
     assert problems[0][1] == 3
     assert words in problems[0][3]
     assert key in str(info.value) and "line 3" in str(info.value)
+
+
+def test_reading_the_config_does_not_load_the_xapi_client():
+    """The fence-peer handler reads the config inside a failover's promotion: the XAPI_URL
+    check must not pull in the client (http.client, ssl, xmlrpc), and the client runs the same
+    check before it connects."""
+    import subprocess
+    import sys
+    code = ("import sys; from iscsi_ha import config; "
+            "config.loads('XAPI_URL=https://192.0.2.10:443\\n'); "
+            "print(sorted(m for m in ('iscsi_ha.adapters.xapi', 'xmlrpc.client', 'ssl', "
+            "'http.client') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          universal_newlines=True, timeout=60, cwd=config.__file__.rsplit(
+                              "/iscsi_ha/", 1)[0])
+    assert done.stdout.strip() == "[]"
+    from iscsi_ha.adapters import xapi
+    with pytest.raises(xapi.XapiUrlError) as info:
+        xapi.make_proxy("http://192.0.2.10:", 1.0)
+    assert isinstance(info.value, ValueError) and "without a port" in str(info.value)
 
 
 def test_every_bad_key_is_reported_at_once_in_line_order():

@@ -21,9 +21,9 @@ import time
 import xml.parsers.expat
 import xmlrpc.client
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from iscsi_ha import files
+from iscsi_ha import files, xapi_url
 
 log = logging.getLogger("iscsi-ha")
 
@@ -126,40 +126,14 @@ class _TlsTransport(_Timeout, xmlrpc.client.SafeTransport):
     pass
 
 
-class XapiUrlError(XapiError, ValueError):
+class XapiUrlError(XapiError, xapi_url.UrlError):
     """XAPI_URL cannot be used: one line saying which form is expected."""
 
 
-_URL_FORMS = "unix:///PATH or http(s)://HOST[:PORT] (port 1-65535)"
-
-
 def check_url(url):
-    """``urlsplit(url)`` when ``url`` is a usable XAPI URL, else :class:`XapiUrlError`.
-    The same checks run in ``iscsi-ha check`` (config validation) and before every connection."""
-    if not isinstance(url, str) or not url:
-        raise XapiUrlError("XAPI URL is empty; expected " + _URL_FORMS)
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        raise XapiUrlError("XAPI URL %r holds a blank or control character; expected %s"
-                           % (url, _URL_FORMS))
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-        hostname = parts.hostname
-    except ValueError as exc:
-        raise XapiUrlError("XAPI URL %r cannot be parsed (%s); expected %s" % (
-            url, exc, _URL_FORMS))
-    if parts.scheme == "unix":
-        if not unquote(parts.path):
-            raise XapiUrlError("XAPI URL %r names no socket path (unix:///var/lib/xcp/xapi)"
-                               % url)
-        return parts
-    if parts.scheme not in ("http", "https") or not hostname:
-        raise XapiUrlError("XAPI URL %r is neither %s" % (url, _URL_FORMS.replace(" or ", " nor ")))
-    if port is not None and not 1 <= port <= 65535:
-        raise XapiUrlError("XAPI URL %r: port %d is not from 1 to 65535" % (url, port))
-    if parts.netloc.endswith(":"):
-        raise XapiUrlError("XAPI URL %r: ':' without a port; expected %s" % (url, _URL_FORMS))
-    return parts
+    """``urlsplit(url)`` when ``url`` is a usable XAPI URL, else :class:`XapiUrlError`
+    (:func:`iscsi_ha.xapi_url.check`, which the configuration runs too)."""
+    return xapi_url.check(url, XapiUrlError)
 
 
 def make_proxy(url, timeout, verify_tls=True):
@@ -181,7 +155,7 @@ def make_proxy(url, timeout, verify_tls=True):
     try:
         return xmlrpc.client.ServerProxy(url, transport=transport)
     except (OSError, ValueError) as exc:     # xmlrpc's own URL parsing
-        raise XapiUrlError("XAPI URL %r: %s; expected %s" % (url, exc, _URL_FORMS))
+        raise XapiUrlError("XAPI URL %r: %s; expected %s" % (url, exc, xapi_url.FORMS))
 
 
 def _parse(method, response):
