@@ -117,11 +117,16 @@ def floor_move(lab, kind, old):
     lab.crash(old)
     lab.xapi.master_dies(old)
     # not waited for: the bare promote starts at the role change, as the agent may
-    lab.xapi.pool.emergency_transition_to_master(lab.xapi.refs[new.name], wait=False)
+    pool = lab.xapi.pool
+    transition = pool.emergency_transition_to_master(lab.xapi.refs[new.name], wait=False)
     t_change = pool_conf_changed_at(new, "master")
     bare(lab, new, PROMOTE)
 
     def recover():
+        # the old master is recovered by the new one once its xapi restarted as master: a
+        # floor move that ends within the fuse must wait for it
+        if transition is not None:
+            transition.join(pool.fuse_delay + pool.restart_delay + 15.0)
         lab.xapi.host_returns(old, new)
         lab.boot(old, agent=False)            # powered on, no agent
     return new, t_change, recover
