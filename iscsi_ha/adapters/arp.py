@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 from iscsi_ha import files
@@ -98,8 +99,10 @@ class ArpSocket(object):
         self.interface = interface
         self.mac = interface_mac(interface)
         try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
-                                      socket.htons(ETH_P_ARP))
+            # protocol 0: no frames until bind() names the interface and ARP, so the kernel
+            # registers the socket once (each registration change waits for an RCU grace
+            # period, 8-25 ms, before the first probe could go out)
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except (OSError, AttributeError) as exc:
             raise ArpError("cannot open a raw ARP socket: %s" % exc)
         try:
@@ -113,10 +116,18 @@ class ArpSocket(object):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.close_in_background()
 
     def close(self):
         self.sock.close()
+
+    def close_in_background(self):
+        """Close without waiting for it: releasing a bound packet socket waits for an RCU grace
+        period (8-25 ms here), which would come after a probe's verdict on the failover's
+        critical path."""
+        closer = threading.Thread(target=self.close, name="arp-close")
+        closer.daemon = True
+        closer.start()
 
     def send(self, frame):
         """Send one frame; ArpError unless every byte went out (ENETDOWN: interface down)."""
