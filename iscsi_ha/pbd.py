@@ -37,7 +37,8 @@ log = logging.getLogger("iscsi-ha")
 TRANSIENT_CODES = frozenset(["OTHER_OPERATION_IN_PROGRESS", "HOST_OFFLINE"])
 RETRY_DELAYS = (1.0, 2.0, 4.0)
 RETRY_AFTER_FAILURE = 5.0
-TICK = 1.0              # longest the worker sleeps before looking at the clock again
+TICK = 30.0             # longest an idle worker sleeps: every change of what it waits for
+                        # notifies it, and a timer is waited for exactly
 
 # What one round did: listed (the listing worked), plugged [SR names], failed {SR: error},
 # error (why the round could not list, or "").

@@ -26,7 +26,8 @@ QUEUE_SIZE = 100
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
 MAX_AGE = 3600.0
-TICK = 1.0        # longest a worker sleeps before looking at windows and the clock again
+TICK = 30.0       # longest an idle worker sleeps: a submit, a repeat, close() wake it at once,
+                  # a retry time or a repeat window's end is waited for exactly
 
 
 class _Job(object):
@@ -96,6 +97,7 @@ class AlertDispatcher(object):
                 window["count"] += 1
                 window["last"] = entry
                 window["first_repeat"] = window["first_repeat"] or entry.at
+                self._cond.notify_all()          # the workers now wait for this window's end
                 return True
             if self.screen > 0:
                 self._open_window(alert.key, now)
@@ -141,14 +143,18 @@ class AlertDispatcher(object):
                     return None
                 self._cond.wait(self._idle_wait(lane, now))
 
-    @staticmethod
-    def _idle_wait(lane, now):
-        """How long a lane with nothing due sleeps: until its retry time when a job waits for
-        it, else TICK. A retry time left from a job that was dropped since is no reason to wake
-        (it would make the worker spin every 10 ms for ever)."""
-        if lane.retry_at is None or not lane.jobs:
-            return TICK
-        return max(0.01, min(TICK, lane.retry_at - now))
+    def _idle_wait(self, lane, now):
+        """How long a lane with nothing due sleeps (the caller holds the lock): until its retry
+        time when a job waits for it, or until the first repeat window that holds repeats ends
+        (its summary is then due), else TICK. A retry time left from a job that was dropped
+        since is no reason to wake (it would make the worker spin every 10 ms for ever), nor is
+        a window without repeats (it is forgotten at the next submit)."""
+        waits = [TICK]
+        if lane.retry_at is not None and lane.jobs:
+            waits.append(lane.retry_at - now)
+        waits.extend(w["start"] + self.screen - now for w in self._windows.values()
+                     if w["count"])
+        return max(0.01, min(waits))
 
     def _run(self, lane):
         while True:

@@ -324,3 +324,35 @@ def test_a_lane_whose_last_job_was_dropped_sleeps_a_full_tick():
         min(TICK, lane.retry_at - clock.now))
     clock.now = lane.retry_at + 5
     assert d._idle_wait(lane, clock.now) == 0.01
+
+
+def test_idle_workers_sleep_until_a_submit_or_a_summary_is_due():
+    """With real worker threads: idle lanes do not wake on a timer (the agent's idle cost), a
+    submit wakes them at once, and a repeat wakes them to wait for its window's end, where the
+    summary goes out although TICK is far longer than the window."""
+    from iscsi_ha.alerts.queue import TICK
+    calls = []
+
+    def clock():
+        calls.append(threading.current_thread().name)
+        return time.monotonic()
+    rec = Recorder()
+    d = AlertDispatcher(make_config(25, MAIL_SCREEN_TIME="1"), [rec], clock=clock)
+    d.screen = 0.5                                   # seconds: the window, shortened
+    try:
+        assert TICK >= 10 and d.wait_idle(5)
+        time.sleep(0.2)
+        del calls[:]
+        time.sleep(2.5)                              # idle: the old 1 s tick woke twice here
+        assert [c for c in calls if c.startswith("alerts-")] == []
+        d.submit(link_down("r0"))
+        assert d.wait_idle(5) and len(rec.sent) == 1
+        sent_at = time.monotonic()
+        d.submit(link_down("r0"))                    # a repeat: held for the window
+        deadline = time.monotonic() + 10
+        while len(rec.sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(rec.sent) == 2 and rec.sent[1].repeat["count"] == 1
+        assert time.monotonic() - sent_at < 5         # at the window's end, not after TICK
+    finally:
+        d.close(2)
