@@ -48,7 +48,8 @@ class Inotify(object):
 
     def __init__(self, paths, libc=None):
         self.paths = [os.path.abspath(p) for p in paths if p]
-        self.fd, self.watches, self.dirty = None, {}, True
+        self._names = set(os.path.basename(p) for p in self.paths)
+        self.fd, self.watches, self.dirty, self._complete = None, {}, True, None
         try:
             self._libc = libc or ctypes.CDLL(ctypes.util.find_library("c") or None,
                                              use_errno=True)
@@ -62,7 +63,7 @@ class Inotify(object):
             self.close()
 
     def _add_watches(self):
-        self.watches = {}
+        self.watches, self._complete = {}, None
         for directory in sorted(set(os.path.dirname(p) for p in self.paths)):
             wd = self._libc.inotify_add_watch(self.fd, directory.encode(), WATCH_MASK)
             if wd < 0:
@@ -73,17 +74,20 @@ class Inotify(object):
 
     @property
     def complete(self):
-        """Every path's directory is watched: reading the files can wait for an event."""
+        """Every path's directory is watched: reading the files can wait for an event.
+        Computed once per set of watches (the idle loop asks at every wake-up)."""
         if self.fd is None:
             return False
-        watched = set(self.watches.values())
-        return all(os.path.dirname(p) in watched for p in self.paths)
+        if self._complete is None:
+            watched = set(self.watches.values())
+            self._complete = all(os.path.dirname(p) in watched for p in self.paths)
+        return self._complete
 
     def drain(self):
         """Read pending events; mark dirty when one names a watched file (or a watch broke)."""
         if self.fd is None:
             return
-        names = set(os.path.basename(p) for p in self.paths)
+        names = self._names
         rebuild = False
         while True:
             try:
@@ -109,9 +113,13 @@ class Inotify(object):
                 self._libc.inotify_rm_watch(self.fd, wd)
             self._add_watches()
 
-    def take(self):
-        """True when the files must be read again (an event, or no complete watch)."""
-        self.drain()
+    def take(self, readable=True):
+        """True when the files must be read again (an event, or no complete watch).
+        ``readable=False``: the caller's select() just found the descriptor without events, so
+        the read that would only fail with EAGAIN is skipped (an event since then keeps the
+        descriptor readable for the next select)."""
+        if readable:
+            self.drain()
         dirty, self.dirty = self.dirty or not self.complete, False
         return dirty
 
@@ -300,6 +308,7 @@ class Wakeups(object):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
         self._old_wakeup_fd = None
+        self._inotify_readable = True     # False only right after a wait() that saw no event
 
     @property
     def files_event_driven(self):
@@ -323,7 +332,8 @@ class Wakeups(object):
             pass
 
     def files_changed(self):
-        return self.inotify.take()
+        readable, self._inotify_readable = self._inotify_readable, True
+        return self.inotify.take(readable)
 
     def drbd_changed(self):
         """DRBD 9 streaming: whether an event arrived. 8.4: whether the state words changed.
@@ -348,6 +358,7 @@ class Wakeups(object):
         except (OSError, ValueError):
             time.sleep(min(max(0.0, timeout), 0.1))
             return
+        self._inotify_readable = self.inotify.fd is None or self.inotify.fd in ready
         if self._pipe[0] in ready:
             try:
                 while os.read(self._pipe[0], 4096):

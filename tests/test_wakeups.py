@@ -126,6 +126,31 @@ def test_wait_ends_early_on_a_file_event(tmp_path):
         w.close()
 
 
+def test_a_quiet_wait_skips_the_inotify_read_and_a_later_event_is_not_lost(tmp_path):
+    """After a wait whose select() saw no inotify event, files_changed() does not read the
+    descriptor (a read that could only fail with EAGAIN, at every idle wake-up); an event
+    that arrives after that select keeps the descriptor readable: the next wait returns at
+    once and the change is seen."""
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    reads = []
+    real_drain = w.inotify.drain
+    w.inotify.drain = lambda: (reads.append(1), real_drain())
+    try:
+        assert w.files_changed() is True and reads == [1]     # the first look reads
+        w.wait(0.05)
+        assert w.files_changed() is False and reads == [1]    # quiet: no read
+        assert w.files_changed() is False and reads == [1, 1]  # no wait since: it reads
+        w.wait(0.05)
+        (tmp_path / "manual").write_text("1")                # after the select
+        assert w.files_changed() is False and len(reads) == 2
+        started = time.monotonic()
+        w.wait(5.0)
+        assert time.monotonic() - started < 2.0
+        assert w.files_changed() is True and len(reads) == 3
+    finally:
+        w.close()
+
+
 def test_wait_ends_early_on_wake(tmp_path):
     w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
     try:
