@@ -183,9 +183,12 @@ class DrbdEvents(object):
                 return
             self.dirty = True
 
-    def take(self):
-        """True when DRBD must be looked at: a line arrived, or there is no stream (poll)."""
-        self.drain()
+    def take(self, readable=True):
+        """True when DRBD must be looked at: a line arrived, or there is no stream (poll).
+        ``readable=False``: the caller's select() just found the stream without output (or its
+        end), so the read that would only fail with EAGAIN is skipped."""
+        if readable:
+            self.drain()
         dirty, self.dirty = self.dirty, False
         return dirty or self.proc is None
 
@@ -308,7 +311,8 @@ class Wakeups(object):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
         self._old_wakeup_fd = None
-        self._inotify_readable = True     # False only right after a wait() that saw no event
+        # False only right after a wait() whose select() found that descriptor without events
+        self._inotify_readable = self._events_readable = True
 
     @property
     def files_event_driven(self):
@@ -341,7 +345,8 @@ class Wakeups(object):
         if self.events is not None:
             self.events.ensure()
             if self.events.streaming:
-                return self.events.take()
+                readable, self._events_readable = self._events_readable, True
+                return self.events.take(readable)
             return True
         if self.proc_key is not None:
             return self.proc_key.changed()
@@ -359,6 +364,8 @@ class Wakeups(object):
             time.sleep(min(max(0.0, timeout), 0.1))
             return
         self._inotify_readable = self.inotify.fd is None or self.inotify.fd in ready
+        stream = self.events.fd if self.events is not None else None
+        self._events_readable = stream is None or stream in ready
         if self._pipe[0] in ready:
             try:
                 while os.read(self._pipe[0], 4096):

@@ -85,6 +85,33 @@ def test_drbd_events_stream_wakes_on_each_line(tmp_path):
     assert not events.streaming
 
 
+def test_a_quiet_wait_skips_the_stream_read_and_its_next_line_still_wakes(tmp_path):
+    """DRBD 9: after a wait whose select() saw nothing on the events stream, drbd_changed()
+    does not read the stream; the next line wakes the next wait and is seen."""
+    script = tmp_path / "events.py"
+    script.write_text(STREAM)
+    w = wakeups.Wakeups(_Config(tmp_path), "9", [sys.executable, str(script), "1.0", "5"])
+    reads = []
+    try:
+        assert w.drbd_changed() is True                    # the stream starts: look once
+        real_drain = w.events.drain
+        w.events.drain = lambda: (reads.append(1), real_drain())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:                 # the two "exists" lines
+            w.wait(0.05)
+            if not w.drbd_changed():
+                break
+        del reads[:]
+        w.wait(0.05)
+        assert w.drbd_changed() is False and reads == []   # quiet: no read
+        started = time.monotonic()
+        w.wait(5.0)                                        # the change line after ~1 s
+        assert time.monotonic() - started < 4.0
+        assert w.drbd_changed() is True and reads == [1]
+    finally:
+        w.close()
+
+
 def test_drbd_events_stream_that_ends_falls_back_to_polling(tmp_path):
     events = _stream(tmp_path, 0, 0)
     events.ensure()
