@@ -171,7 +171,7 @@ def fence(config, resource, clock=time.monotonic, call=None, now=time.time, slee
     grant_ttl = max(config.DRBD_TIMEOUT, config.FENCE_PEER_TIMEOUT) * 2
     granted = fencing.read_grant(config.STATE_DIR, resource, now=now(), ttl=grant_ttl)
     if probe is None and call is None:
-        probe = lambda: new_master_fuse(config) or local_xapi_stuck(config)
+        probe = lambda: new_master_fuse(config, now()) or local_xapi_stuck(config)
     stuck = probe() if granted is not None and probe is not None else None
     if stuck:      # under a grant, a local xapi that cannot pass the call ends the attempts
         answer, error = None, stuck

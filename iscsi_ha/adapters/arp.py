@@ -127,7 +127,10 @@ class ArpSocket(object):
         critical path."""
         closer = threading.Thread(target=self.close, name="arp-close")
         closer.daemon = True
-        closer.start()
+        try:
+            closer.start()
+        except RuntimeError:        # no thread to be had (limits, memory): close it here
+            self.close()
 
     def send(self, frame):
         """Send one frame; ArpError unless every byte went out (ENETDOWN: interface down)."""

@@ -555,3 +555,30 @@ def test_observe_keeps_its_reading_while_the_network_is_quiet(monkeypatch):
     adapter.forget()
     assert adapter.observe(clock=clock) == 6
     assert adapter.observe(clock=clock) == 6 and adapter.cache_used
+
+
+def test_arp_socket_closed_in_the_background_or_at_once_without_a_thread(monkeypatch):
+    """Leaving ``with ArpSocket(...)`` closes the socket off the caller's path (its release
+    waits for an RCU grace period); when no thread can start, it is closed right there."""
+    import threading as threading_mod
+    from iscsi_ha.adapters import arp as arp_mod
+
+    class Sock(object):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+    made = arp_mod.ArpSocket.__new__(arp_mod.ArpSocket)
+    made.sock = Sock()
+    made.__exit__(None, None, None)
+    for thread in threading_mod.enumerate():
+        if thread.name == "arp-close":
+            thread.join(5)
+    assert made.sock.closed == 1
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading_mod.Thread, "start", refuse)
+    made.sock = Sock()
+    made.__exit__(None, None, None)
+    assert made.sock.closed == 1
