@@ -25,7 +25,7 @@ import re
 import time
 
 from iscsi_ha import statepaths
-from iscsi_ha.fencing_policy import FencingObservation
+from iscsi_ha.fencing_policy import DUMP_FAILED, FencingObservation, keeps_earlier_proof
 
 log = logging.getLogger("iscsi-ha")
 
@@ -68,19 +68,6 @@ def problems_of(parsed, config):
     elif command.split()[0] != config.FENCE_PEER_HANDLER:
         problems.append("fence-peer handler is %r, not %s" % (command, config.FENCE_PEER_HANDLER))
     return problems
-
-
-DUMP_FAILED = "drbdadm dump failed"
-
-
-def _findings(entry):
-    """The problems of one host's fencing entry that are findings about its configuration (not
-    a failure to read it)."""
-    return [p for p in (entry or {}).get("problems", []) if not p.startswith(DUMP_FAILED)]
-
-
-def _unreadable(entry):
-    return any(p.startswith(DUMP_FAILED) for p in (entry or {}).get("problems", []))
 
 
 def local_fencing(adapter, config):
@@ -326,15 +313,8 @@ class FencingTracker(object):
         for name in connected:
             mine = local.get(name) or {"problems": ["not in drbdadm dump"]}
             theirs = ((peer or {}).get("resources") or {}).get(name)
-            # A side whose configuration could not be read now (the peer unreachable, or its
-            # or our `drbdadm dump` failing, as on a host that is going down) proves nothing
-            # either way: keep an earlier proof and try again later. Otherwise a crash of the
-            # peer during a re-check would take the proof, and with it failover, away.
-            unreadable = (theirs is None and peer_error) or _unreadable(mine) or \
-                _unreadable(theirs)
-            if unreadable and (proof.get(name) or {}).get("ok") and not _findings(mine) and \
-                    not _findings(theirs):
-                continue
+            if keeps_earlier_proof(proof.get(name), mine, theirs, peer_error):
+                continue                    # a side unread now: try again later
             problems = ["this host: " + p for p in mine.get("problems", [])]
             if theirs is None:
                 problems.append("peer: " + (peer_error or "resource unknown there"))

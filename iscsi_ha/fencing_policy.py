@@ -18,6 +18,34 @@ from dataclasses import dataclass, field
 from typing import Mapping, Tuple
 
 FORCE_HINT = "to accept the risk of losing acknowledged writes: iscsi-cfg become-primary --force"
+DUMP_FAILED = "drbdadm dump failed"   # how a side's problems say its configuration was unread
+
+
+def keeps_earlier_proof(earlier, mine, theirs, peer_error):
+    """Whether a fencing re-check keeps the earlier proof of a resource instead of replacing it.
+
+    ``earlier``: the remembered proof entry (or None); ``mine``/``theirs``: this host's and the
+    peer's ``drbdadm dump`` entries ({"problems": [...]}; ``theirs`` None when the peer did not
+    say); ``peer_error``: why the peer could not be asked ("" when it answered). A side whose
+    configuration could not be read now (the peer unreachable, or its or our dump failing, as
+    on a host going down) proves nothing either way: an earlier ok proof stands and is checked
+    again later, so a crash of the peer during a re-check does not take failover away. A
+    finding about a configuration always replaces it."""
+    unreadable = (theirs is None and bool(peer_error)) or _unread(mine) or _unread(theirs)
+    return bool(unreadable and (earlier or {}).get("ok") and not _findings(mine)
+                and not _findings(theirs))
+
+
+def _problems(entry):
+    return (entry or {}).get("problems", [])
+
+
+def _findings(entry):
+    return [p for p in _problems(entry) if not p.startswith(DUMP_FAILED)]
+
+
+def _unread(entry):
+    return any(p.startswith(DUMP_FAILED) for p in _problems(entry))
 
 
 @dataclass(frozen=True)

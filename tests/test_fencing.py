@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from iscsi_ha import config as config_mod, fence_peer, fencing, statepaths
+from iscsi_ha.fencing_policy import keeps_earlier_proof
 from iscsi_ha.alerts.events import alerts_for_transition
 from iscsi_ha.cli import drbd_config_cmd
 from iscsi_ha.drbd import DrbdState
@@ -36,6 +37,31 @@ def config(tmp_path):
     path = tmp_path / "iscsi-ha.conf"
     path.write_text(text)
     return config_mod.load(str(path))
+
+
+OK, FAILED = {"ok": True}, {"ok": False}
+CLEAN, UNREAD = {"problems": []}, {"problems": ["drbdadm dump failed: timed out"]}
+WRONG = {"problems": ["fencing is dont-care, needs resource-and-stonith"]}
+KEEP_ROWS = [
+    # earlier, mine, theirs, peer error -> keep the earlier proof
+    ("both read, clean", OK, CLEAN, CLEAN, "", False),
+    ("peer unreachable", OK, CLEAN, None, "cannot ask the peer: timed out", True),
+    ("peer's dump failed", OK, CLEAN, UNREAD, "", True),
+    ("our dump failed", OK, UNREAD, CLEAN, "", True),
+    ("peer unreachable, no earlier proof", None, CLEAN, None, "cannot ask the peer: x", False),
+    ("peer unreachable, earlier proof failed", FAILED, CLEAN, None, "cannot ask: x", False),
+    ("peer unreachable, our finding", OK, WRONG, None, "cannot ask the peer: x", False),
+    ("peer's dump failed, our finding", OK, WRONG, UNREAD, "", False),
+    ("our dump failed, peer's finding", OK, UNREAD, WRONG, "", False),
+    ("resource unknown at the peer", OK, CLEAN, None, "", False),
+]
+
+
+@pytest.mark.parametrize("name,earlier,mine,theirs,peer_error,keep", KEEP_ROWS,
+                         ids=[r[0] for r in KEEP_ROWS])
+def test_a_recheck_keeps_the_earlier_proof_only_when_a_side_was_unread(
+        name, earlier, mine, theirs, peer_error, keep):
+    assert keeps_earlier_proof(earlier, mine, theirs, peer_error) is keep
 
 
 def test_parse_dump_and_problems(config):
