@@ -31,9 +31,9 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
   GRANT_PROBE_TIMEOUT (:func:`local_xapi_stuck`); no answer (or a refusal) ends the attempts
   at once too. Before even that, a pool.conf that turned ``master`` less than MASTER_FUSE s
   ago (:func:`new_master_fuse`) says the same without the wait: xapi restarts that long after
-  writing it, and until then it is the dead master's slave. A working local xapi logs in within milliseconds; a busy one that misses the
-  bound only costs the peer's Outdated mark, never safety (the exit code is the 7 the timeout
-  would give). The grant's proof (fencing verified on both
+  writing it, and until then it is the dead master's slave. A working local xapi logs in
+  within milliseconds; a busy one that misses the bound only costs the peer's Outdated mark,
+  never safety (the exit code is the 7 the timeout would give). The grant's proof (fencing verified on both
   hosts, this disk UpToDate when the link was lost) does not depend on the peer's answer: a
   peer that lost this host froze its I/O (resource-and-stonith) and acknowledged nothing since;
   the exit code after the timeout would be this same 7. DRBD runs this handler inside
@@ -112,14 +112,14 @@ def new_master_fuse(config, now=None, window=MASTER_FUSE):
     it is still the slave of the old master and its login waits for that master, then it
     restarts. pool.conf ``master`` written less than ``window`` s ago says so at the cost of one
     stat and one small read, where the login probe costs GRANT_PROBE_TIMEOUT."""
-    from iscsi_ha.files import SMALL_LIMIT, read_text
+    from iscsi_ha import model
+    from iscsi_ha.adapters.pool import read_pool_role
     try:
         changed = os.stat(config.POOL_CONF).st_mtime
-        role = read_text(config.POOL_CONF, SMALL_LIMIT).strip()
     except (OSError, IOError, AttributeError):
         return None
     age = (time.time() if now is None else now) - changed
-    if role != "master" or not 0 <= age < window:
+    if not 0 <= age < window or read_pool_role(config.POOL_CONF).role != model.MASTER:
         return None
     return ("this host became pool master %.1f s ago: its xapi restarts and cannot ask the "
             "peer now" % age)
