@@ -311,8 +311,7 @@ class Wakeups(object):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
         self._old_wakeup_fd = None
-        # False only right after a wait() whose select() found that descriptor without events
-        self._inotify_readable = self._events_readable = True
+        self._quiet = set()    # descriptors the last wait()'s select() found without events
 
     @property
     def files_event_driven(self):
@@ -335,9 +334,16 @@ class Wakeups(object):
         except OSError:
             pass
 
+    def _readable(self, fd):
+        """False once for a descriptor the last wait() found quiet: reading it could only fail
+        with EAGAIN (an event since keeps it readable for the next select)."""
+        if fd in self._quiet:
+            self._quiet.discard(fd)
+            return False
+        return True
+
     def files_changed(self):
-        readable, self._inotify_readable = self._inotify_readable, True
-        return self.inotify.take(readable)
+        return self.inotify.take(self._readable(self.inotify.fd))
 
     def drbd_changed(self):
         """DRBD 9 streaming: whether an event arrived. 8.4: whether the state words changed.
@@ -345,8 +351,7 @@ class Wakeups(object):
         if self.events is not None:
             self.events.ensure()
             if self.events.streaming:
-                readable, self._events_readable = self._events_readable, True
-                return self.events.take(readable)
+                return self.events.take(self._readable(self.events.fd))
             return True
         if self.proc_key is not None:
             return self.proc_key.changed()
@@ -363,9 +368,7 @@ class Wakeups(object):
         except (OSError, ValueError):
             time.sleep(min(max(0.0, timeout), 0.1))
             return
-        self._inotify_readable = self.inotify.fd is None or self.inotify.fd in ready
-        stream = self.events.fd if self.events is not None else None
-        self._events_readable = stream is None or stream in ready
+        self._quiet = set(fds[1:]) - set(ready)
         if self._pipe[0] in ready:
             try:
                 while os.read(self._pipe[0], 4096):
