@@ -136,8 +136,11 @@ class Renderer(object):
         return self.render("xapi_message.j2", self.context(entry)).strip()
 
 
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S %z"    # an alert's "Time:" (mail and XAPI message)
+
+
 def _iso(epoch):
-    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(epoch))
+    return time.strftime(TIME_FORMAT, time.localtime(epoch))
 
 
 def build_message(settings, subject, body, alert=None):

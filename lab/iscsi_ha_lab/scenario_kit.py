@@ -16,6 +16,7 @@ import os
 import time
 
 from iscsi_ha import statepaths
+from iscsi_ha.alerts.email import TIME_FORMAT
 from iscsi_ha_lab.lab import LabError, wait_until
 from iscsi_ha_lab.probe_control import ProbeRun
 
@@ -123,7 +124,7 @@ def _seen(body, delivered):
     for line in str(body or "").splitlines():
         if line.startswith("Time:"):
             try:
-                stamp = time.strptime(line[len("Time:"):].strip(), "%Y-%m-%d %H:%M:%S %z")
+                stamp = time.strptime(line[len("Time:"):].strip(), TIME_FORMAT)
             except ValueError:
                 break
             return calendar.timegm(stamp) - stamp.tm_gmtoff
