@@ -122,9 +122,12 @@ def test_two_secondaries_claim_exactly_one(med, tmp_path):
     for _ in range(20):      # both Secondary, in sync: golden with no primary
         gen = a.call("heartbeat", gen=gen, drbd=drbd())["gen"]
         gen = b.call("heartbeat", gen=gen, drbd=drbd())["gen"]
-        if med.server.store.cached("p2")[0]["eligible"] == ["a", "b"]:
+        rec = med.server.store.cached("p2")[0]
+        # the in-sync change is applied after b's answer: wait until the answers carry it
+        if rec["eligible"] == ["a", "b"] and rec["generation"] == gen:
             break
         time.sleep(0.05)
+    assert rec["eligible"] == ["a", "b"] and rec["generation"] == gen, rec
     time.sleep(1.4)
     out = []
     ts = [threading.Thread(target=lambda c=c: out.append(c.call("promote", gen=gen,

@@ -42,7 +42,8 @@ def test_faults_on_the_mediator_path(net, tmp_path):
         gen = beat(net, "a", cred["a"], gen, "Primary")["gen"]
         gen = beat(net, "b", cred["b"], gen, "Secondary")["gen"]
         pool = net.admin({"op": "pool-show", "pool": "p1"})["pool"]
-        if pool["eligible"] == ["a", "b"] and pool["primary"] == "a":
+        if pool["eligible"] == ["a", "b"] and pool["primary"] == "a" and \
+                pool["generation"] == gen:      # the answers carry the in-sync change
             break
         time.sleep(0.1)
     assert pool["eligible"] == ["a", "b"] and pool["generation"] == gen
