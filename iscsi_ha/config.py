@@ -61,6 +61,7 @@ DRBD_POLL_INTERVAL = seconds(min=0.02, max=60, default=0.2)
 ISCSI_TARGET_IQN = iqn(default='')
 ISCSI_LUNS = lun_map(default='')
 TGTADM = command(default='tgtadm')
+TGTD_CONTROL_SOCKET = control_socket(default='auto')
 TARGET_STATUS_COMMAND = command(default='systemctl is-active --quiet {service}')
 TARGET_START_COMMAND = command(default='systemctl start {service}')
 TARGET_STOP_COMMAND = command(default='systemctl stop {service}')
@@ -429,6 +430,14 @@ def _socket_path(value):
     return value
 
 
+def _control_socket(value):
+    """'auto' (tgtd's socket for TGTADM's control port), 'none' (poll the daemon), or the
+    absolute path of the target daemon's management socket."""
+    if value in ("auto", "none"):
+        return value
+    return _check(value.startswith("/"), value, "auto, none or an absolute path")
+
+
 def _xapi_url(value):
     """The URL the XAPI client connects to, checked as the client checks it before connecting
     (without importing the client: the fence-peer handler reads this file in a failover)."""
@@ -510,6 +519,7 @@ VALIDATOR_FUNCTIONS = {
     "dir_path": _dir_path,
     "log_file": _log_file,
     "socket_path": _socket_path,
+    "control_socket": _control_socket,
     "choice": _choice,
     "command": _command,
     "xapi_url": _xapi_url,

@@ -8,8 +8,8 @@ as it should be, the timer is short (RETRY_DELAY) so that a failed step is retri
 With the event sources of :mod:`iscsi_ha.wakeups` (inotify, the DRBD 9 event stream) the idle
 loop sleeps until an event or the timer, and wakes every DRBD_POLL_INTERVAL only for what no
 event reports (:meth:`Watcher.must_poll`): DRBD without a stream (8.4), target daemon processes
-to watch (no event tells their death), and a move's fast window. A secondary on DRBD 9 then
-wakes only for events and the MONITOR_DELAY pass.
+whose death no held connection reports, and a move's fast window. An agent on DRBD 9, primary
+or secondary, then wakes only for events and the MONITOR_DELAY pass.
 """
 import logging
 import threading
@@ -27,6 +27,9 @@ RETRY_DELAY = 1.0
 # every FAST_POLL s for FAST_WINDOW s, so the peer's demote is seen at once (DRBD 8.4 has no
 # event stream); the rest of the time, every DRBD_POLL_INTERVAL.
 FAST_POLL, FAST_WINDOW = 0.02, 5.0
+# After the target daemon closed the connection held to it (iscsi_ha.wakeups.DaemonSocket),
+# its processes are looked at every FAST_POLL s for this long.
+TARGET_EXIT_WINDOW = 1.0
 
 
 def _read(path):
@@ -75,20 +78,23 @@ class Watcher(object):
         self.drbd_checked = self.clock()
 
     def remember_target(self):
-        """After a pass: the target daemon's processes that pass saw (and which live now)."""
+        """After a pass: the target daemon's processes that pass saw (and which live now), and
+        the connection that makes their death an event."""
         self.target_seen = self._target()
+        if self.wakeups is not None:
+            self.wakeups.watch_target(self.target_seen)
 
     def must_poll(self, now=None):
         """Whether the idle loop must look every :meth:`poll_interval` (else an event or the
         timer wakes it): in a move's fast window, while DRBD has no event stream, and while the
-        last pass saw target daemon processes (their death is polled; an unreadable liveness
-        counts as processes)."""
+        last pass saw target daemon processes whose death is not an event (no held connection
+        to the daemon; an unreadable liveness counts as processes)."""
         now = self.clock() if now is None else now
         if now < self.fast_until:
             return True
         if self.wakeups is None or not self.wakeups.drbd_event_driven:
             return True
-        return bool(self.target_seen)
+        return bool(self.target_seen) and not self.wakeups.target_event_driven
 
     def poll_interval(self, now=None):
         now = self.clock() if now is None else now
@@ -111,7 +117,12 @@ class Watcher(object):
         elif poll_due and (wakeups is None or wakeups.drbd_changed()) \
                 and self._drbd() != self.drbd_seen:
             return "drbd"
-        if poll_due and self._target() != self.target_seen:
+        closed = wakeups is not None and wakeups.target_closed()
+        if closed:
+            # the daemon's end closed: it is exiting, and shows as gone (a zombie) a moment
+            # later; look quickly until then
+            self.fast_until = max(self.fast_until, now + TARGET_EXIT_WINDOW)
+        if (poll_due or closed) and self._target() != self.target_seen:
             return "target process gone"
         return None
 

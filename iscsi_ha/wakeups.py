@@ -10,6 +10,8 @@
   of its state words (``cs: ro: ds:``), so an idle poll parses nothing.
 - a signal wakes the select at once (``signal.set_wakeup_fd``), so SIGTERM stops the agent
   without waiting for the next poll.
+- the target daemon's death: a connection held open to tgtd's management socket reads end of
+  file when tgtd exits (:class:`DaemonSocket`); without one, the daemon's processes are polled.
 - the network: an rtnetlink socket (link and IPv4 address groups) tells the floating-IP
   adapter whether its last ``ip link``/``ip addr`` reading still holds (no message since), so
   an idle pass runs no ``ip`` (see :meth:`iscsi_ha.adapters.vip.VipAdapter.observe`).
@@ -29,6 +31,8 @@ import socket
 import struct
 import subprocess
 import time
+
+from iscsi_ha.adapters.target import control_socket
 
 log = logging.getLogger("iscsi-ha")
 
@@ -240,6 +244,95 @@ class ProcDrbdKey(object):
         self.fd = None
 
 
+_UCRED = struct.Struct("iII")    # struct ucred: pid, uid, gid
+CONNECT_TIMEOUT = 0.2
+
+
+class DaemonSocket(object):
+    """A connection held open to a daemon's Unix management socket, so that its death is an
+    event: the kernel closes the daemon's end when it exits and ours reads end of file.
+
+    tgtd accepts a management connection and waits for its request without a time limit,
+    at no cost but a descriptor (fujita/tgt usr/mgmt.c: mgmt_event_handler adds the socket
+    to its epoll set; mtask_recv_send_handler reads only when data comes), and its event loop
+    ends without regard to open connections. We never send anything.
+
+    The connection counts only when the listener (SO_PEERCRED) is one of the daemon processes
+    the last pass saw. If the daemon closes it while it lives (it refused us), that process is
+    not watched again: its death is polled."""
+
+    def __init__(self, paths):
+        self.paths, self.sock, self.pid = tuple(paths or ()), None, None
+        self.closed_by = None           # the listener that closed our connection last
+
+    @property
+    def fd(self):
+        return None if self.sock is None else self.sock.fileno()
+
+    def watch(self, pids):
+        """Hold a connection to the daemon when its listener is one of ``pids`` (no pids: drop
+        it). Returns whether the death of ``pids`` is now an event."""
+        pids = tuple(pids) if isinstance(pids, tuple) else ()
+        if self.sock is not None and self.pid in pids:
+            return True
+        self.close()
+        if not self.paths or not pids or self.closed_by in pids:
+            return False
+        problems = []
+        for path in self.paths:
+            sock, pid = self._connect(path, pids, problems)
+            if sock is not None:
+                self.sock, self.pid = sock, pid
+                log.debug("wake-ups: the target daemon's death is an event (held connection "
+                          "to %s, process %d)", path, pid)
+                return True
+        log.debug("wake-ups: no watch on the target daemon (%s); it is polled",
+                  "; ".join(problems))
+        return False
+
+    @staticmethod
+    def _connect(path, pids, problems):
+        sock = None
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            fcntl.fcntl(sock.fileno(), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            pid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                _UCRED.size))[0]
+            if pid not in pids:
+                raise OSError("its listener is process %d, not %s" % (
+                    pid, ", ".join(map(str, pids))))
+            sock.setblocking(False)
+            return sock, pid
+        except (OSError, socket.error, struct.error) as exc:
+            if sock is not None:
+                sock.close()
+            problems.append("%s: %s" % (path, exc))
+            return None, None
+
+    def closed(self, readable=True):
+        """Whether the daemon closed its end since the last call (then the connection is
+        dropped). ``readable`` False: select found it quiet, nothing to read."""
+        if self.sock is None or not readable:
+            return False
+        try:
+            if self.sock.recv(64):
+                return False                   # tgtd never writes unasked; ignore it
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            pass
+        self.closed_by = self.pid
+        self.close()
+        return True
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.pid = None
+
+
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 0x1, 0x10
 
 
@@ -294,15 +387,18 @@ def for_agent(config, drbd_adapter):
         version = drbd_adapter.version
     except Exception:  # DRBD_VERSION=auto with DRBD not loaded yet: poll DRBD
         version = None
-    return Wakeups(config, version, getattr(drbd_adapter, "drbdsetup", ["drbdsetup"]))
+    return Wakeups(config, version, getattr(drbd_adapter, "drbdsetup", ["drbdsetup"]),
+                   control_socket(config.TGTD_CONTROL_SOCKET, config.TGTADM,
+                                  config.ISCSI_TARGET_SERVICE))
 
 
 class Wakeups(object):
     """What the idle loop waits on. ``files_changed()`` / ``drbd_changed()`` say whether the
     watcher must look again; :meth:`wait` sleeps until an event, a signal or ``timeout``."""
 
-    def __init__(self, config, drbd_version, drbdsetup_argv):
+    def __init__(self, config, drbd_version, drbdsetup_argv, target_sockets=()):
         self.inotify = Inotify([config.POOL_CONF, config.MANUAL_FILE])
+        self.target = DaemonSocket(target_sockets)
         self.events = DrbdEvents(drbdsetup_argv) if drbd_version == "9" else None
         self.proc_key = ProcDrbdKey(config.DRBD_PROC) if drbd_version == "8.4" else None
         self.network = NetlinkChanges()   # lets the floating-IP adapter skip unchanged reads
@@ -320,6 +416,19 @@ class Wakeups(object):
     @property
     def drbd_event_driven(self):
         return self.events is not None and self.events.streaming
+
+    def watch_target(self, pids):
+        """After a pass: hold the target daemon's connection while ``pids`` (the daemon's live
+        processes, a tuple) are what the pass left running."""
+        return self.target.watch(pids)
+
+    @property
+    def target_event_driven(self):
+        return self.target.sock is not None
+
+    def target_closed(self):
+        """Whether the watched target daemon closed its end (it is exiting) since last asked."""
+        return self.target.closed(self._readable(self.target.fd))
 
     def install_signal_wakeup(self):
         """Signals wake :meth:`wait` at once (main thread only; harmless to skip)."""
@@ -363,6 +472,8 @@ class Wakeups(object):
             fds.append(self.inotify.fd)
         if self.events is not None and self.events.fd is not None:
             fds.append(self.events.fd)
+        if self.target.fd is not None:
+            fds.append(self.target.fd)
         try:
             ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
         except (OSError, ValueError):
@@ -385,6 +496,7 @@ class Wakeups(object):
             self._old_wakeup_fd = None
         self.inotify.close()
         self.network.close()
+        self.target.close()
         if self.events is not None:
             self.events.close()
         if self.proc_key is not None:

@@ -169,3 +169,52 @@ def test_real_daemon_survives_a_hung_pass_alerts_and_runs_the_next(ns_prefix, tm
         if pool is not None:
             pool.stop()
         rig.down()
+
+
+@pytest.mark.netns
+def test_tgtd_death_wakes_the_daemon_through_its_held_connection(ns_prefix, tmp_path):
+    """The real daemon, primary on DRBD 9 (event stream), holds a connection to the real
+    tgtd's management socket. With polling slowed to 60 s and the pass timer to an hour, only
+    that connection can tell it tgtd died: SIGKILL tgtd, and a pass triggered by "target process
+    gone" restarts it within seconds; it watches the new tgtd the same way."""
+    rig = Rig(str(tmp_path), ns_prefix, ctl=44, drbd_version="9")
+    try:
+        rig.up()
+        host = rig.host
+        rig.set_pool("master")
+        host.write_config(host.read_config() + "MONITOR_DELAY=3600\nDRBD_POLL_INTERVAL=60\n"
+                          "POOL_POLL_INTERVAL=10\nMAIL_ON=0\n")
+        agent = host.start_agent()
+        for round_ in range(2):
+            _until(lambda: (_status(rig).get("health") == "ok" and host.tgtd_pid()
+                                  and _status(rig)) or _dead(agent, host), 30,
+                         "a serving primary (round %d)" % round_)
+            number = _quiet_for(rig, 6, 40)   # settled, past the fast window after a move
+            pid = host.tgtd_pid()
+            t0 = time.monotonic()
+            host.kill_tgtd()
+            after = _until(lambda: (_status(rig).get("pass", {}).get("number", 0) > number
+                                    and _status(rig)) or _dead(agent, host), 10,
+                           "a pass after tgtd died")
+            noticed = time.monotonic() - t0
+            assert after["pass"]["trigger"] == "target process gone", after["pass"]
+            assert noticed < 5, noticed        # polling would take 60 s
+            _until(lambda: host.tgtd_pid() not in (None, pid), 20, "tgtd started again")
+        assert agent.poll() is None
+    finally:
+        rig.host.stop_agent(signal.SIGKILL)
+        rig.down()
+
+
+
+def _quiet_for(rig, seconds, limit):
+    """The pass number once no pass ran for ``seconds`` (within ``limit`` seconds)."""
+    deadline, number, since = time.monotonic() + limit, None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = _status(rig).get("pass", {}).get("number")
+        if now != number:
+            number, since = now, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return number
+        time.sleep(0.2)
+    raise AssertionError("passes did not stop for %s s within %s s" % (seconds, limit))

@@ -204,9 +204,20 @@ class _FakeWakeups(object):
     def __init__(self, streaming):
         self.drbd_event_driven = streaming
         self.pending = False
+        self.target_event_driven = False
+        self.target_closes = False
+        self.watched = []
 
     def files_changed(self):
         return False
+
+    def watch_target(self, pids):
+        self.watched.append(pids)
+        return self.target_event_driven
+
+    def target_closed(self):
+        closed, self.target_closes = self.target_closes, False
+        return closed
 
     def drbd_changed(self):
         pending, self.pending = self.pending, False
@@ -222,8 +233,10 @@ def _watcher(wakeups, fingerprints):
             return "same"
 
     class Target(object):
+        alive = ()
+
         def liveness(self):
-            return ()
+            return self.alive
 
     class Agent(object):
         pass
@@ -308,6 +321,9 @@ def test_the_idle_loop_polls_only_what_no_event_reports():
     assert watcher.must_poll() is False          # events and the timer wake the loop
     watcher.target_seen = (4242,)                # a tgtd to watch: its death is polled
     assert watcher.must_poll() is True
+    fake.target_event_driven = True              # ... unless a held connection reports it
+    assert watcher.must_poll() is False
+    fake.target_event_driven = False
     watcher.target_seen = "<OSError>"            # liveness unreadable: poll
     assert watcher.must_poll() is True
     watcher.target_seen = ()
@@ -392,3 +408,94 @@ def test_an_idle_secondary_sleeps_to_the_timer_and_a_drbd_event_still_wakes_it(
         if writer is not None:
             writer.close()
         w.close()
+
+
+def test_a_closed_target_connection_looks_at_once_then_quickly_until_the_process_is_gone():
+    """The daemon's end closes while it exits, a moment before it shows as a zombie: the
+    watcher checks the processes at once and then every FAST_POLL for TARGET_EXIT_WINDOW."""
+    from iscsi_ha import loop as loop_mod
+    fake = _FakeWakeups(streaming=True)
+    fake.target_event_driven = True
+    watcher = _watcher(fake, [])
+    target = watcher.agent.adapters.target
+    target.alive = (4242,)
+    now = [100.0]
+    watcher.clock = lambda: now[0]
+    watcher.remember()
+    watcher.remember_target()
+    assert fake.watched == [(4242,)] and watcher.must_poll() is False
+    fake.target_closes = True                    # EOF, the process not yet a zombie
+    assert watcher.changed() is None
+    assert watcher.must_poll() is True
+    assert watcher.poll_interval() == loop_mod.FAST_POLL
+    target.alive = ()                            # a FAST_POLL later: gone
+    now[0] += 2 * loop_mod.FAST_POLL
+    assert watcher.changed() == "target process gone"
+    now[0] += loop_mod.TARGET_EXIT_WINDOW
+    watcher.target_seen = ()
+    assert watcher.must_poll() is False
+
+
+def _listener(path):
+    import socket
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    return server
+
+
+def test_daemon_socket_holds_a_connection_to_a_listener_it_was_told_of(tmp_path):
+    import select
+    path = str(tmp_path / "socket.3")
+    server = _listener(path)
+    watch = wakeups.DaemonSocket([str(tmp_path / "absent"), path])
+    try:
+        assert watch.watch(()) is False and watch.sock is None       # no process: no watch
+        assert watch.watch((os.getpid() + 1,)) is False              # someone else listens
+        assert watch.watch((os.getpid(),)) is True
+        fd = watch.fd
+        assert watch.watch((os.getpid(),)) is True and watch.fd == fd   # kept, not redone
+        server.settimeout(5)
+        stale, _ = server.accept()        # the connection dropped when the pid did not match
+        conn, _ = server.accept()
+        stale.close()
+        assert watch.closed() is False                              # quiet: nothing read
+        conn.close()                                                # the daemon's end closes
+        assert select.select([fd], [], [], 5)[0] == [fd]
+        assert watch.closed() is True and watch.sock is None
+        assert watch.closed_by == os.getpid()
+        # the same process closed on us and lives on: not watched again, its death is polled
+        assert watch.watch((os.getpid(),)) is False
+        assert watch.watch((os.getpid(), 7)) is False
+    finally:
+        watch.close()
+        server.close()
+
+
+def test_daemon_socket_without_a_listener_polls(tmp_path):
+    watch = wakeups.DaemonSocket([str(tmp_path / "absent")])
+    assert watch.watch((os.getpid(),)) is False and watch.fd is None
+    assert wakeups.DaemonSocket(()).watch((os.getpid(),)) is False
+    path = tmp_path / "file"
+    path.write_text("")                                   # not a socket
+    assert wakeups.DaemonSocket([str(path)]).watch((os.getpid(),)) is False
+
+
+T = ("/var/run/tgtd/socket.%d", "/var/run/tgtd.ipc_abstract_namespace.%d",
+     "/tmp/.TGT_IPC_ABSTRACT_NAMESPACE.%d")
+
+
+@pytest.mark.parametrize("setting, tgtadm, service, expected", [
+    ("auto", "tgtadm", "tgtd", tuple(t % 0 for t in T)),
+    ("auto", "tgtadm -C 3", "tgtd", tuple(t % 3 for t in T)),
+    ("auto", "/usr/sbin/tgtadm --control-port 12", "tgtd", tuple(t % 12 for t in T)),
+    ("auto", "tgtadm --control-port=7", "tgtd", tuple(t % 7 for t in T)),
+    ("auto", "tgtadm -C5", "tgtd", tuple(t % 5 for t in T)),
+    ("auto", "tgtadm -C x", "tgtd", ()),            # not a port: no guess, poll
+    ("auto", "tgtadm", "scst", ()),                 # not tgtd: poll
+    ("none", "tgtadm", "tgtd", ()),
+    ("/run/tgt/ctl.0", "tgtadm", "tgtd", ("/run/tgt/ctl.0",)),
+])
+def test_control_socket_follows_tgtadm(setting, tgtadm, service, expected):
+    from iscsi_ha.adapters.target import control_socket
+    assert control_socket(setting, tgtadm, service) == expected

@@ -55,6 +55,39 @@ class TargetResult(str):
         return self
 
 
+# tgtd's management socket is "<prefix>.<control port>" (fujita/tgt usr/tgtadm.h
+# TGT_IPC_NAMESPACE, usr/mgmt.c ipc_init); the prefix moved twice: tgt 1.0.58 and later (2015),
+# 1.0.41-1.0.57, and before. A tgtd started with TGT_IPC_SOCKET set uses that prefix: configure
+# the path then.
+TGTD_SOCKET_PREFIXES = ("/var/run/tgtd/socket", "/var/run/tgtd.ipc_abstract_namespace",
+                        "/tmp/.TGT_IPC_ABSTRACT_NAMESPACE")
+
+
+def control_socket(setting, tgtadm, service):
+    """The paths where the management socket of the target daemon the agent watches may be
+    (tried in order), or () (no watch: its death is polled). ``setting`` is
+    TGTD_CONTROL_SOCKET: a path, 'none', or 'auto' = tgtd's socket for the control port that
+    ``tgtadm`` (the TGTADM command line) talks to, when the service is tgtd."""
+    if setting == "none":
+        return ()
+    if setting != "auto":
+        return (setting,)
+    if service != "tgtd":
+        return ()
+    argv = split_command(tgtadm)
+    port = "0"
+    for i, arg in enumerate(argv):
+        if arg in ("-C", "--control-port") and i + 1 < len(argv):
+            port = argv[i + 1]
+        elif arg.startswith("--control-port="):
+            port = arg.split("=", 1)[1]
+        elif arg.startswith("-C") and len(arg) > 2:
+            port = arg[2:]
+    if not port.isdigit():
+        return ()
+    return tuple("%s.%d" % (prefix, int(port)) for prefix in TGTD_SOCKET_PREFIXES)
+
+
 # -- processes -----------------------------------------------------------------------------
 
 def _netns_id(pid="self"):
