@@ -154,5 +154,8 @@ def results_to_list(results, at):
 
 
 def write(path, document):
-    atomic_write(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    """One line of compact JSON: without ``indent`` the json module encodes in C, about a
+    quarter of the pure-Python indenting encoder's cost, on every pass (``iscsi-cfg status
+    --json`` prints it indented)."""
+    atomic_write(path, json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n")
 
