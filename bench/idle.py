@@ -8,7 +8,8 @@ The lab runs both agents with the production defaults (MONITOR_DELAY 10 s, and t
 keys the lab shortens for its tests set back to their configspec defaults: FENCING_RECHECK,
 VIP_CHECK_INTERVAL, DRBD_POLL_INTERVAL, POOL_POLL_INTERVAL); once the pool is settled, each agent process is sampled for
 ``--seconds``: CPU share of one core (its own user+system time, and separately the time of the
-commands it ran, reaped or still runs), wake-ups (voluntary context switches) and RSS (largest sample).
+commands it ran, reaped or still runs), wake-ups (times its threads were run, from each thread's
+schedstat) and RSS (largest sample); the JSON has the same per thread.
 The lab's DRBD commands are a Python double, so the children's share is far above what C
 drbdsetup costs on a real dom0: the figure to compare with the 0.2 % goal is the agent's own.
 For scale, the same run measures an idle ``sleep`` process (the floor).
@@ -67,13 +68,43 @@ def _live_children(proc):
     return out
 
 
+def _threads(pid):
+    """{tid: (run time ns, times run)} of each thread of ``pid`` (/proc/PID/task/TID/schedstat:
+    the scheduler's own figures; /proc/PID/status counts the main thread's switches only)."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as handle:
+                ran, _, runs = handle.read().split()[:3]
+            out[int(tid)] = (int(ran), int(runs))
+        except (OSError, IOError, ValueError):
+            continue
+    return out
+
+
+def _per_thread(before, after, elapsed):
+    """[{tid, cpu_pct, runs_per_s}] of the threads alive at the end, busiest first (a thread
+    born during the sample counts from zero; one that ended is missing)."""
+    rows = []
+    for tid, (ran, runs) in after.items():
+        ran0, runs0 = before.get(tid, (0, 0))
+        rows.append({"tid": tid, "cpu_pct": round(100.0 * (ran - ran0) / 1e9 / elapsed, 3),
+                     "runs_per_s": round((runs - runs0) / elapsed, 1)})
+    return sorted(rows, key=lambda r: -r["cpu_pct"])
+
+
 def sample(procs, seconds):
     """{label: figures} for psutil processes sampled over ``seconds``."""
-    first, rss, ctx, live = {}, dict((k, 0) for k in procs), {}, {}
+    first, rss, ctx, live, threads = {}, dict((k, 0) for k in procs), {}, {}, {}
     for label, proc in procs.items():
         first[label] = _times(proc)
         live[label] = _live_children(proc)
         ctx[label] = proc.num_ctx_switches().voluntary
+        threads[label] = _threads(proc.pid)
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         for label, proc in procs.items():
@@ -88,9 +119,12 @@ def sample(procs, seconds):
         out[label] = {
             "cpu_own_pct": round(100.0 * (own - first[label][0]) / elapsed, 3),
             "cpu_children_pct": round(100.0 * (children - first[label][1]) / elapsed, 3),
-            "wakeups_per_s": round((proc.num_ctx_switches().voluntary - ctx[label]) / elapsed,
-                                   1),
+            "main_thread_wakeups_per_s": round(
+                (proc.num_ctx_switches().voluntary - ctx[label]) / elapsed, 1),
+            "threads": _per_thread(threads[label], _threads(proc.pid), elapsed),
             "rss_mb": round(rss[label] / 1048576.0, 1), "seconds": round(elapsed, 1)}
+        out[label]["wakeups_per_s"] = round(sum(t["runs_per_s"] for t in out[label]["threads"]),
+                                            1)
     return out
 
 
@@ -129,6 +163,10 @@ def measure(version, seconds, base, log, prefix):
             log("DRBD %-3s %-13s own CPU %6.3f %%  children %7.3f %%  %5.1f wake-ups/s  "
                 "RSS %5.1f MB" % (version, label, f["cpu_own_pct"], f["cpu_children_pct"],
                                   f["wakeups_per_s"], f["rss_mb"]))
+            busy = [t for t in f["threads"] if t["cpu_pct"] >= 0.001][:4]
+            if len(f["threads"]) > 1 and busy:
+                log("    %d threads; busiest: %s" % (len(f["threads"]), ", ".join(
+                    "%.3f %% %.1f/s" % (t["cpu_pct"], t["runs_per_s"]) for t in busy)))
         return figures
     finally:
         lab.down()

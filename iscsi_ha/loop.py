@@ -5,11 +5,12 @@ state changed (the adapter's cheap fingerprint, every DRBD_POLL_INTERVAL), a tar
 process the last pass saw is gone (same period), or MONITOR_DELAY elapsed. While the host is not
 as it should be, the timer is short (RETRY_DELAY) so that a failed step is retried promptly.
 
-With the event sources of :mod:`iscsi_ha.wakeups` (inotify, the DRBD 9 event stream) the idle
-loop sleeps until an event or the timer, and wakes every DRBD_POLL_INTERVAL only for what no
-event reports (:meth:`Watcher.must_poll`): DRBD without a stream (8.4), target daemon processes
-whose death no held connection reports, and a move's fast window. An agent on DRBD 9, primary
-or secondary, then wakes only for events and the MONITOR_DELAY pass.
+With the event sources of :mod:`iscsi_ha.wakeups` (inotify, DRBD's event stream, a connection
+held to tgtd) the idle loop sleeps until an event or the timer, and wakes every
+DRBD_POLL_INTERVAL only for what no event reports (:meth:`Watcher.must_poll`): DRBD without a
+stream (8.4 before 8.4.6, or the stream is down), target daemon processes whose death no held
+connection reports, and a move's fast window. An agent, primary or secondary, then wakes only
+for events and the MONITOR_DELAY pass.
 """
 import logging
 import threading
@@ -24,8 +25,8 @@ from iscsi_ha.files import SMALL_LIMIT, read_text
 log = logging.getLogger("iscsi-ha")
 RETRY_DELAY = 1.0
 # After pool.conf or the manual file changed (a move begins), DRBD and the target are looked at
-# every FAST_POLL s for FAST_WINDOW s, so the peer's demote is seen at once (DRBD 8.4 has no
-# event stream); the rest of the time, every DRBD_POLL_INTERVAL.
+# every FAST_POLL s for FAST_WINDOW s, so the peer's demote is seen at once even without DRBD's
+# event stream; the rest of the time, every DRBD_POLL_INTERVAL.
 FAST_POLL, FAST_WINDOW = 0.02, 5.0
 # After the target daemon closed the connection held to it (iscsi_ha.wakeups.DaemonSocket),
 # its processes are looked at every FAST_POLL s for this long.
@@ -151,7 +152,7 @@ class Loop(object):
         timeout = max(0.0, due - time.monotonic())
         if not self.wakeups.files_event_driven:
             timeout = min(timeout, poll, self.watcher.poll_interval())
-        elif self.watcher.must_poll():      # target liveness, DRBD 8.4, a move's fast window
+        elif self.watcher.must_poll():      # target liveness, no DRBD stream, a move's fast window
             timeout = min(timeout, self.watcher.poll_interval())
         self.wakeups.wait(timeout)
 

@@ -3,11 +3,12 @@
 - pool.conf and the manual-mode file: inotify (through ctypes; Python 3.6 has no binding) on
   their directories, since both files are replaced by rename. The loop re-reads them only after
   an event names one of them (or the watch was lost: then it reads on every wake-up).
-- DRBD 9: one persistent ``drbdsetup events2 all`` child; any line it prints means "look
-  again". If it cannot start or ends, the loop polls as before and the stream is restarted
-  after EVENTS_RETRY seconds.
-- DRBD 8.4: /proc/drbd stays polled, but through a kept-open descriptor and a byte-level key
-  of its state words (``cs: ro: ds:``), so an idle poll parses nothing.
+- DRBD (9, and 8.4 from 8.4.6): one persistent ``drbdsetup events2 all`` child; any line it
+  prints means "look again". If it cannot start or ends, the loop polls as before and the
+  stream is restarted after EVENTS_RETRY seconds, later and later while it keeps failing at
+  once (an 8.4 older than 8.4.6 has no events2).
+- DRBD 8.4 without the stream: /proc/drbd is polled through a kept-open descriptor and a
+  byte-level key of its state words (``cs: ro: ds:``), so an idle poll parses nothing.
 - a signal wakes the select at once (``signal.set_wakeup_fd``), so SIGTERM stops the agent
   without waiting for the next poll.
 - the target daemon's death: a connection held open to tgtd's management socket reads end of
@@ -44,6 +45,9 @@ WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_
               | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
 _EVENT = struct.Struct("iIII")
 EVENTS_RETRY = 5.0
+# A stream that ends within EVENTS_SHORT s of its start (or cannot start) failed "at once":
+# each such failure in a row doubles the wait before the next try, up to EVENTS_RETRY_MAX.
+EVENTS_SHORT, EVENTS_RETRY_MAX = 10.0, 300.0
 _STATE_WORDS = re.compile(rb"(?:cs|ro|ds):\S+")
 
 
@@ -134,12 +138,13 @@ class Inotify(object):
 
 
 class DrbdEvents(object):
-    """A persistent ``drbdsetup events2 all``: its output means DRBD changed (DRBD 9)."""
+    """A persistent ``drbdsetup events2 all``: its output means DRBD changed."""
 
     def __init__(self, drbdsetup_argv, clock=time.monotonic):
         self.argv = list(drbdsetup_argv) + ["events2", "all"]
         self.clock = clock
         self.proc, self.dirty, self.retry_at, self.failures = None, True, 0.0, 0
+        self.started_at, self.quick_failures = None, 0
 
     @property
     def fd(self):
@@ -160,13 +165,23 @@ class DrbdEvents(object):
         except OSError as exc:
             self._failed("cannot start %s: %s" % (" ".join(self.argv), exc))
             return
+        self.started_at = self.clock()
         flags = fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_GETFL)
         fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self.dirty = True
 
     def _failed(self, why):
         self.failures += 1
-        self.retry_at = self.clock() + EVENTS_RETRY
+        now = self.clock()
+        if self.started_at is not None and now - self.started_at >= EVENTS_SHORT:
+            self.quick_failures = 0           # it ran a while: try again soon
+        else:
+            self.quick_failures += 1
+        self.started_at = None
+        delay = EVENTS_RETRY
+        if self.quick_failures:
+            delay = min(EVENTS_RETRY * 2 ** min(self.quick_failures - 1, 16), EVENTS_RETRY_MAX)
+        self.retry_at = now + delay
         self.dirty = True
         if self.failures == 1 or self.failures % 100 == 0:
             log.info("wake-ups: DRBD events stream unavailable (%s); polling DRBD", why)
@@ -399,7 +414,10 @@ class Wakeups(object):
     def __init__(self, config, drbd_version, drbdsetup_argv, target_sockets=()):
         self.inotify = Inotify([config.POOL_CONF, config.MANUAL_FILE])
         self.target = DaemonSocket(target_sockets)
-        self.events = DrbdEvents(drbdsetup_argv) if drbd_version == "9" else None
+        # events2 is DRBD 9's, and 8.4's since 8.4.6 (LINBIT/drbd-8.4 40b874c5 "Backport the
+        # events2 command"; drbd-utils user/v84/drbdsetup.c prints it as for 9). An older 8.4
+        # cannot stream: /proc/drbd is polled while the stream is down.
+        self.events = DrbdEvents(drbdsetup_argv) if drbd_version in ("8.4", "9") else None
         self.proc_key = ProcDrbdKey(config.DRBD_PROC) if drbd_version == "8.4" else None
         self.network = NetlinkChanges()   # lets the floating-IP adapter skip unchanged reads
         self._pipe = os.pipe()
@@ -455,13 +473,13 @@ class Wakeups(object):
         return self.inotify.take(self._readable(self.inotify.fd))
 
     def drbd_changed(self):
-        """DRBD 9 streaming: whether an event arrived. 8.4: whether the state words changed.
-        Otherwise (stream down, version unknown): True, so the caller polls as before."""
+        """Streaming: whether an event arrived. Stream down on 8.4: whether /proc/drbd's state
+        words changed. Otherwise (stream down on 9, version unknown): True, so the caller polls
+        as before."""
         if self.events is not None:
             self.events.ensure()
             if self.events.streaming:
                 return self.events.take(self._readable(self.events.fd))
-            return True
         if self.proc_key is not None:
             return self.proc_key.changed()
         return True

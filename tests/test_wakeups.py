@@ -139,7 +139,7 @@ class _Config(object):
 
 
 def test_wait_ends_early_on_a_file_event(tmp_path):
-    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", [str(tmp_path / "no-drbdsetup")])
     try:
         w.files_changed()
         timer = threading.Timer(0.2, lambda: (tmp_path / "pool.conf").write_text("master"))
@@ -158,7 +158,7 @@ def test_a_quiet_wait_skips_the_inotify_read_and_a_later_event_is_not_lost(tmp_p
     descriptor (a read that could only fail with EAGAIN, at every idle wake-up); an event
     that arrives after that select keeps the descriptor readable: the next wait returns at
     once and the change is seen."""
-    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", [str(tmp_path / "no-drbdsetup")])
     reads = []
     real_drain = w.inotify.drain
     w.inotify.drain = lambda: (reads.append(1), real_drain())
@@ -179,7 +179,7 @@ def test_a_quiet_wait_skips_the_inotify_read_and_a_later_event_is_not_lost(tmp_p
 
 
 def test_wait_ends_early_on_wake(tmp_path):
-    w = wakeups.Wakeups(_Config(tmp_path), "8.4", ["drbdsetup"])
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", [str(tmp_path / "no-drbdsetup")])
     try:
         threading.Timer(0.1, w.wake).start()
         started = time.monotonic()
@@ -190,7 +190,7 @@ def test_wait_ends_early_on_wake(tmp_path):
 
 
 def test_unknown_drbd_version_polls(tmp_path):
-    w = wakeups.Wakeups(_Config(tmp_path), None, ["drbdsetup"])
+    w = wakeups.Wakeups(_Config(tmp_path), None, [str(tmp_path / "no-drbdsetup")])
     try:
         assert w.drbd_changed() is True and w.drbd_changed() is True
         assert not w.drbd_event_driven
@@ -499,3 +499,46 @@ T = ("/var/run/tgtd/socket.%d", "/var/run/tgtd.ipc_abstract_namespace.%d",
 def test_control_socket_follows_tgtadm(setting, tgtadm, service, expected):
     from iscsi_ha.adapters.target import control_socket
     assert control_socket(setting, tgtadm, service) == expected
+
+
+def test_drbd_events_that_keep_failing_at_once_are_retried_later_and_later(tmp_path):
+    """An 8.4 older than 8.4.6 has no events2: the stream fails at each start. The retries
+    space out (5, 10, 20 ... 300 s) instead of forking drbdsetup every 5 s for ever; a stream
+    that ran a while before it ended is retried after 5 s again."""
+    now = [1000.0]
+    events = wakeups.DrbdEvents([str(tmp_path / "no-such-drbdsetup")], clock=lambda: now[0])
+    waits = []
+    for _ in range(9):
+        events.ensure()
+        assert not events.streaming
+        waits.append(events.retry_at - now[0])
+        now[0] = events.retry_at
+    assert waits == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    events.started_at = now[0] - 60.0        # a stream that had run for a minute ends
+    events._failed("ended")
+    assert events.retry_at - now[0] == 5.0 and events.quick_failures == 0
+
+
+def test_drbd_84_polls_proc_drbd_while_its_stream_is_down(tmp_path):
+    """8.4 without events2 (the stream cannot start): /proc/drbd's state words decide."""
+    proc = tmp_path / "proc_drbd"
+    proc.write_text(" 1: cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C r-----\n")
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", [str(tmp_path / "no-drbdsetup")])
+    try:
+        assert w.drbd_changed() is True             # the first look
+        assert w.drbd_changed() is False and not w.drbd_event_driven
+        proc.write_text(" 1: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C r-----\n")
+        assert w.drbd_changed() is True
+    finally:
+        w.close()
+
+
+def test_drbd_84_streams_events2_when_it_can(tmp_path):
+    script = tmp_path / "events.py"
+    script.write_text(STREAM)
+    w = wakeups.Wakeups(_Config(tmp_path), "8.4", [sys.executable, str(script), "1.0", "5"])
+    try:
+        assert w.drbd_changed() is True
+        assert w.drbd_event_driven
+    finally:
+        w.close()

@@ -395,7 +395,7 @@ def main(argv=None):
     try:
         world_dir, host, prog, args = split_invocation(argv)
         world = World(world_dir)
-        if prog == "drbdsetup" and args[:1] == ["events2"] and world._read()["version"] == "9":
+        if prog == "drbdsetup" and args[:1] == ["events2"]:
             from iscsi_ha_lab.drbd_double_events import stream
             return stream(world, host, args[1:])
         rc, out, err = invoke(world, host, prog, args)

@@ -1,13 +1,21 @@
-"""``drbdsetup events2`` of the DRBD double (DRBD 9 only): a stream that never ends by itself.
+"""``drbdsetup events2`` of the DRBD double: a stream that never ends by itself.
 
-Like the real command (drbd-utils ``user/v9/drbdsetup.c``, ``events2``), it first prints one
-``exists`` line per object of every resource that is up on this host and ``exists -``, then one
-``change`` line each time an object's state changes, flushed at once. The kernel pushes real
-events over netlink; the double cannot, so it looks at the world's state files every
-POLL seconds (reading it only when its mtime moved) and reports what differs. The lines carry
+Like the real command (drbd-utils ``user/v9/drbdsetup.c`` and ``user/v84/drbdsetup.c``,
+``print_notifications()``), it first prints one ``exists`` line per object of every resource
+that is up on this host and ``exists -``, then a ``change`` line each time an object's state
+changes, flushed at once: the object's key and only the state words that changed (the real
+command keeps the last state of each object and prints what differs). The kernel pushes real
+events over netlink; the double cannot, so it looks at the world's state files every POLL
+seconds (reading it only when its mtime moved) and reports what differs. The lines carry
 DRBD's own words (``role:``, ``connection:``, ``disk:``, ``replication:``, ``peer-disk:``);
-their order within one change is not significant. The stream ends when its reader goes away
-(a write fails) or when the process that started it is gone (it is re-parented).
+their order within one change is not significant.
+
+DRBD 8.4 streams too: its kernel has events2 since 8.4.6 (LINBIT/drbd-8.4 40b874c5). 8.4
+has no node ids, so drbd-utils' ``event_key()`` prints ``peer-node-id:0`` and ``conn-name:peer``
+for a connection and a peer device, and 8.4's devices have no ``client:`` word.
+
+The stream ends when its reader goes away (a write fails) or when the process that started it
+is gone (it is re-parented).
 """
 import os
 import sys
@@ -19,25 +27,39 @@ LIMIT = 24 * 3600.0     # bounded, as every loop in the lab
 
 
 def _lines(world, st, host):
-    """{object key: state words} for every object of ``host``'s resources that are up."""
+    """{(object, resource): (key words, [state words])} for every object of ``host``'s
+    resources that are up."""
     out = {}
     peer = [h for h in sorted(st["hosts"]) if h != host][0]
-    peer_id = sorted(st["hosts"]).index(peer)
+    if st["version"] == "8.4":
+        peer_id, conn_name, device_extra = 0, "peer", []
+    else:
+        peer_id, conn_name, device_extra = sorted(st["hosts"]).index(peer), peer, ["client:no"]
     for res in sorted(st["resources"]):
         view = world.view(st, host, res)
         if not view["up"]:
             continue
-        # DRBD 9 names why I/O is suspended ("fencing" while the fence-peer handler runs)
-        out[("resource", res)] = "name:%s role:%s suspended:%s" % (
-            res, view["role"], "fencing" if view.get("suspended") else "no")
-        out[("connection", res)] = "name:%s peer-node-id:%d conn-name:%s connection:%s role:%s" % (
-            res, peer_id, peer, view["conn"], view["peer_role"])
-        out[("device", res)] = "name:%s volume:0 minor:%d disk:%s client:no" % (
-            res, view["minor"], view["disk"])
-        out[("peer-device", res)] = ("name:%s peer-node-id:%d conn-name:%s volume:0 "
-                                     "replication:%s peer-disk:%s" % (
-                                         res, peer_id, peer, view["repl"], view["peer_disk"]))
+        peer_key = "name:%s peer-node-id:%d conn-name:%s" % (res, peer_id, conn_name)
+        # DRBD names why I/O is suspended ("fencing" while the fence-peer handler runs)
+        out[("resource", res)] = ("name:%s" % res, [
+            "role:%s" % view["role"],
+            "suspended:%s" % ("fencing" if view.get("suspended") else "no")])
+        out[("connection", res)] = (peer_key, [
+            "connection:%s" % view["conn"], "role:%s" % view["peer_role"]])
+        out[("device", res)] = ("name:%s volume:0 minor:%d" % (res, view["minor"]),
+                                ["disk:%s" % view["disk"]] + device_extra)
+        out[("peer-device", res)] = (peer_key + " volume:0", [
+            "replication:%s" % view["repl"], "peer-disk:%s" % view["peer_disk"]])
     return out
+
+
+def _words(entry, before=None):
+    """The line's text after the object name: its key and the state words that differ from
+    ``before`` (all of them without one)."""
+    key, words = entry
+    if before is not None:
+        words = [w for w, old in zip(words, before[1]) if w != old]
+    return " ".join([key] + words)
 
 
 def _order(key):
@@ -86,7 +108,7 @@ def stream(world, host, args, out=None):
         st = _read(world)
         seen = _lines(world, st, host) if st else {}
         for key in sorted(seen, key=_order):
-            out.write("exists %s %s\n" % (key[0], seen[key]))
+            out.write("exists %s %s\n" % (key[0], _words(seen[key])))
         out.write("exists -\n")
         out.flush()
         while time.monotonic() - started < LIMIT and os.getppid() == parent:
@@ -101,10 +123,11 @@ def stream(world, host, args, out=None):
             now = _lines(world, st, host)
             for key in sorted(set(now) | set(seen), key=_order):
                 if key not in now:
-                    out.write("destroy %s %s\n" % (key[0], seen[key].split(" ", 1)[0]))
-                elif now[key] != seen.get(key):
-                    out.write("%s %s %s\n" % ("change" if key in seen else "create", key[0],
-                                              now[key]))
+                    out.write("destroy %s %s\n" % (key[0], seen[key][0]))
+                elif key not in seen:
+                    out.write("create %s %s\n" % (key[0], _words(now[key])))
+                elif now[key] != seen[key]:
+                    out.write("change %s %s\n" % (key[0], _words(now[key], seen[key])))
             out.flush()
             seen = now
     except (BrokenPipeError, KeyboardInterrupt):

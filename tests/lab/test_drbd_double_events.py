@@ -1,4 +1,4 @@
-"""``drbdsetup events2 all`` of the DRBD double (DRBD 9): the exists dump, then a change line
+"""``drbdsetup events2 all`` of the DRBD double (9, and 8.4): the exists dump, then a change line
 when another command changes the state; the agent's DrbdEvents wakes on it."""
 import os
 import subprocess
@@ -31,28 +31,44 @@ def _read_until(proc, needle, timeout=10.0):
     raise AssertionError("no %r within %.0f s; got %r" % (needle, timeout, lines))
 
 
-def test_events2_dumps_then_streams_changes(tmp_path):
-    world, tools = _world(tmp_path, "9")
+def _dump_then_change(tmp_path, version):
+    world, tools = _world(tmp_path, version)
     proc = subprocess.Popen([tools["drbdsetup"], "events2", "all"], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:
-        lines = _read_until(proc, "exists -")
-        assert lines[0] == "exists resource name:iscsi1 role:Secondary suspended:no"
-        assert [line.split()[1] for line in lines[:4]] == ["resource", "connection", "device",
-                                                           "peer-device"]
+        dump = _read_until(proc, "exists -")
         subprocess.run([tools["drbdadm"], "primary", "iscsi1"], check=True, timeout=30)
-        lines = _read_until(proc, "change resource name:iscsi1 role:Primary")
+        lines = _read_until(proc, "change resource")
         assert proc.poll() is None            # the stream goes on
+        return dump, lines
     finally:
         proc.kill()
         proc.wait(5)
 
 
-def test_events2_is_refused_on_84(tmp_path):
-    world, tools = _world(tmp_path, "8.4")
-    proc = subprocess.run([tools["drbdsetup"], "events2", "all"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=30)
-    assert proc.returncode != 0
+def test_events2_dumps_then_streams_changes(tmp_path):
+    dump, change = _dump_then_change(tmp_path, "9")
+    assert dump[0] == "exists resource name:iscsi1 role:Secondary suspended:no"
+    assert [line.split()[1] for line in dump[:4]] == ["resource", "connection", "device",
+                                                      "peer-device"]
+    assert dump[2].endswith(" client:no") and dump[4] == "exists -"
+    # a change line names the object and only what changed (drbd-utils keeps the last state)
+    assert change == ["change resource name:iscsi1 role:Primary"]
+
+
+def test_events2_on_84_has_no_node_ids(tmp_path):
+    """8.4 (from 8.4.6) streams events2 as drbd-utils' user/v84/drbdsetup.c prints it:
+    ``peer-node-id:0`` and ``conn-name:peer`` in the key, no ``client:`` on a device."""
+    dump, change = _dump_then_change(tmp_path, "8.4")
+    assert dump[:5] == [
+        "exists resource name:iscsi1 role:Secondary suspended:no",
+        "exists connection name:iscsi1 peer-node-id:0 conn-name:peer connection:Connected "
+        "role:Secondary",
+        "exists device name:iscsi1 volume:0 minor:1 disk:UpToDate",
+        "exists peer-device name:iscsi1 peer-node-id:0 conn-name:peer volume:0 "
+        "replication:Established peer-disk:UpToDate",
+        "exists -"], dump
+    assert change == ["change resource name:iscsi1 role:Primary"]
 
 
 def test_agent_stream_wakes_on_a_role_change(tmp_path):
