@@ -436,18 +436,13 @@ def test_a_closed_target_connection_looks_at_once_then_quickly_until_the_process
     assert watcher.must_poll() is False
 
 
-def _listener(path):
-    import socket
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(4)
-    return server
-
-
 def test_daemon_socket_holds_a_connection_to_a_listener_it_was_told_of(tmp_path):
     import select
+    import socket
     path = str(tmp_path / "socket.3")
-    server = _listener(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)            # a daemon's management socket
     watch = wakeups.DaemonSocket([str(tmp_path / "absent"), path])
     try:
         assert watch.watch(()) is False and watch.sock is None       # no process: no watch
