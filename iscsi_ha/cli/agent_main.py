@@ -117,6 +117,7 @@ def cmd_run(path, once, dry_run, as_json):
         tell_systemd(notifier, agent, record)
     loop.on_pass = on_pass
     loop.on_idle = notifier.ping
+    loop.max_idle = notifier.watchdog_interval()   # an idle loop still pings in time
     try:
         loop.run()
     finally:
