@@ -435,7 +435,12 @@ def _control_socket(value):
     absolute path of the target daemon's management socket."""
     if value in ("auto", "none"):
         return value
-    return _check(value.startswith("/"), value, "auto, none or an absolute path")
+    _check(value.startswith("/"), value, "auto, none or an absolute path")
+    try:
+        size = len(value.encode("ascii"))
+    except UnicodeError:
+        raise ValidateError("expected a path of ASCII characters")
+    return _check(size <= 107, value, "a path of at most 107 bytes (a Unix socket's limit)")
 
 
 def _xapi_url(value):

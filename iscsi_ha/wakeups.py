@@ -47,7 +47,7 @@ _EVENT = struct.Struct("iIII")
 EVENTS_RETRY = 5.0
 # A stream that ends within EVENTS_SHORT s of its start (or cannot start) failed "at once":
 # each such failure in a row doubles the wait before the next try, up to EVENTS_RETRY_MAX.
-EVENTS_SHORT, EVENTS_RETRY_MAX = 10.0, 300.0
+EVENTS_SHORT, EVENTS_RETRY_MAX = 10.0, 60.0
 _STATE_WORDS = re.compile(rb"(?:cs|ro|ds):\S+")
 
 
@@ -263,6 +263,23 @@ _UCRED = struct.Struct("iII")    # struct ucred: pid, uid, gid
 CONNECT_TIMEOUT = 0.2
 
 
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read(1024)
+    except (OSError, IOError):
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return fields if len(fields) > 19 else None
+
+
+def _process_key(pid):
+    """(pid, start time): a reused pid belongs to a process with another start time."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (pid, fields[19])
+
+
 class DaemonSocket(object):
     """A connection held open to a daemon's Unix management socket, so that its death is an
     event: the kernel closes the daemon's end when it exits and ours reads end of file.
@@ -272,13 +289,15 @@ class DaemonSocket(object):
     to its epoll set; mtask_recv_send_handler reads only when data comes), and its event loop
     ends without regard to open connections. We never send anything.
 
-    The connection counts only when the listener (SO_PEERCRED) is one of the daemon processes
-    the last pass saw. If the daemon closes it while it lives (it refused us), that process is
-    not watched again: its death is polled."""
+    The connection is held only when the listener (SO_PEERCRED) is one of the daemon processes
+    the last pass saw, and it ``covers`` them only when each is the listener or its child (a
+    daemonised tgtd forks a logger after it listens, tgt usr/tgtd.c; another tgtd instance
+    is not covered: then the processes stay polled). If the daemon closes our connection while
+    it lives (it refused us), that process is not watched again: its death is polled."""
 
     def __init__(self, paths):
-        self.paths, self.sock, self.pid = tuple(paths or ()), None, None
-        self.closed_by = None           # the listener that closed our connection last
+        self.paths, self.sock, self.pid, self.covers = tuple(paths or ()), None, None, False
+        self.closed_by = None           # (pid, start time) of the listener that closed on us
 
     @property
     def fd(self):
@@ -289,21 +308,35 @@ class DaemonSocket(object):
         it). Returns whether the death of ``pids`` is now an event."""
         pids = tuple(pids) if isinstance(pids, tuple) else ()
         if self.sock is not None and self.pid in pids:
-            return True
+            self.covers = self._covered(pids)
+            return self.covers
         self.close()
-        if not self.paths or not pids or self.closed_by in pids:
+        if not self.paths or not pids:
+            return False
+        if self.closed_by is not None and self.closed_by[0] in pids and \
+                _process_key(self.closed_by[0]) == self.closed_by:
             return False
         problems = []
         for path in self.paths:
             sock, pid = self._connect(path, pids, problems)
             if sock is not None:
                 self.sock, self.pid = sock, pid
-                log.debug("wake-ups: the target daemon's death is an event (held connection "
-                          "to %s, process %d)", path, pid)
-                return True
+                self.covers = self._covered(pids)
+                log.debug("wake-ups: held connection to %s (process %d)%s", path, pid,
+                          "" if self.covers else "; other processes of the daemon polled")
+                return self.covers
         log.debug("wake-ups: no watch on the target daemon (%s); it is polled",
                   "; ".join(problems))
         return False
+
+    def _covered(self, pids):
+        for pid in pids:
+            if pid == self.pid:
+                continue
+            fields = _stat_fields(pid)
+            if fields is None or fields[1] != str(self.pid).encode():
+                return False
+        return True
 
     @staticmethod
     def _connect(path, pids, problems):
@@ -320,7 +353,7 @@ class DaemonSocket(object):
                     pid, ", ".join(map(str, pids))))
             sock.setblocking(False)
             return sock, pid
-        except (OSError, socket.error, struct.error) as exc:
+        except Exception as exc:   # OSError, an unencodable path: no watch, never a fault
             if sock is not None:
                 sock.close()
             problems.append("%s: %s" % (path, exc))
@@ -338,7 +371,7 @@ class DaemonSocket(object):
             return False
         except OSError:
             pass
-        self.closed_by = self.pid
+        self.closed_by = _process_key(self.pid)
         self.close()
         return True
 
@@ -346,6 +379,7 @@ class DaemonSocket(object):
         if self.sock is not None:
             self.sock.close()
         self.sock = self.pid = None
+        self.covers = False
 
 
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 0x1, 0x10
@@ -442,7 +476,8 @@ class Wakeups(object):
 
     @property
     def target_event_driven(self):
-        return self.target.sock is not None
+        """Whether the death of every target daemon process the last pass saw is an event."""
+        return self.target.sock is not None and self.target.covers
 
     def target_closed(self):
         """Whether the watched target daemon closed its end (it is exiting) since last asked."""

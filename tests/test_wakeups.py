@@ -314,6 +314,7 @@ def test_netlink_changes_report_messages_overflow_and_a_missing_socket():
 
 
 def test_the_idle_loop_polls_only_what_no_event_reports():
+    from iscsi_ha import loop as loop_mod
     fake = _FakeWakeups(streaming=True)
     watcher = _watcher(fake, [])
     watcher.remember()
@@ -321,8 +322,10 @@ def test_the_idle_loop_polls_only_what_no_event_reports():
     assert watcher.must_poll() is False          # events and the timer wake the loop
     watcher.target_seen = (4242,)                # a tgtd to watch: its death is polled
     assert watcher.must_poll() is True
-    fake.target_event_driven = True              # ... unless a held connection reports it
-    assert watcher.must_poll() is False
+    assert watcher.poll_interval() == 0.2
+    fake.target_event_driven = True              # a held connection reports it: a slow look
+    assert watcher.must_poll() is True           # only, for a death it cannot report
+    assert watcher.poll_interval() == loop_mod.TARGET_SAFETY_POLL
     fake.target_event_driven = False
     watcher.target_seen = "<OSError>"            # liveness unreadable: poll
     assert watcher.must_poll() is True
@@ -423,7 +426,8 @@ def test_a_closed_target_connection_looks_at_once_then_quickly_until_the_process
     watcher.clock = lambda: now[0]
     watcher.remember()
     watcher.remember_target()
-    assert fake.watched == [(4242,)] and watcher.must_poll() is False
+    assert fake.watched == [(4242,)]
+    assert watcher.poll_interval() == loop_mod.TARGET_SAFETY_POLL
     fake.target_closes = True                    # EOF, the process not yet a zombie
     assert watcher.changed() is None
     assert watcher.must_poll() is True
@@ -433,7 +437,7 @@ def test_a_closed_target_connection_looks_at_once_then_quickly_until_the_process
     assert watcher.changed() == "target process gone"
     now[0] += loop_mod.TARGET_EXIT_WINDOW
     watcher.target_seen = ()
-    assert watcher.must_poll() is False
+    assert watcher.must_poll() is False          # no process left: events and the timer
 
 
 def test_daemon_socket_holds_a_connection_to_a_listener_it_was_told_of(tmp_path):
@@ -458,13 +462,58 @@ def test_daemon_socket_holds_a_connection_to_a_listener_it_was_told_of(tmp_path)
         conn.close()                                                # the daemon's end closes
         assert select.select([fd], [], [], 5)[0] == [fd]
         assert watch.closed() is True and watch.sock is None
-        assert watch.closed_by == os.getpid()
+        assert watch.closed_by[0] == os.getpid()
         # the same process closed on us and lives on: not watched again, its death is polled
         assert watch.watch((os.getpid(),)) is False
         assert watch.watch((os.getpid(), 7)) is False
+        # ... unless that pid is now another process (another start time)
+        watch.closed_by = (os.getpid(), b"1")
+        assert watch.watch((os.getpid(),)) is True
     finally:
         watch.close()
         server.close()
+
+
+def test_daemon_socket_covers_the_listener_and_its_children_only(tmp_path):
+    """A daemonised tgtd forks its logger after it listens: the logger (a child) is covered
+    by the connection. Another process called tgtd (another instance) is not: then the
+    processes stay polled."""
+    import socket
+    import subprocess
+    path = str(tmp_path / "socket.0")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    watch = wakeups.DaemonSocket([path])
+    try:
+        assert watch.watch((os.getpid(), child.pid)) is True and watch.covers
+        assert watch.watch((os.getpid(), child.pid, 1)) is False     # pid 1: not a child
+        assert watch.sock is not None and not watch.covers           # still held
+        assert watch.watch((os.getpid(),)) is True
+    finally:
+        child.kill()
+        child.wait()
+        watch.close()
+        server.close()
+
+
+def test_idle_wait_never_outlasts_the_watchdog_ping_interval(tmp_path):
+    """systemd's watchdog is pinged between waits: with MONITOR_DELAY above WatchdogSec an
+    idle loop that waits for events only would be killed. The wait is capped."""
+    from iscsi_ha.loop import Loop
+    fake = _FakeWakeups(streaming=True)
+    timeouts = []
+    fake.wait = timeouts.append
+    watcher = _watcher(fake, [])
+    loop = Loop.__new__(Loop)
+    loop.wakeups, loop.watcher, loop.max_idle = fake, watcher, None
+    watcher.remember()
+    watcher.remember_target()
+    loop._idle_wait(0.1, time.monotonic() + 3600)
+    loop.max_idle = 30.0
+    loop._idle_wait(0.1, time.monotonic() + 3600)
+    assert timeouts[0] > 3000 and timeouts[1] == 30.0
 
 
 def test_daemon_socket_without_a_listener_polls(tmp_path):
@@ -498,7 +547,7 @@ def test_control_socket_follows_tgtadm(setting, tgtadm, service, expected):
 
 def test_drbd_events_that_keep_failing_at_once_are_retried_later_and_later(tmp_path):
     """An 8.4 older than 8.4.6 has no events2: the stream fails at each start. The retries
-    space out (5, 10, 20 ... 300 s) instead of forking drbdsetup every 5 s for ever; a stream
+    space out (5, 10, 20 ... 60 s) instead of forking drbdsetup every 5 s for ever; a stream
     that ran a while before it ended is retried after 5 s again."""
     now = [1000.0]
     events = wakeups.DrbdEvents([str(tmp_path / "no-such-drbdsetup")], clock=lambda: now[0])
@@ -508,7 +557,7 @@ def test_drbd_events_that_keep_failing_at_once_are_retried_later_and_later(tmp_p
         assert not events.streaming
         waits.append(events.retry_at - now[0])
         now[0] = events.retry_at
-    assert waits == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]
+    assert waits == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0, 60.0, 60.0]
     events.started_at = now[0] - 60.0        # a stream that had run for a minute ends
     events._failed("ended")
     assert events.retry_at - now[0] == 5.0 and events.quick_failures == 0

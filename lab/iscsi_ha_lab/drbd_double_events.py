@@ -57,7 +57,7 @@ def _words(entry, before=None):
     """The line's text after the object name: its key and the state words that differ from
     ``before`` (all of them without one)."""
     key, words = entry
-    if before is not None:
+    if before is not None and len(before[1]) == len(words):
         words = [w for w, old in zip(words, before[1]) if w != old]
     return " ".join([key] + words)
 
