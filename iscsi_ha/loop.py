@@ -31,11 +31,6 @@ FAST_POLL, FAST_WINDOW = 0.02, 5.0
 # After the target daemon closed the connection held to it (iscsi_ha.wakeups.DaemonSocket),
 # its processes are looked at every FAST_POLL s for this long.
 TARGET_EXIT_WINDOW = 1.0
-# While the connection reports the target daemon's death, its processes are still looked at
-# every TARGET_SAFETY_POLL s: a tgtd killed while one of its threads is stuck in frozen I/O
-# (DRBD suspended while fencing) shows as a zombie, yet its descriptors stay open until that
-# thread ends, so no end of file comes.
-TARGET_SAFETY_POLL = 2.0
 
 
 def _read(path):
@@ -93,22 +88,24 @@ class Watcher(object):
     def must_poll(self, now=None):
         """Whether the idle loop must look every :meth:`poll_interval` (else an event or the
         timer wakes it): in a move's fast window, while DRBD has no event stream, and while the
-        last pass saw target daemon processes (an unreadable liveness counts as processes; with
-        a held connection reporting their death, only every TARGET_SAFETY_POLL s)."""
+        last pass saw target daemon processes whose death is not an event (no held connection
+        covers them; an unreadable liveness counts as processes).
+
+        A tgtd killed while one of its threads is stuck in I/O (DRBD frozen while fencing) is a
+        zombie whose descriptors, its listening port among them, stay open until that thread
+        ends: the end of file comes then, when a new tgtd could bind the port at all. The
+        MONITOR_DELAY pass looks at it meanwhile."""
         now = self.clock() if now is None else now
         if now < self.fast_until:
             return True
         if self.wakeups is None or not self.wakeups.drbd_event_driven:
             return True
-        return bool(self.target_seen)
+        return bool(self.target_seen) and not self.wakeups.target_event_driven
 
     def poll_interval(self, now=None):
         now = self.clock() if now is None else now
         if now < self.fast_until:
             return min(FAST_POLL, self.config.DRBD_POLL_INTERVAL)
-        wakeups = self.wakeups
-        if wakeups is not None and wakeups.drbd_event_driven and wakeups.target_event_driven:
-            return max(self.config.DRBD_POLL_INTERVAL, TARGET_SAFETY_POLL)
         return self.config.DRBD_POLL_INTERVAL
 
     def changed(self):

@@ -314,7 +314,6 @@ def test_netlink_changes_report_messages_overflow_and_a_missing_socket():
 
 
 def test_the_idle_loop_polls_only_what_no_event_reports():
-    from iscsi_ha import loop as loop_mod
     fake = _FakeWakeups(streaming=True)
     watcher = _watcher(fake, [])
     watcher.remember()
@@ -323,9 +322,8 @@ def test_the_idle_loop_polls_only_what_no_event_reports():
     watcher.target_seen = (4242,)                # a tgtd to watch: its death is polled
     assert watcher.must_poll() is True
     assert watcher.poll_interval() == 0.2
-    fake.target_event_driven = True              # a held connection reports it: a slow look
-    assert watcher.must_poll() is True           # only, for a death it cannot report
-    assert watcher.poll_interval() == loop_mod.TARGET_SAFETY_POLL
+    fake.target_event_driven = True              # ... unless a held connection reports it
+    assert watcher.must_poll() is False
     fake.target_event_driven = False
     watcher.target_seen = "<OSError>"            # liveness unreadable: poll
     assert watcher.must_poll() is True
@@ -426,8 +424,7 @@ def test_a_closed_target_connection_looks_at_once_then_quickly_until_the_process
     watcher.clock = lambda: now[0]
     watcher.remember()
     watcher.remember_target()
-    assert fake.watched == [(4242,)]
-    assert watcher.poll_interval() == loop_mod.TARGET_SAFETY_POLL
+    assert fake.watched == [(4242,)] and watcher.must_poll() is False
     fake.target_closes = True                    # EOF, the process not yet a zombie
     assert watcher.changed() is None
     assert watcher.must_poll() is True
