@@ -33,6 +33,8 @@ import struct
 import subprocess
 import time
 
+import psutil
+
 from iscsi_ha.adapters.target import control_socket
 
 log = logging.getLogger("iscsi-ha")
@@ -263,21 +265,19 @@ _UCRED = struct.Struct("iII")    # struct ucred: pid, uid, gid
 CONNECT_TIMEOUT = 0.2
 
 
-def _stat_fields(pid):
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read(1024)
-    except (OSError, IOError):
-        return None
-    fields = data[data.rfind(b")") + 2:].split()
-    return fields if len(fields) > 19 else None
-
-
 def _process_key(pid):
-    """(pid, start time): a reused pid belongs to a process with another start time."""
-    fields = _stat_fields(pid)
-    return None if fields is None else (pid, fields[19])
+    """(pid, start time) of a live process, or None: a reused pid has another start time."""
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _parent(pid):
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
 
 
 class DaemonSocket(object):
@@ -330,13 +330,7 @@ class DaemonSocket(object):
         return False
 
     def _covered(self, pids):
-        for pid in pids:
-            if pid == self.pid:
-                continue
-            fields = _stat_fields(pid)
-            if fields is None or fields[1] != str(self.pid).encode():
-                return False
-        return True
+        return all(pid == self.pid or _parent(pid) == self.pid for pid in pids)
 
     @staticmethod
     def _connect(path, pids, problems):
