@@ -33,10 +33,10 @@ plugin on the peer (``outdate``), which runs ``drbdadm outdate RES`` there. Exit
   ago (:func:`new_master_fuse`) says the same without the wait: xapi restarts that long after
   writing it, and until then it is the dead master's slave. A working local xapi logs in
   within milliseconds; a busy one that misses the bound only costs the peer's Outdated mark,
-  never safety (the exit code is the 7 the timeout would give). The grant's proof (fencing verified on both
-  hosts, this disk UpToDate when the link was lost) does not depend on the peer's answer: a
-  peer that lost this host froze its I/O (resource-and-stonith) and acknowledged nothing since;
-  the exit code after the timeout would be this same 7. DRBD runs this handler inside
+  never safety: the exit code is the 7 the timeout would give, and the grant's proof (fencing
+  verified on both hosts, this disk UpToDate when the link was lost) does not depend on the
+  peer's answer, since a peer that lost this host froze its I/O (resource-and-stonith) and
+  acknowledged nothing since. DRBD runs this handler inside
   ``drbdadm primary`` (8.4 and 9 ``drbd_nl.c`` ``drbd_set_role()``: ``SS_PRIMARY_NOP`` ->
   ``conn_try_outdate_peer()``), so the wait was the failover's pause. An xapi that hangs, a
   plugin error and every error without a grant are retried until the timeout.
