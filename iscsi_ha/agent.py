@@ -5,6 +5,7 @@ pool.conf change, a manual-mode change or a DRBD state change (polled cheaply), 
 MONITOR_DELAY timer. Passes never overlap; a pass that outlives its budget
 (MONITOR_MAX_STARTS x MONITOR_SCANRATE) has its child processes killed (MONITOR_KILLALL=1).
 """
+import dataclasses
 import logging
 import os
 import time
@@ -271,10 +272,12 @@ class Agent(object):
         observation = self._observation = self.observe()
         decision = decide(observation)
         if decision.actions and self._kept_readings_used():
-            # A pass that acts decides on fresh readings only: observe again without the
-            # readings kept between unchanged passes (the floating IP's), and decide again.
+            # A pass that acts decides on fresh readings only: read again what was kept
+            # between unchanged passes (the floating IP), and decide again. The rest was read
+            # afresh a moment ago; reading it twice would only delay the move.
             self._forget_kept_readings()
-            observation = self._observation = self.observe()
+            observation = self._observation = dataclasses.replace(
+                observation, vip=observe_vip(self.adapters.vip, self.config.VIP_CHECK_INTERVAL))
             decision = decide(observation)
         self._observation, self._reason = observation, decision.reason
         self._ask_witness(observation, decision)

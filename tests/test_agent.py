@@ -433,6 +433,9 @@ def test_a_pass_that_acts_on_a_kept_reading_observes_afresh_first(config, adapte
     assert adapters.vip.observe.call_count == 2 and readings == []
     assert record.observation.vip.local and record.decision.actions == ()
     adapters.vip.add.assert_not_called()
+    # only the kept reading is read again: DRBD and the target were read afresh once
+    assert adapters.drbd.observe.call_count == 1
+    assert adapters.target.observe.call_count == 1
 
 
 def test_a_fresh_reading_that_acts_is_not_read_twice(config, adapters):
