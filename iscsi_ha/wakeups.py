@@ -31,11 +31,13 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 
 import psutil
 
 from iscsi_ha.adapters.target import control_socket
+from iscsi_ha.drbd_events import EventsState, NotKnown
 
 log = logging.getLogger("iscsi-ha")
 
@@ -50,6 +52,7 @@ EVENTS_RETRY = 5.0
 # A stream that ends within EVENTS_SHORT s of its start (or cannot start) failed "at once":
 # each such failure in a row doubles the wait before the next try, up to EVENTS_RETRY_MAX.
 EVENTS_SHORT, EVENTS_RETRY_MAX = 10.0, 60.0
+PARTIAL_LIMIT = 1 << 16
 _STATE_WORDS = re.compile(rb"(?:cs|ro|ds):\S+")
 
 
@@ -140,13 +143,17 @@ class Inotify(object):
 
 
 class DrbdEvents(object):
-    """A persistent ``drbdsetup events2 all``: its output means DRBD changed."""
+    """A persistent ``drbdsetup events2 all``: its output means DRBD changed, and its lines
+    are folded into DRBD's state (:class:`iscsi_ha.drbd_events.EventsState`), which
+    :meth:`states` gives a pass instead of a ``drbdsetup status`` (DRBD 9)."""
 
     def __init__(self, drbdsetup_argv, clock=time.monotonic):
         self.argv = list(drbdsetup_argv) + ["events2", "all"]
         self.clock = clock
         self.proc, self.dirty, self.retry_at, self.failures = None, True, 0.0, 0
         self.started_at, self.quick_failures = None, 0
+        self.state, self._partial = EventsState(), b""
+        self._lock = threading.Lock()    # the loop and a pass's observe both drain
 
     @property
     def fd(self):
@@ -171,6 +178,8 @@ class DrbdEvents(object):
         flags = fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_GETFL)
         fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self.dirty = True
+        self.state.reset()
+        self._partial = b""
 
     def _failed(self, why):
         self.failures += 1
@@ -189,6 +198,10 @@ class DrbdEvents(object):
             log.info("wake-ups: DRBD events stream unavailable (%s); polling DRBD", why)
 
     def drain(self):
+        with self._lock:
+            self._drain()
+
+    def _drain(self):
         if self.proc is None:
             return
         while True:
@@ -203,6 +216,28 @@ class DrbdEvents(object):
                 self._failed("%s ended (exit %s)" % (" ".join(self.argv), code))
                 return
             self.dirty = True
+            self._fold(data)
+
+    def _fold(self, data):
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > PARTIAL_LIMIT:     # no line is this long: not events2
+            self.state.broken = "drbdsetup events2 printed a line over %d bytes" % PARTIAL_LIMIT
+            self._partial = b""
+        for line in lines:
+            self.state.feed(line.decode("utf-8", "replace"))
+
+    def states(self, names):
+        """``{name: DrbdState}`` as the stream says now (it is drained first); raises
+        :class:`iscsi_ha.drbd_events.NotKnown` when it cannot say (no stream, the first
+        snapshot not complete, a line not understood, a resync running)."""
+        with self._lock:
+            if self.proc is None:
+                raise NotKnown("no DRBD events stream")
+            self._drain()
+            if self.proc is None:
+                raise NotKnown("the DRBD events stream ended")
+            return self.state.states(names)
 
     def take(self, readable=True):
         """True when DRBD must be looked at: a line arrived, or there is no stream (poll).
@@ -217,6 +252,7 @@ class DrbdEvents(object):
         proc, self.proc = self.proc, None
         if proc is None:
             return None
+        self.state.reset()
         if proc.poll() is None:
             proc.kill()
         try:
@@ -228,7 +264,8 @@ class DrbdEvents(object):
         return proc.returncode
 
     def close(self):
-        self._stop()
+        with self._lock:
+            self._stop()
 
 
 class ProcDrbdKey(object):

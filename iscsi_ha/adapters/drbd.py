@@ -1,8 +1,11 @@
 """DRBD adapter: reads resource states and changes roles with drbdadm / drbdsetup.
 
 DRBD 8.4: each resource's minor is resolved once with ``drbdadm sh-minor RES`` (it only reads
-the configuration), then every pass is one read of ``/proc/drbd``, no process. DRBD 9: every
-pass is one ``drbdsetup status --json`` call for all resources. State-changing commands
+the configuration), then every pass is one read of ``/proc/drbd``, no process. DRBD 9: a pass
+reads the state folded from the daemon's ``drbdsetup events2`` stream (:attr:`DrbdAdapter.events`,
+no process); without a stream, when it cannot tell (see :mod:`iscsi_ha.drbd_events`) and on
+the first look after a command of this adapter changed DRBD, one ``drbdsetup status --json``
+call for all resources. State-changing commands
 (``primary``, ``secondary``, ``connect``, ``disconnect``) are logged at INFO before they run and
 raise :class:`CommandError` carrying DRBD's own reason (``State change failed: (-2) Need access to
 UpToDate data``). Every command runs through :func:`run` with the configured timeout.
@@ -16,6 +19,7 @@ from iscsi_ha import files
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_gi,
                            parse_json_oos, parse_proc_drbd, parse_proc_oos, parse_status_json)
+from iscsi_ha.drbd_events import NotKnown
 
 __all__ = ["DrbdAdapter", "DrbdUnavailable", "DrbdParseError", "VERSIONS"]
 
@@ -52,6 +56,9 @@ def _reason(result):
 class DrbdAdapter(object):
     """Observe and change the configured DRBD resources of this host."""
 
+    # The daemon's iscsi_ha.wakeups.DrbdEvents: DRBD 9's state from its event stream.
+    events = None
+
     def __init__(self, resources, version="8.4", drbdadm="drbdadm", drbdsetup="drbdsetup",
                  proc_drbd="/proc/drbd", timeout=5.0):
         if isinstance(resources, str):
@@ -71,6 +78,10 @@ class DrbdAdapter(object):
         self.proc_drbd = proc_drbd
         self.timeout = float(timeout)
         self._minors = {}
+        # A command of ours changed DRBD: its event may still be on its way through the
+        # stream, so the next look asks drbdsetup status.
+        self._changed = False
+        self.last_source = ""          # where the last DRBD 9 look came from (events2/status)
 
     @property
     def version(self):
@@ -136,7 +147,15 @@ class DrbdAdapter(object):
         return observed
 
     def _observe_9(self):
-        states = parse_status_json(self._status_json())
+        states = self._stream_states()
+        if states is None:
+            changed, self._changed = self._changed, False
+            try:
+                states = parse_status_json(self._status_json())
+            except Exception:
+                self._changed = changed
+                raise
+            self.last_source = "status"
         observed = {}
         for resource in self.resources:
             if resource not in states:
@@ -145,6 +164,22 @@ class DrbdAdapter(object):
                         resource, ", ".join(sorted(states)) or "no resources"))
             observed[resource] = states[resource]
         return observed
+
+    def _stream_states(self):
+        """The stream's state of every resource, or None to ask ``drbdsetup status``."""
+        if self.events is None or self._changed:
+            return None
+        try:
+            states = self.events.states(self.resources)
+        except NotKnown as exc:
+            log.debug("drbd: asking drbdsetup status: %s", exc)
+            return None
+        except Exception as exc:     # a bug here must not cost a pass: ask DRBD instead
+            log.warning("drbd: the events stream's state is unreadable (%s); asking "
+                        "drbdsetup status", exc)
+            return None
+        self.last_source = "events2"
+        return states
 
     def _read_proc(self):
         try:
@@ -215,6 +250,7 @@ class DrbdAdapter(object):
         self._check_resource(resource)
         argv = self.drbdadm + ["outdate", resource]
         log.info("drbd: %s", _quote(argv))
+        self._changed = True
         return run(argv, self.timeout)
 
     def promote(self, resource):
@@ -242,6 +278,7 @@ class DrbdAdapter(object):
     def _change(self, resource, argv):
         self._check_resource(resource)
         log.info("drbd: %s", _quote(argv))
+        self._changed = True
         result = run(argv, self.timeout)
         if not result.ok:
             raise CommandError("drbd: %s failed: %s" % (_quote(argv), _reason(result)), result)

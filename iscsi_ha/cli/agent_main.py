@@ -110,6 +110,7 @@ def cmd_run(path, once, dry_run, as_json):
     wakeups.install_signal_wakeup()
     loop.set_wakeups(wakeups)
     agent.adapters.vip.change_watch = wakeups.network   # no `ip` while the network is quiet
+    agent.adapters.drbd.events = wakeups.events         # DRBD 9: no `drbdsetup status` a pass
     services = DaemonServices(config)
     services.attach(agent, loop)
     def on_pass(record):

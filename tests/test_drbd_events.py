@@ -1,0 +1,234 @@
+"""DRBD 9's state folded from ``drbdsetup events2`` lines, against what ``drbdsetup status
+--json`` says of the same state, and the adapter's choice between them.
+
+The lines are drbd-utils' (``user/v9/drbdsetup_events2.c``, ``print_*_changes()``): a first
+snapshot of ``exists`` lines with every word, ``exists -``, then ``change`` lines with only
+the words that changed (a device's info words together).
+"""
+import os
+import stat
+import sys
+import time
+
+import pytest
+
+from iscsi_ha import wakeups
+from iscsi_ha.adapters.drbd import DrbdAdapter
+from iscsi_ha.drbd import DrbdState, parse_status_json
+from iscsi_ha.drbd_events import EventsState, NotKnown
+
+SNAPSHOT = """\
+exists resource name:iscsi1 role:Secondary suspended:no force-io-failures:no may_promote:no promotion_score:10101
+exists connection name:iscsi1 peer-node-id:0 conn-name:a connection:Connected role:Primary
+exists device name:iscsi1 volume:0 minor:1 backing_dev:/dev/vg/iscsi disk:UpToDate client:no open:no quorum:yes
+exists peer-device name:iscsi1 peer-node-id:0 conn-name:a volume:0 replication:Established peer-disk:UpToDate peer-client:no resync-suspended:no
+exists path name:iscsi1 peer-node-id:0 conn-name:a local:ipv4:198.51.100.12:7789 peer:ipv4:198.51.100.11:7789 established:yes
+exists -
+"""
+
+STATUS_JSON = """[{"name": "iscsi1", "node-id": 1, "role": "%s", "suspended": %s,
+  "devices": [{"volume": 0, "minor": 1, "disk-state": "%s", "client": false, "quorum": true}],
+  "connections": [{"peer-node-id": 0, "name": "a", "connection-state": "%s",
+    "congested": false, "peer-role": "%s",
+    "peer_devices": [{"volume": 0, "replication-state": "%s", "peer-disk-state": "%s",
+      "peer-client": false, "resync-suspended": "no"}]}]}]"""
+
+
+def fold(text):
+    state = EventsState()
+    for line in text.splitlines():
+        state.feed(line)
+    return state
+
+
+def status(role, peer_role, cstate, repl, disk, peer_disk, suspended="false"):
+    return parse_status_json(STATUS_JSON % (role, suspended, disk, cstate, peer_role, repl,
+                                            peer_disk))["iscsi1"]
+
+
+def test_the_first_snapshot_gives_what_drbdsetup_status_gives():
+    state = fold(SNAPSHOT)
+    assert state.states(["iscsi1"]) == {"iscsi1": status(
+        "Secondary", "Primary", "Connected", "Established", "UpToDate", "UpToDate")}
+
+
+def test_change_lines_carry_only_what_changed():
+    """A planned switchover seen from the peer that takes over, then a cut link."""
+    state = fold(SNAPSHOT + "change connection name:iscsi1 peer-node-id:0 conn-name:a "
+                 "role:Secondary\n")
+    assert state.states(["iscsi1"])["iscsi1"] == status(
+        "Secondary", "Secondary", "Connected", "Established", "UpToDate", "UpToDate")
+    state.feed("change resource name:iscsi1 role:Primary may_promote:no promotion_score:10102")
+    assert state.states(["iscsi1"])["iscsi1"].role == "Primary"
+    for line in ("change peer-device name:iscsi1 peer-node-id:0 conn-name:a volume:0 "
+                 "replication:Off peer-disk:DUnknown peer-client:no",
+                 "change connection name:iscsi1 peer-node-id:0 conn-name:a "
+                 "connection:Connecting role:Unknown",
+                 "change resource name:iscsi1 suspended:fencing"):
+        state.feed(line)
+    assert state.states(["iscsi1"])["iscsi1"] == status(
+        "Primary", "Unknown", "Connecting", "Off", "UpToDate", "DUnknown", suspended="true")
+
+
+def test_nothing_is_said_before_the_first_snapshot_ends():
+    state = fold(SNAPSHOT.replace("exists -\n", ""))
+    with pytest.raises(NotKnown, match="not complete"):
+        state.states(["iscsi1"])
+
+
+def test_a_word_not_understood_is_not_used_until_drbd_replaces_it():
+    state = fold(SNAPSHOT + "change resource name:iscsi1 role:Leader\n")
+    with pytest.raises(NotKnown, match="Leader"):
+        state.states(["iscsi1"])
+    state.feed("change resource name:iscsi1 role:Primary")     # DRBD's word again
+    assert state.states(["iscsi1"])["iscsi1"].role == "Primary"
+
+
+@pytest.mark.parametrize("line", [
+    "bogus", "change gizmo name:iscsi1", "change resource role:Primary",
+    "change connection name:iscsi1 role:Primary", "change resource iscsi1",
+    "rename resource name:iscsi1"])
+def test_a_line_not_understood_is_never_guessed_past(line):
+    state = fold(SNAPSHOT + line + "\n")
+    with pytest.raises(NotKnown):
+        state.states(["iscsi1"])
+    state.feed("change resource name:iscsi1 role:Primary")     # broken: stays so
+    with pytest.raises(NotKnown):
+        state.states(["iscsi1"])
+
+
+def test_a_resource_that_is_down_or_syncing_is_left_to_drbdsetup_status():
+    state = fold(SNAPSHOT + "destroy peer-device name:iscsi1 peer-node-id:0 conn-name:a "
+                 "volume:0\ndestroy connection name:iscsi1 peer-node-id:0 conn-name:a\n"
+                 "destroy device name:iscsi1 volume:0\ndestroy resource name:iscsi1\n")
+    with pytest.raises(NotKnown, match="not in the stream"):
+        state.states(["iscsi1"])
+    assert not state.connections and not state.devices and not state.peer_devices
+    syncing = fold(SNAPSHOT + "change peer-device name:iscsi1 peer-node-id:0 conn-name:a "
+                   "volume:0 replication:SyncSource done:12.50\n")
+    with pytest.raises(NotKnown, match="resync"):
+        syncing.states(["iscsi1"])
+
+
+def test_no_connection_reads_standalone_and_a_diskless_tiebreaker_is_not_the_peer():
+    alone = fold(SNAPSHOT + "destroy peer-device name:iscsi1 peer-node-id:0 conn-name:a "
+                 "volume:0\ndestroy connection name:iscsi1 peer-node-id:0 conn-name:a\n")
+    got = alone.states(["iscsi1"])["iscsi1"]
+    assert (got.connection, got.peer_role, got.peer_disk) == ("StandAlone", "Unknown",
+                                                              "DUnknown")
+    three = fold(SNAPSHOT + "create connection name:iscsi1 peer-node-id:2 conn-name:tb "
+                 "connection:Connected role:Secondary\ncreate peer-device name:iscsi1 "
+                 "peer-node-id:2 conn-name:tb volume:0 replication:Established "
+                 "peer-disk:Diskless peer-client:yes\n")
+    assert three.states(["iscsi1"])["iscsi1"].peer_role == "Primary"     # node 0, not 2
+
+
+def test_colours_and_handler_lines_are_no_state():
+    state = fold(SNAPSHOT + "call helper name:iscsi1 peer-node-id:0 conn-name:a volume:0 "
+                 "helper:fence-peer\nchange resource name:iscsi1 role:\x1b[1;36mPrimary"
+                 "\x1b[0m\n")
+    assert state.states(["iscsi1"])["iscsi1"].role == "Primary"
+
+
+def test_a_renamed_resource_keeps_its_objects():
+    state = fold(SNAPSHOT + "rename resource name:iscsi1 new_name:store\n")
+    assert state.states(["store"])["store"].peer_role == "Primary"
+
+
+# -- the stream in the daemon, and the adapter's choice ------------------------------------
+def _events2(tmp_path, text, then_lines=(), pause=0.3):
+    """A stand-in ``drbdsetup events2 all``: prints ``text``, then each of ``then_lines``
+    after ``pause`` s, then stays."""
+    script = tmp_path / "events2.py"
+    script.write_text(
+        "import sys, time\n"
+        "sys.stdout.write(%r); sys.stdout.flush()\n"
+        "for line in %r:\n"
+        "    time.sleep(%r); sys.stdout.write(line + '\\n'); sys.stdout.flush()\n"
+        "time.sleep(30)\n" % (text, list(then_lines), pause))
+    return wakeups.DrbdEvents([sys.executable, str(script)])
+
+
+def _wait(predicate, what, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _status_tool(tmp_path, role="Secondary", peer_role="Primary"):
+    """A stand-in drbdsetup that answers ``status --json`` and counts its calls."""
+    tool = tmp_path / "drbdsetup"
+    calls = tmp_path / "calls"
+    tool.write_text("#!/bin/sh\necho \"$@\" >> %s\ncat <<'EOF'\n%s\nEOF\n" % (
+        calls, STATUS_JSON % (role, "false", "UpToDate", "Connected", peer_role,
+                              "Established", "UpToDate")))
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return str(tool), calls
+
+
+def _known(events):
+    try:
+        events.states(["iscsi1"])
+        return True
+    except NotKnown:
+        return False
+
+
+def test_a_pass_reads_the_stream_and_runs_no_drbdsetup(tmp_path):
+    tool, calls = _status_tool(tmp_path)
+    events = _events2(tmp_path, SNAPSHOT, ["change connection name:iscsi1 peer-node-id:0 "
+                                           "conn-name:a role:Secondary"])
+    adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
+    adapter.events = events
+    try:
+        assert adapter.observe()["iscsi1"].peer_role == "Primary"   # no stream yet: status
+        assert calls.read_text().split("\n")[0] == "status --json"
+        events.ensure()
+        _wait(lambda: _known(events), "the snapshot never came")
+        os.unlink(str(calls))
+        assert adapter.observe()["iscsi1"].peer_role in ("Primary", "Secondary")
+        _wait(lambda: adapter.observe()["iscsi1"].peer_role == "Secondary",
+              "the change line never reached the state")
+        assert adapter.last_source == "events2" and not calls.exists()
+    finally:
+        events.close()
+    with pytest.raises(NotKnown):
+        events.states(["iscsi1"])                       # closed: nothing known
+
+
+def test_after_its_own_command_the_adapter_asks_drbdsetup_status_once(tmp_path):
+    """The event of a change just made may still be on its way: the next look is
+    ``drbdsetup status``; the one after reads the stream again."""
+    tool, calls = _status_tool(tmp_path, role="Primary", peer_role="Secondary")
+    adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool, drbdadm=tool)
+    events = _events2(tmp_path, SNAPSHOT)
+    adapter.events = events
+    try:
+        events.ensure()
+        _wait(lambda: _known(events), "the snapshot never came")
+        assert adapter.observe()["iscsi1"].role == "Secondary"      # the stream
+        assert not calls.exists()
+        adapter.promote("iscsi1")
+        assert adapter.observe()["iscsi1"].role == "Primary"        # drbdsetup status
+        assert calls.read_text().splitlines() == ["primary iscsi1", "status --json"]
+        assert adapter.last_source == "status"
+        adapter.observe()
+        assert adapter.last_source == "events2"
+    finally:
+        events.close()
+
+
+def test_a_stream_that_says_nothing_understood_falls_back_to_status(tmp_path):
+    tool, calls = _status_tool(tmp_path)
+    events = _events2(tmp_path, SNAPSHOT + "change resource role:Primary\n")
+    adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
+    adapter.events = events
+    try:
+        events.ensure()
+        _wait(lambda: events.drain() or events.state.broken, "the bad line never came")
+        assert adapter.observe()["iscsi1"] == DrbdState(
+            "iscsi1", "1", "Secondary", "Primary", "Connected", "UpToDate", "UpToDate")
+        assert adapter.last_source == "status" and calls.exists()
+    finally:
+        events.close()
