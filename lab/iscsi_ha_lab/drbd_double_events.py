@@ -5,8 +5,9 @@ Like the real command (drbd-utils ``user/v9/drbdsetup.c`` and ``user/v84/drbdset
 that is up on this host and ``exists -``, then a ``change`` line each time an object's state
 changes, flushed at once: the object's key and only the state words that changed (the real
 command keeps the last state of each object and prints what differs). The kernel pushes real
-events over netlink; the double cannot, so it looks at the world's state files every POLL
-seconds (reading it only when its mtime moved) and reports what differs. The lines carry
+events over netlink at once; the double's nearest is inotify on the directories of the world's
+state files (every change replaces one by rename): each event makes it read the state and
+report what differs. Without inotify it looks at the files' mtimes every POLL seconds. The lines carry
 DRBD's own words (``role:``, ``connection:``, ``disk:``, ``replication:``, ``peer-disk:``);
 their order within one change is not significant.
 
@@ -17,11 +18,14 @@ for a connection and a peer device, and 8.4's devices have no ``client:`` word.
 The stream ends when its reader goes away (a write fails) or when the process that started it
 is gone (it is re-parented).
 """
+import fcntl
 import os
+import select
 import sys
 import time
 
 POLL = 0.05
+SETTLE_STEP, SETTLE_MAX = 0.002, 2.0
 ORDER = {"resource": 0, "connection": 1, "device": 2, "peer-device": 3}
 LIMIT = 24 * 3600.0     # bounded, as every loop in the lab
 
@@ -31,10 +35,14 @@ def _lines(world, st, host):
     resources that are up."""
     out = {}
     peer = [h for h in sorted(st["hosts"]) if h != host][0]
+    # 9 prints a device's client: with its disk:, a peer device's peer-client: with its
+    # peer-disk: (drbd-utils user/v9/drbdsetup_events2.c, print_device_changes() and
+    # print_peer_device_changes()): one word here, so a change prints them together
     if st["version"] == "8.4":
-        peer_id, conn_name, device_extra = 0, "peer", []
+        peer_id, conn_name, client, peer_client = 0, "peer", "", ""
     else:
-        peer_id, conn_name, device_extra = sorted(st["hosts"]).index(peer), peer, ["client:no"]
+        peer_id, conn_name = sorted(st["hosts"]).index(peer), peer
+        client, peer_client = " client:no", " peer-client:no"
     for res in sorted(st["resources"]):
         view = world.view(st, host, res)
         if not view["up"]:
@@ -47,9 +55,9 @@ def _lines(world, st, host):
         out[("connection", res)] = (peer_key, [
             "connection:%s" % view["conn"], "role:%s" % view["peer_role"]])
         out[("device", res)] = ("name:%s volume:0 minor:%d" % (res, view["minor"]),
-                                ["disk:%s" % view["disk"]] + device_extra)
+                                ["disk:%s%s" % (view["disk"], client)])
         out[("peer-device", res)] = (peer_key + " volume:0", [
-            "replication:%s" % view["repl"], "peer-disk:%s" % view["peer_disk"]])
+            "replication:%s" % view["repl"], "peer-disk:%s%s" % (view["peer_disk"], peer_client)])
     return out
 
 
@@ -67,26 +75,51 @@ def _order(key):
 
 
 def _read(world):
-    """The world's state (the link's file and each host's file), or None while a writer is
-    between renames; read without the world's lock, which the stream must never hold."""
-    for _ in range(5):
-        try:
-            return world._read()
-        except (ValueError, OSError, KeyError):
-            time.sleep(0.005)
-    return None
+    """The world's state (the link's file and each host's file) between two transactions, as
+    the kernel notifies a state once it is committed (and /proc/drbd shows it): under a shared
+    hold of the world's lock, taken without ever waiting on it (a writer holds it while it
+    renames its files; the stream retries every SETTLE_STEP s). After SETTLE_MAX s of a
+    transaction, or without the lock file, it reads as it can; None while a writer is between
+    renames."""
+    from iscsi_ha_lab.drbd_double import LOCK_FILE
+    try:
+        lock = open(os.path.join(world.directory, LOCK_FILE), "a+")
+    except OSError:
+        lock = None
+    try:
+        for _ in range(int(SETTLE_MAX / SETTLE_STEP)):
+            try:
+                if lock is not None:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError:
+                time.sleep(SETTLE_STEP)
+        for _ in range(5):
+            try:
+                return world._read()
+            except (ValueError, OSError, KeyError):
+                time.sleep(0.005)
+        return None
+    finally:
+        if lock is not None:
+            lock.close()          # drops the shared hold, if taken
 
 
-def _stamp(world):
-    """The mtimes of every file the state lives in: a change of any of them is a change."""
+def _paths(world):
+    """Every file the state lives in."""
     from iscsi_ha_lab.drbd_double import HOST_FILE, STATE_FILE
     paths = [os.path.join(world.directory, STATE_FILE)]
     for name in sorted(os.listdir(world.directory)):
         host_file = os.path.join(world.directory, name, HOST_FILE)
         if os.path.isfile(host_file):
             paths.append(host_file)
+    return paths
+
+
+def _stamp(world):
+    """The mtimes of every file the state lives in: a change of any of them is a change."""
     stamp = []
-    for path in paths:
+    for path in _paths(world):
         try:
             stamp.append(os.stat(path).st_mtime_ns)
         except OSError:
@@ -103,6 +136,8 @@ def stream(world, host, args, out=None):
         return 20
     parent, started = os.getppid(), time.monotonic()
     seen = {}
+    from iscsi_ha.wakeups import Inotify
+    watch = Inotify(_paths(world))
     try:
         stamp = _stamp(world)
         st = _read(world)
@@ -112,11 +147,17 @@ def stream(world, host, args, out=None):
         out.write("exists -\n")
         out.flush()
         while time.monotonic() - started < LIMIT and os.getppid() == parent:
-            time.sleep(POLL)
-            now_stamp = _stamp(world)
-            if now_stamp == stamp:
-                continue
-            stamp = now_stamp
+            if watch.complete:
+                # an event, or a second (to notice a parent gone): read when one came
+                select.select([watch.fd], [], [], 1.0)
+                if not watch.take():
+                    continue
+            else:
+                time.sleep(POLL)
+                now_stamp = _stamp(world)
+                if now_stamp == stamp:
+                    continue
+                stamp = now_stamp
             st = _read(world)
             if st is None:
                 continue
@@ -132,4 +173,6 @@ def stream(world, host, args, out=None):
             seen = now
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
+    finally:
+        watch.close()
     return 0

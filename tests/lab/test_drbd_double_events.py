@@ -91,3 +91,45 @@ def test_agent_stream_wakes_on_a_role_change(tmp_path):
         assert events.streaming
     finally:
         events.close()
+
+
+def test_the_agents_state_from_the_double_stream_matches_its_status(tmp_path):
+    """Through a promotion, a cut link and a demotion, the state the agent folds from the
+    double's events2 stream equals what the double's ``drbdsetup status --json`` says: the
+    double's two outputs tell one story, as DRBD's do."""
+    from iscsi_ha.adapters.drbd import DrbdAdapter
+    from iscsi_ha.drbd_events import NotKnown
+    world, tools = _world(tmp_path, "9")
+    events = wakeups.DrbdEvents([tools["drbdsetup"]])
+    status = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tools["drbdsetup"])
+
+    def agree(what, settled=True):
+        """Wait (bounded) until both say the same; during a resync the stream leaves the
+        state to drbdsetup status (the progress is its), which the agent then asks."""
+        deadline = time.monotonic() + 20
+        while True:
+            want = status.observe()
+            try:
+                got = events.states(["iscsi1"])
+            except NotKnown as exc:
+                got = "not known: %s" % exc
+            if got == want or (not settled and want["iscsi1"].sync_percent is not None
+                               and "resync" in str(got)):
+                return
+            assert time.monotonic() < deadline, "%s: stream %r, status %r" % (what, got, want)
+            time.sleep(0.02)
+
+    events.ensure()
+    try:
+        agree("at start")
+        subprocess.run([tools["drbdadm"], "primary", "iscsi1"], check=True, timeout=30)
+        agree("after the promotion")
+        world.set_link(False)
+        agree("with the link cut")
+        world.set_link(True)
+        agree("while it resyncs", settled=False)
+        agree("after the resync")
+        subprocess.run([tools["drbdadm"], "secondary", "iscsi1"], check=True, timeout=30)
+        agree("after the demotion")
+    finally:
+        events.close()
