@@ -18,6 +18,10 @@ rule, said where it applies:
   it is the one move that loses no acknowledged write *by construction* (the demotion here
   flushes to a connected peer), so it refuses any state in which ``decide()`` would merely fail
   over.
+- ``RULE_SWITCHOVER_HANDOFF``: in a switchover the new primary's role is set while the old one
+  is still Primary, Connected and both disks UpToDate (it demotes meanwhile): its Primary peer
+  is then no blocker, because ``decide()`` waits for a Primary peer (``peer-primary``) and
+  promotes at the demotion it sees, with no CLI poll between. Any other Primary peer refuses.
 """
 from iscsi_ha import model
 
@@ -25,6 +29,7 @@ RULE_MANUAL_ONLY = "manual-only"
 RULE_ADMIN_ACCEPTS_RISK = "admin-accepts-risk"
 RULE_UPTODATE_ONLY = "uptodate-only"
 RULE_SWITCHOVER_CONNECTED = "switchover-connected"
+RULE_SWITCHOVER_HANDOFF = "switchover-handoff"
 
 
 # -- manual-mode-enable ------------------------------------------------------------------------
@@ -93,10 +98,18 @@ def resource_check(name, state, fenced=""):
     return blocker, risk
 
 
-def promotion(manual_mode, flagged, states, error, resources, fenced):
+def handing_over(state):
+    """The peer is Primary and hands the resource over in a switchover: Connected, both disks
+    UpToDate (``RULE_SWITCHOVER_HANDOFF``)."""
+    return (state.peer_role, state.connection, state.disk, state.peer_disk) == (
+        "Primary", "Connected", "UpToDate", "UpToDate")
+
+
+def promotion(manual_mode, flagged, states, error, resources, fenced, handoff=False):
     """(blockers, risks) of become-primary, before the floating-IP check (which probes the
     network, so the CLI runs it only when nothing else blocks). Blockers always refuse; risks
-    refuse unless forced and confirmed."""
+    refuse unless forced and confirmed. ``handoff``: a switchover's promotion, set while the
+    peer still demotes (``RULE_SWITCHOVER_HANDOFF``)."""
     blockers, risks = [], []
     if manual_mode == model.MANUAL_OFF:                         # RULE_MANUAL_ONLY
         blockers.append("manual mode is off on this host: run `iscsi-cfg manual-mode-enable` "
@@ -106,6 +119,8 @@ def promotion(manual_mode, flagged, states, error, resources, fenced):
     if error:
         blockers.append("cannot read DRBD state: %s" % error)
     for name in ([] if error else resources):
+        if handoff and handing_over(states[name]):                # RULE_SWITCHOVER_HANDOFF
+            continue
         blocker, risk = resource_check(name, states[name], fenced.get(name, ""))
         blockers.extend([blocker] if blocker else [])
         risks.extend([risk] if risk else [])

@@ -118,14 +118,17 @@ def vip_blocker(ctx, states=None):
                                                or "another host"))
 
 
-def promotion_checks(ctx):
+def promotion_checks(ctx, handoff=False):
     """(blockers, risks): blockers always refuse; risks refuse unless forced and confirmed
-    (:func:`iscsi_ha.preflight.promotion`, then the floating-IP probe)."""
+    (:func:`iscsi_ha.preflight.promotion`, then the floating-IP probe). ``handoff``: a
+    switchover's promotion, set while the peer still demotes; while a peer is Primary it holds
+    the floating IP, so the probe is the agent's, in the pass that takes the address."""
     states, error = ctx.drbd_states()
     blockers, risks = preflight.promotion(
         ctx.manual_mode(), ctx.split_brain_flags(), states, error, ctx.config.DRBD_RESOURCES,
-        {} if error else ctx.fencing_proven())
-    if not blockers:
+        {} if error else ctx.fencing_proven(), handoff=handoff)
+    handing = not error and any(preflight.handing_over(s) for s in states.values())
+    if not blockers and not (handoff and handing):
         blocker = vip_blocker(ctx, states)
         blockers.extend([blocker] if blocker else [])
     return blockers, risks
@@ -136,19 +139,6 @@ def risk_question(risks):
             "anyway and accept that risk of losing data: ")
 
 
-def await_peer_secondary(ctx, seconds, poll=0.02):
-    """Wait (bounded) until DRBD shows no resource with its peer Primary; used by a
-    switchover, whose old primary demotes while this host's promotion starts."""
-    deadline = ctx.clock() + seconds
-    for _ in range(int(seconds / poll) + 2):
-        states, error = ctx.drbd_states()
-        if error or not any(s.peer_role == "Primary" for s in states.values()):
-            return
-        if ctx.clock() >= deadline:
-            return
-        ctx.sleep(poll)
-
-
 class RoleTimeout(CliError):
     """The agent did not reach the role in time (it is running)."""
 
@@ -156,13 +146,14 @@ class RoleTimeout(CliError):
 def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_peer=0.0):
     """Check, write the role under the pass lock, wait for the agent. ``confirm(question)``
     answers the forced-promotion question (None: nobody can answer, so no). With
-    ``wait_peer`` seconds, a peer still Primary is first given that long to demote."""
-    if wait_peer > 0:
-        await_peer_secondary(ctx, wait_peer)
+    ``wait_peer`` seconds (a switchover), a connected peer still Primary is handing over: the
+    role is set at once and the agent promotes when it sees the peer demote, within
+    ``wait_peer`` + ``timeout`` s (``RULE_SWITCHOVER_HANDOFF``)."""
+    handoff = wait_peer > 0
     confirmed = []
     for attempt in (1, 2):
         with ctx.pass_lock():
-            blockers, risks = promotion_checks(ctx)
+            blockers, risks = promotion_checks(ctx, handoff=handoff)
             if blockers:
                 raise Refused("refusing to become primary:" + bullet(blockers + risks))
             if all(r in confirmed for r in risks):
@@ -186,7 +177,7 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
     ctx.say("checks passed; manual mode role set to primary%s" % (
         " (forced, risk accepted)" if confirmed else ""))
     try:
-        return wait_and_publish(ctx, model.PRIMARY, timeout, written)
+        return wait_and_publish(ctx, model.PRIMARY, timeout + max(0.0, wait_peer), written)
     except RoleTimeout as exc:
         raise RoleTimeout("%s%s" % (exc, _hold_if_not_primary(ctx)))
 

@@ -7,8 +7,9 @@ JSON string):
 - ``status`` {} -> the agent's status document (as ``iscsi-cfg status --json``).
 - ``become_primary`` {timeout, wait_peer} and ``become_secondary`` {timeout} -> {ok, code,
   lines, elapsed_s, host}: ``lines`` is what ``iscsi-cfg`` would have printed. No forced
-  promotion. ``wait_peer`` (s): first give a peer that is still Primary that long to demote
-  (a switchover starts the promotion while the old primary demotes).
+  promotion. ``wait_peer`` (s): a switchover's promotion, started while the old primary
+  demotes: a connected peer still Primary is no refusal, and the agent here gets that much
+  longer to see it demote and promote.
 - ``manual_mode`` {mode: enable|disable} -> {ok, code, lines, host}.
 - ``identity`` {} -> this host's target IQN, LUNs and SCSI identities (``iscsi-cfg check``).
 - ``outdate`` {resource} -> runs ``drbdadm outdate RES`` here for the peer's fence-peer handler

@@ -53,8 +53,9 @@ def _take_back(ctx, why, timeout):
 
 
 class _PeerPromotion(threading.Thread):
-    """``become_primary`` on the peer, started while this host demotes: the peer first waits
-    (bounded) for this host's DRBD to be Secondary, then makes every check of become-primary."""
+    """``become_primary`` on the peer, started while this host demotes: the peer makes every
+    check of become-primary except that this host is still Primary, sets its role, and its
+    agent promotes as soon as it sees this host's DRBD Secondary (its events stream)."""
 
     def __init__(self, ctx, timeout):
         threading.Thread.__init__(self, name="peer-promotion")

@@ -333,30 +333,64 @@ def test_a_hung_pass_makes_the_cli_give_up_without_changing_anything(host):
 
 
 # -- switchover helpers ---------------------------------------------------------------------------
-def test_become_primary_can_wait_for_the_peer_to_demote(host):
-    """wait_peer: the peer is still Primary when the promotion starts, then demotes."""
+def test_a_switchover_sets_the_role_while_the_peer_still_demotes(host):
+    """wait_peer (a switchover): the connected, UpToDate peer is still Primary; the role is set
+    at once, with no floating-IP probe (the peer holds the address until it demotes: the
+    agent probes in its promoting pass), and the agent gets wait_peer longer to promote."""
     secondary_here(host)
     host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
                   drbd("Secondary", "Primary", name="iscsi2"))
-    agent, polls = host.agent, []
+    host.vip_free = False                          # the old primary still answers for it
+    agent, seen = host.agent, []
 
     def sleep(seconds):
-        polls.append(seconds)
-        if len(polls) == 3:                       # the old primary demotes meanwhile
-            host.set_drbd(drbd("Secondary", "Secondary", name="iscsi1"),
-                          drbd("Secondary", "Secondary", name="iscsi2"))
-        if len(polls) > 3:
-            agent(seconds)
+        seen.append(host.manual())
+        host.set_drbd(drbd("Secondary", "Secondary", name="iscsi1"),   # the peer demoted
+                      drbd("Secondary", "Secondary", name="iscsi2"))
+        agent(seconds)
     host.ctx.sleep = sleep
     manual_ops.become_primary(host.ctx, timeout=5, wait_peer=5)
-    assert host.manual() == model.MANUAL_PRIMARY and polls[:3] == [0.02, 0.02, 0.02]
+    assert seen[0] == model.MANUAL_PRIMARY and host.manual() == model.MANUAL_PRIMARY
+    assert host.is_free.call_count == 0
 
 
-def test_wait_peer_is_bounded_and_then_refuses(host):
+@pytest.mark.parametrize("peer", [
+    drbd("Secondary", "Primary", "WFConnection", peer_disk="DUnknown", name="iscsi1"),
+    drbd("Secondary", "Primary", peer_disk="Outdated", name="iscsi1"),
+    drbd("Secondary", "Primary", disk="Inconsistent", name="iscsi1")])
+def test_a_primary_peer_that_is_not_handing_over_still_refuses(host, peer):
+    secondary_here(host)
+    host.set_drbd(peer, drbd("Secondary", name="iscsi2"))
+    assert "iscsi1: " in refusal(host, wait_peer=5)
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_without_a_switchover_a_primary_peer_refuses(host):
     secondary_here(host)
     host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"), drbd("Secondary", name="iscsi2"))
-    host.agent.enabled = False
-    assert "iscsi1: the peer is Primary" in refusal(host, wait_peer=0.1)
+    assert "iscsi1: the peer is Primary" in refusal(host)
+    assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_a_handover_the_agent_never_completes_is_bounded_and_held(host):
+    """The peer never demotes: after timeout + wait_peer the role is taken back to hold, so
+    the agent cannot promote on its own later."""
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Primary", name="iscsi2"))
+    host.agent.refuse = "waiting: iscsi1: peer is still Primary"
+    now = [0.0]
+    host.ctx.clock = lambda: now[0]
+    real = host.agent
+
+    def sleep(seconds):
+        now[0] += seconds
+        real(seconds)
+    host.ctx.sleep = sleep
+    with pytest.raises(CliError) as failed:
+        manual_ops.become_primary(host.ctx, timeout=1, wait_peer=2)
+    assert 3.0 <= now[0] < 4.0, now[0]
+    assert host.manual() == model.MANUAL_HOLD and "holds it" in str(failed.value)
 
 
 def status_after_pass(desired, reason, planned, done, verdict="acting"):
