@@ -63,14 +63,16 @@ class Agent(object):
         return peer_mod.call(_Peer(self.config), "fencing", {})
 
     # -- observe ---------------------------------------------------------------------------
-    def observe(self):
+    def observe(self, from_stream=False):
+        """The host as it is now. ``from_stream``: a line of the DRBD events stream woke this
+        pass, which proves the stream live: DRBD 9's state is then read from it."""
         config = self.config
         manual_error = ""
         try:
             manual = manual_adapter.read_manual(config.MANUAL_FILE)
         except manual_adapter.ManualModeError as exc:
             manual, manual_error = model.MANUAL_HOLD, str(exc)
-        drbd, drbd_error = observe_drbd(self.adapters.drbd)
+        drbd, drbd_error = observe_drbd(self.adapters.drbd, from_stream)
         try:
             fenced = self.fencing.observe(drbd, self.adapters.drbd)
         except Exception as exc:  # never lose a pass over it: unproven, nothing frozen known
@@ -269,7 +271,7 @@ class Agent(object):
     # -- one pass --------------------------------------------------------------------------
     def run_pass(self, trigger="timer"):
         started, clock = time.time(), time.monotonic()
-        observation = self._observation = self.observe()
+        observation = self._observation = self.observe(from_stream=trigger == "drbd")
         decision = decide(observation)
         if decision.actions and self._kept_readings_used():
             # A pass that acts decides on fresh readings only: read again what was kept

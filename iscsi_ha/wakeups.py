@@ -167,19 +167,21 @@ class DrbdEvents(object):
         """Start the stream when it is not running and its retry time came."""
         if self.proc is not None or self.clock() < self.retry_at:
             return
-        try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         close_fds=True)
-        except OSError as exc:
-            self._failed("cannot start %s: %s" % (" ".join(self.argv), exc))
-            return
-        self.started_at = self.clock()
-        flags = fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_GETFL)
-        fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self.dirty = True
-        self.state.reset()
-        self._partial = b""
+        with self._lock:
+            try:
+                proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        close_fds=True)
+            except OSError as exc:
+                self._failed("cannot start %s: %s" % (" ".join(self.argv), exc))
+                return
+            self.started_at = self.clock()
+            flags = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETFL)
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            self.dirty = True
+            self.state.reset()
+            self._partial = b""
+            self.proc = proc            # published last: a reader sees it ready or not at all
 
     def _failed(self, why):
         self.failures += 1
@@ -226,6 +228,17 @@ class DrbdEvents(object):
             self._partial = b""
         for line in lines:
             self.state.feed(line.decode("utf-8", "replace"))
+
+    @property
+    def broken(self):
+        """Why the stream's lines cannot be folded any more ('' while they can)."""
+        return self.state.broken
+
+    def restart(self):
+        """End the stream; the next :meth:`ensure` starts a new one (with its own snapshot)."""
+        with self._lock:
+            self._stop()
+        self.retry_at, self.dirty = 0.0, True
 
     def states(self, names):
         """``{name: DrbdState}`` as the stream says now (it is drained first); raises

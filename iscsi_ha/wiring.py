@@ -55,10 +55,11 @@ class Adapters(object):
             closer()
 
 
-def observe_drbd(adapter):
-    """(states by resource, error sentence or '')."""
+def observe_drbd(adapter, from_stream=False):
+    """(states by resource, error sentence or ''). ``from_stream``: a line of the DRBD events
+    stream woke this look (see :meth:`iscsi_ha.adapters.drbd.DrbdAdapter.observe`)."""
     try:
-        return dict(adapter.observe()), ""
+        return dict(adapter.observe(from_stream=True) if from_stream else adapter.observe()), ""
     except Exception as exc:  # unreadable DRBD: the policy holds, and says why
         return {}, str(exc) or type(exc).__name__
 

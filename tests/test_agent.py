@@ -459,3 +459,17 @@ def test_the_short_probe_after_an_orderly_release_also_runs_beside_the_promotion
     _promote_pass(config, adapters, events, is_free, started)
     assert events[0] == ("dad", {"count": 1, "timeout": config.ARP_DAD_RELEASED_TIMEOUT})
     assert events[-1] == ("add", {"released_timeout": 0})
+
+
+@pytest.mark.parametrize("trigger,from_stream", [
+    ("drbd", True), ("timer", False), ("pool.conf/manual", False), ("start", False),
+    ("target process gone", False)])
+def test_only_a_pass_a_drbd_event_woke_may_read_drbd_from_the_stream(config, adapters, trigger,
+                                                                     from_stream):
+    """The line that woke the pass proves the events stream live; any other pass (the timer's
+    among them, which also checks the stream against DRBD) asks DRBD itself."""
+    Agent(config, adapters).run_pass(trigger)
+    if from_stream:
+        adapters.drbd.observe.assert_called_once_with(from_stream=True)
+    else:
+        adapters.drbd.observe.assert_called_once_with()

@@ -175,60 +175,103 @@ def _known(events):
         return False
 
 
-def test_a_pass_reads_the_stream_and_runs_no_drbdsetup(tmp_path):
+def test_a_look_a_stream_line_woke_reads_the_stream_and_runs_no_drbdsetup(tmp_path):
     tool, calls = _status_tool(tmp_path)
     events = _events2(tmp_path, SNAPSHOT, ["change connection name:iscsi1 peer-node-id:0 "
                                            "conn-name:a role:Secondary"])
     adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
     adapter.events = events
     try:
-        assert adapter.observe()["iscsi1"].peer_role == "Primary"   # no stream yet: status
-        assert calls.read_text().split("\n")[0] == "status --json"
+        assert adapter.observe(from_stream=True)["iscsi1"].peer_role == "Primary"
+        assert calls.read_text().splitlines() == ["status --json"]     # no stream yet
         events.ensure()
         _wait(lambda: _known(events), "the snapshot never came")
         os.unlink(str(calls))
-        assert adapter.observe()["iscsi1"].peer_role in ("Primary", "Secondary")
-        _wait(lambda: adapter.observe()["iscsi1"].peer_role == "Secondary",
+        _wait(lambda: adapter.observe(from_stream=True)["iscsi1"].peer_role == "Secondary",
               "the change line never reached the state")
         assert adapter.last_source == "events2" and not calls.exists()
+        # any other look (the timer's, pool.conf's) asks DRBD itself
+        assert adapter.observe()["iscsi1"].peer_role == "Primary"
+        assert adapter.last_source == "status" and calls.exists()
     finally:
         events.close()
     with pytest.raises(NotKnown):
         events.states(["iscsi1"])                       # closed: nothing known
 
 
-def test_after_its_own_command_the_adapter_asks_drbdsetup_status_once(tmp_path):
-    """The event of a change just made may still be on its way: the next look is
-    ``drbdsetup status``; the one after reads the stream again."""
+def test_after_its_own_command_the_stream_waits_until_status_agrees(tmp_path):
+    """The event of a change just made may still be on its way: until a status read agrees
+    with the stream, the stream is not read, so the view never goes back in time."""
     tool, calls = _status_tool(tmp_path, role="Primary", peer_role="Secondary")
     adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool, drbdadm=tool)
-    events = _events2(tmp_path, SNAPSHOT)
+    primary = SNAPSHOT.replace("role:Secondary suspended", "role:Primary suspended").replace(
+        "connection:Connected role:Primary", "connection:Connected role:Secondary")
+    events = _events2(tmp_path, SNAPSHOT.replace("exists -\n", ""),
+                      ["exists -", "change resource name:iscsi1 role:Primary",
+                       "change connection name:iscsi1 peer-node-id:0 conn-name:a "
+                       "role:Secondary"], pause=1.0)
     adapter.events = events
     try:
         events.ensure()
         _wait(lambda: _known(events), "the snapshot never came")
-        assert adapter.observe()["iscsi1"].role == "Secondary"      # the stream
+        assert adapter.observe(from_stream=True)["iscsi1"].role == "Secondary"
         assert not calls.exists()
         adapter.promote("iscsi1")
-        assert adapter.observe()["iscsi1"].role == "Primary"        # drbdsetup status
-        assert calls.read_text().splitlines() == ["primary iscsi1", "status --json"]
+        # the stream has not printed the promotion yet: status, and again, never Secondary
+        assert adapter.observe(from_stream=True)["iscsi1"].role == "Primary"
+        assert adapter.observe(from_stream=True)["iscsi1"].role == "Primary"
+        assert calls.read_text().splitlines() == ["primary iscsi1", "status --json",
+                                                  "status --json"]
+        _wait(lambda: fold(primary).states(["iscsi1"]) == events.states(["iscsi1"]),
+              "the stream never printed the promotion")
+        adapter.observe(from_stream=True)       # status, which now agrees
         assert adapter.last_source == "status"
-        adapter.observe()
+        assert adapter.observe(from_stream=True)["iscsi1"].role == "Primary"
         assert adapter.last_source == "events2"
     finally:
         events.close()
 
 
-def test_a_stream_that_says_nothing_understood_falls_back_to_status(tmp_path):
+def test_a_stream_that_stays_behind_drbd_is_restarted(tmp_path):
+    """drbd-utils can hold or drop a notification and go on: a stream that disagrees with
+    status reads for STREAM_LAG_MAX s is restarted (a new snapshot)."""
+    from iscsi_ha.adapters import drbd as drbd_adapter
+    tool, calls = _status_tool(tmp_path, role="Primary", peer_role="Secondary")
+    adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
+    now = [100.0]
+    adapter.clock = lambda: now[0]
+    events = _events2(tmp_path, SNAPSHOT)          # says Secondary/Primary, forever
+    adapter.events = events
+    try:
+        events.ensure()
+        _wait(lambda: _known(events), "the snapshot never came")
+        first = events.proc
+        adapter.observe()                           # disagrees: noted
+        now[0] += drbd_adapter.STREAM_LAG_MAX - 1
+        adapter.observe()
+        assert events.proc is first                 # not yet
+        now[0] += 1
+        adapter.observe()
+        assert events.proc is None and events.retry_at == 0.0
+        events.ensure()
+        assert events.proc is not None and events.proc is not first
+    finally:
+        events.close()
+    if first.poll() is None:
+        first.kill()
+
+
+def test_a_stream_that_says_nothing_understood_is_restarted(tmp_path):
     tool, calls = _status_tool(tmp_path)
     events = _events2(tmp_path, SNAPSHOT + "change resource role:Primary\n")
     adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
     adapter.events = events
     try:
         events.ensure()
-        _wait(lambda: events.drain() or events.state.broken, "the bad line never came")
-        assert adapter.observe()["iscsi1"] == DrbdState(
+        _wait(lambda: events.drain() or events.broken, "the bad line never came")
+        assert adapter.observe(from_stream=True)["iscsi1"] == DrbdState(
             "iscsi1", "1", "Secondary", "Primary", "Connected", "UpToDate", "UpToDate")
         assert adapter.last_source == "status" and calls.exists()
+        assert not events.streaming                 # restarted at the next ensure()
     finally:
         events.close()

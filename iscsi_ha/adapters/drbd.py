@@ -1,11 +1,14 @@
 """DRBD adapter: reads resource states and changes roles with drbdadm / drbdsetup.
 
 DRBD 8.4: each resource's minor is resolved once with ``drbdadm sh-minor RES`` (it only reads
-the configuration), then every pass is one read of ``/proc/drbd``, no process. DRBD 9: a pass
-reads the state folded from the daemon's ``drbdsetup events2`` stream (:attr:`DrbdAdapter.events`,
-no process); without a stream, when it cannot tell (see :mod:`iscsi_ha.drbd_events`) and on
-the first look after a command of this adapter changed DRBD, one ``drbdsetup status --json``
-call for all resources. State-changing commands
+the configuration), then every pass is one read of ``/proc/drbd``, no process. DRBD 9: one
+``drbdsetup status --json`` call for all resources, except for a look that a line of the
+daemon's ``drbdsetup events2`` stream woke (:attr:`DrbdAdapter.events`): the line proves the
+stream live, and the state folded from it is read, no process. The stream is not trusted when it
+cannot tell (see :mod:`iscsi_ha.drbd_events`), nor after a command of this adapter changed DRBD
+until a status read agrees with it; every status read is compared with it, and a stream that
+disagrees for STREAM_LAG_MAX s (drbd-utils may hold or drop a notification and go on) is
+restarted. State-changing commands
 (``primary``, ``secondary``, ``connect``, ``disconnect``) are logged at INFO before they run and
 raise :class:`CommandError` carrying DRBD's own reason (``State change failed: (-2) Need access to
 UpToDate data``). Every command runs through :func:`run` with the configured timeout.
@@ -14,6 +17,7 @@ import errno
 import logging
 import os
 import shlex
+import time
 
 from iscsi_ha import files
 from iscsi_ha.adapters.run import CommandError, run, split_command
@@ -26,6 +30,7 @@ __all__ = ["DrbdAdapter", "DrbdUnavailable", "DrbdParseError", "VERSIONS"]
 log = logging.getLogger("iscsi-ha")
 
 VERSIONS = ("8.4", "9")
+STREAM_LAG_MAX = 5.0
 
 
 def detect_version(proc_path):
@@ -39,6 +44,10 @@ def detect_version(proc_path):
     if first.startswith("version: 9."):
         return "9"
     return None
+
+
+def _describe(states):
+    return ", ".join("%s %s" % (n, states[n].describe()) for n in sorted(states))
 
 
 def _quote(argv):
@@ -79,9 +88,11 @@ class DrbdAdapter(object):
         self.timeout = float(timeout)
         self._minors = {}
         # A command of ours changed DRBD: its event may still be on its way through the
-        # stream, so the next look asks drbdsetup status.
+        # stream, so the stream is not read until a status read agrees with it.
         self._changed = False
+        self._disagrees_since = None   # monotonic time of the first status read it disagreed
         self.last_source = ""          # where the last DRBD 9 look came from (events2/status)
+        self.clock = time.monotonic
 
     @property
     def version(self):
@@ -99,15 +110,16 @@ class DrbdAdapter(object):
         return self._version
 
     # ---- observing ---------------------------------------------------------------------------
-    def observe(self):
-        """``{resource: DrbdState}`` for every configured resource.
+    def observe(self, from_stream=False):
+        """``{resource: DrbdState}`` for every configured resource. ``from_stream``: a line of
+        the events stream woke this look (DRBD 9 may then read the stream's state).
 
         Raises :class:`DrbdUnavailable` when DRBD is not loaded, a tool fails or a resource is not
         up, and :class:`DrbdParseError` when DRBD's output is not recognised.
         """
         if self.version == "8.4":
             return self._observe_84()
-        return self._observe_9()
+        return self._observe_9(from_stream)
 
     def fingerprint(self):
         """Text that changes when any DRBD state word changes, and not on I/O counters.
@@ -146,16 +158,12 @@ class DrbdAdapter(object):
             observed[resource] = state._replace(resource=resource)
         return observed
 
-    def _observe_9(self):
-        states = self._stream_states()
+    def _observe_9(self, from_stream=False):
+        states = self._stream_states() if from_stream else None
         if states is None:
-            changed, self._changed = self._changed, False
-            try:
-                states = parse_status_json(self._status_json())
-            except Exception:
-                self._changed = changed
-                raise
+            states = parse_status_json(self._status_json())
             self.last_source = "status"
+            self._compare_stream(states)
         observed = {}
         for resource in self.resources:
             if resource not in states:
@@ -180,6 +188,35 @@ class DrbdAdapter(object):
             return None
         self.last_source = "events2"
         return states
+
+    def _compare_stream(self, status):
+        """After a status read: trust the stream again when it says the same; restart it when
+        it has disagreed for STREAM_LAG_MAX s (or cannot read its own lines)."""
+        events = self.events
+        if events is None:
+            return
+        try:
+            stream = events.states(self.resources)
+        except NotKnown as exc:
+            if events.broken:
+                log.warning("drbd: restarting the events stream: %s", exc)
+                events.restart()
+            return
+        except Exception as exc:
+            log.warning("drbd: the events stream's state is unreadable (%s)", exc)
+            return
+        if all(stream.get(n) == status.get(n) for n in self.resources):
+            self._changed, self._disagrees_since = False, None
+            return
+        now = self.clock()
+        if self._disagrees_since is None:
+            self._disagrees_since = now
+        elif now - self._disagrees_since >= STREAM_LAG_MAX:
+            log.warning("drbd: the events stream has disagreed with drbdsetup status for "
+                        "%.0f s (stream %s; status %s): restarting it", now -
+                        self._disagrees_since, _describe(stream), _describe(status))
+            self._disagrees_since = None
+            events.restart()
 
     def _read_proc(self):
         try:
