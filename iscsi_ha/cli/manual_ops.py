@@ -180,6 +180,19 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
         return wait_and_publish(ctx, model.PRIMARY, timeout + max(0.0, wait_peer), written)
     except RoleTimeout as exc:
         raise RoleTimeout("%s%s" % (exc, _hold_if_not_primary(ctx)))
+    except CliError as exc:
+        if not handoff:
+            raise
+        # A handoff's role was set beside a Primary peer: left behind, it would promote this
+        # host whenever that peer demotes, for whatever reason. Hold instead.
+        raise CliError("%s%s" % (exc, _hold_if_not_primary(ctx)), exc.code)
+    except BaseException:
+        if handoff:
+            try:
+                _hold_if_not_primary(ctx)
+            except Exception:  # the first error is the one to report
+                pass
+        raise
 
 
 def _record_forced(ctx, timeout):

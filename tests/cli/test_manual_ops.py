@@ -372,6 +372,34 @@ def test_without_a_switchover_a_primary_peer_refuses(host):
     assert host.manual() == model.MANUAL_SECONDARY
 
 
+def test_a_handoff_whose_agent_is_not_running_is_held_not_left_primary(host, mocker):
+    """Outside a switchover, a role set while the agent is down is applied when it starts; a
+    handoff's role, set beside a Primary peer, would promote this host whenever that peer
+    demotes: it is held instead, on any failure."""
+    from iscsi_ha import agent_status
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Primary", name="iscsi2"))
+    mocker.patch.object(agent_status, "running", return_value=False)
+    with pytest.raises(CliError) as failed:
+        manual_ops.become_primary(host.ctx, timeout=5, wait_peer=5)
+    assert "not running" in str(failed.value) and "holds it" in str(failed.value)
+    assert host.manual() == model.MANUAL_HOLD
+
+
+def test_a_handoff_interrupted_while_it_waits_is_held(host):
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Primary", name="iscsi1"),
+                  drbd("Secondary", "Primary", name="iscsi2"))
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt()
+    host.ctx.sleep = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        manual_ops.become_primary(host.ctx, timeout=5, wait_peer=5)
+    assert host.manual() == model.MANUAL_HOLD
+
+
 def test_a_handover_the_agent_never_completes_is_bounded_and_held(host):
     """The peer never demotes: after timeout + wait_peer the role is taken back to hold, so
     the agent cannot promote on its own later."""
