@@ -127,7 +127,7 @@ def test_the_agents_state_from_the_double_stream_matches_its_status(tmp_path):
         world.set_link(False)
         agree("with the link cut")
         world.set_link(True)
-        agree("while it resyncs", settled=False)
+        agree("with the link back (a resync may run)", settled=False)
         agree("after the resync")
         subprocess.run([tools["drbdadm"], "secondary", "iscsi1"], check=True, timeout=30)
         agree("after the demotion")
