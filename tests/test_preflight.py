@@ -142,3 +142,29 @@ PEER = {"hostname": "b", "agent_running": True, "stale": False, "manual_mode": "
 def test_switchover_peer(change, words):
     problems = preflight.switchover_peer(dict(PEER, **change), ("iscsi1",))
     assert len(problems) == len(words) and all(w in p for w, p in zip(words, problems))
+
+
+# id, state, refused in a switchover's handoff (wait_peer)
+HANDOFF = [
+    ("peer Primary, connected, both UpToDate: handing over", PEER_PRI, False),
+    ("peer Primary, peer disk Outdated", st("Secondary", "Primary", "Connected", "UpToDate",
+                                            "Outdated"), True),
+    ("peer Primary, resyncing", st("Secondary", "Primary", "SyncTarget", "Inconsistent",
+                                   "UpToDate", sync=10.0), True),
+    ("peer Primary, link down", st("Secondary", "Primary", "WFConnection", "UpToDate",
+                                   "DUnknown"), True),
+]
+
+
+@pytest.mark.parametrize("row", HANDOFF, ids=[r[0] for r in HANDOFF])
+def test_a_handoff_accepts_only_a_connected_uptodate_primary_peer_and_decide_waits(row):
+    """RULE_SWITCHOVER_HANDOFF: the role is set while the peer still demotes; decide() does
+    not promote beside the Primary peer (it waits for the demotion), whatever the check."""
+    _, state, refused = row
+    blockers, _ = preflight.promotion(model.MANUAL_SECONDARY, [], {"iscsi1": state}, "",
+                                      ("iscsi1",), FENCED, handoff=True)
+    assert bool(blockers) == refused
+    plain, _ = preflight.promotion(model.MANUAL_SECONDARY, [], {"iscsi1": state}, "",
+                                   ("iscsi1",), FENCED)
+    assert plain                                      # outside a handoff: always refused
+    assert not _decide_promotes(state, FENCED)
