@@ -11,6 +11,7 @@ no counterpart here.
 import time
 
 from iscsi_ha import model, preflight
+from iscsi_ha.adapters import manual as manual_adapter
 from iscsi_ha.adapters.run import CommandError
 from iscsi_ha.adapters.vip import VipError
 from iscsi_ha.cli import pool_manual
@@ -321,6 +322,18 @@ def _progress(ctx, document, since, shown):
                                                  entry.get("duration_s") or 0.0))
 
 
+def _still_wanted(ctx, role):
+    """Raise CliError when the manual role is not ``role`` any more: another command (here,
+    or the peer's switchover taking the storage back) chose otherwise while this one waited."""
+    try:
+        mode = ctx.manual_mode()
+    except manual_adapter.ManualModeError:
+        return                                 # unreadable now: the agent holds; keep waiting
+    if mode != MODE_OF[role]:
+        raise CliError("manual mode was changed while this command waited for the role %s "
+                       "(now: %s): stopped waiting" % (role, describe_mode(mode)))
+
+
 def wait_for_role(ctx, role, timeout, since):
     """Poll the status (bounded by ``timeout``) until ``role`` is reached; returns seconds from
     ``since`` (wall clock of the role change). Raises CliError on timeout or agent down."""
@@ -328,6 +341,7 @@ def wait_for_role(ctx, role, timeout, since):
     start, shown, document = ctx.clock(), set(), {}
     ctx.say("waiting up to %g s for the agent to make this host %s" % (timeout, role))
     for _ in range(int(timeout / WAIT_POLL) + 2):
+        _still_wanted(ctx, role)
         document = ctx.status()
         if not document.get("agent_running"):
             raise CliError("the agent is not running on this host: the role %s is recorded "

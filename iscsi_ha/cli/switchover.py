@@ -33,10 +33,12 @@ def _say_peer(ctx, answer):
         ctx.say("  peer: %s" % line)
 
 
-def _take_back(ctx, why, timeout):
+def _take_back(ctx, why, timeout, promotion=None):
     ctx.say("the peer did not take the storage (%s): taking it back here" % why)
-    # The peer may have written "primary" and timed out: make it secondary first, or both
-    # hosts would be left set to primary and the waiting one would promote on its own later.
+    # The peer set "primary" beside this Primary host (the handoff) and may still wait for
+    # it to demote: make it secondary first, or both hosts would be left set to primary and
+    # the waiting one would promote on its own later. Its pending promotion then ends (its
+    # role changed), and only after that is the storage taken back here.
     try:
         answer = peer_mod.call(ctx, "become_secondary", {"timeout": "%d" % timeout},
                                timeout + 30)
@@ -44,6 +46,8 @@ def _take_back(ctx, why, timeout):
             ctx.say("the peer's become-secondary: %s" % "; ".join(answer.get("lines") or []))
     except peer_mod.PeerError as exc:
         ctx.say("could not make the peer secondary first: %s" % exc)
+    if promotion is not None:
+        promotion.finish()
     try:
         manual_ops.become_primary(ctx, timeout=timeout)
     except CliError as exc:
@@ -111,8 +115,8 @@ def switchover(ctx, timeout=manual_ops.WAIT_TIMEOUT):
     try:
         demoted = manual_ops.wait_and_publish(ctx, model.SECONDARY, timeout, written)
     except CliError as exc:
-        promotion.finish()
-        return _take_back(ctx, "demoting here failed: %s" % exc, timeout)
+        # the peer waits for this host's demotion: tell it at once, do not wait it out
+        return _take_back(ctx, "demoting here failed: %s" % exc, timeout, promotion)
     answer = promotion.finish()
     if answer is None:
         return _take_back(ctx, promotion.error, timeout)

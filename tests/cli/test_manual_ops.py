@@ -465,3 +465,22 @@ def test_become_primary_dad_is_the_full_one_when_the_peer_is_not_known_secondary
     manual_ops.vip_blocker(host.ctx, dict(host.states))
     _, kwargs = host.is_free.call_args
     assert kwargs == {}
+
+
+def test_a_wait_ends_when_another_command_changes_the_role(host):
+    """become-primary waits for the agent; meanwhile the role is set to secondary (the peer's
+    switchover takes the storage back): the wait ends at once, and the new role stands."""
+    secondary_here(host)
+    host.agent.refuse = "waiting: iscsi1: peer is still Primary"
+    real, polls = host.agent, []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 2:
+            host.set_manual(model.MANUAL_SECONDARY)
+        real(seconds)
+    host.ctx.sleep = sleep
+    with pytest.raises(CliError) as failed:
+        manual_ops.become_primary(host.ctx, timeout=30)
+    assert "manual mode was changed" in str(failed.value) and len(polls) == 2
+    assert host.manual() == model.MANUAL_SECONDARY

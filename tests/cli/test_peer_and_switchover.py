@@ -163,3 +163,44 @@ def test_switchover_takes_the_storage_back_when_the_peer_fails(host, peer):
     assert "the storage is back on this host" in str(failed.value)
     assert host.manual() == model.MANUAL_PRIMARY
     assert "peer: refusing to become primary" in host.text()
+
+
+def test_a_demotion_that_fails_here_ends_the_peers_wait_at_once(host, peer, pool):
+    """The peer set "primary" beside this Primary host (the handoff) and waits for it to
+    demote. When this host cannot demote, the peer is made secondary at once (its pending
+    promotion then ends: its role changed) and the storage stays here; nothing waits out the
+    peer's timeout."""
+    import threading
+    import time as time_mod
+    fake, _, ref = pool
+    released, order = threading.Event(), []
+
+    def become_primary(args):
+        order.append("become_primary")
+        released.wait(20)                         # the peer's agent waits for our demote
+        order.append("peer stopped waiting")
+        return {"ok": False, "code": 1, "lines": ["manual mode was changed while this "
+                                                  "command waited for the role primary"]}
+
+    def become_secondary(args):
+        order.append("become_secondary")
+        host.agent.refuse = None                  # what blocked the demotion here is gone
+        released.set()
+        return {"ok": True, "code": 0, "lines": ["secondary reached"]}
+    peer.become_primary = become_primary
+    fake.register_plugin(ref, "iscsi-ha", "become_secondary", peer._handler("become_secondary"))
+    peer.become_secondary = become_secondary
+    host.agent.refuse = "refusing: the target will not stop"      # this host cannot demote
+    host.ctx.clock = time_mod.monotonic
+    real = host.agent
+
+    def sleep(seconds):
+        time_mod.sleep(0.01)
+        real(seconds)
+    host.ctx.sleep = sleep
+    started = time_mod.monotonic()
+    with pytest.raises(CliError) as failed:
+        switchover.switchover(host.ctx, timeout=1)
+    assert "the storage is back on this host" in str(failed.value)
+    assert order[:3] == ["become_primary", "become_secondary", "peer stopped waiting"]
+    assert time_mod.monotonic() - started < 15
