@@ -152,7 +152,7 @@ class DrbdEvents(object):
         self.clock = clock
         self.proc, self.dirty, self.retry_at, self.failures = None, True, 0.0, 0
         self.started_at, self.quick_failures = None, 0
-        self.state, self._partial = EventsState(), b""
+        self.state, self._partial, self.restarts = EventsState(), b"", 0
         self._lock = threading.Lock()    # the loop and a pass's observe both drain
 
     @property
@@ -175,9 +175,16 @@ class DrbdEvents(object):
             except OSError as exc:
                 self._failed("cannot start %s: %s" % (" ".join(self.argv), exc))
                 return
+            try:
+                flags = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETFL)
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            except OSError as exc:
+                proc.kill()
+                proc.wait()
+                proc.stdout.close()
+                self._failed("cannot read %s: %s" % (" ".join(self.argv), exc))
+                return
             self.started_at = self.clock()
-            flags = fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETFL)
-            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
             self.dirty = True
             self.state.reset()
             self._partial = b""
@@ -234,11 +241,19 @@ class DrbdEvents(object):
         """Why the stream's lines cannot be folded any more ('' while they can)."""
         return self.state.broken
 
-    def restart(self):
-        """End the stream; the next :meth:`ensure` starts a new one (with its own snapshot)."""
+    def restart(self, why):
+        """End the stream because it fell behind DRBD (``why``); :meth:`ensure` starts a new
+        one, with its own snapshot, as after any end: EVENTS_RETRY s later, later and later
+        while restarts come soon after starts (a line this agent never understands)."""
         with self._lock:
+            if self.proc is None:
+                return
             self._stop()
-        self.retry_at, self.dirty = 0.0, True
+            self.restarts += 1
+            if self.restarts == 1 or self.restarts % 100 == 0:
+                log.warning("drbd: restarting the events stream (restart %d): %s",
+                            self.restarts, why)
+            self._failed("restarted: %s" % why)
 
     def states(self, names):
         """``{name: DrbdState}`` as the stream says now (it is drained first); raises

@@ -241,18 +241,25 @@ def test_a_stream_that_stays_behind_drbd_is_restarted(tmp_path):
     now = [100.0]
     adapter.clock = lambda: now[0]
     events = _events2(tmp_path, SNAPSHOT)          # says Secondary/Primary, forever
+    events.clock = adapter.clock
     adapter.events = events
     try:
         events.ensure()
         _wait(lambda: _known(events), "the snapshot never came")
         first = events.proc
-        adapter.observe()                           # disagrees: noted
+        assert adapter.observe()["iscsi1"].role == "Primary"     # disagrees: noted
+        # shown behind DRBD, it is not read even by a pass a line of it woke
+        assert adapter.observe(from_stream=True)["iscsi1"].role == "Primary"
+        assert adapter.last_source == "status"
         now[0] += drbd_adapter.STREAM_LAG_MAX - 1
         adapter.observe()
         assert events.proc is first                 # not yet
         now[0] += 1
         adapter.observe()
-        assert events.proc is None and events.retry_at == 0.0
+        assert events.proc is None and events.restarts == 1
+        events.ensure()
+        assert events.proc is None                  # a new one after EVENTS_RETRY s
+        now[0] += wakeups.EVENTS_RETRY
         events.ensure()
         assert events.proc is not None and events.proc is not first
     finally:
@@ -273,5 +280,28 @@ def test_a_stream_that_says_nothing_understood_is_restarted(tmp_path):
             "iscsi1", "1", "Secondary", "Primary", "Connected", "UpToDate", "UpToDate")
         assert adapter.last_source == "status" and calls.exists()
         assert not events.streaming                 # restarted at the next ensure()
+    finally:
+        events.close()
+
+
+def test_a_stream_that_never_can_tell_outside_a_resync_is_restarted(tmp_path):
+    """A first snapshot that never ends: every pass asks status (safe), and the stream is
+    restarted after STREAM_LAG_MAX s, as one that disagrees."""
+    from iscsi_ha.adapters import drbd as drbd_adapter
+    tool, calls = _status_tool(tmp_path)
+    adapter = DrbdAdapter(["iscsi1"], version="9", drbdsetup=tool)
+    now = [100.0]
+    adapter.clock = lambda: now[0]
+    events = _events2(tmp_path, SNAPSHOT.replace("exists -\n", ""))
+    events.clock = adapter.clock
+    adapter.events = events
+    try:
+        events.ensure()
+        _wait(lambda: events.drain() or events.state.resources, "the snapshot never came")
+        adapter.observe(from_stream=True)
+        assert adapter.last_source == "status" and events.streaming
+        now[0] += drbd_adapter.STREAM_LAG_MAX
+        adapter.observe()
+        assert not events.streaming and events.restarts == 1
     finally:
         events.close()

@@ -190,33 +190,43 @@ class DrbdAdapter(object):
         return states
 
     def _compare_stream(self, status):
-        """After a status read: trust the stream again when it says the same; restart it when
-        it has disagreed for STREAM_LAG_MAX s (or cannot read its own lines)."""
+        """After a status read: trust the stream again when it says the same. When it does
+        not, it is not read until it does, and when it has disagreed (or could not tell,
+        outside a resync) for STREAM_LAG_MAX s, or cannot fold its lines, it is restarted."""
         events = self.events
-        if events is None:
+        if events is None or not events.streaming:
             return
         try:
             stream = events.states(self.resources)
+            same = all(stream.get(n) == status.get(n) for n in self.resources)
+            why = "" if same else "stream %s; status %s" % (_describe(stream),
+                                                            _describe(status))
         except NotKnown as exc:
             if events.broken:
-                log.warning("drbd: restarting the events stream: %s", exc)
-                events.restart()
-            return
-        except Exception as exc:
+                self._restart(events, str(exc))
+                return
+            resyncing = any(s.sync_percent is not None for s in status.values())
+            same, why = resyncing, str(exc)     # a resync's progress is status's alone
+        except Exception as exc:    # never lose a good status read over the stream
             log.warning("drbd: the events stream's state is unreadable (%s)", exc)
             return
-        if all(stream.get(n) == status.get(n) for n in self.resources):
+        if same:
             self._changed, self._disagrees_since = False, None
             return
+        self._changed = True                  # behind DRBD: not read until it agrees again
         now = self.clock()
         if self._disagrees_since is None:
             self._disagrees_since = now
         elif now - self._disagrees_since >= STREAM_LAG_MAX:
-            log.warning("drbd: the events stream has disagreed with drbdsetup status for "
-                        "%.0f s (stream %s; status %s): restarting it", now -
-                        self._disagrees_since, _describe(stream), _describe(status))
-            self._disagrees_since = None
-            events.restart()
+            self._restart(events, "it has disagreed with drbdsetup status for %.0f s (%s)" % (
+                now - self._disagrees_since, why))
+
+    def _restart(self, events, why):
+        self._disagrees_since = None
+        try:
+            events.restart(why)
+        except Exception as exc:  # the stream is an optimisation: never a failed read
+            log.warning("drbd: cannot restart the events stream: %s", exc)
 
     def _read_proc(self):
         try:

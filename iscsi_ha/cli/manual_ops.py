@@ -144,6 +144,10 @@ class RoleTimeout(CliError):
     """The agent did not reach the role in time (it is running)."""
 
 
+class RoleChanged(CliError):
+    """Another command changed the manual role while this one waited for the agent."""
+
+
 def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_peer=0.0):
     """Check, write the role under the pass lock, wait for the agent. ``confirm(question)``
     answers the forced-promotion question (None: nobody can answer, so no). With
@@ -181,6 +185,12 @@ def become_primary(ctx, force=False, confirm=None, timeout=WAIT_TIMEOUT, wait_pe
         return wait_and_publish(ctx, model.PRIMARY, timeout + max(0.0, wait_peer), written)
     except RoleTimeout as exc:
         raise RoleTimeout("%s%s" % (exc, _hold_if_not_primary(ctx)))
+    except RoleChanged:
+        if confirmed:                      # the forced promotion is not wanted any more
+            with ctx.pass_lock():
+                if ctx.manual_mode() != model.MANUAL_PRIMARY:
+                    _clear_forced(ctx)
+        raise
     except CliError as exc:
         if not handoff:
             raise
@@ -223,8 +233,12 @@ def _hold_if_not_primary(ctx):
         return ""
     with ctx.pass_lock():
         _clear_forced(ctx)
-        if ctx.manual_mode() == model.MANUAL_PRIMARY:
+        now = ctx.manual_mode()
+        if now == model.MANUAL_PRIMARY:
             ctx.write_manual(model.MANUAL_HOLD)
+    if now != model.MANUAL_PRIMARY:        # another command chose a role meanwhile: it stands
+        return ("\n  this host was not promoted; manual mode is %s (set meanwhile), so it "
+                "will not promote later on its own" % describe_mode(now))
     return ("\n  this host was not promoted: manual mode now holds it as it is (no role), so "
             "it will not promote later on its own; run become-primary again when ready")
 
@@ -330,8 +344,8 @@ def _still_wanted(ctx, role):
     except manual_adapter.ManualModeError:
         return                                 # unreadable now: the agent holds; keep waiting
     if mode != MODE_OF[role]:
-        raise CliError("manual mode was changed while this command waited for the role %s "
-                       "(now: %s): stopped waiting" % (role, describe_mode(mode)))
+        raise RoleChanged("manual mode was changed while this command waited for the role "
+                          "%s (now: %s): stopped waiting" % (role, describe_mode(mode)))
 
 
 def wait_for_role(ctx, role, timeout, since):

@@ -484,3 +484,21 @@ def test_a_wait_ends_when_another_command_changes_the_role(host):
         manual_ops.become_primary(host.ctx, timeout=30)
     assert "manual mode was changed" in str(failed.value) and len(polls) == 2
     assert host.manual() == model.MANUAL_SECONDARY
+
+
+def test_a_forced_promotion_whose_role_is_changed_meanwhile_leaves_no_force(host):
+    """The admin confirmed a forced promotion; while it waits, the role is set to secondary
+    by other means than become-secondary: the wait ends and the forced record goes with it."""
+    from iscsi_ha import fencing
+    secondary_here(host)
+    host.set_drbd(drbd("Secondary", "Unknown", "WFConnection", peer_disk="DUnknown",
+                       name="iscsi1"), drbd("Secondary", "Secondary", name="iscsi2"))
+    host.agent.refuse = "waiting"
+
+    def sleep(seconds):
+        host.set_manual(model.MANUAL_SECONDARY)       # written directly: no forced cleanup
+    host.ctx.sleep = sleep
+    with pytest.raises(manual_ops.RoleChanged):
+        manual_ops.become_primary(host.ctx, force=True, confirm=lambda q: True, timeout=5)
+    assert fencing.read_forced(host.config.STATE_DIR) == ()
+    assert host.manual() == model.MANUAL_SECONDARY
