@@ -332,19 +332,25 @@ def _json_peer(item, volume, where):
     return peer_role, word, peer_disk, _json_progress(device, word, where)
 
 
+def replication_peer(peers, diskless, where):
+    """The one diskful peer among ``peers`` (None without any); diskless clients
+    (tie-breakers, ``diskless(peer)`` true) are not replication peers."""
+    if len(peers) <= 1:
+        return peers[0] if peers else None
+    diskful = [p for p in peers if not diskless(p)]
+    if len(diskful) != 1:
+        raise DrbdParseError("%s has %d peers with a disk; iscsi-ha handles two-node "
+                             "resources" % (where, len(diskful)))
+    return diskful[0]
+
+
 def _replication_peer(connections, where):
-    """The one diskful peer; diskless clients (tie-breakers) are not replication peers."""
     for connection in connections:
         if not isinstance(connection, dict):
             raise DrbdParseError("drbdsetup status --json: a connection of %s is not an object"
                                  % where)
-    if len(connections) <= 1:
-        return connections[0] if connections else None
-    diskful = [c for c in connections if not _is_diskless_client(c)]
-    if len(diskful) != 1:
-        raise DrbdParseError("drbdsetup status --json: %s has %d peers with a disk; iscsi-ha "
-                             "handles two-node resources" % (where, len(diskful)))
-    return diskful[0]
+    return replication_peer(connections, _is_diskless_client, "drbdsetup status --json: "
+                            + where)
 
 
 def _is_diskless_client(connection):

@@ -26,7 +26,7 @@ import re
 
 from iscsi_ha.drbd import (CONNECTION_STATES_9, DISK_STATES, PROGRESS_STATES,
                            REPLICATION_STATES_9, ROLES, DrbdParseError, DrbdState,
-                           _unified_connection)
+                           _unified_connection, _word, replication_peer)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ACTIONS = frozenset(["exists", "create", "change", "destroy", "rename"])
@@ -92,16 +92,17 @@ class EventsState(object):
             return
         table, key = self._where(kind, name, words)
         if action == "destroy":
-            table.pop(key, None)
             if kind == "resource":
                 self._forget(name)
+            table.pop(key, None)
             return
         table.setdefault(key, {}).update(words)
 
     def _where(self, kind, name, words):
+        """The table of ``kind`` and the object's key in it: the resource's name first."""
         try:
             if kind == "resource":
-                return self.resources, name
+                return self.resources, (name,)
             if kind == "connection":
                 return self.connections, (name, int(words["peer-node-id"]))
             if kind == "device":
@@ -111,20 +112,22 @@ class EventsState(object):
             raise DrbdParseError("drbdsetup events2: a %s line of %s without its key words"
                                  % (kind, name))
 
+    def _tables(self):
+        return (self.resources, self.connections, self.devices, self.peer_devices)
+
     def _forget(self, name):
-        for table in (self.connections, self.devices, self.peer_devices):
+        for table in self._tables():
             for key in [k for k in table if k[0] == name]:
                 del table[key]
 
     def _rename(self, old, new):
         if not new:
             raise DrbdParseError("drbdsetup events2: a rename of %s without new_name" % old)
-        for table in (self.resources, self.connections, self.devices, self.peer_devices):
-            for key in [k for k in table if (k if isinstance(k, str) else k[0]) == old]:
-                value = table.pop(key)
-                table[new if isinstance(key, str) else (new,) + key[1:]] = value
-        if new in self.resources:
-            self.resources[new]["name"] = new
+        for table in self._tables():
+            for key in [k for k in table if k[0] == old]:
+                table[(new,) + key[1:]] = table.pop(key)
+        if (new,) in self.resources:
+            self.resources[(new,)]["name"] = new
 
     # -- the state, as drbdsetup status --json would give it -------------------------------
     def states(self, names):
@@ -136,7 +139,7 @@ class EventsState(object):
             raise NotKnown("the stream's first snapshot is not complete")
         out = {}
         for name in names:
-            if name not in self.resources:
+            if (name,) not in self.resources:
                 raise NotKnown("resource %s is not in the stream" % name)
             try:
                 out[name] = self._state(name)
@@ -145,7 +148,7 @@ class EventsState(object):
         return out
 
     def _state(self, name):
-        res = self.resources[name]
+        res = self.resources[(name,)]
         where = " of resource %r (drbdsetup events2)" % name
         role = _word(res.get("role"), ROLES, "role", where)
         devices = sorted(k for k in self.devices if k[0] == name)
@@ -167,20 +170,16 @@ class EventsState(object):
     def _peer(self, name, volume, where):
         """(peer role, connection word, peer disk) of the one diskful peer, as
         :func:`iscsi_ha.drbd._json_peer` takes it."""
-        peers = sorted(k[1] for k in self.connections if k[0] == name)
-        if not peers:
+        peer = replication_peer(sorted(k[1] for k in self.connections if k[0] == name),
+                                lambda p: self._diskless_client(name, p),
+                                "drbdsetup events2: resource %s" % name)
+        if peer is None:
             return "Unknown", "StandAlone", "DUnknown"
-        if len(peers) > 1:
-            diskful = [p for p in peers if not self._diskless_client(name, p)]
-            if len(diskful) != 1:
-                raise DrbdParseError("resource %s has %d peers with a disk; iscsi-ha handles "
-                                     "two-node resources" % (name, len(diskful)))
-            peers = diskful
-        conn = self.connections[(name, peers[0])]
+        conn = self.connections[(name, peer)]
         cstate = _word(conn.get("connection"), CONNECTION_STATES_9, "connection state", where)
         peer_role = _word(conn.get("role"), ROLES, "peer role", where)
         repl, peer_disk = "Off", "DUnknown"
-        device = self.peer_devices.get((name, peers[0], volume))
+        device = self.peer_devices.get((name, peer, volume))
         if device is not None:
             repl = _word(device.get("replication"), REPLICATION_STATES_9, "replication state",
                          where)
@@ -191,8 +190,3 @@ class EventsState(object):
         devices = [v for k, v in self.peer_devices.items() if k[0] == name and k[1] == peer]
         return bool(devices) and all(d.get("peer-client") == "yes" for d in devices)
 
-
-def _word(value, vocabulary, what, where):
-    if value not in vocabulary:
-        raise DrbdParseError("unknown DRBD %s %r%s" % (what, value, where))
-    return value

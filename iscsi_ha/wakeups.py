@@ -186,8 +186,6 @@ class DrbdEvents(object):
                 return
             self.started_at = self.clock()
             self.dirty = True
-            self.state.reset()
-            self._partial = b""
             self.proc = proc            # published last: a reader sees it ready or not at all
 
     def _failed(self, why):
@@ -280,7 +278,8 @@ class DrbdEvents(object):
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        self.state.reset()
+        self.state.reset()              # a new stream starts with its own snapshot
+        self._partial = b""
         if proc.poll() is None:
             proc.kill()
         try:
