@@ -105,6 +105,13 @@ def handing_over(state):
         "Primary", "Connected", "UpToDate", "UpToDate")
 
 
+def probes_floating_ip(states, error, handoff):
+    """Whether become-primary's check probes the floating IP (duplicate-address detection).
+    Not in a handoff whose peer still holds the address (``RULE_SWITCHOVER_HANDOFF``): the
+    agent probes in the pass that takes it, after the peer released it."""
+    return not (handoff and not error and any(handing_over(s) for s in states.values()))
+
+
 def promotion(manual_mode, flagged, states, error, resources, fenced, handoff=False):
     """(blockers, risks) of become-primary, before the floating-IP check (which probes the
     network, so the CLI runs it only when nothing else blocks). Blockers always refuse; risks

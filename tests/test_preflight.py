@@ -168,3 +168,14 @@ def test_a_handoff_accepts_only_a_connected_uptodate_primary_peer_and_decide_wai
                                    ("iscsi1",), FENCED)
     assert plain                                      # outside a handoff: always refused
     assert not _decide_promotes(state, FENCED)
+
+
+@pytest.mark.parametrize("states,error,handoff,probes", [
+    ({"iscsi1": PEER_PRI}, "", True, False),     # the peer holds the address until it demotes
+    ({"iscsi1": PEER_PRI}, "", False, True),     # no handoff: probe (and refuse anyway)
+    ({"iscsi1": SEC}, "", True, True),           # the peer already demoted: probe
+    ({}, "cannot read DRBD", True, True),        # unreadable: never skip a check
+], ids=["handoff", "no handoff", "peer released", "unreadable"])
+def test_the_floating_ip_probe_is_skipped_only_while_a_handoff_peer_holds_it(
+        states, error, handoff, probes):
+    assert preflight.probes_floating_ip(states, error, handoff) is probes

@@ -128,8 +128,7 @@ def promotion_checks(ctx, handoff=False):
     blockers, risks = preflight.promotion(
         ctx.manual_mode(), ctx.split_brain_flags(), states, error, ctx.config.DRBD_RESOURCES,
         {} if error else ctx.fencing_proven(), handoff=handoff)
-    handing = not error and any(preflight.handing_over(s) for s in states.values())
-    if not blockers and not (handoff and handing):
+    if not blockers and preflight.probes_floating_ip(states, error, handoff):
         blocker = vip_blocker(ctx, states)
         blockers.extend([blocker] if blocker else [])
     return blockers, risks
