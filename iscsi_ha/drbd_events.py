@@ -190,3 +190,25 @@ class EventsState(object):
         devices = [v for k, v in self.peer_devices.items() if k[0] == name and k[1] == peer]
         return bool(devices) and all(d.get("peer-client") == "yes" for d in devices)
 
+
+AGREES, BEHIND, BROKEN = "agrees", "behind", "broken"
+
+
+def verdict(stream, status, names, broken=""):
+    """How the stream stands against a ``drbdsetup status`` read of resources ``names``:
+    (AGREES, ''), (BEHIND, why) or (BROKEN, why). ``stream``: the stream's states, or the
+    :class:`NotKnown` it raised; ``broken``: why its lines cannot be folded ('' when they can).
+    A stream that cannot tell during a resync agrees: the progress is status's alone."""
+    if broken:
+        return BROKEN, broken
+    if isinstance(stream, NotKnown):
+        if any(s.sync_percent is not None for s in status.values()):
+            return AGREES, ""
+        return BEHIND, str(stream)
+    if all(stream.get(n) == status.get(n) for n in names):
+        return AGREES, ""
+    return BEHIND, "stream %s; status %s" % (_describe(stream), _describe(status))
+
+
+def _describe(states):
+    return ", ".join("%s %s" % (n, states[n].describe()) for n in sorted(states))

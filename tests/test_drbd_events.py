@@ -305,3 +305,24 @@ def test_a_stream_that_never_can_tell_outside_a_resync_is_restarted(tmp_path):
         assert not events.streaming and events.restarts == 1
     finally:
         events.close()
+
+
+def _row(role="Secondary", peer="Primary", cstate="Connected", repl="Established",
+         sync=False):
+    state = status(role, peer, cstate, repl, "UpToDate", "UpToDate")
+    return state._replace(sync_percent=12.5) if sync else state
+
+
+@pytest.mark.parametrize("stream,status_state,broken,found", [
+    ({"iscsi1": _row()}, _row(), "", "agrees"),
+    ({"iscsi1": _row()}, _row(peer="Secondary"), "", "behind"),
+    (NotKnown("the stream's first snapshot is not complete"), _row(), "", "behind"),
+    (NotKnown("a resync runs on iscsi1"), _row(sync=True), "", "agrees"),
+    (NotKnown("unknown line"), _row(), "unknown line", "broken"),
+    ({"iscsi1": _row()}, _row(), "a line over 65536 bytes", "broken"),
+], ids=["same", "differs", "cannot tell", "cannot tell in a resync", "broken",
+        "broken wins"])
+def test_the_stream_against_a_status_read(stream, status_state, broken, found):
+    from iscsi_ha.drbd_events import verdict
+    got, why = verdict(stream, {"iscsi1": status_state}, ["iscsi1"], broken)
+    assert got == found and bool(why) == (found != "agrees")

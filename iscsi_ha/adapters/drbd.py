@@ -23,7 +23,7 @@ from iscsi_ha import files
 from iscsi_ha.adapters.run import CommandError, run, split_command
 from iscsi_ha.drbd import (DrbdParseError, DrbdUnavailable, drbd_error_text, parse_gi,
                            parse_json_oos, parse_proc_drbd, parse_proc_oos, parse_status_json)
-from iscsi_ha.drbd_events import NotKnown
+from iscsi_ha.drbd_events import AGREES, BROKEN, NotKnown, verdict
 
 __all__ = ["DrbdAdapter", "DrbdUnavailable", "DrbdParseError", "VERSIONS"]
 
@@ -44,10 +44,6 @@ def detect_version(proc_path):
     if first.startswith("version: 9."):
         return "9"
     return None
-
-
-def _describe(states):
-    return ", ".join("%s %s" % (n, states[n].describe()) for n in sorted(states))
 
 
 def _quote(argv):
@@ -87,9 +83,10 @@ class DrbdAdapter(object):
         self.proc_drbd = proc_drbd
         self.timeout = float(timeout)
         self._minors = {}
-        # A command of ours changed DRBD: its event may still be on its way through the
-        # stream, so the stream is not read until a status read agrees with it.
-        self._changed = False
+        # A command of ours changed DRBD (its event may still be on its way through the
+        # stream), or a status read contradicted the stream: it is not read until a status
+        # read agrees with it.
+        self._stream_untrusted = False
         self._disagrees_since = None   # monotonic time of the first status read it disagreed
         self.last_source = ""          # where the last DRBD 9 look came from (events2/status)
         self.clock = time.monotonic
@@ -175,7 +172,7 @@ class DrbdAdapter(object):
 
     def _stream_states(self):
         """The stream's state of every resource, or None to ask ``drbdsetup status``."""
-        if self.events is None or self._changed:
+        if self.events is None or self._stream_untrusted:
             return None
         try:
             states = self.events.states(self.resources)
@@ -197,23 +194,21 @@ class DrbdAdapter(object):
         if events is None or not events.streaming:
             return
         try:
-            stream = events.states(self.resources)
-            same = all(stream.get(n) == status.get(n) for n in self.resources)
-            why = "" if same else "stream %s; status %s" % (_describe(stream),
-                                                            _describe(status))
-        except NotKnown as exc:
-            if events.broken:
-                self._restart(events, str(exc))
-                return
-            resyncing = any(s.sync_percent is not None for s in status.values())
-            same, why = resyncing, str(exc)     # a resync's progress is status's alone
+            try:
+                stream = events.states(self.resources)
+            except NotKnown as exc:
+                stream = exc
+            found, why = verdict(stream, status, self.resources, events.broken)
         except Exception as exc:    # never lose a good status read over the stream
             log.warning("drbd: the events stream's state is unreadable (%s)", exc)
             return
-        if same:
-            self._changed, self._disagrees_since = False, None
+        if found == BROKEN:
+            self._restart(events, why)
             return
-        self._changed = True                  # behind DRBD: not read until it agrees again
+        if found == AGREES:
+            self._stream_untrusted, self._disagrees_since = False, None
+            return
+        self._stream_untrusted = True         # behind DRBD: not read until it agrees again
         now = self.clock()
         if self._disagrees_since is None:
             self._disagrees_since = now
@@ -297,7 +292,7 @@ class DrbdAdapter(object):
         self._check_resource(resource)
         argv = self.drbdadm + ["outdate", resource]
         log.info("drbd: %s", _quote(argv))
-        self._changed = True
+        self._stream_untrusted = True
         return run(argv, self.timeout)
 
     def promote(self, resource):
@@ -325,7 +320,7 @@ class DrbdAdapter(object):
     def _change(self, resource, argv):
         self._check_resource(resource)
         log.info("drbd: %s", _quote(argv))
-        self._changed = True
+        self._stream_untrusted = True
         result = run(argv, self.timeout)
         if not result.ok:
             raise CommandError("drbd: %s failed: %s" % (_quote(argv), _reason(result)), result)
